@@ -1,0 +1,66 @@
+"""Every configuration field of rasr_jax, with its default and a one-line comment.
+
+No logic and no I/O: other config files start from `get_config()` here and change fields.
+Fields are read by `rasr_jax/config.py`, which validates them into frozen dataclasses.
+"""
+
+from ml_collections import config_dict
+
+
+def get_config():
+  c = config_dict.ConfigDict()
+  c.seed = 0  # seeds parameter init, data order, dropout-free sampling and reflection windows
+
+  c.model = config_dict.ConfigDict()
+  c.model.vocab_size = 1024  # embedding rows; must be >= the tokenizer's vocabulary
+  c.model.d_model = 128  # residual width D
+  c.model.num_layers = 2  # transformer blocks L (stacked and scanned)
+  c.model.num_heads = 4  # query heads N
+  c.model.num_kv_heads = 2  # key/value heads K (grouped-query attention); divides num_heads
+  c.model.head_dim = 32  # per-head width H
+  c.model.mlp_dim = 384  # SwiGLU hidden width F
+  c.model.rope_theta = 10000.0  # rotary base frequency
+  c.model.norm_eps = 1e-5  # RMSNorm epsilon
+  c.model.init_std = 0.02  # stddev of the normal initialiser for weight matrices
+  c.model.tie_embeddings = False  # share the input embedding with the LM head
+  c.model.param_dtype = "float32"  # parameter (and optimizer state) dtype
+  c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
+  c.model.remat_policy = "none"  # per-block rematerialisation: none | full | dots | dots_no_batch
+
+  c.data = config_dict.ConfigDict()
+  c.data.source = "bundled"  # bundled (generated verifiable tasks) | files (local .txt/.jsonl)
+  c.data.files = ""  # comma-separated globs of .txt / .jsonl files when source=files
+  c.data.text_field = "text"  # JSONL field that holds the document text
+  c.data.bundled_examples = 20000  # number of generated task documents when source=bundled
+  c.data.seq_len = 128  # tokens per training row T (packed)
+  c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
+  c.data.tokenizer_sample_docs = 50000  # documents the tokenizer trainer reads at most
+  c.data.invalid_utf8 = "error"  # policy for invalid UTF-8 in files: error | replace
+  c.data.num_workers = 0  # grain worker processes (0 = in-process); part of the data state
+
+  c.train = config_dict.ConfigDict()
+  c.train.steps = 200  # optimizer updates in the whole run
+  c.train.batch_size = 16  # global batch (rows of seq_len tokens) per optimizer update
+  c.train.grad_accum_steps = 1  # micro-batches per update (accumulated inside the jitted step)
+  c.train.lr = 2e-4  # peak learning rate of the generator group
+  c.train.warmup_steps = 20  # linear warm-up steps from 0 to the peak
+  c.train.end_lr_ratio = 0.1  # final learning rate of the cosine decay, as a fraction of the peak
+  c.train.weight_decay = 0.1  # AdamW decoupled weight decay (matrices only)
+  c.train.b1 = 0.9  # AdamW first-moment decay
+  c.train.b2 = 0.95  # AdamW second-moment decay
+  c.train.eps = 1e-8  # AdamW epsilon
+  c.train.grad_clip = 1.0  # global gradient-norm clip (applied to the whole gradient)
+  c.train.lm_weight = 1.0  # weight of the standard LM loss in the total (RASR's alpha)
+  c.train.log_every_steps = 10  # steps between metric records in metrics.jsonl / tensorboard
+  c.train.peak_flops_per_device = 0.0  # MFU denominator in FLOP/s; 0 = look up or measure
+
+  c.checkpoint = config_dict.ConfigDict()
+  c.checkpoint.every_steps = 100  # steps between checkpoints (the last step is always saved)
+  c.checkpoint.max_to_keep = 3  # newest checkpoints kept on disk
+  c.checkpoint.async_save = True  # write checkpoints in a background thread
+
+  c.mesh = config_dict.ConfigDict()
+  c.mesh.data = 1  # pure data-parallel axis (-1 = fill with the remaining devices)
+  c.mesh.fsdp = -1  # fully sharded data-parallel axis: params and batch (-1 = fill)
+  c.mesh.tensor = 1  # tensor-parallel axis: heads, MLP and vocab (-1 = fill)
+  return c

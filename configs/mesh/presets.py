@@ -1,0 +1,29 @@
+"""Named mesh shapes. A preset sets `mesh.data`, `mesh.fsdp`, `mesh.tensor`.
+
+-1 fills an axis with the devices left over, so one preset serves several slice sizes.
+"""
+
+PRESETS = {
+    # CPU: tests and laptops.
+    "cpu_1": dict(data=1, fsdp=1, tensor=1),
+    "cpu_8": dict(data=2, fsdp=2, tensor=2),  # with --xla_force_host_platform_device_count=8
+    # TPU pod slices: FSDP over the whole slice (ICI is fast enough for all-gathers).
+    "tpu_v5p_64": dict(data=1, fsdp=64, tensor=1),
+    "tpu_v5p_128": dict(data=1, fsdp=128, tensor=1),
+    "tpu_v5e_256": dict(data=1, fsdp=256, tensor=1),
+    "tpu_v6e_256": dict(data=1, fsdp=256, tensor=1),
+    "tpu_fsdp": dict(data=1, fsdp=-1, tensor=1),  # any slice size
+    # GPU hosts of 8 devices: FSDP inside the host, data parallel across hosts.
+    "gpu_8": dict(data=1, fsdp=8, tensor=1),
+    "gpu_8x8": dict(data=8, fsdp=8, tensor=1),  # 8 hosts x 8 GPUs
+    "gpu_hosts": dict(data=-1, fsdp=8, tensor=1),  # any number of 8-GPU hosts
+}
+
+
+def apply(config, name):
+  """Sets `config.mesh` from the preset `name`; raises ValueError naming the known presets."""
+  if name not in PRESETS:
+    raise ValueError(f"unknown mesh preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+  for axis, size in PRESETS[name].items():
+    setattr(config.mesh, axis, size)
+  return config

@@ -1,0 +1,31 @@
+"""Shared recipe of the source's four model scales (seed 000, section 6.1).
+
+Each scale file passes its shape; everything else (data, optimizer, mesh preset) is set here.
+"""
+
+from configs import base
+from configs.mesh import presets
+
+
+def get_scaled_config(*, num_layers, d_model, num_heads, num_kv_heads, head_dim, mlp_dim,
+                      batch_size, mesh_preset):
+  c = base.get_config()
+  c.model.vocab_size = 32768
+  c.model.num_layers = num_layers
+  c.model.d_model = d_model
+  c.model.num_heads = num_heads
+  c.model.num_kv_heads = num_kv_heads
+  c.model.head_dim = head_dim
+  c.model.mlp_dim = mlp_dim
+  c.model.rope_theta = 500000.0
+  c.model.dtype = "bfloat16"
+  c.model.remat_policy = "dots_no_batch"
+  c.data.source = "files"
+  c.data.seq_len = 2048
+  c.train.steps = 100000
+  c.train.batch_size = batch_size
+  c.train.lr = 2e-4
+  c.train.warmup_steps = 2000
+  c.train.log_every_steps = 50
+  c.checkpoint.every_steps = 1000
+  return presets.apply(c, mesh_preset)

@@ -1,0 +1,1 @@
+"""rasr_jax: JAX/Flax pretraining with Recursive Alignment via Self-Reflection."""

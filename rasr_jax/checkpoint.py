@@ -1,0 +1,94 @@
+"""orbax CheckpointManager with three items: `state`, `data` (grain iterator) and `meta` (JSON).
+
+Before anything is restored, the stored metadata is compared with the model being built:
+parameter shapes and dtypes (every differing path listed), layer layout, tokenizer checksum and
+data fingerprint. orbax would cast dtypes silently; this refuses instead.
+"""
+
+import glob
+import os
+import shutil
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+LAYER_LAYOUT = "scanned"  # blocks stacked on a leading `layers` axis
+
+
+class CheckpointError(ValueError):
+  """A checkpoint is missing, unreadable or does not match the model; names the problem."""
+
+
+def param_signature(params) -> dict:
+  """{"a/b/c": [shape, dtype]} for every parameter (arrays or ShapeDtypeStructs)."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {"/".join(str(k.key) for k in path): [list(x.shape), str(x.dtype)] for path, x in flat}
+
+
+def compare_meta(stored: dict, expected: dict):
+  """Raises CheckpointError listing every way `stored` metadata differs from `expected`."""
+  problems = []
+  want, have = expected["params"], stored.get("params", {})
+  for path in sorted(set(want) | set(have)):
+    if path not in have:
+      problems.append(f"{path}: missing in checkpoint")
+    elif path not in want:
+      problems.append(f"{path}: not in model")
+    elif have[path] != want[path]:
+      problems.append(f"{path}: checkpoint {have[path][1]}{have[path][0]} vs model "
+                      f"{want[path][1]}{want[path][0]}")
+  for key, what in (("layer_layout", "layer layout"), ("tokenizer_sha256", "tokenizer"),
+                    ("data_fingerprint", "data files")):
+    if stored.get(key) != expected[key]:
+      problems.append(f"{what} differ(s) from the checkpoint's ({key})")
+  if problems:
+    raise CheckpointError("checkpoint does not match the run: " + "; ".join(problems))
+
+
+class Checkpointer:
+  """Saves and restores (state, data iterator, metadata) under DIR/<step>."""
+
+  def __init__(self, directory, ckpt_cfg):
+    self.directory = os.path.abspath(directory)
+    if jax.process_index() == 0:
+      for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
+        shutil.rmtree(leftover, ignore_errors=True)  # an interrupted save, never listed
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=ckpt_cfg.max_to_keep, enable_async_checkpointing=ckpt_cfg.async_save,
+        cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "data", "meta"))
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def save(self, step, state, data_iterator, meta):
+    self._manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
+        meta=ocp.args.JsonSave(meta)))
+
+  def read_meta(self, step):
+    try:
+      return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    except Exception as e:  # orbax raises many kinds for unreadable files
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
+
+  def restore(self, step, abstract_state, data_iterator):
+    """Restores `state` onto the shardings of `abstract_state` and the iterator in place."""
+    try:
+      restored = self._manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
+    return restored.state
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()

@@ -1,0 +1,238 @@
+"""ConfigDict -> frozen dataclasses, with every start-up rule and a message naming the field.
+
+`load(config_dict)` is the only way the rest of the code gets a config: it rejects unknown or
+missing keys, wrong types, non-positive sizes and rates and inconsistent shapes, raising
+`ConfigError` with one line that names the field, its value and the rule.
+"""
+
+import dataclasses
+import difflib
+import math
+import typing
+
+
+class ConfigError(ValueError):
+  """A configuration value breaks a rule; the message is one line for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  vocab_size: int
+  d_model: int
+  num_layers: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float
+  norm_eps: float
+  init_std: float
+  tie_embeddings: bool
+  param_dtype: str
+  dtype: str
+  remat_policy: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  source: str
+  files: str
+  text_field: str
+  bundled_examples: int
+  seq_len: int
+  tokenizer: str
+  tokenizer_sample_docs: int
+  invalid_utf8: str
+  num_workers: int
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  steps: int
+  batch_size: int
+  grad_accum_steps: int
+  lr: float
+  warmup_steps: int
+  end_lr_ratio: float
+  weight_decay: float
+  b1: float
+  b2: float
+  eps: float
+  grad_clip: float
+  lm_weight: float
+  log_every_steps: int
+  peak_flops_per_device: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  every_steps: int
+  max_to_keep: int
+  async_save: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  data: int
+  fsdp: int
+  tensor: int
+
+  def axis_sizes(self):
+    return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  seed: int
+  model: ModelConfig
+  data: DataConfig
+  train: TrainConfig
+  checkpoint: CheckpointConfig
+  mesh: MeshConfig
+
+
+DTYPES = ("float32", "bfloat16")
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+DATA_SOURCES = ("bundled", "files")
+UTF8_POLICIES = ("error", "replace")
+
+# Fields that must be > 0, and fields that must be >= 0.
+_POSITIVE = (
+    "model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
+    "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
+    "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
+    "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.grad_accum_steps",
+    "train.lr", "train.eps", "train.log_every_steps", "checkpoint.every_steps",
+    "checkpoint.max_to_keep")
+_NON_NEGATIVE = (
+    "data.num_workers", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
+    "train.lm_weight", "train.peak_flops_per_device")
+_CHOICES = {
+    "model.param_dtype": DTYPES, "model.dtype": DTYPES, "model.remat_policy": REMAT_POLICIES,
+    "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES}
+_UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2")
+
+
+def _fail(path, value, rule):
+  raise ConfigError(f"config.{path}={value!r}: {rule}")
+
+
+def _convert(cls, raw, prefix):
+  """Builds dataclass `cls` from dict `raw`, checking keys and types."""
+  if not isinstance(raw, dict):
+    _fail(prefix.rstrip("."), raw, f"must be a section with fields of {cls.__name__}")
+  hints = typing.get_type_hints(cls)
+  known = [f.name for f in dataclasses.fields(cls)]
+  for key in raw:
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+      _fail(prefix + key, raw[key], f"unknown field{hint}")
+  values = {}
+  for name in known:
+    path = prefix + name
+    if name not in raw:
+      raise ConfigError(f"config.{path}: missing field")
+    want, value = hints[name], raw[name]
+    if dataclasses.is_dataclass(want):
+      values[name] = _convert(want, value, path + ".")
+    elif want is bool:
+      if not isinstance(value, bool):
+        _fail(path, value, "must be a bool")
+      values[name] = value
+    elif want is int:
+      if isinstance(value, bool) or not isinstance(value, int):
+        _fail(path, value, "must be an int")
+      values[name] = value
+    elif want is float:
+      if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(path, value, "must be a number")
+      if not math.isfinite(value):
+        _fail(path, value, "must be finite")
+      values[name] = float(value)
+    elif want is str:
+      if not isinstance(value, str):
+        _fail(path, value, "must be a string")
+      values[name] = value
+    else:
+      raise TypeError(f"unsupported config field type {want} for {path}")
+  return cls(**values)
+
+
+def _get(config, path):
+  value = config
+  for part in path.split("."):
+    value = getattr(value, part)
+  return value
+
+
+def _check_rules(c):
+  for path in _POSITIVE:
+    if _get(c, path) <= 0:
+      _fail(path, _get(c, path), "must be > 0")
+  for path in _NON_NEGATIVE:
+    if _get(c, path) < 0:
+      _fail(path, _get(c, path), "must be >= 0")
+  for path in _UNIT_INTERVAL:
+    if not 0.0 <= _get(c, path) <= 1.0:
+      _fail(path, _get(c, path), "must be in [0, 1]")
+  for path, choices in _CHOICES.items():
+    if _get(c, path) not in choices:
+      _fail(path, _get(c, path), f"must be one of {', '.join(choices)}")
+  m = c.model
+  if m.num_heads % m.num_kv_heads:
+    _fail("model.num_heads", m.num_heads,
+          f"must be divisible by model.num_kv_heads={m.num_kv_heads}")
+  if c.train.batch_size % c.train.grad_accum_steps:
+    _fail("train.batch_size", c.train.batch_size,
+          f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
+  sizes = c.mesh.axis_sizes()
+  for axis, size in sizes.items():
+    if size == 0 or size < -1:
+      _fail(f"mesh.{axis}", size, "must be > 0, or -1 to fill with the remaining devices")
+  if sum(size == -1 for size in sizes.values()) > 1:
+    _fail("mesh", sizes, "at most one axis may be -1")
+
+
+def load(config_dict):
+  """Validates a ConfigDict (or plain dict) and returns the frozen `Config`."""
+  raw = config_dict.to_dict() if hasattr(config_dict, "to_dict") else dict(config_dict)
+  config = _convert(Config, raw, "")
+  _check_rules(config)
+  return config
+
+
+def resolve_mesh(config, num_devices):
+  """Fills a -1 mesh axis and checks the mesh against the devices and the shapes it shards.
+
+  Returns the `Config` with concrete mesh sizes.
+  """
+  sizes = config.mesh.axis_sizes()
+  known = math.prod(s for s in sizes.values() if s != -1)
+  for axis, size in sizes.items():
+    if size == -1:
+      if num_devices % known:
+        _fail(f"mesh.{axis}", -1, f"cannot fill: {num_devices} devices are not divisible by "
+              f"the other axes' product {known}")
+      sizes[axis] = num_devices // known
+  if math.prod(sizes.values()) != num_devices:
+    _fail("mesh", sizes, f"the product of the axes must equal the device count {num_devices}")
+  mesh = MeshConfig(**sizes)
+  m, t = config.model, config.train
+  for path in ("model.num_heads", "model.num_kv_heads", "model.mlp_dim", "model.vocab_size"):
+    if _get(config, path) % mesh.tensor:
+      _fail(path, _get(config, path), f"must be divisible by mesh.tensor={mesh.tensor}")
+  if m.d_model % mesh.fsdp:
+    _fail("model.d_model", m.d_model, f"must be divisible by mesh.fsdp={mesh.fsdp}")
+  batch_shards = mesh.data * mesh.fsdp
+  micro_batch = t.batch_size // t.grad_accum_steps
+  if micro_batch % batch_shards:
+    _fail("train.batch_size", t.batch_size,
+          f"each of the {t.grad_accum_steps} micro-batches must be divisible by the "
+          f"data-parallel size mesh.data*mesh.fsdp={batch_shards}")
+  return dataclasses.replace(config, mesh=mesh)
+
+
+def to_dict(config):
+  """A JSON-ready nested dict of the config (for checkpoint metadata and logs)."""
+  return dataclasses.asdict(config)

@@ -1,0 +1,106 @@
+"""Where documents come from: the bundled verifiable tasks, or local .txt / .jsonl files.
+
+Files are checked at start-up: a glob that matches nothing, an empty file, invalid UTF-8 (by
+policy: rejected naming the file and byte offset, or replaced and counted), a JSONL line that is
+not an object with the text field: each raises `DataError` with one line naming the file.
+"""
+
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+
+from rasr_jax import tasks
+
+BUNDLED_FORMAT_VERSION = "1"
+
+
+class DataError(ValueError):
+  """A data file or glob is unusable; the message names it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Corpus:
+  documents: list  # list[str]
+  fingerprint: str  # sha256 over the sources' names and bytes
+  replaced_utf8_errors: int = 0  # bytes replaced under invalid_utf8=replace
+
+
+def load_corpus(data_cfg, seed: int) -> Corpus:
+  if data_cfg.source == "bundled":
+    return _bundled(data_cfg.bundled_examples, seed)
+  return _files(data_cfg)
+
+
+def _bundled(num_examples, seed):
+  docs = [ex.text() for ex in tasks.bundled_corpus(seed, num_examples)]
+  digest = hashlib.sha256(f"bundled:v{BUNDLED_FORMAT_VERSION}:{seed}:{num_examples}".encode())
+  for doc in docs:
+    digest.update(doc.encode())
+  return Corpus(docs, digest.hexdigest())
+
+
+def expand_globs(patterns: str) -> list[str]:
+  if not patterns.strip():
+    raise DataError("config.data.files is empty but config.data.source='files'")
+  paths = []
+  for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
+    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
+                     if os.path.isfile(p))
+    if not matched:
+      raise DataError(f"data file glob {pattern!r} matches no file")
+    paths.extend(matched)
+  for path in paths:
+    if not path.endswith((".txt", ".jsonl")):
+      raise DataError(f"data file {path}: unsupported extension (expected .txt or .jsonl)")
+  return paths
+
+
+def _decode(path, raw, policy):
+  try:
+    return raw.decode("utf-8"), 0
+  except UnicodeDecodeError as e:
+    if policy == "error":
+      raise DataError(f"data file {path}: invalid UTF-8 at byte offset {e.start} "
+                      "(set config.data.invalid_utf8=replace to replace such bytes)") from None
+    text = raw.decode("utf-8", errors="replace")
+    return text, text.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd")
+
+
+def _documents(path, text, text_field):
+  """.txt: one document per non-empty line. .jsonl: one object per line, text in `text_field`."""
+  if path.endswith(".txt"):
+    return [line for line in text.splitlines() if line.strip()]
+  docs = []
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise DataError(f"data file {path} line {number}: not JSON ({e.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+      raise DataError(f"data file {path} line {number}: expected an object with a string "
+                      f"field {text_field!r} (config.data.text_field)")
+    if record[text_field].strip():
+      docs.append(record[text_field])
+  return docs
+
+
+def _files(data_cfg):
+  digest = hashlib.sha256()
+  documents, replaced = [], 0
+  for path in expand_globs(data_cfg.files):
+    with open(path, "rb") as f:
+      raw = f.read()
+    if not raw.strip():
+      raise DataError(f"data file {path}: empty")
+    text, bad = _decode(path, raw, data_cfg.invalid_utf8)
+    docs = _documents(path, text, data_cfg.text_field)
+    if not docs:
+      raise DataError(f"data file {path}: no non-empty documents")
+    documents.extend(docs)
+    replaced += bad
+    digest.update(os.path.abspath(path).encode() + b"\0" + hashlib.sha256(raw).digest())
+  return Corpus(documents, digest.hexdigest(), replaced)

@@ -1,0 +1,97 @@
+"""Metric records (tensorboardX + WORKDIR/metrics.jsonl), FLOP counting and MFU."""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tensorboardX import SummaryWriter
+
+# Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures).
+_PEAK_FLOPS = {
+    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+}
+
+
+def matmul_params(model_cfg) -> int:
+  """Parameters that take part in a matmul per token (all but the input embedding table)."""
+  m = model_cfg
+  attn = m.d_model * m.head_dim * (2 * m.num_heads + 2 * m.num_kv_heads)
+  mlp = 3 * m.d_model * m.mlp_dim
+  return m.num_layers * (attn + mlp) + m.d_model * m.vocab_size
+
+
+def flops_per_token(model_cfg, seq_len) -> float:
+  """Training FLOPs per token: 6 x matmul params + attention scores (forward and backward)."""
+  m = model_cfg
+  attention = 12 * m.num_layers * m.num_heads * m.head_dim * seq_len
+  return 6 * matmul_params(m) + attention
+
+
+def measure_matmul_peak(size=1024, repeats=10) -> float:
+  """Median FLOP/s of a jitted float32 [size, size] matmul on device 0 (the CPU denominator)."""
+  a = jnp.ones((size, size), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    f(a).block_until_ready()
+    times.append(time.perf_counter() - start)
+  return 2 * size**3 / float(np.median(times))
+
+
+def peak_flops_per_device(configured: float) -> float:
+  """The configured peak, else the vendor figure for the device, else a measured matmul."""
+  if configured > 0:
+    return configured
+  kind = jax.devices()[0].device_kind
+  for prefix, flops in _PEAK_FLOPS.items():
+    if kind.startswith(prefix):
+      return flops
+  return measure_matmul_peak()
+
+
+class MetricWriter:
+  """Writes one record per logged step to tensorboard and to metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard")) if enabled else None
+
+  def truncate_after(self, step):
+    """Drops records beyond `step` (written before a crash, then lost with the state)."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step, record):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in record.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "step":
+        self._tb.add_scalar(key, value, global_step=step)
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_records(workdir):
+  """The records of WORKDIR/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f if line.strip()]

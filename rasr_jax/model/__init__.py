@@ -1,0 +1,1 @@
+"""The Llama-style trunk: imports nothing from training, data or evaluation."""

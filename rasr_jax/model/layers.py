@@ -1,0 +1,98 @@
+"""RMSNorm, rotary positions, SwiGLU and grouped-query attention with logical axis names."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def param(rngs, init, shape, names, dtype):
+  """A parameter initialised by `init` and annotated with logical axis `names`."""
+  return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.dtype(dtype)))
+
+
+def constrain(x, names):
+  """Sharding constraint by logical names; a no-op outside a mesh with rules."""
+  return nn.with_logical_constraint(x, names)
+
+
+class RMSNorm(nnx.Module):
+  """Root-mean-square norm computed in float32, with a learned per-channel scale."""
+
+  def __init__(self, dim, *, eps, param_dtype, rngs):
+    self.eps = eps
+    self.scale = param(rngs, nnx.initializers.ones_init(), (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x):  # [..., D] -> [..., D]
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def rotary(x, positions, theta):
+  """Rotates pairs (i, i + H/2) of x [B, T, N, H] by angle position * theta^(-2i/H)."""
+  half = x.shape[-1] // 2
+  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+  angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]  # [B, T, 1, H/2]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+  """Grouped-query attention through `jax.nn.dot_product_attention`."""
+
+  def __init__(self, cfg, *, rngs):
+    init, pd = nnx.initializers.normal(cfg.init_std), cfg.param_dtype
+    d, n, k, h = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    self.wq = param(rngs, init, (d, n, h), ("embed", "heads", "head_dim"), pd)
+    self.wk = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.wv = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
+    self.wo = param(rngs, init, (n, h, d), ("heads", "head_dim", "embed"), pd)
+    self.rope_theta = cfg.rope_theta
+
+  def __call__(self, x, positions, mask):
+    """x [B, T, D], positions [B, T], mask [B, 1, T, T] bool or None (causal) -> [B, T, D]."""
+    dt = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))  # [B, T, N, H]
+    k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))  # [B, T, K, H]
+    v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))  # [B, T, K, H]
+    q = rotary(q, positions, self.rope_theta)
+    k = rotary(k, positions, self.rope_theta)
+    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
+    out = constrain(out, ("act_batch", "act_length", "act_heads", None))  # [B, T, N, H]
+    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(dt))
+
+
+class SwiGLU(nnx.Module):
+  """down(silu(x gate) * (x up))."""
+
+  def __init__(self, cfg, *, rngs):
+    init, pd = nnx.initializers.normal(cfg.init_std), cfg.param_dtype
+    self.w_gate = param(rngs, init, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), pd)
+    self.w_up = param(rngs, init, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), pd)
+    self.w_down = param(rngs, init, (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), pd)
+
+  def __call__(self, x):  # [B, T, D] -> [B, T, D]
+    dt = x.dtype
+    gate = jnp.einsum("btd,df->btf", x, self.w_gate[...].astype(dt))
+    up = jnp.einsum("btd,df->btf", x, self.w_up[...].astype(dt))
+    hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
+    return jnp.einsum("btf,fd->btd", hidden, self.w_down[...].astype(dt))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then + mlp(norm(x))."""
+
+  def __init__(self, cfg, *, rngs):
+    kw = dict(eps=cfg.norm_eps, param_dtype=cfg.param_dtype, rngs=rngs)
+    self.attn_norm = RMSNorm(cfg.d_model, **kw)
+    self.attn = Attention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, **kw)
+    self.mlp = SwiGLU(cfg, rngs=rngs)
+
+  def __call__(self, x, positions, mask):  # [B, T, D] -> [B, T, D]
+    x = x + self.attn(self.attn_norm(x), positions, mask)
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("act_batch", "act_length", "act_embed"))

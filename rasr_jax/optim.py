@@ -1,0 +1,54 @@
+"""optax: one AdamW per parameter group, warm-up + cosine schedules, global-norm clipping.
+
+Groups are read from parameter paths (RASR.md §1): top-level `critic` and `controller`
+sub-trees belong to those groups; everything else is the generator.
+"""
+
+import jax
+import optax
+
+GROUPS = ("generator", "critic", "controller")
+
+
+def group_of(path) -> str:
+  """Group name of a parameter from its key path (a tuple of dict keys)."""
+  return path[0] if path and path[0] in GROUPS[1:] else "generator"
+
+
+def _key_names(path):
+  return tuple(getattr(k, "key", getattr(k, "name", k)) for k in path)
+
+
+def group_labels(params):
+  return jax.tree_util.tree_map_with_path(lambda p, _: group_of(_key_names(p)), params)
+
+
+def _decay_mask(params):
+  """Decoupled weight decay on weight matrices, not on norm scales."""
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: not any("norm" in str(k) for k in _key_names(p)), params)
+
+
+def schedule(train_cfg, peak_lr):
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=train_cfg.warmup_steps,
+      decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
+      end_value=peak_lr * train_cfg.end_lr_ratio)
+
+
+def group_peak_lrs(train_cfg):
+  return {"generator": train_cfg.lr}
+
+
+def make_optimizer(train_cfg, params):
+  """Clip the whole gradient by global norm, then AdamW per group with its own schedule."""
+  present = sorted(set(jax.tree.leaves(group_labels(params))))
+  peaks = group_peak_lrs(train_cfg)
+  transforms = {
+      g: optax.adamw(schedule(train_cfg, peaks[g]), b1=train_cfg.b1, b2=train_cfg.b2,
+                     eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=_decay_mask)
+      for g in present}
+  chain = [optax.partition(transforms, group_labels)]
+  if train_cfg.grad_clip > 0:
+    chain.insert(0, optax.clip_by_global_norm(train_cfg.grad_clip))
+  return optax.chain(*chain)

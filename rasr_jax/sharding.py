@@ -1,0 +1,81 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Modules annotate parameters and activations with logical names only; this is the only module
+that names the physical mesh axes `data`, `fsdp` and `tensor`.
+"""
+
+import contextlib
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+# Logical name -> mesh axis (or axes, or None for replicated).
+LOGICAL_RULES = (
+    # Parameters.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("norm", None),
+    # Activations at block edges.
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+)
+
+
+def make_mesh(mesh_config, devices=None):
+  """A mesh of `devices` (default: all) shaped by a resolved `MeshConfig`; axes are Auto."""
+  devices = jax.devices() if devices is None else devices
+  shape = tuple(mesh_config.axis_sizes()[a] for a in MESH_AXES)
+  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+@contextlib.contextmanager
+def activate(mesh):
+  """Sets `mesh` and the logical rules, for tracing, init and compilation."""
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
+    yield
+
+
+def logical_to_mesh_spec(logical_names):
+  """PartitionSpec for a tuple of logical names (each used mesh axis at most once)."""
+  table = dict(LOGICAL_RULES)
+  used, spec = set(), []
+  for name in logical_names:
+    axes = table.get(name) if name is not None else None
+    axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes_tuple = tuple(a for a in axes_tuple if a not in used)
+    used.update(axes_tuple)
+    spec.append(axes_tuple[0] if len(axes_tuple) == 1 else (axes_tuple or None))
+  return P(*spec)
+
+
+def batch_sharding(mesh):
+  """Rows of a [B, ...] batch split over the data-parallel axes."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh):
+  return NamedSharding(mesh, P())
+
+
+def shard_count(spec, axis_sizes):
+  """How many ways a PartitionSpec splits an array, given {mesh axis: size}."""
+  count = 1
+  for entry in spec:
+    for axis in (entry,) if isinstance(entry, str) else (entry or ()):
+      count *= axis_sizes[axis]
+  return count

@@ -1,0 +1,14 @@
+"""Bundled verifiable reasoning tasks: seeded generators, the pretraining mix, and answer checks.
+
+Formats (all lowercase ASCII):
+  arithmetic: answer is `a op b = c.` steps then `#### N`.
+  logic: question ends with options `a) .. b) .. c) .. d) ..`; answer is a reason then `answer: <letter>`.
+  facts: question is `facts: ... statement: ... true or false?`;
+         answer is `the facts say ... answer: true|false`.
+  filler: a paragraph stored as `question`, with `answer == ""`; not checkable.
+"""
+from .base import TASKS, CheckResult, Example
+from .checks import check, final_answer
+from .corpus import bundled_corpus, generate
+
+__all__ = ["TASKS", "CheckResult", "Example", "bundled_corpus", "check", "final_answer", "generate"]

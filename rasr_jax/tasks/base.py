@@ -1,0 +1,32 @@
+"""Core records shared by all bundled tasks."""
+import dataclasses
+
+TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts")
+"""The verifiable tasks; "filler" is generated too but has no answer to check."""
+
+ALL_TASKS: tuple[str, ...] = TASKS + ("filler",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One generated item: a prompt and its reference target."""
+
+    task: str
+    uid: str
+    question: str
+    answer: str
+
+    def text(self) -> str:
+        """The pretraining document: question, newline, answer (question alone when answer is empty)."""
+        return f"{self.question}\n{self.answer}" if self.answer else self.question
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """How a draft fares against an example's reference answer."""
+
+    correct: bool
+    steps_total: int
+    steps_right: int
+    quantities_total: int
+    quantities_used: int

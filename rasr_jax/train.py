@@ -1,0 +1,150 @@
+"""The training loop: restore-or-init, data, the jitted step, metrics, checkpoints, preemption.
+
+Rerunning with the same workdir resumes from the newest complete checkpoint. SIGTERM saves a
+checkpoint at the next step boundary and returns normally (exit code 0).
+"""
+
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+
+from rasr_jax import checkpoint as ckpt_lib
+from rasr_jax import config as config_lib
+from rasr_jax import metrics as metrics_lib
+from rasr_jax import optim, sharding, train_state, train_step
+from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def prepare_tokenizer(config, workdir, corpus):
+  """The workdir's tokenizer, else config.data.tokenizer, else one trained on the corpus."""
+  own = os.path.join(workdir, TOKENIZER_FILE)
+  if os.path.exists(own):
+    tokenizer = tok_lib.load(own)
+  elif config.data.tokenizer:
+    tokenizer = tok_lib.load(config.data.tokenizer)
+    tokenizer.save(own)
+  else:
+    sample = corpus.documents[:config.data.tokenizer_sample_docs]
+    tokenizer = tok_lib.train(sample, config.model.vocab_size)
+    if jax.process_index() == 0:
+      tokenizer.save(own)
+  if tokenizer.vocab_size > config.model.vocab_size:
+    raise tok_lib.TokenizerError(
+        f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
+        f"config.model.vocab_size={config.model.vocab_size}")
+  return tokenizer
+
+
+def run_metadata(config, state, tokenizer, corpus):
+  return {
+      "config": config_lib.to_dict(config),
+      "params": ckpt_lib.param_signature(state.params),
+      "layer_layout": ckpt_lib.LAYER_LAYOUT,
+      "mesh": config.mesh.axis_sizes(),
+      "tokenizer_sha256": tokenizer.checksum,
+      "data_fingerprint": corpus.fingerprint,
+  }
+
+
+class _Preemption:
+  """Records SIGTERM so the loop can save at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def restore(self):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format_eta(seconds):
+  minutes, seconds = divmod(int(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def train(config, workdir):
+  """Trains (or resumes) to config.train.steps; returns the final TrainState."""
+  config = config_lib.resolve_mesh(config, jax.device_count())
+  os.makedirs(workdir, exist_ok=True)
+  corpus = sources.load_corpus(config.data, config.seed)
+  if corpus.replaced_utf8_errors:
+    logging.warning("replaced %d invalid UTF-8 sequences in the data files",
+                    corpus.replaced_utf8_errors)
+  tokenizer = prepare_tokenizer(config, workdir, corpus)
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef, abstract, specs = train_state.abstract_state(config)
+  shardings = train_state.to_shardings(specs, mesh)
+
+  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
+  local_batch = config.train.batch_size // jax.process_count()
+  data = pipeline.make_dataset(
+      corpus.documents, tokenizer, seq_len=config.data.seq_len, local_batch=local_batch,
+      seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_workers=config.data.num_workers)
+  data_iter = iter(data)
+  meta = run_metadata(config, abstract, tokenizer, corpus)
+  start = checkpointer.latest_step()
+  if start is not None:
+    ckpt_lib.compare_meta(checkpointer.read_meta(start), meta)
+    abstract_sharded = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    state = checkpointer.restore(start, abstract_sharded, data_iter)
+    logging.info("resumed from step %d", start)
+  else:
+    state, _ = train_state.init_state(config, mesh)
+    start = 0
+
+  tx = optim.make_optimizer(config.train, abstract.params)
+  step_fn = train_step.jit_train_step(train_step.make_train_step(graphdef, config, tx),
+                                      shardings, mesh)
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer.truncate_after(start)
+  tokens_per_step = config.train.batch_size * config.data.seq_len
+  flops_per_step = metrics_lib.flops_per_token(config.model, config.data.seq_len) * tokens_per_step
+  peak = metrics_lib.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
+  batch_sharding = sharding.batch_sharding(mesh)
+  preemption = _Preemption()
+  total = config.train.steps
+  window_start, window_steps = time.perf_counter(), 0
+  try:
+    with sharding.activate(mesh):
+      for step in range(start, total):
+        local = np.asarray(next(data_iter), np.int32)
+        tokens = jax.make_array_from_process_local_data(batch_sharding, local)
+        state, metrics = step_fn(state, tokens)
+        done = step + 1
+        window_steps += 1
+        if done % config.train.log_every_steps == 0 or done == total:
+          metrics = jax.device_get(metrics)
+          elapsed = time.perf_counter() - window_start
+          step_time = elapsed / window_steps
+          record = dict(metrics, step_time_s=step_time,
+                        tokens_per_sec=tokens_per_step / step_time,
+                        mfu=flops_per_step / step_time / peak)
+          writer.write(done, record)
+          logging.info("step %d/%d loss %.4f lr %.3g | %.0f tok/s mfu %.1f%% | ETA %s", done,
+                       total, record["loss"], record["lr"], record["tokens_per_sec"],
+                       100 * record["mfu"], _format_eta(step_time * (total - done)))
+          window_start, window_steps = time.perf_counter(), 0
+        if done % config.checkpoint.every_steps == 0 or done == total or preemption.requested:
+          checkpointer.save(done, state, data_iter, meta)
+        if preemption.requested and done < total:
+          logging.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
+          break
+  finally:
+    preemption.restore()
+    checkpointer.wait()
+    checkpointer.close()
+    writer.close()
+  return state

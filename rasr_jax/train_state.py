@@ -1,0 +1,93 @@
+"""The train state pytree, its shardings, and its creation: abstract (eval_shape) or sharded."""
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from rasr_jax import optim, sharding
+from rasr_jax.model import transformer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # [] int32: optimizer updates done
+  params: dict  # pure nested dict of arrays
+  opt_state: object  # optax state mirroring params
+  rng: jax.Array  # [2] uint32 raw PRNG key data
+
+
+def build_model(model_cfg, seed=0):
+  """The model, created without a mesh (parameters carry logical names as metadata)."""
+  with nnx.use_eager_sharding(False):
+    return transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(model_cfg):
+  """(graphdef, abstract params, param PartitionSpecs); allocates nothing."""
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: build_model(model_cfg))
+  graphdef, state = nnx.split(model, nnx.Param)
+  specs = {}
+  for path, var in nnx.to_flat_state(state):
+    names = var.get_metadata().get("out_sharding") or (None,) * var.get_value().ndim
+    node = specs
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = sharding.logical_to_mesh_spec(names)
+  return graphdef, nnx.to_pure_dict(state), specs
+
+
+def _key_names(path):
+  return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def state_specs(abstract_state, param_specs):
+  """PartitionSpecs for a TrainState: optimizer moments follow their parameter."""
+  by_path = {_key_names(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+      param_specs, is_leaf=lambda x: isinstance(x, P))[0]}
+  shapes = {_key_names(p): x.shape
+            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+
+  def spec(path, leaf):
+    names = _key_names(path)
+    for start in range(len(names)):  # a moment's path ends with its parameter's path
+      suffix = names[start:]
+      if suffix in by_path and shapes[suffix] == leaf.shape:
+        return by_path[suffix]
+    return P()
+
+  opt_specs = jax.tree_util.tree_map_with_path(spec, abstract_state.opt_state)
+  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
+
+
+def _init_fn(graphdef, model_cfg, train_cfg, seed):
+  def init():
+    params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, seed), nnx.Param))
+    tx = optim.make_optimizer(train_cfg, params)
+    rng = jax.random.key_data(jax.random.key(seed + 1))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=rng)
+  return init
+
+
+def abstract_state(config):
+  """(graphdef, abstract TrainState, TrainState of PartitionSpecs); allocates nothing."""
+  graphdef, _, param_specs = abstract_model(config.model)
+  state = jax.eval_shape(_init_fn(graphdef, config.model, config.train, config.seed))
+  return graphdef, state, state_specs(state, param_specs)
+
+
+def to_shardings(specs, mesh):
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                      is_leaf=lambda x: isinstance(x, P))
+
+
+def init_state(config, mesh):
+  """A freshly initialised TrainState, born sharded over `mesh`."""
+  graphdef, _, specs = abstract_state(config)
+  shardings = to_shardings(specs, mesh)
+  init = _init_fn(graphdef, config.model, config.train, config.seed)
+  with sharding.activate(mesh):
+    return jax.jit(init, out_shardings=shardings)(), shardings
