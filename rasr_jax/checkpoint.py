@@ -77,12 +77,13 @@ class Checkpointer:
     except Exception as e:  # orbax raises many kinds for unreadable files
       raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
 
-  def restore(self, step, abstract_state, data_iterator):
-    """Restores `state` onto the shardings of `abstract_state` and the iterator in place."""
+  def restore(self, step, abstract_state, data_iterator=None):
+    """Restores `state` onto the shardings of `abstract_state`, and the iterator in place."""
+    items = {"state": ocp.args.StandardRestore(abstract_state)}
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
     try:
-      restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      restored = self._manager.restore(step, args=ocp.args.Composite(**items))
     except Exception as e:
       raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
     return restored.state
@@ -92,3 +93,25 @@ class Checkpointer:
 
   def close(self):
     self._manager.close()
+
+
+def with_shardings(abstract_state, shardings):
+  """ShapeDtypeStructs that carry the shardings to restore onto."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_state, shardings)
+
+
+def checkpoint_dir(workdir):
+  return os.path.join(workdir, "checkpoints")
+
+
+def restore_latest(workdir, config, abstract_state, shardings):
+  """(step, TrainState) of the newest checkpoint in `workdir`, placed on `shardings`."""
+  checkpointer = Checkpointer(checkpoint_dir(workdir), config.checkpoint)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}")
+    return step, checkpointer.restore(step, with_shardings(abstract_state, shardings))
+  finally:
+    checkpointer.close()

@@ -73,8 +73,12 @@ def _format_eta(seconds):
   return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def train(config, workdir):
-  """Trains (or resumes) to config.train.steps; returns the final TrainState."""
+def train(config, workdir, *, stop_at_step=None):
+  """Trains (or resumes) to config.train.steps; returns the final TrainState.
+
+  `stop_at_step` ends this run early (with a checkpoint) as if preempted there; for tests and
+  for running a schedule in chunks.
+  """
   config = config_lib.resolve_mesh(config, jax.device_count())
   os.makedirs(workdir, exist_ok=True)
   corpus = sources.load_corpus(config.data, config.seed)
@@ -86,7 +90,7 @@ def train(config, workdir):
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
 
-  checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
   local_batch = config.train.batch_size // jax.process_count()
   data = pipeline.make_dataset(
       corpus.documents, tokenizer, seq_len=config.data.seq_len, local_batch=local_batch,
@@ -97,9 +101,7 @@ def train(config, workdir):
   start = checkpointer.latest_step()
   if start is not None:
     ckpt_lib.compare_meta(checkpointer.read_meta(start), meta)
-    abstract_sharded = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
-    state = checkpointer.restore(start, abstract_sharded, data_iter)
+    state = checkpointer.restore(start, ckpt_lib.with_shardings(abstract, shardings), data_iter)
     logging.info("resumed from step %d", start)
   else:
     state, _ = train_state.init_state(config, mesh)
@@ -137,10 +139,12 @@ def train(config, workdir):
                        total, record["loss"], record["lr"], record["tokens_per_sec"],
                        100 * record["mfu"], _format_eta(step_time * (total - done)))
           window_start, window_steps = time.perf_counter(), 0
-        if done % config.checkpoint.every_steps == 0 or done == total or preemption.requested:
+        stop = preemption.requested or done == stop_at_step
+        if done % config.checkpoint.every_steps == 0 or done == total or stop:
           checkpointer.save(done, state, data_iter, meta)
-        if preemption.requested and done < total:
-          logging.warning("SIGTERM: saved a checkpoint at step %d; exiting", done)
+        if stop and done < total:
+          logging.warning("stopping at step %d (%s); checkpoint saved", done,
+                          "SIGTERM" if preemption.requested else "stop_at_step")
           break
   finally:
     preemption.restore()

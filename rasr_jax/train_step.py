@@ -62,7 +62,7 @@ def make_train_step(graphdef, config, tx):
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, micro)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, loss=loss, grad_norm=optax.global_norm(grads), lr=lr_schedule(state.step))
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step))
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 

@@ -1,0 +1,27 @@
+"""rasr_jax: JAX/Flax pretraining with Recursive Alignment via Self-Reflection."""
+
+import setuptools
+
+setuptools.setup(
+    name="rasr_jax",
+    version="0.1.0",
+    description="TPU-first JAX/Flax pretraining with Recursive Alignment via Self-Reflection",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["rasr_jax", "rasr_jax.*", "configs", "configs.*"]),
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "sentencepiece>=0.2.3",
+        "ml-collections>=1.1.0",
+        "tensorboardX>=2.6.5",
+        "absl-py>=2.5.1",
+        "numpy",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+    },
+    entry_points={"console_scripts": ["rasr_jax=rasr_jax.main:run"]},
+)

@@ -1,0 +1,72 @@
+"""Shared helpers: small configs, CLI runs in subprocesses, and fake-device subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# The test process itself sees one CPU device; multi-device runs happen in subprocesses.
+os.environ.pop("XLA_FLAGS", None)
+
+# Small shapes that keep a CPU step well under a second.
+SMALL = {
+    "model.vocab_size": 512, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 4,
+    "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
+    "data.seq_len": 32, "data.bundled_examples": 2000, "train.batch_size": 8,
+    "train.steps": 8, "train.warmup_steps": 2, "train.lr": 3e-3, "train.log_every_steps": 1,
+    "checkpoint.every_steps": 4, "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1,
+}
+
+
+def make_config(**overrides):
+  """configs/tiny.py with the SMALL shapes and `overrides` ('a.b' keys), validated."""
+  from configs import tiny
+  from rasr_jax import config as config_lib
+  cd = tiny.get_config()
+  for key, value in {**SMALL, **overrides}.items():
+    node = cd
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = getattr(node, p)
+    setattr(node, leaf, value)
+  return config_lib.load(cd)
+
+
+def cli_args(**overrides):
+  return [f"--config.{k}={v}" for k, v in {**SMALL, **overrides}.items()]
+
+
+def subprocess_env(devices=1):
+  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
+  env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  return env
+
+
+def run_main(workdir, *extra, devices=1, timeout=300, **overrides):
+  """Runs `python -m rasr_jax.main` on configs/tiny.py with SMALL shapes; returns the result."""
+  cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+         f"--workdir={workdir}", *cli_args(**overrides), *extra]
+  return subprocess.run(cmd, cwd=REPO, env=subprocess_env(devices), capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def run_python(code, devices=1, timeout=300):
+  """Runs Python `code` in a fresh process with `devices` fake CPU devices; returns stdout."""
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(devices),
+                          capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-4000:]
+  return result.stdout
+
+
+def losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+
+
+@pytest.fixture
+def small_config():
+  return make_config
