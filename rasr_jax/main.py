@@ -6,6 +6,7 @@ exit code 2, before anything compiles.
 
 import json
 import logging as std_logging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -27,13 +28,16 @@ def _exit_bad_input(message):
 
 
 def _override_problem(argv, error):
-  """Explains a failed --config.a.b=v override by naming the first unknown field."""
+  """Explains a failed --config.a.b=v override by naming the unknown field."""
+  text = str(error)
+  hint = re.search(r'Did you mean "(\w+)"', text)
   for arg in argv[1:]:
     if arg.startswith("--config.") and "=" in arg:
       path = arg[len("--config."):].split("=", 1)[0]
-      if f"'{path.split('.')[-1]}'" in str(error):
-        return f"{arg}: unknown config field config.{path}"
-  return f"bad config override: {error}"
+      if path.split(".")[-1] in text:
+        suggestion = f" (did you mean {hint.group(1)}?)" if hint else ""
+        return f"{arg}: unknown config field config.{path}{suggestion}"
+  return f"bad config override: {text.splitlines()[0] if text else error!r}"
 
 
 def parse_flags(argv):

@@ -1,0 +1,121 @@
+"""Configs load and validate; describe counts; each start-up rule exits 2 with one line."""
+
+import glob
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, make_config, subprocess_env
+from rasr_jax import config as config_lib
+from rasr_jax import describe
+
+CONFIG_FILES = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+    if os.path.basename(p) not in ("__init__.py", "scaled.py"))
+NAMED_SIZES = {"400m.py": 400e6, "1_5b.py": 1.5e9, "3_5b.py": 3.5e9, "8b.py": 8e9}
+
+
+def _load_file(path):
+  spec = importlib.util.spec_from_file_location("config_under_test", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
+def test_every_config_loads_and_validates(path):
+  config = config_lib.load(_load_file(path))
+  assert config.model.num_heads % config.model.num_kv_heads == 0
+
+
+@pytest.mark.parametrize("name", sorted(NAMED_SIZES))
+def test_describe_counts_match_the_names(name):
+  config = config_lib.load(_load_file(os.path.join(REPO, "configs", name)))
+  report = describe.describe(config, num_devices=1)
+  assert report["params_total"] == pytest.approx(NAMED_SIZES[name], rel=0.10)
+  assert report["params_total"] == sum(report["params_by_group"].values())
+  per_device = report["bytes_per_device"]
+  mesh_devices = report["mesh"]["fsdp"] * report["mesh"]["data"] * report["mesh"]["tensor"]
+  # fp32 params + two fp32 Adam moments, split over the FSDP axis.
+  assert per_device["total"] == pytest.approx(12 * report["params_total"] / mesh_devices, rel=0.02)
+
+
+def test_describe_cli_prints_json_fast():
+  result = subprocess.run(
+      [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/8b.py", "--mode=describe"],
+      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout)
+  for key in ("params_total", "params_by_group", "flops_per_token", "bytes_per_device"):
+    assert key in report
+
+
+# (command-line override, words the one-line message must contain)
+BAD_INPUTS = [
+    ("--config.model.num_layerz=3", ["config.model.num_layerz", "unknown"]),
+    ("--config.train.steps=abc", ["config.train.steps", "abc"]),
+    ("--config.train.lr=-0.1", ["config.train.lr", "-0.1", "> 0"]),
+    ("--config.model.d_model=0", ["config.model.d_model", "0", "> 0"]),
+    ("--config.model.num_kv_heads=3", ["config.model.num_heads", "divisible", "num_kv_heads"]),
+    ("--config.mesh.fsdp=2", ["mesh", "device count 1"]),
+    ("--config.model.dtype=float16", ["config.model.dtype", "float16", "bfloat16"]),
+]
+
+
+def test_each_bad_input_exits_2_with_one_line(tmp_path):
+  procs = []
+  for i, (override, _) in enumerate(BAD_INPUTS):
+    cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+           f"--workdir={tmp_path}/{i}", override]
+    procs.append(subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  for proc, (override, words) in zip(procs, BAD_INPUTS):
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2, (override, stderr[-2000:])
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, (override, stderr[-2000:])
+    for word in words:
+      assert word in errors[0], (override, errors[0])
+
+
+def test_batch_not_divisible_by_data_parallel_size():
+  config = make_config(**{"train.batch_size": 6, "mesh.fsdp": 4})
+  with pytest.raises(config_lib.ConfigError, match="train.batch_size=6.*mesh.data\\*mesh.fsdp=4"):
+    config_lib.resolve_mesh(config, 4)
+
+
+def test_mesh_fill_and_product():
+  config = make_config(**{"mesh.data": 2, "mesh.fsdp": -1, "mesh.tensor": 2})
+  assert config_lib.resolve_mesh(config, 8).mesh.axis_sizes() == {"data": 2, "fsdp": 2, "tensor": 2}
+  with pytest.raises(config_lib.ConfigError, match="cannot fill"):
+    config_lib.resolve_mesh(config, 6)
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("model.tie_embeddings", 1, "must be a bool"),
+    ("train.steps", 2.5, "must be an int"),
+    ("data.source", "web", "must be one of bundled, files"),
+    ("train.b2", 1.5, "must be in [0, 1]"),
+    ("mesh.tensor", 0, "-1 to fill"),
+])
+def test_rules_in_python(key, value, words):
+  """Config files can hold any Python value; the dataclass conversion checks it."""
+  from configs import tiny
+  raw = tiny.get_config().to_dict()
+  section, field = key.split(".")
+  raw[section][field] = value
+  with pytest.raises(config_lib.ConfigError, match=f"config.{key}=") as error:
+    config_lib.load(raw)
+  assert words in str(error.value)
+
+
+def test_unknown_section_key_suggests_the_near_name():
+  from configs import tiny
+  raw = tiny.get_config().to_dict()
+  raw["train"]["stepz"] = raw["train"].pop("steps")
+  with pytest.raises(config_lib.ConfigError, match="did you mean train.steps"):
+    config_lib.load(raw)

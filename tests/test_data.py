@@ -1,0 +1,134 @@
+"""Tokenizer, document sources and the grain pipeline."""
+
+import os
+
+import numpy as np
+import pytest
+
+from conftest import make_config
+from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
+
+
+@pytest.fixture(scope="module")
+def corpus():
+  return sources.load_corpus(make_config().data, seed=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(corpus):
+  return tok_lib.train(corpus.documents, 512)
+
+
+def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
+  assert list(tokenizer.special_ids) == list(tok_lib.SPECIAL_TOKENS)
+  assert len(set(tokenizer.special_ids.values())) == len(tok_lib.SPECIAL_TOKENS)
+  for token in (tok_lib.DRAFT, tok_lib.CRITIQUE, tok_lib.REFINE):  # one piece each
+    assert tokenizer.encode(f"a{token}b").count(tokenizer.special_ids[token]) == 1
+  for token in (tok_lib.PAD, tok_lib.EOS):  # control ids: never produced from text
+    assert tokenizer.special_ids[token] not in tokenizer.encode(f"x {token} y")
+  for text in ["tom has 12 apples. #### 12", "Ünïcödé ✓ and 漢字", "a <draft> b <critique> c <refine> d"]:
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+  path = str(tmp_path / "tok.model")
+  tokenizer.save(path)
+  loaded = tok_lib.load(path)
+  assert loaded.checksum == tokenizer.checksum and loaded.encode("abc 123") == tokenizer.encode("abc 123")
+
+
+def test_tokenizer_errors(tmp_path):
+  with pytest.raises(tok_lib.TokenizerError, match="file not found"):
+    tok_lib.load(str(tmp_path / "missing.model"))
+  bad = tmp_path / "corrupt.model"
+  bad.write_bytes(b"\x00\x01 this is not a model")
+  with pytest.raises(tok_lib.TokenizerError, match="not a valid sentencepiece model"):
+    tok_lib.load(str(bad))
+  import io
+  import sentencepiece as spm
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain text here"] * 50),
+                                 model_writer=buf, vocab_size=300, byte_fallback=True,
+                                 hard_vocab_limit=False, minloglevel=2)
+  with pytest.raises(tok_lib.TokenizerError, match="special tokens missing: <pad>, <eos>"):
+    tok_lib.Tokenizer(buf.getvalue(), "plain.model")
+
+
+def test_bundled_corpus_is_seeded(corpus):
+  again = sources.load_corpus(make_config().data, seed=0)
+  other = sources.load_corpus(make_config().data, seed=1)
+  assert again.documents == corpus.documents and again.fingerprint == corpus.fingerprint
+  assert other.fingerprint != corpus.fingerprint
+
+
+class _OneTokenPerDoc:
+  """Document i (the string 'i') encodes to the single token i + 2; <eos> is 1."""
+  eos_id = 1
+
+  def encode(self, text):
+    return [int(text) + 2]
+
+
+def _stream(num_docs, shard_index, shard_count, batches, state=None):
+  ds = pipeline.make_dataset([str(i) for i in range(num_docs)], _OneTokenPerDoc(), seq_len=7,
+                             local_batch=2, seed=3, shard_index=shard_index,
+                             shard_count=shard_count)
+  it = iter(ds)
+  if state is not None:
+    it.set_state(state)
+  return it, [next(it) for _ in range(batches)]
+
+
+def test_pipeline_shapes_and_exactly_once_per_epoch():
+  num_docs = 32  # 16 docs per shard, 2 tokens each, 16 tokens per batch: 2 batches an epoch
+  seen = []
+  for shard in range(2):
+    _, batches = _stream(num_docs, shard, 2, batches=2)
+    assert all(b.shape == (2, 8) and b.dtype == np.int32 for b in batches)
+    ids = [int(t) - 2 for b in batches for t in b.reshape(-1) if t != 1]
+    seen.extend(ids)
+  assert sorted(seen) == list(range(num_docs))
+
+
+def test_pipeline_resumes_exactly_across_an_epoch_boundary():
+  it, _ = _stream(10, 0, 1, batches=2)
+  state = it.get_state()
+  want = [next(it) for _ in range(4)]  # crosses the end of epoch 1 (10 docs = 20 tokens)
+  _, got = _stream(10, 0, 1, batches=4, state=state)
+  for a, b in zip(want, got):
+    np.testing.assert_array_equal(a, b)
+
+
+def _data_cfg(tmp_path, pattern, **kw):
+  return make_config(**{"data.source": "files", "data.files": str(tmp_path / pattern), **kw}).data
+
+
+def test_files_txt_and_jsonl(tmp_path):
+  (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
+  (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n{"text": "another"}\n')
+  corpus = sources.load_corpus(_data_cfg(tmp_path, "*"), seed=0)
+  assert corpus.documents == ["first line", "second line", "json doc", "another"]
+  (tmp_path / "a.txt").write_text("first line changed\n")
+  assert sources.load_corpus(_data_cfg(tmp_path, "*"), seed=0).fingerprint != corpus.fingerprint
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("empty.txt", b"  \n", "empty"),
+    ("bad.txt", b"good text \xff\xfe more", "invalid UTF-8 at byte offset 10"),
+    ("bad.jsonl", b'{"text": "ok"}\nnot json\n', "line 2: not JSON"),
+    ("field.jsonl", b'{"body": "x"}\n', "string field 'text'"),
+])
+def test_bad_files_are_named(tmp_path, name, content, message):
+  (tmp_path / name).write_bytes(content)
+  with pytest.raises(sources.DataError, match=message) as error:
+    sources.load_corpus(_data_cfg(tmp_path, name), seed=0)
+  assert name in str(error.value)
+
+
+def test_invalid_utf8_replace_policy_counts(tmp_path):
+  (tmp_path / "bad.txt").write_bytes(b"ab\xffcd\xfe\n")
+  corpus = sources.load_corpus(_data_cfg(tmp_path, "bad.txt", **{"data.invalid_utf8": "replace"}),
+                               seed=0)
+  assert corpus.replaced_utf8_errors == 2 and corpus.documents == ["ab\ufffdcd\ufffd"]
+
+
+def test_glob_matching_nothing(tmp_path):
+  with pytest.raises(sources.DataError, match="matches no file"):
+    sources.load_corpus(_data_cfg(tmp_path, "*.jsonl"), seed=0)
