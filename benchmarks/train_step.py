@@ -53,7 +53,7 @@ def main(argv):
     median, _ = time_steps(step_fn, state, tokens, _STEPS.value)
   on_cpu = jax.devices()[0].platform == "cpu"
   peak = metrics.measure_matmul_peak(2048) if on_cpu else metrics.peak_flops_per_device(0.0)
-  flops = metrics.flops_per_token(config.model, seq) * rows * seq
+  flops = metrics.flops_per_step(config)
   print(json.dumps({
       "benchmark": "train_step",
       "step_time_s_median": median,

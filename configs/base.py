@@ -50,9 +50,33 @@ def get_config():
   c.train.b2 = 0.95  # AdamW second-moment decay
   c.train.eps = 1e-8  # AdamW epsilon
   c.train.grad_clip = 1.0  # global gradient-norm clip (applied to the whole gradient)
-  c.train.lm_weight = 1.0  # weight of the standard LM loss in the total (RASR's alpha)
+  c.train.critic_lr = 1e-4  # peak learning rate of the critic group (phi)
+  c.train.controller_lr = 5e-5  # peak learning rate of the controller group (xi)
   c.train.log_every_steps = 10  # steps between metric records in metrics.jsonl / tensorboard
+  c.train.eval_every_steps = 0  # steps between held-out evaluations (0 = only after the last step)
+  c.train.eval_batches = 2  # held-out batches per evaluation (0 = no evaluation)
   c.train.peak_flops_per_device = 0.0  # MFU denominator in FLOP/s; 0 = look up or measure
+
+  c.reflect = config_dict.ConfigDict()  # RASR (design/RASR.md); off = standard pretraining
+  c.reflect.enabled = False  # add the critic, the controller and K refinement iterations
+  c.reflect.iterations = 3  # K: draft-critique-refine iterations per step (0 = critic only)
+  c.reflect.rows = 0  # rows of the global batch that reflect (0 = batch/8, at least one per shard)
+  c.reflect.prompt_len = 128  # P: tokens of the prompt x in a reflection window
+  c.reflect.target_len = 64  # Y: tokens of the target y* (and of every draft)
+  c.reflect.draft_mode = "teacher_forced"  # teacher_forced (cheap, aligned mask) | autoregressive
+  c.reflect.draft_temperature = 0.0  # sampling temperature of drafts (0 = argmax)
+  c.reflect.critic_dims = "factual,logic,relevance"  # critic dimensions (any non-empty subset)
+  c.reflect.alpha = 0.6  # weight of L_standard
+  c.reflect.beta = 0.3  # weight of L_reflection
+  c.reflect.gamma = 0.1  # weight of L_critic
+  c.reflect.learned_stopping = True  # the controller may stop an example (off: always K iterations)
+  c.reflect.stop_warmup = 0.25  # fraction of train.steps before stopping takes effect (all refine)
+  c.reflect.tau = 0.5  # stopping threshold: stop when R_xi > tau
+  c.reflect.stop_budget = 0.0  # target mean iterations; > 0 adapts tau each step (0 = fixed tau)
+  c.reflect.tau_lr = 0.01  # eta_tau: step size of the tau adaptation
+  c.reflect.quality_target = 0.9  # stop target: y(k) already this good (weighted TrueQuality)
+  c.reflect.min_gain = 0.01  # stop target: refining gained at most this much quality
+  c.reflect.controller_hidden = 64  # width of the controller MLP
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 100  # steps between checkpoints (the last step is always saved)

@@ -22,7 +22,13 @@ def get_config():
   c.train.steps = 300
   c.train.batch_size = 16
   c.train.lr = 3e-3
+  c.train.critic_lr = 1.5e-3
+  c.train.controller_lr = 7.5e-4
   c.train.warmup_steps = 20
   c.checkpoint.every_steps = 100
   c.train.log_every_steps = 10
+  c.reflect.enabled = True
+  c.reflect.prompt_len = 48
+  c.reflect.target_len = 24
+  c.reflect.rows = 4
   return c

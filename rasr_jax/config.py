@@ -59,9 +59,43 @@ class TrainConfig:
   b2: float
   eps: float
   grad_clip: float
-  lm_weight: float
+  critic_lr: float
+  controller_lr: float
   log_every_steps: int
+  eval_every_steps: int
+  eval_batches: int
   peak_flops_per_device: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ReflectConfig:
+  enabled: bool
+  iterations: int
+  rows: int
+  prompt_len: int
+  target_len: int
+  draft_mode: str
+  draft_temperature: float
+  critic_dims: str
+  alpha: float
+  beta: float
+  gamma: float
+  learned_stopping: bool
+  stop_warmup: float
+  tau: float
+  stop_budget: float
+  tau_lr: float
+  quality_target: float
+  min_gain: float
+  controller_hidden: int
+
+  @property
+  def dim_names(self):
+    return tuple(d.strip() for d in self.critic_dims.split(","))
+
+  @property
+  def num_dims(self):
+    return len(self.dim_names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +121,7 @@ class Config:
   model: ModelConfig
   data: DataConfig
   train: TrainConfig
+  reflect: ReflectConfig
   checkpoint: CheckpointConfig
   mesh: MeshConfig
 
@@ -94,6 +129,8 @@ class Config:
 DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("bundled", "files")
+DRAFT_MODES = ("teacher_forced", "autoregressive")
+CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
 
 # Fields that must be > 0, and fields that must be >= 0.
@@ -103,14 +140,20 @@ _POSITIVE = (
     "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
     "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.grad_accum_steps",
     "train.lr", "train.eps", "train.log_every_steps", "checkpoint.every_steps",
-    "checkpoint.max_to_keep")
+    "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",
+    "reflect.controller_hidden", "train.critic_lr", "train.controller_lr")
 _NON_NEGATIVE = (
     "data.num_workers", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
-    "train.lm_weight", "train.peak_flops_per_device")
+    "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
+    "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
+    "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
+    "reflect.min_gain")
 _CHOICES = {
     "model.param_dtype": DTYPES, "model.dtype": DTYPES, "model.remat_policy": REMAT_POLICIES,
-    "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES}
-_UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2")
+    "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES,
+    "reflect.draft_mode": DRAFT_MODES}
+_UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau", "reflect.stop_warmup",
+                  "reflect.quality_target")
 
 
 def _fail(path, value, rule):
@@ -186,6 +229,14 @@ def _check_rules(c):
   if c.train.batch_size % c.train.grad_accum_steps:
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
+  r = c.reflect
+  dims = r.dim_names
+  if not all(dims) or len(set(dims)) != len(dims) or not set(dims) <= set(CRITIC_DIMS):
+    _fail("reflect.critic_dims", r.critic_dims,
+          f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
+  if r.enabled and r.prompt_len + r.target_len > c.data.seq_len + 1:
+    _fail("reflect.prompt_len", r.prompt_len, f"plus reflect.target_len={r.target_len} must "
+          f"fit in a row of data.seq_len + 1 = {c.data.seq_len + 1} tokens")
   sizes = c.mesh.axis_sizes()
   for axis, size in sizes.items():
     if size == 0 or size < -1:
@@ -230,7 +281,19 @@ def resolve_mesh(config, num_devices):
     _fail("train.batch_size", t.batch_size,
           f"each of the {t.grad_accum_steps} micro-batches must be divisible by the "
           f"data-parallel size mesh.data*mesh.fsdp={batch_shards}")
-  return dataclasses.replace(config, mesh=mesh)
+  return dataclasses.replace(config, mesh=mesh,
+                             reflect=_resolve_reflect_rows(config, batch_shards))
+
+
+def _resolve_reflect_rows(config, batch_shards):
+  """Reflection rows per global batch: batch/8 rounded up so every micro-batch shard gets rows."""
+  r, t = config.reflect, config.train
+  unit = batch_shards * t.grad_accum_steps
+  rows = r.rows or max(-(-t.batch_size // 8 // unit) * unit, unit)
+  if rows % unit or rows > t.batch_size:
+    _fail("reflect.rows", r.rows, f"must be a multiple of mesh.data*mesh.fsdp*"
+          f"train.grad_accum_steps={unit} and at most train.batch_size={t.batch_size}")
+  return dataclasses.replace(r, rows=rows)
 
 
 def to_dict(config):

@@ -14,3 +14,38 @@ def token_cross_entropy(logits, targets):
 def lm_loss_sum(logits, targets, weights):
   """Sum over tokens of weight * cross-entropy (the caller divides by the token count)."""
   return jnp.sum(token_cross_entropy(logits, targets) * weights)
+
+
+def binary_cross_entropy(prob, target, eps=1e-6):
+  """Elementwise BCE of probabilities `prob` against targets in [0, 1]."""
+  prob = jnp.clip(prob, eps, 1.0 - eps)
+  return -(target * jnp.log(prob) + (1.0 - target) * jnp.log1p(-prob))
+
+
+def reflection_row_losses(refine_logits, target):
+  """Teacher-forced refine logits [R, Y, V] vs y* [R, Y] -> mean cross-entropy per row [R]."""
+  return jnp.mean(token_cross_entropy(refine_logits, target), axis=-1)
+
+
+def critic_loss(critique, quality, labels):
+  """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged.
+
+  critique: heads.Critique; quality [R, C] targets of the configured dims; labels [R, Y].
+  """
+  scores = jnp.mean((critique.scores - quality) ** 2)
+  tokens = jnp.mean(binary_cross_entropy(critique.token_errors, labels))
+  scalar = jnp.mean((critique.critique - jnp.sum(critique.weights * quality, axis=-1)) ** 2)
+  return scores + tokens + scalar, {"critic/loss_scores": scores, "critic/loss_tokens": tokens,
+                                    "critic/loss_scalar": scalar}
+
+
+def controller_targets(weighted_quality, weighted_quality_next, quality_target, min_gain):
+  """stop* [R]: y(k) already good enough, or refining it gained too little (RASR.md §6)."""
+  done = weighted_quality >= quality_target
+  no_gain = weighted_quality_next - weighted_quality <= min_gain
+  return (done | no_gain).astype(jnp.float32)
+
+
+def controller_loss(stop_prob, stop_target):
+  """L_controller: mean BCE of R_xi [R] against stop* [R]."""
+  return jnp.mean(binary_cross_entropy(stop_prob, stop_target))

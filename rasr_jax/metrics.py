@@ -25,11 +25,33 @@ def matmul_params(model_cfg) -> int:
   return m.num_layers * (attn + mlp) + m.d_model * m.vocab_size
 
 
-def flops_per_token(model_cfg, seq_len) -> float:
+def flops_per_token(model_cfg, seq_len, with_head=True) -> float:
   """Training FLOPs per token: 6 x matmul params + attention scores (forward and backward)."""
   m = model_cfg
   attention = 12 * m.num_layers * m.num_heads * m.head_dim * seq_len
-  return 6 * matmul_params(m) + attention
+  head = 0 if with_head else m.d_model * m.vocab_size
+  return 6 * (matmul_params(m) - head) + attention
+
+
+def flops_per_step(config) -> float:
+  """Training FLOPs of one step: the standard pass plus, with RASR, every reflection pass.
+
+  Per reflecting row and iteration: a critic pass over P + 1 + Y tokens (no LM head) and a
+  refine pass over the refine sequence (LM head on the Y target positions only); both are
+  differentiated, so each costs forward + backward.
+  """
+  m, r = config.model, config.reflect
+  seq = config.data.seq_len
+  total = flops_per_token(m, seq) * config.train.batch_size * seq
+  if r.enabled:
+    critic_len = r.prompt_len + 1 + r.target_len
+    refine_len = critic_len + 1 + r.num_dims + 1 + r.target_len
+    passes = critic_len * flops_per_token(m, critic_len, with_head=False)
+    if r.iterations:
+      passes = r.iterations * (passes + refine_len * flops_per_token(m, refine_len, False)
+                               + r.target_len * 6 * m.d_model * m.vocab_size)
+    total += r.rows * passes
+  return total
 
 
 def measure_matmul_peak(size=1024, repeats=10) -> float:

@@ -1,10 +1,11 @@
-"""optax: one AdamW per parameter group, warm-up + cosine schedules, global-norm clipping.
+"""optax: per parameter group, global-norm clipping and AdamW on a warm-up + cosine schedule.
 
 Groups are read from parameter paths (RASR.md §1): top-level `critic` and `controller`
 sub-trees belong to those groups; everything else is the generator.
 """
 
 import jax
+import jax.numpy as jnp
 import optax
 
 GROUPS = ("generator", "critic", "controller")
@@ -37,18 +38,29 @@ def schedule(train_cfg, peak_lr):
 
 
 def group_peak_lrs(train_cfg):
-  return {"generator": train_cfg.lr}
+  return {"generator": train_cfg.lr, "critic": train_cfg.critic_lr,
+          "controller": train_cfg.controller_lr}
+
+
+def _group_transform(train_cfg, peak_lr):
+  adamw = optax.adamw(schedule(train_cfg, peak_lr), b1=train_cfg.b1, b2=train_cfg.b2,
+                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=_decay_mask)
+  if train_cfg.grad_clip > 0:
+    return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
+  return adamw
 
 
 def make_optimizer(train_cfg, params):
-  """Clip the whole gradient by global norm, then AdamW per group with its own schedule."""
+  """Per group: clip the group's gradient by its global norm, then AdamW on its own schedule."""
   present = sorted(set(jax.tree.leaves(group_labels(params))))
   peaks = group_peak_lrs(train_cfg)
-  transforms = {
-      g: optax.adamw(schedule(train_cfg, peaks[g]), b1=train_cfg.b1, b2=train_cfg.b2,
-                     eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=_decay_mask)
-      for g in present}
-  chain = [optax.partition(transforms, group_labels)]
-  if train_cfg.grad_clip > 0:
-    chain.insert(0, optax.clip_by_global_norm(train_cfg.grad_clip))
-  return optax.chain(*chain)
+  return optax.partition({g: _group_transform(train_cfg, peaks[g]) for g in present},
+                         group_labels)
+
+
+def group_norms(grads):
+  """{group: global norm of that group's gradient} for the groups present."""
+  squares = {}
+  for label, leaf in zip(jax.tree.leaves(group_labels(grads)), jax.tree.leaves(grads)):
+    squares[label] = squares.get(label, 0.0) + jnp.sum(jnp.square(leaf.astype(jnp.float32)))
+  return {label: jnp.sqrt(total) for label, total in squares.items()}

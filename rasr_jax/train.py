@@ -15,7 +15,7 @@ from absl import logging
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
 from rasr_jax import metrics as metrics_lib
-from rasr_jax import optim, sharding, train_state, train_step
+from rasr_jax import optim, refine, sharding, train_state, train_step
 from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -39,6 +39,12 @@ def prepare_tokenizer(config, workdir, corpus):
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
         f"config.model.vocab_size={config.model.vocab_size}")
   return tokenizer
+
+
+def special_ids(tokenizer):
+  ids = tokenizer.special_ids
+  return refine.SpecialIds(draft=ids[tok_lib.DRAFT], critique=ids[tok_lib.CRITIQUE],
+                           refine=ids[tok_lib.REFINE])
 
 
 def run_metadata(config, state, tokenizer, corpus):
@@ -108,12 +114,12 @@ def train(config, workdir, *, stop_at_step=None):
     start = 0
 
   tx = optim.make_optimizer(config.train, abstract.params)
-  step_fn = train_step.jit_train_step(train_step.make_train_step(graphdef, config, tx),
-                                      shardings, mesh)
+  step_fn = train_step.jit_train_step(
+      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer)), shardings, mesh)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start)
   tokens_per_step = config.train.batch_size * config.data.seq_len
-  flops_per_step = metrics_lib.flops_per_token(config.model, config.data.seq_len) * tokens_per_step
+  flops_per_step = metrics_lib.flops_per_step(config)
   peak = metrics_lib.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
   batch_sharding = sharding.batch_sharding(mesh)
   preemption = _Preemption()

@@ -7,7 +7,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from rasr_jax import optim, sharding
-from rasr_jax.model import transformer
+from rasr_jax.model import rasr_model
 
 
 @flax.struct.dataclass
@@ -16,18 +16,19 @@ class TrainState:
   params: dict  # pure nested dict of arrays
   opt_state: object  # optax state mirroring params
   rng: jax.Array  # [2] uint32 raw PRNG key data
+  tau: jax.Array  # [] float32 stopping threshold (adapted when reflect.stop_budget > 0)
 
 
-def build_model(model_cfg, seed=0):
+def build_model(config, seed=0):
   """The model, created without a mesh (parameters carry logical names as metadata)."""
   with nnx.use_eager_sharding(False):
-    return transformer.Transformer(model_cfg, rngs=nnx.Rngs(seed))
+    return rasr_model.RASRModel(config.model, config.reflect, rngs=nnx.Rngs(seed))
 
 
-def abstract_model(model_cfg):
+def abstract_model(config):
   """(graphdef, abstract params, param PartitionSpecs); allocates nothing."""
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: build_model(model_cfg))
+    model = nnx.eval_shape(lambda: build_model(config))
   graphdef, state = nnx.split(model, nnx.Param)
   specs = {}
   for path, var in nnx.to_flat_state(state):
@@ -59,23 +60,23 @@ def state_specs(abstract_state, param_specs):
     return P()
 
   opt_specs = jax.tree_util.tree_map_with_path(spec, abstract_state.opt_state)
-  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P())
+  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), tau=P())
 
 
-def _init_fn(graphdef, model_cfg, train_cfg, seed):
+def _init_fn(config):
   def init():
-    params = nnx.to_pure_dict(nnx.state(build_model(model_cfg, seed), nnx.Param))
-    tx = optim.make_optimizer(train_cfg, params)
-    rng = jax.random.key_data(jax.random.key(seed + 1))
+    params = nnx.to_pure_dict(nnx.state(build_model(config, config.seed), nnx.Param))
+    tx = optim.make_optimizer(config.train, params)
+    rng = jax.random.key_data(jax.random.key(config.seed + 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=rng)
+                      rng=rng, tau=jnp.asarray(config.reflect.tau, jnp.float32))
   return init
 
 
 def abstract_state(config):
   """(graphdef, abstract TrainState, TrainState of PartitionSpecs); allocates nothing."""
-  graphdef, _, param_specs = abstract_model(config.model)
-  state = jax.eval_shape(_init_fn(graphdef, config.model, config.train, config.seed))
+  graphdef, _, param_specs = abstract_model(config)
+  state = jax.eval_shape(_init_fn(config))
   return graphdef, state, state_specs(state, param_specs)
 
 
@@ -86,8 +87,7 @@ def to_shardings(specs, mesh):
 
 def init_state(config, mesh):
   """A freshly initialised TrainState, born sharded over `mesh`."""
-  graphdef, _, specs = abstract_state(config)
+  _, _, specs = abstract_state(config)
   shardings = to_shardings(specs, mesh)
-  init = _init_fn(graphdef, config.model, config.train, config.seed)
   with sharding.activate(mesh):
-    return jax.jit(init, out_shardings=shardings)(), shardings
+    return jax.jit(_init_fn(config), out_shardings=shardings)(), shardings

@@ -1,5 +1,8 @@
 """train_step(state, tokens) -> (state, metrics): the loss terms summed, one optimizer update.
 
+Standard pretraining is the LM loss alone. With `reflect.enabled` the total is
+alpha L_standard + beta L_reflection + gamma L_critic + L_controller, whose single gradient
+routes each term to its group exactly as RASR.md §7.5 says (see refine.py).
 The step is a pure function of pytrees; `jit_train_step` compiles it with explicit shardings and
 a donated state. Gradient accumulation runs inside the step as a `lax.scan` over micro-batches.
 """
@@ -9,7 +12,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rasr_jax import losses, optim, sharding
+from rasr_jax import losses, optim, refine, sharding
+
+TAU_RANGE = (0.05, 0.95)
 
 
 def _split_batch(tokens):
@@ -18,16 +23,52 @@ def _split_batch(tokens):
   return inputs, targets, jnp.ones(targets.shape, jnp.float32)
 
 
-def make_loss_fn(graphdef, config):
-  """loss_fn(params, tokens, normalizer) -> (weighted total, metrics); sums over the rows."""
+def reflection_windows(tokens, logits, rows, cfg, key):
+  """Prompt x [R, P], target y* [R, Y] and teacher-forced draft y(0) [R, Y] (RASR.md §2-3).
 
-  def loss_fn(params, tokens, normalizer):
+  Rows are spread evenly over the batch; each takes a window at a random offset. y(0)_j is
+  sampled from the standard pass's logits at the position that predicts y*_j.
+  """
+  p, y = cfg.prompt_len, cfg.target_len
+  stride = tokens.shape[0] // rows
+  row_tokens, row_logits = tokens[::stride][:rows], logits[::stride][:rows]
+  offset_key, draft_key = jax.random.split(key)
+  offsets = jax.random.randint(offset_key, (rows,), 0, tokens.shape[1] - (p + y) + 1)
+  window = jax.vmap(lambda t, o: jax.lax.dynamic_slice(t, (o,), (p + y,)))(row_tokens, offsets)
+  draft_logits = jax.vmap(lambda l, o: jax.lax.dynamic_slice_in_dim(l, o + p - 1, y, axis=0))(
+      row_logits, offsets)  # [R, Y, V]
+  draft0 = refine.sample(jax.lax.stop_gradient(draft_logits), cfg.draft_temperature, draft_key)
+  return window[:, :p], window[:, p:], draft0
+
+
+def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
+  """loss_fn(params, tokens, normalizer, key, tau, progress) -> (total, metrics).
+
+  The LM term is a token sum over `normalizer`; reflection terms are means, scaled by
+  1 / micro_batches so that summing over micro-batches averages them.
+  """
+  r = config.reflect
+  rows = r.rows // micro_batches
+
+  def loss_fn(params, tokens, normalizer, key, tau, progress):
     inputs, targets, weights = _split_batch(tokens)
     model = nnx.merge(graphdef, params)
     logits, _ = model(inputs)
     lm = losses.lm_loss_sum(logits, targets, weights) / normalizer
-    total = config.train.lm_weight * lm
-    return total, {"loss/lm": lm}
+    if not r.enabled:
+      return lm, {"loss/lm": lm}
+    window_key, reflect_key = jax.random.split(key)
+    x, y_star, draft0 = reflection_windows(tokens, logits, rows, r, window_key)
+    terms, metrics = refine.reflect(graphdef, params, x, y_star, draft0, tau=tau,
+                                    progress=progress, key=reflect_key, cfg=r, ids=special_ids)
+    scale = 1.0 / micro_batches
+    total = (r.alpha * lm + scale * (r.beta * terms["reflect"] + r.gamma * terms["critic"]
+                                     + terms["controller"]))
+    metrics = {k: v * scale for k, v in metrics.items()}
+    metrics.update({"loss/lm": lm, "loss/reflect": terms["reflect"] * scale,
+                    "loss/critic": terms["critic"] * scale,
+                    "loss/controller": terms["controller"] * scale})
+    return total, metrics
 
   return loss_fn
 
@@ -42,28 +83,54 @@ def _micro_batches(tokens, steps):
   return jax.lax.with_sharding_constraint(micro, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
 
 
-def make_train_step(graphdef, config, tx):
-  loss_fn = make_loss_fn(graphdef, config)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  lr_schedule = optim.schedule(config.train, optim.group_peak_lrs(config.train)["generator"])
+def adapt_tau(tau, mean_iterations, progress, cfg):
+  """Moves tau so that mean iterations approach reflect.stop_budget (0 = keep tau fixed).
+
+  More iterations than the budget lower tau (stop when R_xi > tau, so stopping gets easier).
+  Only while stopping is in effect (after reflect.stop_warmup).
+  """
+  if cfg.stop_budget <= 0:
+    return tau
+  moved = jnp.clip(tau - cfg.tau_lr * (mean_iterations - cfg.stop_budget), *TAU_RANGE)
+  return jnp.where(refine.stopping_enabled(progress, cfg), moved, tau)
+
+
+def make_train_step(graphdef, config, tx, special_ids=None):
   accum = config.train.grad_accum_steps
+  loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  schedules = {g: optim.schedule(config.train, lr)
+               for g, lr in optim.group_peak_lrs(config.train).items()}
 
   def train_step(state, tokens):
     normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    progress = state.step.astype(jnp.float32) / config.train.steps
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, tokens, normalizer)
+      (loss, aux), grads = grad_fn(state.params, tokens, normalizer, key, state.tau, progress)
     else:
-      def micro_step(carry, micro_tokens):
-        return jax.tree.map(jnp.add, carry, grad_fn(state.params, micro_tokens, normalizer)), None
+      def micro_step(carry, inputs):
+        index, micro_tokens = inputs
+        out = grad_fn(state.params, micro_tokens, normalizer, jax.random.fold_in(key, index),
+                      state.tau, progress)
+        return jax.tree.map(jnp.add, carry, out), None
 
       micro = _micro_batches(tokens, accum)  # [A, B / A, T + 1]
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           jax.eval_shape(grad_fn, state.params, micro[0], normalizer))
-      ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, micro)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
+          grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
+      ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads), lr=lr_schedule(state.step))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
+                   lr=schedules["generator"](state.step))
+    for group, norm in optim.group_norms(grads).items():
+      metrics[f"grad_norm/{group}"] = norm
+      metrics[f"lr/{group}"] = schedules[group](state.step)
+    tau = state.tau
+    if config.reflect.enabled:
+      tau = adapt_tau(state.tau, aux["reflect/mean_iterations"], progress, config.reflect)
+      metrics["reflect/tau"] = state.tau
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, tau=tau)
     return new_state, metrics
 
   return train_step

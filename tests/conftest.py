@@ -19,6 +19,8 @@ SMALL = {
     "data.seq_len": 32, "data.bundled_examples": 2000, "train.batch_size": 8,
     "train.steps": 8, "train.warmup_steps": 2, "train.lr": 3e-3, "train.log_every_steps": 1,
     "checkpoint.every_steps": 4, "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1,
+    "reflect.prompt_len": 16, "reflect.target_len": 8, "reflect.rows": 4,
+    "reflect.stop_budget": 1.5,
 }
 
 

@@ -20,8 +20,9 @@ def model_cfg():
   return make_config().model
 
 
-def _model(cfg, seed=0):
-  return train_state.build_model(cfg, seed)
+def _model(model_cfg, seed=0):
+  config = make_config(**{"reflect.enabled": False})
+  return train_state.build_model(dataclasses.replace(config, model=model_cfg), seed)
 
 
 def _attention(cfg, seed):

@@ -35,19 +35,25 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(self.cfg.dtype)
     return layers.constrain(x, ("act_batch", "act_length", "act_embed"))
 
-  def __call__(self, tokens, *, positions=None, mask=None, extra_embeddings=None):
-    """tokens [B, T] -> (logits [B, T, V] float32, hidden [B, T, D]).
+  def __call__(self, tokens, *, positions=None, mask=None):
+    """tokens [B, T] -> (logits [B, T, V] float32, hidden [B, T, D])."""
+    return self.apply_embeddings(self.embed_tokens(tokens), positions=positions, mask=mask)
 
-    positions [B, T] default 0..T-1; mask [B, 1, T, T] bool (True = may attend) default causal;
-    extra_embeddings [B, T, D] are added to the token embeddings (RASR feedback).
-    """
-    x = self.embed_tokens(tokens)
-    if extra_embeddings is not None:
-      x = x + extra_embeddings.astype(x.dtype)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    hidden = self.final_norm(self._run_blocks(x, positions, mask))
+  def apply_embeddings(self, x, *, positions=None, mask=None):
+    """x [B, T, D] input embeddings -> (logits [B, T, V] float32, hidden [B, T, D])."""
+    hidden = self.hidden_states(x, positions=positions, mask=mask)
     return self.logits(hidden), hidden
+
+  def hidden_states(self, x, *, positions=None, mask=None):
+    """x [B, T, D] -> final (normed) hidden states [B, T, D], without the LM head.
+
+    positions [B, T] default 0..T-1; mask [B or 1, 1, T, T] bool (True = may attend), default
+    causal.
+    """
+    x = x.astype(self.cfg.dtype)
+    if positions is None:
+      positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+    return self.final_norm(self._run_blocks(x, positions, mask))
 
   def logits(self, hidden):  # [B, T, D] -> [B, T, V] float32
     head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]

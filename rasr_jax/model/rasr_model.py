@@ -1,0 +1,25 @@
+"""The RASR model: the Transformer trunk plus, when reflection is on, its three head sets.
+
+Parameter paths decide the optimizer group (RASR.md §1): `critic/...` is phi, `controller/...`
+is xi, everything else (trunk and `feedback/...`) is psi.
+"""
+
+from flax import nnx
+
+from rasr_jax.model import heads
+from rasr_jax.model.transformer import Transformer
+
+
+class RASRModel(Transformer):
+  """Transformer with `feedback`, `critic` and `controller` heads when `reflect_cfg.enabled`."""
+
+  def __init__(self, cfg, reflect_cfg, *, rngs: nnx.Rngs):
+    super().__init__(cfg, rngs=rngs)
+    self.reflecting = reflect_cfg.enabled
+    if self.reflecting:
+      kw = dict(init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
+      dims = reflect_cfg.num_dims
+      self.feedback = heads.Feedback(cfg.d_model, dims, **kw)
+      self.critic = heads.Critic(cfg.d_model, dims, **kw)
+      self.controller = heads.Controller(cfg.d_model, dims, reflect_cfg.iterations,
+                                         reflect_cfg.controller_hidden, **kw)

@@ -1,0 +1,229 @@
+"""RASR: gradient routing, the leak rule, masking of stopped examples, losses and oracles."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from conftest import make_config
+from rasr_jax import config as config_lib
+from rasr_jax import losses, optim, quality, refine, sharding, train_state, train_step
+from rasr_jax import tasks
+from rasr_jax.model import heads
+
+IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+RNG = np.random.RandomState(0)
+
+
+def _setup(**overrides):
+  config = config_lib.resolve_mesh(make_config(**overrides), 1)
+  mesh = sharding.make_mesh(config.mesh)
+  state, shardings = train_state.init_state(config, mesh)
+  graphdef, _, _ = train_state.abstract_model(config)
+  tokens = jnp.asarray(RNG.randint(6, config.model.vocab_size,
+                                   (config.train.batch_size, config.data.seq_len + 1)), jnp.int32)
+  return config, mesh, state, shardings, graphdef, tokens
+
+
+@pytest.fixture(scope="module")
+def rasr():
+  return _setup()
+
+
+@pytest.mark.parametrize("progress", [0.0, 1.0], ids=["all-refine", "stopping-on"])
+def test_gradient_routing_matches_separate_grads(rasr, progress):
+  """psi <- grad(a Ls + b Lr), phi <- grad(b Lr + g Lc), xi <- grad(Lctrl), exactly (§7.5)."""
+  config, mesh, state, _, graphdef, tokens = rasr
+  r = config.reflect
+  loss_fn = train_step.make_loss_fn(graphdef, config, IDS)
+  n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+  args = (tokens, n, jax.random.key(1), jnp.float32(0.5), jnp.float32(progress))
+  with sharding.activate(mesh):
+    combined = jax.jit(jax.grad(lambda p: loss_fn(p, *args)[0]))(state.params)
+    term = lambda name: jax.jit(jax.grad(lambda p: loss_fn(p, *args)[1][name]))(state.params)
+    ls, lr, lc, lctrl = (term(k) for k in ("loss/lm", "loss/reflect", "loss/critic",
+                                           "loss/controller"))
+    _, aux = loss_fn(state.params, *args)
+  assert float(aux["loss/reflect"]) > 0 and float(aux["loss/controller"]) > 0
+  expected = {
+      "generator": jax.tree.map(lambda a, b: r.alpha * a + r.beta * b, ls, lr),
+      "critic": jax.tree.map(lambda b, c: r.beta * b + r.gamma * c, lr, lc),
+      "controller": lctrl,
+  }
+  labels = optim.group_labels(state.params)
+  flat_labels = jax.tree.leaves(labels)
+  flat_got = jax.tree.leaves(combined)
+  checked = {g: 0 for g in expected}
+  for i, (label, got) in enumerate(zip(flat_labels, flat_got)):
+    want = jax.tree.leaves(expected[label])[i]
+    scale = float(jnp.max(jnp.abs(want))) + 1e-12
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * scale)
+    checked[label] += 1
+  assert all(checked.values()), checked
+  # The routing is not vacuous: the critic loss does reach the trunk when nothing stops it.
+  critic_norms = optim.group_norms(lc)
+  assert float(critic_norms["critic"]) > 0
+
+
+def _refine_inputs(config, graphdef, params, rows=2):
+  r = config.reflect
+  x = jnp.asarray(RNG.randint(6, 100, (rows, r.prompt_len)), jnp.int32)
+  y_star = jnp.asarray(RNG.randint(6, 100, (rows, r.target_len)), jnp.int32)
+  draft = jnp.asarray(RNG.randint(6, 100, (rows, r.target_len)), jnp.int32)
+  model = nnx.merge(graphdef, params)
+  return model, x, y_star, draft
+
+
+def test_teacher_forced_refine_logits_do_not_leak(rasr):
+  """Refine logits at i ignore draft tokens and flags at > i and y*_j for j >= i (§3)."""
+  config, mesh, state, _, graphdef, _ = rasr
+  r = config.reflect
+  layout = refine.Layout(r.prompt_len, r.target_len, r.num_dims)
+  model, x, y_star, draft = _refine_inputs(config, graphdef, state.params)
+  live, _ = refine.critique_draft(model, model.embed_tokens(x), draft, 0.5, IDS)
+  i = r.target_len // 2
+
+  def logits(aligned, draft=draft, errors=live.token_errors, y_star=y_star):
+    critique = live.replace(token_errors=errors)
+    return refine.refine_logits(model, model.embed_tokens(x), draft, critique, y_star, IDS,
+                                refine.refine_mask(layout, aligned))
+
+  changed_draft = draft.at[:, i + 1:].set((draft[:, i + 1:] + 7) % 100 + 6)
+  changed_errors = live.token_errors.at[:, i + 1:].set(1.0 - live.token_errors[:, i + 1:])
+  changed_target = y_star.at[:, i:].set((y_star[:, i:] + 11) % 100 + 6)
+  base = logits(True)
+  for kwargs in (dict(draft=changed_draft), dict(errors=changed_errors),
+                 dict(y_star=changed_target)):
+    np.testing.assert_array_equal(logits(True, **kwargs)[:, :i + 1], base[:, :i + 1])
+  # Without the aligned mask the draft after i does leak into position i: the test can fail.
+  assert not np.allclose(logits(False, draft=changed_draft)[:, :i + 1],
+                         logits(False)[:, :i + 1])
+
+
+def test_stopped_examples_are_frozen_and_masked(rasr):
+  config, mesh, state, _, graphdef, _ = rasr
+  r = config.reflect
+  model, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
+  cfg = dataclasses.replace(r, learned_stopping=True, stop_warmup=0.0)
+  run = lambda tau: refine.iterate(graphdef, state.params, x, y_star, draft, tau=tau,
+                                   progress=jnp.float32(0.5), key=jax.random.key(0), cfg=cfg,
+                                   ids=IDS)
+  _, probe = run(jnp.float32(1.0))  # nothing stops: read the controller's probabilities
+  tau = jnp.median(probe["stop_prob"][0])  # about half the rows stop at k = 0
+  final, out = run(tau)
+  active = np.asarray(out["active"], bool)  # [K, R]
+  assert 0 < active[0].sum() < active.shape[1]
+  drafts = np.concatenate([np.asarray(out["draft"]), np.asarray(final)[None]])  # [K + 1, R, Y]
+  for k in range(r.iterations):
+    for row in np.flatnonzero(~active[k]):
+      np.testing.assert_array_equal(drafts[k + 1, row], drafts[k, row])
+      assert not active[k:, row].any()  # once stopped, always stopped
+  expected = np.mean(np.asarray(out["row_loss"]) * active, axis=1)
+  np.testing.assert_allclose(np.asarray(out["reflect"]), expected, rtol=1e-6)
+
+
+def test_critic_only_and_single_iteration_variants(rasr):
+  _, mesh, _, _, _, _ = rasr
+  for overrides in ({"reflect.iterations": 0}, {"reflect.iterations": 1},
+                    {"reflect.critic_dims": "logic"}, {"reflect.learned_stopping": False}):
+    config, mesh, state, shardings, graphdef, tokens = _setup(**overrides)
+    tx = optim.make_optimizer(config.train, state.params)
+    step = jax.jit(train_step.make_train_step(graphdef, config, tx, IDS))
+    with sharding.activate(mesh):
+      _, metrics = step(state, tokens)
+    k = config.reflect.iterations
+    assert f"quality/q_k{k}" in metrics and np.isfinite(float(metrics["loss"])), overrides
+    assert ("loss/reflect_k0" in metrics) == (k > 0)
+    if not config.reflect.learned_stopping:
+      assert float(metrics["reflect/mean_iterations"]) == k
+
+
+def test_reflection_off_equals_the_standard_step():
+  """Reflection off (K = 0) is exactly the LM step: same loss, same updated parameters."""
+  config, mesh, state, _, graphdef, tokens = _setup(**{"reflect.enabled": False,
+                                                       "reflect.iterations": 0})
+  tx = optim.make_optimizer(config.train, state.params)
+  assert set(jax.tree.leaves(optim.group_labels(state.params))) == {"generator"}
+
+  def standard_step(params, opt_state, tokens):
+    def lm(p):
+      logits, _ = nnx.merge(graphdef, p)(tokens[:, :-1])
+      return jnp.mean(losses.token_cross_entropy(logits, tokens[:, 1:]))
+    loss, grads = jax.value_and_grad(lm)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return loss, optax.apply_updates(params, updates)
+
+  with sharding.activate(mesh):
+    want_loss, want_params = jax.jit(standard_step)(state.params, state.opt_state, tokens)
+    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, config, tx))(state, tokens)
+  np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-6)
+  for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_params)):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+def test_tau_adapts_toward_the_budget():
+  cfg = make_config(**{"reflect.stop_budget": 1.0, "reflect.tau_lr": 0.1}).reflect
+  late = jnp.float32(1.0)
+  assert float(train_step.adapt_tau(jnp.float32(0.5), 3.0, late, cfg)) == pytest.approx(0.3)
+  assert float(train_step.adapt_tau(jnp.float32(0.5), 0.0, late, cfg)) == pytest.approx(0.6)
+  assert float(train_step.adapt_tau(jnp.float32(0.06), 3.0, late, cfg)) == pytest.approx(0.05)
+  assert float(train_step.adapt_tau(jnp.float32(0.5), 3.0, jnp.float32(0.0), cfg)) == 0.5
+  fixed = dataclasses.replace(cfg, stop_budget=0.0)
+  assert float(train_step.adapt_tau(jnp.float32(0.5), 3.0, late, fixed)) == 0.5
+
+
+# ----- Pure functions on hand-made inputs.
+
+def test_text_quality_by_hand():
+  target = jnp.asarray([[1, 2, 3, 4], [5, 5, 6, 7]])
+  draft = jnp.asarray([[1, 2, 9, 3], [5, 6, 5, 5]])
+  q, labels = quality.text_quality(draft, target)
+  # Row 0: 2 of 4 right; prefix 2; overlap {1, 2, 3} = 3.  Row 1: 1 right; prefix 1;
+  # overlap: 5 twice (target has two 5s) + 6 once = 3.
+  np.testing.assert_allclose(q, [[0.5, 0.5, 0.75], [0.25, 0.25, 0.75]])
+  np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 1, 1, 1]])
+  np.testing.assert_allclose(quality.select(q, ("relevance", "factual")), [[0.75, 0.5],
+                                                                           [0.75, 0.25]])
+
+
+def test_task_quality_by_hand():
+  example = tasks.Example(task="arithmetic", uid="t", question="tom has 12 apples. he buys 7 "
+                          "more and gives away 5. how many apples does tom have?",
+                          answer="12 + 7 = 19. 19 - 5 = 14. #### 14")
+  q, labels = quality.task_quality(example, "12 + 7 = 19. 19 - 5 = 15. #### 15", [1, 2, 3],
+                                   [1, 9])
+  assert q == {"factual": 0.0, "logic": 0.5, "relevance": 1.0}
+  assert labels == [0.0, 1.0, 1.0]
+  q, _ = quality.task_quality(example, "12 + 7 = 19. #### 14")
+  assert q == {"factual": 1.0, "logic": 1.0, "relevance": pytest.approx(2 / 3)}
+
+
+def test_loss_terms_by_hand():
+  critique = heads.Critique(
+      embed_x=jnp.zeros((1, 2)), embed_y=jnp.zeros((1, 2)), scores=jnp.asarray([[0.5, 1.0]]),
+      token_errors=jnp.asarray([[0.5, 0.5]]), weights=jnp.asarray([[0.25, 0.75]]),
+      critique=jnp.asarray([0.875]))
+  loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]))
+  assert float(parts["critic/loss_scores"]) == pytest.approx(0.125)  # (0.25 + 0) / 2
+  assert float(parts["critic/loss_tokens"]) == pytest.approx(np.log(2), rel=1e-5)
+  assert float(parts["critic/loss_scalar"]) == pytest.approx(0.125 ** 2)
+  assert float(loss) == pytest.approx(0.125 + np.log(2) + 0.015625, rel=1e-5)
+  targets = losses.controller_targets(jnp.asarray([0.95, 0.5, 0.5]), jnp.asarray([0.99, 0.505, 0.7]),
+                                      quality_target=0.9, min_gain=0.01)
+  np.testing.assert_array_equal(targets, [1.0, 1.0, 0.0])
+  assert float(losses.controller_loss(jnp.asarray([0.5]), jnp.asarray([1.0]))) == pytest.approx(
+      np.log(2), rel=1e-5)
+  logits = jnp.log(jnp.asarray([[[0.25, 0.75], [0.5, 0.5]]]))
+  np.testing.assert_allclose(losses.reflection_row_losses(logits, jnp.asarray([[1, 0]])),
+                             [(-np.log(0.75) - np.log(0.5)) / 2], rtol=1e-6)
+
+
+def test_describe_reports_three_groups():
+  from rasr_jax import describe
+  report = describe.describe(make_config(), num_devices=1)
+  groups = report["params_by_group"]
+  assert groups["generator"] > groups["critic"] > 0 and groups["controller"] > 0
