@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -11,6 +12,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 # The test process itself sees one CPU device; multi-device runs happen in subprocesses.
 os.environ.pop("XLA_FLAGS", None)
+# Compiled steps are shared between tests and their subprocesses through jax's persistent
+# compilation cache (keyed by the program, so a hit is the same executable).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), "rasr_jax_tests_jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # Small shapes that keep a CPU step well under a second.
 SMALL = {

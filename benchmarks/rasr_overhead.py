@@ -1,0 +1,77 @@
+"""RASR step time over standard step time, in one process, on the same batch.
+
+  python benchmarks/rasr_overhead.py --config=configs/bench.py [--steps=5]
+
+Times (median of --steps after 2 warm-up steps each) the standard step (reflection off) and
+RASR steps on the same batch and shapes: the default reflection settings of the config
+(K = 3), then K = 1 and K = 3 with every row reflecting. Prints one JSON object.
+"""
+
+import dataclasses
+import json
+import platform
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from benchmarks.train_step import time_steps
+from rasr_jax import config as config_lib
+from rasr_jax import optim, refine, sharding, train_state, train_step
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per variant (after 2 warm-up steps).")
+
+IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+
+
+def step_time(config, mesh, tokens):
+  """Median seconds per train step of `config` on `tokens`."""
+  graphdef, abstract, _ = train_state.abstract_state(config)
+  state, shardings = train_state.init_state(config, mesh)
+  tx = optim.make_optimizer(config.train, abstract.params)
+  step_fn = train_step.jit_train_step(train_step.make_train_step(graphdef, config, tx, IDS),
+                                      shardings, mesh)
+  with sharding.activate(mesh):
+    median, _ = time_steps(step_fn, state, tokens, _STEPS.value)
+  return median
+
+
+def main(argv):
+  del argv
+  base = config_lib.resolve_mesh(config_lib.load(_CONFIG.value), jax.device_count())
+  mesh = sharding.make_mesh(base.mesh)
+  rows, seq = base.train.batch_size, base.data.seq_len
+  tokens = np.random.RandomState(0).randint(6, base.model.vocab_size, (rows, seq + 1))
+  tokens = jax.device_put(tokens.astype(np.int32), sharding.batch_sharding(mesh))
+
+  def variant(**reflect):
+    return dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
+
+  r = base.reflect
+  standard = step_time(variant(enabled=False), mesh, tokens)
+  times = {
+      "default": step_time(variant(enabled=True), mesh, tokens),
+      "k1_all_rows": step_time(variant(enabled=True, iterations=1, rows=rows), mesh, tokens),
+      "k3_all_rows": step_time(variant(enabled=True, iterations=3, rows=rows), mesh, tokens),
+  }
+  print(json.dumps({
+      "benchmark": "rasr_overhead",
+      "standard_step_s": standard,
+      "rasr_step_s": times["default"],
+      "ratio": times["default"] / standard,
+      "ratio_k1_all_rows": times["k1_all_rows"] / standard,
+      "ratio_k3_all_rows": times["k3_all_rows"] / standard,
+      "step_s": times,
+      "reflection": {"iterations": r.iterations, "rows": r.rows, "batch": rows,
+                     "prompt_len": r.prompt_len, "target_len": r.target_len,
+                     "draft_mode": r.draft_mode},
+      "shape": {"d_model": base.model.d_model, "layers": base.model.num_layers, "seq_len": seq},
+      "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+      "python": platform.python_version(),
+  }, indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
