@@ -2,9 +2,10 @@
 
   python benchmarks/rasr_overhead.py --config=configs/bench.py [--steps=5]
 
-Times (median of --steps after 2 warm-up steps each) the standard step (reflection off) and
-RASR steps on the same batch and shapes: the default reflection settings of the config
-(K = 3), then K = 1 and K = 3 with every row reflecting. Prints one JSON object.
+Times the standard step (reflection off) and RASR steps on the same batch and shapes: the
+default reflection settings of the config (K = 3), then K = 1 and K = 3 with every row
+reflecting. One step of each variant in turn, --steps rounds, medians (see common.py).
+Prints one JSON object.
 """
 
 import dataclasses
@@ -16,26 +17,24 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from benchmarks.train_step import time_steps
+from common import interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import optim, refine, sharding, train_state, train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
-_STEPS = flags.DEFINE_integer("steps", 5, "Timed steps per variant (after 2 warm-up steps).")
+_STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds (after 2 warm-up steps per variant).")
 
 IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
 
 
-def step_time(config, mesh, tokens):
-  """Median seconds per train step of `config` on `tokens`."""
+def compiled_step(config, mesh):
+  """(jitted train step, fresh state) for `config`."""
   graphdef, abstract, _ = train_state.abstract_state(config)
   state, shardings = train_state.init_state(config, mesh)
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(train_step.make_train_step(graphdef, config, tx, IDS),
                                       shardings, mesh)
-  with sharding.activate(mesh):
-    median, _ = time_steps(step_fn, state, tokens, _STEPS.value)
-  return median
+  return step_fn, state
 
 
 def main(argv):
@@ -50,12 +49,16 @@ def main(argv):
     return dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
 
   r = base.reflect
-  standard = step_time(variant(enabled=False), mesh, tokens)
-  times = {
-      "default": step_time(variant(enabled=True), mesh, tokens),
-      "k1_all_rows": step_time(variant(enabled=True, iterations=1, rows=rows), mesh, tokens),
-      "k3_all_rows": step_time(variant(enabled=True, iterations=3, rows=rows), mesh, tokens),
+  variants = {
+      "standard": variant(enabled=False),
+      "default": variant(enabled=True),
+      "k1_all_rows": variant(enabled=True, iterations=1, rows=rows),
+      "k3_all_rows": variant(enabled=True, iterations=3, rows=rows),
   }
+  with sharding.activate(mesh):
+    times = interleaved_medians({name: compiled_step(c, mesh) for name, c in variants.items()},
+                                tokens, _STEPS.value)
+  standard = times.pop("standard")
   print(json.dumps({
       "benchmark": "rasr_overhead",
       "standard_step_s": standard,

@@ -8,33 +8,18 @@ matmul measured in the same process (on accelerators: the vendor peak from rasr_
 
 import json
 import platform
-import statistics
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from common import time_steps
 from rasr_jax import config as config_lib
 from rasr_jax import metrics, optim, sharding, train_state, train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
-
-
-def time_steps(step_fn, state, tokens, steps):
-  """Median seconds per call of `step_fn` over `steps` calls, after two warm-up calls."""
-  for _ in range(2):
-    state, out = step_fn(state, tokens)
-  jax.block_until_ready(out)
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, out = step_fn(state, tokens)
-    jax.block_until_ready(out)
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), state
 
 
 def main(argv):

@@ -31,6 +31,7 @@ def get_config():
   c.data.source = "bundled"  # bundled (generated verifiable tasks) | files (local .txt/.jsonl)
   c.data.files = ""  # comma-separated globs of .txt / .jsonl files when source=files
   c.data.text_field = "text"  # JSONL field that holds the document text
+  c.data.eval_files = ""  # held-out globs (source=files); bundled data holds out another seed
   c.data.bundled_examples = 20000  # number of generated task documents when source=bundled
   c.data.seq_len = 128  # tokens per training row T (packed)
   c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
@@ -61,8 +62,8 @@ def get_config():
   c.reflect.enabled = False  # add the critic, the controller and K refinement iterations
   c.reflect.iterations = 3  # K: draft-critique-refine iterations per step (0 = critic only)
   c.reflect.rows = 0  # rows of the global batch that reflect (0 = batch/8, at least one per shard)
-  c.reflect.prompt_len = 128  # P: tokens of the prompt x in a reflection window
-  c.reflect.target_len = 64  # Y: tokens of the target y* (and of every draft)
+  c.reflect.prompt_len = 64  # P: tokens of the prompt x in a reflection window
+  c.reflect.target_len = 32  # Y: tokens of the target y* (and of every draft)
   c.reflect.draft_mode = "teacher_forced"  # teacher_forced (cheap, aligned mask) | autoregressive
   c.reflect.draft_temperature = 0.0  # sampling temperature of drafts (0 = argmax)
   c.reflect.critic_dims = "factual,logic,relevance"  # critic dimensions (any non-empty subset)

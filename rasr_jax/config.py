@@ -38,6 +38,7 @@ class DataConfig:
   source: str
   files: str
   text_field: str
+  eval_files: str
   bundled_examples: int
   seq_len: int
   tokenizer: str

@@ -98,11 +98,11 @@ def critique_draft(model, x_emb, draft, progress, ids: SpecialIds):
   return live, frozen
 
 
-def refine_logits(model, x_emb, draft, critique, y_star, ids: SpecialIds, mask):
-  """Refine pass, teacher-forced on y* -> logits [R, Y, V] of the positions predicting y*."""
-  rows, y = draft.shape
+def refine_sequence(model, x_emb, draft, critique, y_star, ids: SpecialIds):
+  """Embeddings [R, S, D] of `x <draft> y(k)+flags <critique> c(k) <refine> y*[:-1]`."""
+  rows = draft.shape[0]
   flags = model.feedback.flags(critique.token_errors)  # [R, Y, D]
-  seq = jnp.concatenate([
+  return jnp.concatenate([
       x_emb,
       _marker(model, ids.draft, rows),
       model.embed_tokens(draft) + flags.astype(x_emb.dtype),
@@ -110,9 +110,39 @@ def refine_logits(model, x_emb, draft, critique, y_star, ids: SpecialIds, mask):
       model.feedback.critique_tokens(critique).astype(x_emb.dtype),
       _marker(model, ids.refine, rows),
       model.embed_tokens(y_star[:, :-1]),
-  ], axis=1)  # [R, S, D]
+  ], axis=1)
+
+
+def refine_logits(model, x_emb, draft, critique, y_star, ids: SpecialIds, mask):
+  """Refine pass, teacher-forced on y* -> logits [R, Y, V] of the positions predicting y*."""
+  seq = refine_sequence(model, x_emb, draft, critique, y_star, ids)
   hidden = model.hidden_states(seq, mask=mask)
-  return model.logits(hidden[:, -y:])
+  return model.logits(hidden[:, -draft.shape[1]:])
+
+
+def decode(graphdef, params, prefix, steps, temperature, key):
+  """Free-running decoding of `steps` tokens after prefix embeddings [R, L, D] -> [R, steps].
+
+  One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
+  flows through the sampled tokens.
+  """
+  rows, length, _ = prefix.shape
+  model = nnx.merge(graphdef, params)
+  cache = model.init_cache(rows, length + steps)
+  hidden, cache = model.cached_hidden_states(jax.lax.stop_gradient(prefix), cache)
+  first = sample(model.logits(hidden[:, -1:])[:, 0], temperature, jax.random.fold_in(key, 0))
+
+  def body(j, carry):
+    cache, token, tokens = carry
+    model = nnx.merge(graphdef, params)
+    tokens = tokens.at[:, j].set(token)
+    hidden, cache = model.cached_hidden_states(model.embed_tokens(token[:, None]), cache)
+    token = sample(model.logits(hidden)[:, 0], temperature, jax.random.fold_in(key, j + 1))
+    return cache, token, tokens
+
+  init = (cache, first, jnp.zeros((rows, steps), jnp.int32))
+  _, last, tokens = jax.lax.fori_loop(0, steps - 1, body, init)
+  return tokens.at[:, steps - 1].set(last)
 
 
 def stopping_enabled(progress, cfg):
@@ -160,8 +190,13 @@ def iterate(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids
     active = active & ~stop
     logits = refine_logits(model, x_emb, draft, live, y_star, ids, mask)  # [R, Y, V]
     row_loss = losses.reflection_row_losses(logits, y_star)  # [R]
-    candidate = sample(jax.lax.stop_gradient(logits), cfg.draft_temperature,
-                       jax.random.fold_in(key, k))
+    draft_key = jax.random.fold_in(key, k)
+    if cfg.draft_mode == "teacher_forced":  # aligned: y(k+1)_i read y*_<i only
+      candidate = sample(jax.lax.stop_gradient(logits), cfg.draft_temperature, draft_key)
+    else:  # free-running after `x <draft> y(k) <critique> c(k) <refine>`, as at inference
+      prefix = refine_sequence(model, x_emb, draft, live, y_star, ids)[:, :layout.refine_token + 1]
+      candidate = decode(graphdef, params, prefix, cfg.target_len, cfg.draft_temperature,
+                         draft_key)
     q_next = quality.select(quality.text_quality(candidate, y_star)[0], cfg.dim_names)
     target = losses.controller_targets(_weighted(q, frozen.weights),
                                        _weighted(q_next, frozen.weights),

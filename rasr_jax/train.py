@@ -19,6 +19,7 @@ from rasr_jax import optim, refine, sharding, train_state, train_step
 from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
 
 TOKENIZER_FILE = "tokenizer.model"
+HELD_OUT_KEY_OFFSET = 7_919
 
 
 def prepare_tokenizer(config, workdir, corpus):
@@ -56,6 +57,32 @@ def run_metadata(config, state, tokenizer, corpus):
       "tokenizer_sha256": tokenizer.checksum,
       "data_fingerprint": corpus.fingerprint,
   }
+
+
+class _HeldOutEval:
+  """Mean training metrics on held-out batches (the same batches and windows every time)."""
+
+  def __init__(self, config, documents, tokenizer, graphdef, shardings, mesh):
+    self._batches = config.train.eval_batches
+    self._make_data = lambda: pipeline.make_dataset(
+        documents, tokenizer, seq_len=config.data.seq_len,
+        local_batch=config.train.batch_size // jax.process_count(), seed=config.seed,
+        shard_index=jax.process_index(), shard_count=jax.process_count())
+    self._step = jax.jit(train_step.make_eval_step(graphdef, config, special_ids(tokenizer)),
+                         in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+                         out_shardings=sharding.replicated(mesh))
+    self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
+    self._batch_sharding = sharding.batch_sharding(mesh)
+
+  def __call__(self, state):
+    totals = {}
+    for index, local in zip(range(self._batches), self._make_data()):
+      tokens = jax.make_array_from_process_local_data(self._batch_sharding,
+                                                      np.asarray(local, np.int32))
+      metrics = jax.device_get(self._step(state, tokens, jax.random.fold_in(self._key, index)))
+      for key, value in metrics.items():
+        totals[key] = totals.get(key, 0.0) + float(value) / self._batches
+    return {f"eval/{key}": value for key, value in totals.items()}
 
 
 class _Preemption:
@@ -116,6 +143,9 @@ def train(config, workdir, *, stop_at_step=None):
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(
       train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer)), shardings, mesh)
+  held_out = sources.load_held_out(config.data, config.seed)
+  evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)
+              if held_out is not None and config.train.eval_batches else None)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start)
   tokens_per_step = config.train.batch_size * config.data.seq_len
@@ -133,13 +163,17 @@ def train(config, workdir, *, stop_at_step=None):
         state, metrics = step_fn(state, tokens)
         done = step + 1
         window_steps += 1
-        if done % config.train.log_every_steps == 0 or done == total:
+        every = config.train.eval_every_steps
+        run_eval = evaluate is not None and (done == total or (every and done % every == 0))
+        if done % config.train.log_every_steps == 0 or done == total or run_eval:
           metrics = jax.device_get(metrics)
           elapsed = time.perf_counter() - window_start
           step_time = elapsed / window_steps
           record = dict(metrics, step_time_s=step_time,
                         tokens_per_sec=tokens_per_step / step_time,
                         mfu=flops_per_step / step_time / peak)
+          if run_eval:
+            record.update(evaluate(state))
           writer.write(done, record)
           logging.info("step %d/%d loss %.4f lr %.3g | %.0f tok/s mfu %.1f%% | ETA %s", done,
                        total, record["loss"], record["lr"], record["tokens_per_sec"],

@@ -24,10 +24,11 @@ def _split_batch(tokens):
 
 
 def reflection_windows(tokens, logits, rows, cfg, key):
-  """Prompt x [R, P], target y* [R, Y] and teacher-forced draft y(0) [R, Y] (RASR.md §2-3).
+  """Prompt x [R, P], target y* [R, Y] and, for teacher_forced, draft y(0) [R, Y] (§2-3).
 
-  Rows are spread evenly over the batch; each takes a window at a random offset. y(0)_j is
-  sampled from the standard pass's logits at the position that predicts y*_j.
+  Rows are spread evenly over the batch; each takes a window at a random offset. A
+  teacher-forced y(0)_j is sampled from the standard pass's logits at the position that
+  predicts y*_j; in autoregressive mode the draft is None (the caller decodes it from x).
   """
   p, y = cfg.prompt_len, cfg.target_len
   stride = tokens.shape[0] // rows
@@ -35,6 +36,8 @@ def reflection_windows(tokens, logits, rows, cfg, key):
   offset_key, draft_key = jax.random.split(key)
   offsets = jax.random.randint(offset_key, (rows,), 0, tokens.shape[1] - (p + y) + 1)
   window = jax.vmap(lambda t, o: jax.lax.dynamic_slice(t, (o,), (p + y,)))(row_tokens, offsets)
+  if cfg.draft_mode != "teacher_forced":
+    return window[:, :p], window[:, p:], None
   draft_logits = jax.vmap(lambda l, o: jax.lax.dynamic_slice_in_dim(l, o + p - 1, y, axis=0))(
       row_logits, offsets)  # [R, Y, V]
   draft0 = refine.sample(jax.lax.stop_gradient(draft_logits), cfg.draft_temperature, draft_key)
@@ -57,8 +60,11 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
     lm = losses.lm_loss_sum(logits, targets, weights) / normalizer
     if not r.enabled:
       return lm, {"loss/lm": lm}
-    window_key, reflect_key = jax.random.split(key)
+    window_key, draft_key, reflect_key = jax.random.split(key, 3)
     x, y_star, draft0 = reflection_windows(tokens, logits, rows, r, window_key)
+    if draft0 is None:  # autoregressive: y(0) decoded from x alone
+      draft0 = refine.decode(graphdef, params, model.embed_tokens(x), r.target_len,
+                             r.draft_temperature, draft_key)
     terms, metrics = refine.reflect(graphdef, params, x, y_star, draft0, tau=tau,
                                     progress=progress, key=reflect_key, cfg=r, ids=special_ids)
     scale = 1.0 / micro_batches
@@ -134,6 +140,19 @@ def make_train_step(graphdef, config, tx, special_ids=None):
     return new_state, metrics
 
   return train_step
+
+
+def make_eval_step(graphdef, config, special_ids=None):
+  """eval_step(state, tokens, key) -> metrics: the training loss terms, no update."""
+  loss_fn = make_loss_fn(graphdef, config, special_ids)
+
+  def eval_step(state, tokens, key):
+    normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+    progress = state.step.astype(jnp.float32) / config.train.steps
+    loss, metrics = loss_fn(state.params, tokens, normalizer, key, state.tau, progress)
+    return dict(metrics, loss=loss)
+
+  return eval_step
 
 
 def jit_train_step(train_step, state_shardings, mesh):

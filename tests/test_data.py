@@ -1,6 +1,5 @@
 """Tokenizer, document sources and the grain pipeline."""
 
-import os
 
 import numpy as np
 import pytest

@@ -123,3 +123,18 @@ def test_bfloat16_compute_keeps_float32_params(model_cfg):
   high, _ = _model(model_cfg)(tokens)
   assert hidden.dtype == jnp.bfloat16 and model.embed[...].dtype == jnp.float32
   np.testing.assert_allclose(low, high, atol=0.05)
+
+
+def test_cached_forward_equals_full_forward(model_cfg):
+  """Prefill then token-by-token through the KV cache gives the full forward's logits."""
+  model = _model(model_cfg)
+  tokens = jnp.asarray(RNG.randint(0, model_cfg.vocab_size, (2, 11)))
+  want, _ = model(tokens)
+  cache = model.init_cache(2, 16)
+  hidden, cache = model.cached_hidden_states(model.embed_tokens(tokens[:, :6]), cache)
+  got = [model.logits(hidden)]
+  for t in range(6, 11):
+    hidden, cache = model.cached_hidden_states(model.embed_tokens(tokens[:, t:t + 1]), cache)
+    got.append(model.logits(hidden))
+  assert int(cache.length) == 11
+  np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, rtol=1e-5, atol=1e-5)

@@ -139,8 +139,9 @@ def test_stopped_examples_are_frozen_and_masked(rasr):
 
 @pytest.mark.parametrize("overrides", [
     {"reflect.iterations": 0}, {"reflect.iterations": 1}, {"reflect.critic_dims": "logic"},
-    {"reflect.learned_stopping": False, "reflect.stop_warmup": 0.0}],
-    ids=["critic-only", "K1", "one-dim", "no-stopping"])
+    {"reflect.learned_stopping": False, "reflect.stop_warmup": 0.0},
+    {"reflect.draft_mode": "autoregressive", "reflect.iterations": 2}],
+    ids=["critic-only", "K1", "one-dim", "no-stopping", "autoregressive"])
 def test_ablation_switches(overrides):
   """Each ablation of RASR.md §11 is a config of the same loss (forward pass only here)."""
   config, mesh, state, _, graphdef, tokens = _setup(**overrides)
@@ -155,6 +156,18 @@ def test_ablation_switches(overrides):
     assert float(metrics["reflect/mean_iterations"]) == k
   if k == 0:
     assert float(metrics["loss/reflect"]) == 0 and float(metrics["loss/controller"]) == 0
+
+
+def test_decode_matches_greedy_full_forward(rasr):
+  """The in-step decoder picks, token by token, the argmax of a full causal forward pass."""
+  config, mesh, state, _, graphdef, _ = rasr
+  model, x, _, _ = _refine_inputs(config, graphdef, state.params)
+  got = refine.decode(graphdef, state.params, model.embed_tokens(x), 5, 0.0, jax.random.key(0))
+  tokens = x
+  for _ in range(5):
+    logits, _ = model(tokens)
+    tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)], 1)
+  np.testing.assert_array_equal(got, tokens[:, x.shape[1]:])
 
 
 def test_reflection_off_equals_the_standard_step():

@@ -1,10 +1,10 @@
 """End-to-end training: falling loss, bit-identical resume (also after SIGTERM), sharding."""
 
 import hashlib
-import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,6 +15,7 @@ import pytest
 
 from conftest import REPO, cli_args, losses, make_config, run_main, subprocess_env
 from rasr_jax import checkpoint, sharding, train, train_state
+from rasr_jax.metrics import read_records
 
 STEPS = 8
 
@@ -52,13 +53,38 @@ def test_loss_falls(straight_run):
   assert by_step[STEPS] < by_step[1] - 0.5
 
 
+RASR_KEYS = ["loss/reflect", "loss/critic", "loss/controller", "reflect/mean_iterations",
+             "reflect/tau", "grad_norm/generator", "grad_norm/critic", "grad_norm/controller",
+             "critic/calibration_error"]
+
+
+def _tensorboard_tags(logdir):
+  """Scalar tags in the tensorboardX event files under `logdir`."""
+  from tensorboardX.proto import event_pb2
+  tags = set()
+  for name in os.listdir(logdir):
+    with open(os.path.join(logdir, name), "rb") as f:
+      while header := f.read(12):
+        data = f.read(struct.unpack("<Q", header[:8])[0])
+        f.read(4)
+        tags.update(v.tag for v in event_pb2.Event.FromString(data).summary.value)
+  return tags
+
+
 def test_metrics_keys(straight_run):
-  workdir, _ = straight_run
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    record = json.loads(f.readline())
-  for key in ("step", "loss", "loss/lm", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "mfu"):
-    assert key in record, key
-  assert os.listdir(os.path.join(workdir, "tensorboard"))
+  workdir, config = straight_run
+  records = read_records(workdir)
+  k = config.reflect.iterations
+  per_k = ([f"loss/reflect_k{i}" for i in range(k)] + [f"reflect/stop_rate_k{i}" for i in range(k)]
+           + [f"quality/q_k{i}" for i in range(k + 1)])
+  for key in ["step", "loss", "loss/lm", "lr", "grad_norm", "tokens_per_sec", "step_time_s",
+              "mfu"] + RASR_KEYS + per_k:
+    assert key in records[0], key
+  # The last step also reports the held-out evaluation, e.g. Q(y(0)) and Q(y(K)).
+  assert {"eval/quality/q_k0", f"eval/quality/q_k{k}", "eval/loss/lm"} <= set(records[-1])
+  assert "eval/loss/lm" not in records[0]
+  tags = _tensorboard_tags(os.path.join(workdir, "tensorboard"))
+  assert {"loss/lm", "loss/reflect", "reflect/tau", f"eval/quality/q_k{k}"} <= tags
 
 
 def test_resume_is_bit_identical(straight_run, tmp_path):
@@ -131,3 +157,27 @@ def test_checkpoint_of_another_model_is_refused(straight_run, tmp_path):
   assert "blocks/mlp/w_up" in result.stderr and "blocks/mlp/w_down" in result.stderr
   assert "Traceback" not in result.stderr
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_gradient_accumulation_equals_one_batch():
+  """Two micro-batches inside the step give the update of one whole batch."""
+  from rasr_jax import optim, train_step
+  results = []
+  for accum in (1, 2):
+    config = train.config_lib.resolve_mesh(
+        make_config(**{"train.grad_accum_steps": accum, "reflect.enabled": False}), 1)
+    mesh = sharding.make_mesh(config.mesh)
+    state, _ = train_state.init_state(config, mesh)
+    graphdef, _, _ = train_state.abstract_model(config)
+    tx = optim.make_optimizer(config.train, state.params)
+    tokens = np.random.RandomState(0).randint(0, 500, (8, 33)).astype(np.int32)
+    step = jax.jit(train_step.make_train_step(graphdef, config, tx))
+    with sharding.activate(mesh):
+      for _ in range(2):  # the first update has learning rate 0 (warm-up starts at 0)
+        state, metrics = step(state, tokens)
+    results.append((metrics, jax.tree.leaves(state.params)))
+  (m1, p1), (m2, p2) = results
+  assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)
+  assert float(m2["grad_norm"]) == pytest.approx(float(m1["grad_norm"]), rel=1e-5)
+  for a, b in zip(p1, p2):
+    assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(a)

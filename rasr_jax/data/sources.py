@@ -33,6 +33,21 @@ def load_corpus(data_cfg, seed: int) -> Corpus:
   return _files(data_cfg)
 
 
+HELD_OUT_SEED_OFFSET = 1_000_003
+HELD_OUT_BUNDLED_EXAMPLES = 2000
+
+
+def load_held_out(data_cfg, seed: int):
+  """Held-out documents for evaluation: another seed of the bundled tasks, or
+  `data.eval_files`; None when source=files and no eval files are named."""
+  if data_cfg.source == "bundled":
+    count = min(data_cfg.bundled_examples, HELD_OUT_BUNDLED_EXAMPLES)
+    return _bundled(count, seed + HELD_OUT_SEED_OFFSET)
+  if not data_cfg.eval_files:
+    return None
+  return _files(data_cfg, data_cfg.eval_files)
+
+
 def _bundled(num_examples, seed):
   docs = [ex.text() for ex in tasks.bundled_corpus(seed, num_examples)]
   digest = hashlib.sha256(f"bundled:v{BUNDLED_FORMAT_VERSION}:{seed}:{num_examples}".encode())
@@ -88,10 +103,10 @@ def _documents(path, text, text_field):
   return docs
 
 
-def _files(data_cfg):
+def _files(data_cfg, patterns=None):
   digest = hashlib.sha256()
   documents, replaced = [], 0
-  for path in expand_globs(data_cfg.files):
+  for path in expand_globs(data_cfg.files if patterns is None else patterns):
     with open(path, "rb") as f:
       raw = f.read()
     if not raw.strip():

@@ -52,17 +52,32 @@ class Attention(nnx.Module):
     self.wo = param(rngs, init, (n, h, d), ("heads", "head_dim", "embed"), pd)
     self.rope_theta = cfg.rope_theta
 
+  def _project(self, x, positions):
+    """x [B, T, D] -> rotated q [B, T, N, H], rotated k [B, T, K, H], v [B, T, K, H]."""
+    dt = x.dtype
+    q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))
+    k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))
+    v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))
+    return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta), v
+
+  def _output(self, out):  # [B, T, N, H] -> [B, T, D]
+    out = constrain(out, ("act_batch", "act_length", "act_heads", None))
+    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(out.dtype))
+
   def __call__(self, x, positions, mask):
     """x [B, T, D], positions [B, T], mask [B, 1, T, T] bool or None (causal) -> [B, T, D]."""
-    dt = x.dtype
-    q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))  # [B, T, N, H]
-    k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))  # [B, T, K, H]
-    v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))  # [B, T, K, H]
-    q = rotary(q, positions, self.rope_theta)
-    k = rotary(k, positions, self.rope_theta)
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None)
-    out = constrain(out, ("act_batch", "act_length", "act_heads", None))  # [B, T, N, H]
-    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(dt))
+    q, k, v = self._project(x, positions)
+    return self._output(jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None))
+
+  def cached(self, x, positions, mask, cache_k, cache_v, index):
+    """Attention of x [B, T, D] over a KV cache [B, S, K, H] after writing x's keys and values
+    at cache positions index .. index + T - 1; mask [B, 1, T, S]. -> (out, cache_k, cache_v)."""
+    q, k, v = self._project(x, positions)
+    cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
+    cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
+    out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
+                                       mask=mask)
+    return self._output(out), cache_k, cache_v
 
 
 class SwiGLU(nnx.Module):
@@ -94,5 +109,14 @@ class Block(nnx.Module):
 
   def __call__(self, x, positions, mask):  # [B, T, D] -> [B, T, D]
     x = x + self.attn(self.attn_norm(x), positions, mask)
+    return self._mlp_residual(x)
+
+  def cached(self, x, positions, mask, cache_k, cache_v, index):
+    """The block over a KV cache (see Attention.cached) -> (x, cache_k, cache_v)."""
+    out, cache_k, cache_v = self.attn.cached(self.attn_norm(x), positions, mask, cache_k,
+                                             cache_v, index)
+    return self._mlp_residual(x + out), cache_k, cache_v
+
+  def _mlp_residual(self, x):
     x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("act_batch", "act_length", "act_embed"))

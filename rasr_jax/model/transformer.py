@@ -1,5 +1,6 @@
 """embed -> scanned blocks -> final norm -> LM head; returns logits and final hidden states."""
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -11,6 +12,24 @@ _REMAT_POLICIES = {
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+@flax.struct.dataclass
+class KVCache:
+  """Keys and values of every layer: k, v [L, B, S, K, H]; positions < `length` are written."""
+  k: jax.Array
+  v: jax.Array
+  length: jax.Array  # [] int32
+
+
+def cache_mask(query_slots, cache_size, valid_from=None):
+  """[B, 1, T, S] mask: a query written at cache slot q [B, T] sees slots s <= q (and s >= the
+  row's `valid_from` [B], to skip left padding)."""
+  slots = jnp.arange(cache_size)
+  mask = slots[None, None, :] <= query_slots[:, :, None]  # [B, T, S]
+  if valid_from is not None:
+    mask &= slots[None, None, :] >= valid_from[:, None, None]
+  return mask[:, None]
 
 
 class Transformer(nnx.Module):
@@ -54,6 +73,34 @@ class Transformer(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
     return self.final_norm(self._run_blocks(x, positions, mask))
+
+  def init_cache(self, batch, size):
+    """An empty KV cache for `batch` rows and `size` positions, in the compute dtype."""
+    c = self.cfg
+    shape = (c.num_layers, batch, size, c.num_kv_heads, c.head_dim)
+    return KVCache(k=jnp.zeros(shape, c.dtype), v=jnp.zeros(shape, c.dtype),
+                   length=jnp.zeros((), jnp.int32))
+
+  def cached_hidden_states(self, x, cache, *, positions=None, mask=None):
+    """x [B, T, D] appended to `cache` -> (hidden [B, T, D], cache with length + T).
+
+    Default positions continue from cache.length; default mask is causal over the cache.
+    Prefill is one call with the prompt, decoding one call per token.
+    """
+    x = x.astype(self.cfg.dtype)
+    b, t = x.shape[:2]
+    slots = jnp.broadcast_to(cache.length + jnp.arange(t), (b, t))
+    positions = slots if positions is None else positions
+    mask = cache_mask(slots, cache.k.shape[2]) if mask is None else mask
+
+    def body(x, block, cache_k, cache_v):
+      x, cache_k, cache_v = block.cached(x, positions, mask, cache_k, cache_v, cache.length)
+      return x, (cache_k, cache_v)
+
+    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
+                    transform_metadata={nnx.PARTITION_NAME: "layers"})
+    x, (k, v) = scan(x, self.blocks, cache.k, cache.v)
+    return self.final_norm(x), KVCache(k=k, v=v, length=cache.length + t)
 
   def logits(self, hidden):  # [B, T, D] -> [B, T, V] float32
     head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]

@@ -7,6 +7,7 @@ Formats (all lowercase ASCII):
          answer is `the facts say ... answer: true|false`.
   filler: a paragraph stored as `question`, with `answer == ""`; not checkable.
 """
+
 from .base import TASKS, CheckResult, Example
 from .checks import check, final_answer
 from .corpus import bundled_corpus, generate

@@ -1,4 +1,5 @@
 """Core records shared by all bundled tasks."""
+
 import dataclasses
 
 TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts")
@@ -9,24 +10,24 @@ ALL_TASKS: tuple[str, ...] = TASKS + ("filler",)
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One generated item: a prompt and its reference target."""
+  """One generated item: a prompt and its reference target."""
 
-    task: str
-    uid: str
-    question: str
-    answer: str
+  task: str
+  uid: str
+  question: str
+  answer: str
 
-    def text(self) -> str:
-        """The pretraining document: question, newline, answer (question alone when answer is empty)."""
-        return f"{self.question}\n{self.answer}" if self.answer else self.question
+  def text(self) -> str:
+    """The pretraining document: question, newline, answer (question alone when answer is empty)."""
+    return f"{self.question}\n{self.answer}" if self.answer else self.question
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckResult:
-    """How a draft fares against an example's reference answer."""
+  """How a draft fares against an example's reference answer."""
 
-    correct: bool
-    steps_total: int
-    steps_right: int
-    quantities_total: int
-    quantities_used: int
+  correct: bool
+  steps_total: int
+  steps_right: int
+  quantities_total: int
+  quantities_used: int

@@ -1,4 +1,5 @@
 """Scoring a free-form draft against a verifiable example."""
+
 import re
 
 from . import arithmetic, facts, logic
@@ -9,72 +10,80 @@ _LETTER_ANSWER = re.compile(r"answer\s*:\s*\(?([a-d])\b", re.I)
 _BOOL_ANSWER = re.compile(r"answer\s*:\s*(true|false)\b", re.I)
 # A run of integers joined by + - *, optionally followed by `= r`; a step is a run with an operator and a
 # result. Matching every run (not only those before "=") keeps the scan linear in the draft length.
-_CHAIN = re.compile(r"(?<![\d.])(\d{1,12}(?:\s*[-+*]\s*\d{1,12})*)(?:\s*=\s*(-?\d{1,12})(?!\d|\.\d))?")
+_CHAIN = re.compile(
+  r"(?<![\d.])(\d{1,12}(?:\s*[-+*]\s*\d{1,12})*)(?:\s*=\s*(-?\d{1,12})(?!\d|\.\d))?"
+)
 _TOKEN = re.compile(r"\d+|[-+*]")
 _WORD = re.compile(r"[a-z0-9]+")
-_QUANTITIES = {"arithmetic": arithmetic.quantities, "logic": logic.quantities, "facts": facts.quantities}
+_QUANTITIES = {
+  "arithmetic": arithmetic.quantities,
+  "logic": logic.quantities,
+  "facts": facts.quantities,
+}
 
 
 def _require_verifiable(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"task {task!r} has no checkable answer; expected one of {TASKS}")
+  if task not in TASKS:
+    raise ValueError(f"task {task!r} has no checkable answer; expected one of {TASKS}")
 
 
 def _normalize_number(text: str) -> str:
-    sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
-    digits = digits.replace(",", "").lstrip("0") or "0"
-    return digits if digits == "0" else sign + digits
+  sign, digits = ("-", text[1:]) if text.startswith("-") else ("", text)
+  digits = digits.replace(",", "").lstrip("0") or "0"
+  return digits if digits == "0" else sign + digits
 
 
 def final_answer(task: str, text: str) -> str | None:
-    """The last final answer in `text` ("14", "c", "true"), or None if it has none.
+  """The last final answer in `text` ("14", "c", "true"), or None if it has none.
 
-    arithmetic: `#### N` (commas and leading zeros dropped); logic: `answer: <a-d>`;
-    facts: `answer: true|false`. Raises ValueError for a task that is not verifiable.
-    """
-    _require_verifiable(task)
-    if task == "arithmetic":
-        found = _HASH_ANSWER.findall(text)
-        return _normalize_number(found[-1]) if found else None
-    found = (_LETTER_ANSWER if task == "logic" else _BOOL_ANSWER).findall(text)
-    return found[-1].lower() if found else None
+  arithmetic: `#### N` (commas and leading zeros dropped); logic: `answer: <a-d>`;
+  facts: `answer: true|false`. Raises ValueError for a task that is not verifiable.
+  """
+  _require_verifiable(task)
+  if task == "arithmetic":
+    found = _HASH_ANSWER.findall(text)
+    return _normalize_number(found[-1]) if found else None
+  found = (_LETTER_ANSWER if task == "logic" else _BOOL_ANSWER).findall(text)
+  return found[-1].lower() if found else None
 
 
 def _evaluate(expression: str) -> int:
-    """Value of a + - * expression over non-negative integers, with * binding tighter."""
-    tokens = _TOKEN.findall(expression)
-    total, term, sign = 0, int(tokens[0]), 1
-    for op, number in zip(tokens[1::2], tokens[2::2]):
-        if op == "*":
-            term *= int(number)
-        else:
-            total += sign * term
-            term, sign = int(number), (1 if op == "+" else -1)
-    return total + sign * term
+  """Value of a + - * expression over non-negative integers, with * binding tighter."""
+  tokens = _TOKEN.findall(expression)
+  total, term, sign = 0, int(tokens[0]), 1
+  for op, number in zip(tokens[1::2], tokens[2::2]):
+    if op == "*":
+      term *= int(number)
+    else:
+      total += sign * term
+      term, sign = int(number), (1 if op == "+" else -1)
+  return total + sign * term
 
 
 def _steps(draft: str) -> tuple[int, int]:
-    """(steps found, steps arithmetically right) among the `... = r` patterns of a draft."""
-    matches = [
-        (expr, result) for expr, result in _CHAIN.findall(draft) if result and any(op in expr for op in "+-*")
-    ]
-    return len(matches), sum(_evaluate(expression) == int(result) for expression, result in matches)
+  """(steps found, steps arithmetically right) among the `... = r` patterns of a draft."""
+  matches = [
+    (expr, result)
+    for expr, result in _CHAIN.findall(draft)
+    if result and any(op in expr for op in "+-*")
+  ]
+  return len(matches), sum(_evaluate(expression) == int(result) for expression, result in matches)
 
 
 def _mentions(task: str, draft: str) -> set[str]:
-    """The numbers (arithmetic) or lowercase words (logic, facts) of a draft."""
-    if task == "arithmetic":
-        return set(arithmetic.quantities(draft))
-    return set(_WORD.findall(draft.lower()))
+  """The numbers (arithmetic) or lowercase words (logic, facts) of a draft."""
+  if task == "arithmetic":
+    return set(arithmetic.quantities(draft))
+  return set(_WORD.findall(draft.lower()))
 
 
 def check(example: Example, draft: str) -> CheckResult:
-    """Score `draft` against `example`; any string draft is accepted, ValueError for filler examples."""
-    _require_verifiable(example.task)
-    expected = final_answer(example.task, example.answer)
-    correct = expected is not None and final_answer(example.task, draft) == expected
-    steps_total, steps_right = _steps(draft) if example.task == "arithmetic" else (0, 0)
-    wanted = _QUANTITIES[example.task](example.question)
-    mentioned = _mentions(example.task, draft)
-    used = sum(q in mentioned for q in wanted)
-    return CheckResult(correct, steps_total, steps_right, len(wanted), used)
+  """Score `draft` against `example`; any string draft is accepted, ValueError for filler examples."""
+  _require_verifiable(example.task)
+  expected = final_answer(example.task, example.answer)
+  correct = expected is not None and final_answer(example.task, draft) == expected
+  steps_total, steps_right = _steps(draft) if example.task == "arithmetic" else (0, 0)
+  wanted = _QUANTITIES[example.task](example.question)
+  mentioned = _mentions(example.task, draft)
+  used = sum(q in mentioned for q in wanted)
+  return CheckResult(correct, steps_total, steps_right, len(wanted), used)
