@@ -63,9 +63,6 @@ class Checkpointer:
   def latest_step(self):
     return self._manager.latest_step()
 
-  def all_steps(self):
-    return list(self._manager.all_steps())
-
   def save(self, step, state, data_iterator, meta):
     self._manager.save(step, force=True, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),

@@ -40,19 +40,19 @@ def abstract_model(config):
   return graphdef, nnx.to_pure_dict(state), specs
 
 
-def _key_names(path):
+def _dict_keys(path):
   return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
 def state_specs(abstract_state, param_specs):
   """PartitionSpecs for a TrainState: optimizer moments follow their parameter."""
-  by_path = {_key_names(p): s for p, s in jax.tree_util.tree_flatten_with_path(
+  by_path = {_dict_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(
       param_specs, is_leaf=lambda x: isinstance(x, P))[0]}
-  shapes = {_key_names(p): x.shape
+  shapes = {_dict_keys(p): x.shape
             for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
 
   def spec(path, leaf):
-    names = _key_names(path)
+    names = _dict_keys(path)
     for start in range(len(names)):  # a moment's path ends with its parameter's path
       suffix = names[start:]
       if suffix in by_path and shapes[suffix] == leaf.shape:

@@ -56,11 +56,7 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens, *, positions=None, mask=None):
     """tokens [B, T] -> (logits [B, T, V] float32, hidden [B, T, D])."""
-    return self.apply_embeddings(self.embed_tokens(tokens), positions=positions, mask=mask)
-
-  def apply_embeddings(self, x, *, positions=None, mask=None):
-    """x [B, T, D] input embeddings -> (logits [B, T, V] float32, hidden [B, T, D])."""
-    hidden = self.hidden_states(x, positions=positions, mask=mask)
+    hidden = self.hidden_states(self.embed_tokens(tokens), positions=positions, mask=mask)
     return self.logits(hidden), hidden
 
   def hidden_states(self, x, *, positions=None, mask=None):
