@@ -29,16 +29,15 @@ def prepare_tokenizer(config, workdir, corpus):
     tokenizer = tok_lib.load(own)
   elif config.data.tokenizer:
     tokenizer = tok_lib.load(config.data.tokenizer)
-    tokenizer.save(own)
   else:
     sample = corpus.documents[:config.data.tokenizer_sample_docs]
     tokenizer = tok_lib.train(sample, config.model.vocab_size)
-    if jax.process_index() == 0:
-      tokenizer.save(own)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise tok_lib.TokenizerError(
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
         f"config.model.vocab_size={config.model.vocab_size}")
+  if not os.path.exists(own) and jax.process_index() == 0:
+    tokenizer.save(own)  # the workdir keeps the tokenizer its checkpoints were trained with
   return tokenizer
 
 

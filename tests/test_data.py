@@ -131,3 +131,12 @@ def test_invalid_utf8_replace_policy_counts(tmp_path):
 def test_glob_matching_nothing(tmp_path):
   with pytest.raises(sources.DataError, match="matches no file"):
     sources.load_corpus(_data_cfg(tmp_path, "*.jsonl"), seed=0)
+
+
+def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer, corpus, tmp_path):
+  from rasr_jax import train
+  path = str(tmp_path / "big.model")
+  tokenizer.save(path)
+  config = make_config(**{"data.tokenizer": path, "model.vocab_size": 256})
+  with pytest.raises(tok_lib.TokenizerError, match="exceed config.model.vocab_size=256"):
+    train.prepare_tokenizer(config, str(tmp_path / "work"), corpus)
