@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from tensorboardX import SummaryWriter
 
+from rasr_jax import refine
+
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures).
 _PEAK_FLOPS = {
     "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
@@ -44,8 +46,8 @@ def flops_per_step(config) -> float:
   seq = config.data.seq_len
   total = flops_per_token(m, seq) * config.train.batch_size * seq
   if r.enabled:
-    critic_len = r.prompt_len + 1 + r.target_len
-    refine_len = critic_len + 1 + r.num_dims + 1 + r.target_len
+    layout = refine.Layout(r.prompt_len, r.target_len, r.num_dims)
+    critic_len, refine_len = layout.critique_token, layout.length  # `x <draft> y`, whole
     passes = critic_len * flops_per_token(m, critic_len, with_head=False)
     if r.iterations:
       passes = r.iterations * (passes + refine_len * flops_per_token(m, refine_len, False)

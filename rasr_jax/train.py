@@ -58,15 +58,26 @@ def run_metadata(config, state, tokenizer, corpus):
   }
 
 
+def _dataset(config, documents, tokenizer, num_workers=0):
+  """This process's share of `documents` as [local batch, seq_len + 1] token rows."""
+  return pipeline.make_dataset(
+      documents, tokenizer, seq_len=config.data.seq_len,
+      local_batch=config.train.batch_size // jax.process_count(), seed=config.seed,
+      shard_index=jax.process_index(), shard_count=jax.process_count(),
+      num_workers=num_workers)
+
+
+def _global_batch(local, batch_sharding):
+  """Per-process rows -> one global [B, T + 1] array split over the data axes."""
+  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local, np.int32))
+
+
 class _HeldOutEval:
   """Mean training metrics on held-out batches (the same batches and windows every time)."""
 
   def __init__(self, config, documents, tokenizer, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
-    self._make_data = lambda: pipeline.make_dataset(
-        documents, tokenizer, seq_len=config.data.seq_len,
-        local_batch=config.train.batch_size // jax.process_count(), seed=config.seed,
-        shard_index=jax.process_index(), shard_count=jax.process_count())
+    self._make_data = lambda: _dataset(config, documents, tokenizer)
     self._step = jax.jit(train_step.make_eval_step(graphdef, config, special_ids(tokenizer)),
                          in_shardings=(shardings, sharding.batch_sharding(mesh), None),
                          out_shardings=sharding.replicated(mesh))
@@ -76,8 +87,7 @@ class _HeldOutEval:
   def __call__(self, state):
     totals = {}
     for index, local in zip(range(self._batches), self._make_data()):
-      tokens = jax.make_array_from_process_local_data(self._batch_sharding,
-                                                      np.asarray(local, np.int32))
+      tokens = _global_batch(local, self._batch_sharding)
       metrics = jax.device_get(self._step(state, tokens, jax.random.fold_in(self._key, index)))
       for key, value in metrics.items():
         totals[key] = totals.get(key, 0.0) + float(value) / self._batches
@@ -123,12 +133,7 @@ def train(config, workdir, *, stop_at_step=None):
   shardings = train_state.to_shardings(specs, mesh)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
-  local_batch = config.train.batch_size // jax.process_count()
-  data = pipeline.make_dataset(
-      corpus.documents, tokenizer, seq_len=config.data.seq_len, local_batch=local_batch,
-      seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_workers=config.data.num_workers)
-  data_iter = iter(data)
+  data_iter = iter(_dataset(config, corpus.documents, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:
@@ -157,8 +162,7 @@ def train(config, workdir, *, stop_at_step=None):
   try:
     with sharding.activate(mesh):
       for step in range(start, total):
-        local = np.asarray(next(data_iter), np.int32)
-        tokens = jax.make_array_from_process_local_data(batch_sharding, local)
+        tokens = _global_batch(next(data_iter), batch_sharding)
         state, metrics = step_fn(state, tokens)
         done = step + 1
         window_steps += 1

@@ -127,9 +127,10 @@ def make_train_step(graphdef, config, tx, special_ids=None):
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics = dict(aux, loss=loss, grad_norm=optax.tree.norm(grads),
-                   lr=schedules["generator"](state.step))
-    for group, norm in optim.group_norms(grads).items():
+    norms = optim.group_norms(grads)
+    metrics = dict(aux, loss=loss, lr=schedules["generator"](state.step),
+                   grad_norm=jnp.sqrt(sum(jnp.square(n) for n in norms.values())))
+    for group, norm in norms.items():
       metrics[f"grad_norm/{group}"] = norm
       metrics[f"lr/{group}"] = schedules[group](state.step)
     tau = state.tau

@@ -30,7 +30,7 @@ class Corpus:
 def load_corpus(data_cfg, seed: int) -> Corpus:
   if data_cfg.source == "bundled":
     return _bundled(data_cfg.bundled_examples, seed)
-  return _files(data_cfg)
+  return _files(data_cfg, data_cfg.files)
 
 
 HELD_OUT_SEED_OFFSET = 1_000_003
@@ -103,10 +103,10 @@ def _documents(path, text, text_field):
   return docs
 
 
-def _files(data_cfg, patterns=None):
+def _files(data_cfg, patterns):
   digest = hashlib.sha256()
   documents, replaced = [], 0
-  for path in expand_globs(data_cfg.files if patterns is None else patterns):
+  for path in expand_globs(patterns):
     with open(path, "rb") as f:
       raw = f.read()
     if not raw.strip():
