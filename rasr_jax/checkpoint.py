@@ -26,8 +26,8 @@ def param_signature(params) -> dict:
   return {"/".join(str(k.key) for k in path): [list(x.shape), str(x.dtype)] for path, x in flat}
 
 
-def compare_meta(stored: dict, expected: dict):
-  """Raises CheckpointError listing every way `stored` metadata differs from `expected`."""
+def param_problems(stored: dict, expected: dict) -> list[str]:
+  """Every parameter whose shape or dtype differs between two metadata dicts, or is missing."""
   problems = []
   want, have = expected["params"], stored.get("params", {})
   for path in sorted(set(want) | set(have)):
@@ -38,6 +38,12 @@ def compare_meta(stored: dict, expected: dict):
     elif have[path] != want[path]:
       problems.append(f"{path}: checkpoint {have[path][1]}{have[path][0]} vs model "
                       f"{want[path][1]}{want[path][0]}")
+  return problems
+
+
+def compare_meta(stored: dict, expected: dict):
+  """Raises CheckpointError listing every way `stored` metadata differs from `expected`."""
+  problems = param_problems(stored, expected)
   for key, what in (("layer_layout", "layer layout"), ("tokenizer_sha256", "tokenizer"),
                     ("data_fingerprint", "data files")):
     if stored.get(key) != expected[key]:
@@ -84,6 +90,19 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
     return restored.state
+
+  def restore_fields(self, step, abstract_fields: dict):
+    """Restores only some fields of the saved state (e.g. params, step, tau for inference), onto
+    the shardings of `abstract_fields` (a dict of field name -> abstract pytree)."""
+    path = os.path.join(self.directory, str(step), "state")
+    args = ocp.args.PyTreeRestore(
+        item=abstract_fields, partial_restore=True,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_fields))
+    try:
+      with ocp.PyTreeCheckpointer() as checkpointer:
+        return checkpointer.restore(path, args=args)
+    except Exception as e:
+      raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
 
   def wait(self):
     self._manager.wait_until_finished()

@@ -17,7 +17,32 @@ from rasr_jax import config as config_lib
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (Python; it runs as code).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "describe"], "What to do.")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "describe", "generate", "score"],
+                          "What to do.")
+# Generation and scoring (--mode=generate / --mode=score).
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", None, "A step directory (WORKDIR/checkpoints/N) or a checkpoints directory; "
+    "default: the newest checkpoint in --workdir.")
+_PROMPT = flags.DEFINE_multi_string("prompt", None, "A prompt to continue (repeatable).")
+_PROMPTS_FILE = flags.DEFINE_string(
+    "prompts_file", None, "Prompts, one per line, or JSONL objects with a 'prompt' field.")
+_TEXT = flags.DEFINE_multi_string("text", None, "A text to score (repeatable).")
+_TEXTS_FILE = flags.DEFINE_string(
+    "texts_file", None, "Texts to score, one per line, or JSONL objects with a 'text' field.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 64, "Tokens per draft, at most.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy.")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample from the k likeliest tokens (0 = all).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Sample from the smallest set with this mass.")
+_STOP = flags.DEFINE_multi_string("stop", None, "A stop string (repeatable); <eos> always stops.")
+_REFLECT = flags.DEFINE_enum(
+    "reflect", "auto", ["auto", "off", "fixed", "learned"],
+    "off: draft only; fixed: --iterations refinements; learned: the controller stops; auto: "
+    "learned for a RASR model, off otherwise.")
+_ITERATIONS = flags.DEFINE_integer("iterations", None, "Refinements, at most (default "
+                                   "config.reflect.iterations).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts or texts per device batch.")
+_OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).")
 
 EXIT_BAD_INPUT = 2
 
@@ -77,12 +102,41 @@ def main(argv):
       print(json.dumps(describe.describe(config, jax.device_count()), indent=2))
       return
     if not _WORKDIR.value:
-      _exit_bad_input("--workdir is required for --mode=train")
-    train.train(config, _WORKDIR.value)
+      _exit_bad_input(f"--workdir is required for --mode={_MODE.value}")
+    if _MODE.value == "train":
+      train.train(config, _WORKDIR.value)
+    else:
+      _infer(config)
   except (config_lib.ConfigError, sources.DataError, tokenizer.TokenizerError,
           checkpoint.CheckpointError) as e:
     _exit_bad_input(str(e))
   logging.info("done")
+
+
+def _infer(config):
+  """--mode=generate or --mode=score: JSON lines, one per input, in input order."""
+  from rasr_jax import inference
+  if _MODE.value == "generate":
+    prompts = inference.gather_inputs(_PROMPT.value, _PROMPTS_FILE.value, "prompt",
+                                      "--prompt or --prompts_file")
+  else:
+    texts = inference.gather_inputs(_TEXT.value, _TEXTS_FILE.value, "text",
+                                    "--text or --texts_file")
+  model = inference.InferenceModel(config, _WORKDIR.value, _CHECKPOINT.value)
+  if _MODE.value == "score":
+    records = model.score(texts, _BATCH_SIZE.value)
+  else:
+    stop = tuple(_STOP.value or ())
+    try:
+      options = model.options(
+          max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
+          top_k=_TOP_K.value, top_p=_TOP_P.value, stop=stop, reflect=_REFLECT.value,
+          iterations=_ITERATIONS.value)
+    except ValueError as e:  # option values out of range
+      raise config_lib.ConfigError(str(e)) from None
+    records = model.generate(prompts, options, stop=stop, seed=_SEED.value,
+                             batch_size=_BATCH_SIZE.value)
+  inference.write_jsonl(records, _OUTPUT.value)
 
 
 def run():

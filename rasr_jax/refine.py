@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rasr_jax import losses, quality
+from rasr_jax import decoding, losses, quality, sampling
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,14 +70,7 @@ def refine_mask(layout: Layout, aligned: bool):
   return jnp.asarray(mask[None, None])
 
 
-def sample(logits, temperature, key):
-  """Token ids from logits [..., V]: argmax at temperature 0, else a categorical sample."""
-  if temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
-
-
-def _marker(model, token_id, rows):
+def marker(model, token_id, rows):
   """Embedding [R, 1, D] of one marker token."""
   return model.embed_tokens(jnp.full((rows, 1), token_id, jnp.int32))
 
@@ -89,7 +82,7 @@ def critique_draft(model, x_emb, draft, progress, ids: SpecialIds):
   other trains the critic (L_critic reaches phi only).
   """
   p = x_emb.shape[1]
-  seq = jnp.concatenate([x_emb, _marker(model, ids.draft, draft.shape[0]),
+  seq = jnp.concatenate([x_emb, marker(model, ids.draft, draft.shape[0]),
                          model.embed_tokens(draft)], axis=1)  # [R, P + 1 + Y, D]
   hidden = model.hidden_states(seq)
   hx, hy = hidden[:, :p], hidden[:, p + 1:]
@@ -98,19 +91,24 @@ def critique_draft(model, x_emb, draft, progress, ids: SpecialIds):
   return live, frozen
 
 
-def refine_sequence(model, x_emb, draft, critique, y_star, ids: SpecialIds):
-  """Embeddings [R, S, D] of `x <draft> y(k)+flags <critique> c(k) <refine> y*[:-1]`."""
+def refine_prefix(model, draft, critique, ids: SpecialIds):
+  """Embeddings [R, Y + C + 4, D] of `<draft> y(k)+flags <critique> c(k) <refine>`."""
   rows = draft.shape[0]
+  dtype = model.cfg.dtype
   flags = model.feedback.flags(critique.token_errors)  # [R, Y, D]
   return jnp.concatenate([
-      x_emb,
-      _marker(model, ids.draft, rows),
-      model.embed_tokens(draft) + flags.astype(x_emb.dtype),
-      _marker(model, ids.critique, rows),
-      model.feedback.critique_tokens(critique).astype(x_emb.dtype),
-      _marker(model, ids.refine, rows),
-      model.embed_tokens(y_star[:, :-1]),
+      marker(model, ids.draft, rows),
+      model.embed_tokens(draft) + flags.astype(dtype),
+      marker(model, ids.critique, rows),
+      model.feedback.critique_tokens(critique).astype(dtype),
+      marker(model, ids.refine, rows),
   ], axis=1)
+
+
+def refine_sequence(model, x_emb, draft, critique, y_star, ids: SpecialIds):
+  """Embeddings [R, S, D] of `x <draft> y(k)+flags <critique> c(k) <refine> y*[:-1]`."""
+  return jnp.concatenate([x_emb, refine_prefix(model, draft, critique, ids),
+                          model.embed_tokens(y_star[:, :-1])], axis=1)
 
 
 def refine_logits(model, x_emb, draft, critique, y_star, ids: SpecialIds, mask):
@@ -126,23 +124,14 @@ def decode(graphdef, params, prefix, steps, temperature, key):
   One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
   flows through the sampled tokens.
   """
+  params, prefix = jax.lax.stop_gradient((params, prefix))
   rows, length, _ = prefix.shape
   model = nnx.merge(graphdef, params)
-  cache = model.init_cache(rows, length + steps)
-  hidden, cache = model.cached_hidden_states(jax.lax.stop_gradient(prefix), cache)
-  first = sample(model.logits(hidden[:, -1:])[:, 0], temperature, jax.random.fold_in(key, 0))
-
-  def body(j, carry):
-    cache, token, tokens = carry
-    model = nnx.merge(graphdef, params)
-    tokens = tokens.at[:, j].set(token)
-    hidden, cache = model.cached_hidden_states(model.embed_tokens(token[:, None]), cache)
-    token = sample(model.logits(hidden)[:, 0], temperature, jax.random.fold_in(key, j + 1))
-    return cache, token, tokens
-
-  init = (cache, first, jnp.zeros((rows, steps), jnp.int32))
-  _, last, tokens = jax.lax.fori_loop(0, steps - 1, body, init)
-  return tokens.at[:, steps - 1].set(last)
+  hidden, cache = model.cached_hidden_states(prefix, model.init_cache(rows, length + steps))
+  decoded = decoding.decode(graphdef, params, cache, model.logits(hidden[:, -1:])[:, 0],
+                            jax.random.split(key, rows), steps=steps,
+                            sampling_params=sampling.SamplingParams(temperature))
+  return decoded.tokens
 
 
 def stopping_enabled(progress, cfg):
@@ -192,9 +181,10 @@ def iterate(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids
     row_loss = losses.reflection_row_losses(logits, y_star)  # [R]
     draft_key = jax.random.fold_in(key, k)
     if cfg.draft_mode == "teacher_forced":  # aligned: y(k+1)_i read y*_<i only
-      candidate = sample(jax.lax.stop_gradient(logits), cfg.draft_temperature, draft_key)
+      candidate = sampling.sample(jax.lax.stop_gradient(logits), draft_key,
+                                  sampling.SamplingParams(cfg.draft_temperature))
     else:  # free-running after `x <draft> y(k) <critique> c(k) <refine>`, as at inference
-      prefix = refine_sequence(model, x_emb, draft, live, y_star, ids)[:, :layout.refine_token + 1]
+      prefix = jnp.concatenate([x_emb, refine_prefix(model, draft, live, ids)], axis=1)
       candidate = decode(graphdef, params, prefix, cfg.target_len, cfg.draft_temperature,
                          draft_key)
     q_next = quality.select(quality.text_quality(candidate, y_star)[0], cfg.dim_names)

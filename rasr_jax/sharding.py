@@ -30,6 +30,7 @@ LOGICAL_RULES = (
     ("act_length", None),
     ("act_embed", None),
     ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
     ("act_mlp", "tensor"),
     ("act_vocab", "tensor"),
 )

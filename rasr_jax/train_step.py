@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rasr_jax import losses, optim, refine, sharding
+from rasr_jax import losses, optim, refine, sampling, sharding
 
 TAU_RANGE = (0.05, 0.95)
 
@@ -40,7 +40,8 @@ def reflection_windows(tokens, logits, rows, cfg, key):
     return window[:, :p], window[:, p:], None
   draft_logits = jax.vmap(lambda l, o: jax.lax.dynamic_slice_in_dim(l, o + p - 1, y, axis=0))(
       row_logits, offsets)  # [R, Y, V]
-  draft0 = refine.sample(jax.lax.stop_gradient(draft_logits), cfg.draft_temperature, draft_key)
+  draft0 = sampling.sample(jax.lax.stop_gradient(draft_logits), draft_key,
+                           sampling.SamplingParams(cfg.draft_temperature))
   return window[:, :p], window[:, p:], draft0
 
 

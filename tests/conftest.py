@@ -78,3 +78,16 @@ def losses(workdir):
 @pytest.fixture
 def small_config():
   return make_config
+
+
+STEPS = 8  # length of the shared reference training run
+
+
+@pytest.fixture(scope="session")
+def straight_run(tmp_path_factory):
+  """(workdir, config) of an uninterrupted tiny RASR run of STEPS steps, in this process."""
+  from rasr_jax import train
+  workdir = str(tmp_path_factory.mktemp("straight"))
+  config = make_config(**{"train.steps": STEPS})
+  train.train(config, workdir)
+  return workdir, config

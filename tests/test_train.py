@@ -13,11 +13,9 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, cli_args, losses, make_config, run_main, subprocess_env
+from conftest import REPO, STEPS, cli_args, losses, make_config, run_main, subprocess_env
 from rasr_jax import checkpoint, sharding, train, train_state
 from rasr_jax.metrics import read_records
-
-STEPS = 8
 
 
 def restored_params(workdir, config):
@@ -35,15 +33,6 @@ def params_hash(workdir, config):
   for leaf in restored_params(workdir, config):
     digest.update(leaf.tobytes())
   return digest.hexdigest()
-
-
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-  """The uninterrupted reference run of STEPS steps, in this process."""
-  workdir = str(tmp_path_factory.mktemp("straight"))
-  config = make_config(**{"train.steps": STEPS})
-  train.train(config, workdir)
-  return workdir, config
 
 
 def test_loss_falls(straight_run):

@@ -119,3 +119,23 @@ def _files(data_cfg, patterns):
     replaced += bad
     digest.update(os.path.abspath(path).encode() + b"\0" + hashlib.sha256(raw).digest())
   return Corpus(documents, digest.hexdigest(), replaced)
+
+
+def read_texts(path, field):
+  """Prompts or texts from a user's file: `.jsonl` objects with a string `field`, else one text
+  per non-empty line. Strict UTF-8."""
+  if not os.path.isfile(path):
+    raise DataError(f"file {path}: not found")
+  with open(path, "rb") as f:
+    raw = f.read()
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"file {path}: invalid UTF-8 at byte offset {e.start}") from None
+  if path.endswith(".jsonl"):
+    texts = _documents(path, text, field)
+  else:
+    texts = [line for line in text.splitlines() if line.strip()]
+  if not texts:
+    raise DataError(f"file {path}: no non-empty texts")
+  return texts

@@ -34,6 +34,14 @@ def _zeros_init(key, shape, dtype):
   return jnp.zeros(shape, dtype)
 
 
+def _masked_mean(hidden, mask):
+  """Mean of hidden [R, T, D] over T, over the positions where mask [R, T] is set (or all)."""
+  if mask is None:
+    return jnp.mean(hidden, axis=1)
+  weights = mask.astype(hidden.dtype)[..., None]
+  return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+
+
 class Critic(nnx.Module):
   """phi: dimension scores, per-token errors and adaptive weights from the trunk's hidden states."""
 
@@ -48,10 +56,13 @@ class Critic(nnx.Module):
                                  (None, None), pd)
     self.weight_b = layers.param(rngs, _zeros_init, (num_dims,), (None,), pd)
 
-  def __call__(self, hidden_x, hidden_y, progress):
-    """hidden_x [R, P, D], hidden_y [R, Y, D], progress [] in [0, 1] -> Critique."""
+  def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None):
+    """hidden_x [R, P, D], hidden_y [R, Y, D], progress [] in [0, 1] -> Critique.
+
+    x_mask [R, P], y_mask [R, Y] bool (default all) leave padding out of the mean embeddings.
+    """
     hx, hy = hidden_x.astype(jnp.float32), hidden_y.astype(jnp.float32)
-    embed_x, embed_y = jnp.mean(hx, axis=1), jnp.mean(hy, axis=1)  # [R, D]
+    embed_x, embed_y = _masked_mean(hx, x_mask), _masked_mean(hy, y_mask)  # [R, D]
     both = jnp.concatenate([embed_x, embed_y], axis=-1)  # [R, 2D]
     scores = jax.nn.sigmoid(both @ self.score_w[...] + self.score_b[...])  # [R, C]
     token_errors = jax.nn.sigmoid(hy @ self.token_u[...] + self.token_b[...])  # [R, Y]

@@ -16,20 +16,17 @@ _REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer: k, v [L, B, S, K, H]; positions < `length` are written."""
+  """Keys and values of every layer, k, v [L, B, S, K, H]; slots < `length` are written.
+
+  `valid` [B, S] marks written slots that may be attended (padding is written but not valid);
+  `position` [B] is each row's next rotary position: the count of its valid slots, so padding
+  takes no positions.
+  """
   k: jax.Array
   v: jax.Array
   length: jax.Array  # [] int32
-
-
-def cache_mask(query_slots, cache_size, valid_from=None):
-  """[B, 1, T, S] mask: a query written at cache slot q [B, T] sees slots s <= q (and s >= the
-  row's `valid_from` [B], to skip left padding)."""
-  slots = jnp.arange(cache_size)
-  mask = slots[None, None, :] <= query_slots[:, :, None]  # [B, T, S]
-  if valid_from is not None:
-    mask &= slots[None, None, :] >= valid_from[:, None, None]
-  return mask[:, None]
+  valid: jax.Array  # [B, S] bool
+  position: jax.Array  # [B] int32
 
 
 class Transformer(nnx.Module):
@@ -71,32 +68,45 @@ class Transformer(nnx.Module):
     return self.final_norm(self._run_blocks(x, positions, mask))
 
   def init_cache(self, batch, size):
-    """An empty KV cache for `batch` rows and `size` positions, in the compute dtype."""
+    """An empty KV cache for `batch` rows and `size` slots, in the compute dtype."""
     c = self.cfg
     shape = (c.num_layers, batch, size, c.num_kv_heads, c.head_dim)
-    return KVCache(k=jnp.zeros(shape, c.dtype), v=jnp.zeros(shape, c.dtype),
-                   length=jnp.zeros((), jnp.int32))
+    names = ("layers", "act_batch", "act_length", "act_kv_heads", None)
+    zeros = layers.constrain(jnp.zeros(shape, c.dtype), names)
+    return KVCache(k=zeros, v=zeros, length=jnp.zeros((), jnp.int32),
+                   valid=jnp.zeros((batch, size), bool), position=jnp.zeros((batch,), jnp.int32))
 
-  def cached_hidden_states(self, x, cache, *, positions=None, mask=None):
-    """x [B, T, D] appended to `cache` -> (hidden [B, T, D], cache with length + T).
+  def cached_hidden_states(self, x, cache, *, valid=None, mask=None):
+    """x [B, T, D] written at the next T cache slots -> (hidden [B, T, D], updated cache).
 
-    Default positions continue from cache.length; default mask is causal over the cache.
-    Prefill is one call with the prompt, decoding one call per token.
+    valid [B, T] bool (default all) marks real tokens; padding is never attended and takes no
+    rotary position. Each query sees the valid slots up to its own, further restricted by
+    `mask` [B or 1, T, S] bool when given. Prefill is one call with a prompt, decoding one call
+    per token.
     """
     x = x.astype(self.cfg.dtype)
     b, t = x.shape[:2]
-    slots = jnp.broadcast_to(cache.length + jnp.arange(t), (b, t))
-    positions = slots if positions is None else positions
-    mask = cache_mask(slots, cache.k.shape[2]) if mask is None else mask
+    valid = jnp.ones((b, t), bool) if valid is None else valid
+    size = cache.k.shape[2]
+    positions = cache.position[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)  # [B, T]
+    slot_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, cache.length, axis=1)
+    query_slots = cache.length + jnp.arange(t)  # [T]
+    slots = jnp.arange(size)
+    causal = slots[None, :] <= query_slots[:, None]  # [T, S]
+    attend = (causal[None] & slot_valid[:, None, :]) | (slots == query_slots[:, None])[None]
+    if mask is not None:
+      attend &= mask
+    attend = attend[:, None]  # [B, 1, T, S]
 
     def body(x, block, cache_k, cache_v):
-      x, cache_k, cache_v = block.cached(x, positions, mask, cache_k, cache_v, cache.length)
+      x, cache_k, cache_v = block.cached(x, positions, attend, cache_k, cache_v, cache.length)
       return x, (cache_k, cache_v)
 
     scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
                     transform_metadata={nnx.PARTITION_NAME: "layers"})
     x, (k, v) = scan(x, self.blocks, cache.k, cache.v)
-    return self.final_norm(x), KVCache(k=k, v=v, length=cache.length + t)
+    return self.final_norm(x), KVCache(k=k, v=v, length=cache.length + t, valid=slot_valid,
+                                       position=cache.position + jnp.sum(valid, axis=1))
 
   def logits(self, hidden):  # [B, T, D] -> [B, T, V] float32
     head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]

@@ -1,0 +1,239 @@
+"""Generation and scoring from a checkpoint: the host side of `--mode=generate` and `--mode=score`.
+
+Loads the model's parameters (only they, plus the step and tau) from a checkpoint onto the
+config's mesh, tokenizes, batches and pads the inputs, runs the jitted functions of
+`generate.py`, and turns the results into JSON-ready dicts in input order.
+
+Every text is read after an `<eos>`: documents are separated by `<eos>` in training, so it is
+how the model sees the start of a document, and it lets the first token of a scored text have a
+log-probability.
+"""
+
+import functools
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from rasr_jax import checkpoint as ckpt_lib
+from rasr_jax import config as config_lib
+from rasr_jax import generate as gen_lib
+from rasr_jax import sampling, sharding, train, train_state
+from rasr_jax.data import sources, tokenizer as tok_lib
+
+LENGTH_BUCKET = 32  # input lengths are rounded up to a multiple (one compilation per bucket)
+
+
+def _round_up(value, multiple):
+  return -(-value // multiple) * multiple
+
+
+def _locate_checkpoint(workdir, checkpoint):
+  """(checkpoints directory, step): `checkpoint` is a step directory or a checkpoints
+  directory (newest step); default the newest step under the workdir."""
+  path = os.path.abspath(checkpoint or ckpt_lib.checkpoint_dir(workdir))
+  name = os.path.basename(path)
+  directory, step = (os.path.dirname(path), int(name)) if name.isdigit() else (path, None)
+  if not os.path.isdir(path):
+    raise ckpt_lib.CheckpointError(f"no checkpoint at {path}"
+                                   + ("" if checkpoint else " (train first, or pass --checkpoint)"))
+  return directory, step
+
+
+def _load_tokenizer(config, workdir):
+  own = os.path.join(workdir, train.TOKENIZER_FILE)
+  if os.path.exists(own):
+    return tok_lib.load(own)
+  if config.data.tokenizer:
+    return tok_lib.load(config.data.tokenizer)
+  raise tok_lib.TokenizerError(f"no tokenizer: {own} does not exist and config.data.tokenizer "
+                               "is empty")
+
+
+def cut_at_stop(text, stop_strings):
+  """`text` up to the first occurrence of any stop string."""
+  cut = min((i for i in (text.find(s) for s in stop_strings if s) if i >= 0), default=len(text))
+  return text[:cut]
+
+
+class InferenceModel:
+  """A checkpoint's model on the config's mesh, with its tokenizer."""
+
+  def __init__(self, config, workdir, checkpoint=None):
+    self.config = config_lib.resolve_mesh(config, jax.device_count())
+    directory, step = _locate_checkpoint(workdir, checkpoint)
+    self.tokenizer = _load_tokenizer(self.config, workdir)
+    self.mesh = sharding.make_mesh(self.config.mesh)
+    self.graphdef, abstract_params, specs = train_state.abstract_model(self.config)
+    self.param_shardings = train_state.to_shardings(specs, self.mesh)
+    checkpointer = ckpt_lib.Checkpointer(directory, self.config.checkpoint)
+    try:
+      step = checkpointer.latest_step() if step is None else step
+      if step is None:
+        raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
+      stored = checkpointer.read_meta(step)
+      problems = ckpt_lib.param_problems(stored, {"params": ckpt_lib.param_signature(
+          abstract_params)})
+      if stored.get("tokenizer_sha256") != self.tokenizer.checksum:
+        problems.append(f"tokenizer {self.tokenizer.path} is not the one the checkpoint was "
+                        "trained with")
+      if problems:
+        raise ckpt_lib.CheckpointError(f"checkpoint {directory}/{step} does not match the "
+                                       "config: " + "; ".join(problems))
+      replicated = sharding.replicated(self.mesh)
+      scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
+      restored = checkpointer.restore_fields(step, {
+          "params": ckpt_lib.with_shardings(abstract_params, self.param_shardings),
+          "step": scalar(np.int32), "tau": scalar(np.float32)})
+    finally:
+      checkpointer.close()
+    self.step = int(restored["step"])
+    self.params, self.tau = restored["params"], restored["tau"]
+    self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
+    self.ids = train.special_ids(self.tokenizer)
+    self._batch_sharding = sharding.batch_sharding(self.mesh)
+    self._rows_multiple = self.config.mesh.data * self.config.mesh.fsdp
+    self._compiled = {}  # GenerateOptions (or "score") -> jitted function
+
+  def _batches(self, items, batch_size):
+    """(start, chunk) pairs; every batch is padded to the same row count, a multiple of the
+    data-parallel size."""
+    rows = _round_up(batch_size, self._rows_multiple)
+    return rows, [(i, items[i:i + rows]) for i in range(0, len(items), rows)]
+
+  def _encode(self, text):
+    return [self.tokenizer.eos_id] + self.tokenizer.encode(text)
+
+  def _put(self, array):
+    return jax.device_put(array, self._batch_sharding)
+
+  def _generate_fn(self, options):
+    if options not in self._compiled:
+      self._compiled[options] = self._jit_generate(options)
+    return self._compiled[options]
+
+  def _jit_generate(self, options):
+    def run(params, prompt, valid, indices, seed, tau, progress):
+      base = jax.random.key(seed)
+      keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
+      return gen_lib.generate(self.graphdef, params, prompt, valid, keys, tau, progress,
+                              options=options, ids=self.ids)
+    batch = self._batch_sharding
+    return jax.jit(run, in_shardings=(self.param_shardings, batch, batch, batch, None, None, None))
+
+  def _score_fn(self):
+    if "score" not in self._compiled:
+      fn = functools.partial(gen_lib.token_logprobs, self.graphdef)
+      self._compiled["score"] = jax.jit(fn, in_shardings=(self.param_shardings,
+                                                          self._batch_sharding))
+    return self._compiled["score"]
+
+  def options(self, *, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, stop=(),
+              reflect="auto", iterations=None):
+    """GenerateOptions for this model; reflect `auto` is `learned` (or `fixed` when the model
+    was trained without learned stopping) for a RASR model and `off` otherwise."""
+    r = self.config.reflect
+    if reflect == "auto":
+      reflect = ("learned" if r.learned_stopping else "fixed") if r.enabled else "off"
+    if reflect != "off" and not r.enabled:
+      raise config_lib.ConfigError(f"reflect={reflect} needs a model with reflection heads "
+                                   "(config.reflect.enabled=False)")
+    stop_sequences = tuple(tuple(self.tokenizer.encode(s)) for s in stop if s)
+    return gen_lib.GenerateOptions(
+        max_new_tokens=max_new_tokens,
+        sampling_params=sampling.SamplingParams(temperature, top_k, top_p), reflect=reflect,
+        iterations=r.iterations if iterations is None else iterations,
+        aligned=r.draft_mode == "teacher_forced", eos_id=self.tokenizer.eos_id,
+        pad_id=self.tokenizer.pad_id, stop_sequences=stop_sequences)
+
+  def generate(self, prompts, options, *, stop=(), seed=0, batch_size=8):
+    """One dict per prompt: final text, every draft, critic scores, stop iteration.
+
+    The text of each draft is cut at the first of the `stop` strings. A prompt's samples depend
+    on `seed` and its index only, not on its batch.
+    """
+    rows, batches = self._batches(list(prompts), batch_size)
+    fn = self._generate_fn(options)
+    results = []
+    with sharding.activate(self.mesh):
+      for start, chunk in batches:
+        encoded = [self._encode(p) for p in chunk]
+        width = _round_up(max(map(len, encoded)), LENGTH_BUCKET)
+        prompt = np.full((rows, width), self.tokenizer.pad_id, np.int32)
+        valid = np.zeros((rows, width), bool)
+        for row, ids in enumerate(encoded):  # left padding: every prompt ends at the last slot
+          prompt[row, width - len(ids):], valid[row, width - len(ids):] = ids, True
+        valid[len(chunk):, -1] = True  # filler rows
+        indices = np.arange(start, start + rows, dtype=np.int32)
+        out = jax.device_get(fn(self.params, self._put(prompt), self._put(valid),
+                                self._put(indices), np.uint32(seed), self.tau, self.progress))
+        results.extend(self._generation_record(p, out, row, options, stop)
+                       for row, p in enumerate(chunk))
+    return results
+
+  def _generation_record(self, prompt, out, row, options, stop):
+    final = int(out.stop_iteration[row])
+    drafts = [cut_at_stop(self.tokenizer.decode(out.drafts[k, row, :out.lengths[k, row]]), stop)
+              for k in range(final + 1)]
+    record = {"prompt": prompt, "text": drafts[-1], "drafts": drafts, "stop_iteration": final,
+              "num_tokens": int(out.lengths[final, row])}
+    if options.reflect != "off":
+      record.update(
+          score_names=list(self.config.reflect.dim_names),
+          scores=[[round(float(s), 6) for s in out.scores[k, row]] for k in range(final + 1)],
+          token_errors=[[round(float(e), 6) for e in out.token_errors[k, row, :out.lengths[k, row]]]
+                        for k in range(final + 1)],
+          stop_probs=[round(float(p), 6) for p in out.stop_probs[:min(final + 1,
+                                                                      options.iterations), row]])
+    return record
+
+  def score_tokens(self, token_lists, batch_size=8):
+    """(log-probabilities, is-greedy flags) of tokens[1:] given their prefixes, per list."""
+    rows, batches = self._batches(list(token_lists), batch_size)
+    fn = self._score_fn()
+    results = []
+    with sharding.activate(self.mesh):
+      for _, chunk in batches:
+        width = _round_up(max(map(len, chunk)), LENGTH_BUCKET)
+        tokens = np.full((rows, width), self.tokenizer.pad_id, np.int32)
+        for row, ids in enumerate(chunk):
+          tokens[row, :len(ids)] = ids
+        logprobs, greedy = jax.device_get(fn(self.params, self._put(tokens)))
+        results.extend((logprobs[row, :len(ids) - 1], greedy[row, :len(ids) - 1])
+                       for row, ids in enumerate(chunk))
+    return results
+
+  def score(self, texts, batch_size=8):
+    """One dict per text: its token ids, their log-probabilities (natural log) and the sum."""
+    encoded = [self._encode(t) for t in texts]
+    records = []
+    for text, ids, (logprobs, greedy) in zip(texts, encoded,
+                                             self.score_tokens(encoded, batch_size)):
+      records.append({"text": text, "token_ids": ids[1:],
+                      "logprobs": [round(float(x), 6) for x in logprobs],
+                      "sum_logprob": float(np.sum(logprobs, dtype=np.float64)),
+                      "num_tokens": len(ids) - 1, "is_greedy": bool(np.all(greedy))})
+    return records
+
+
+def gather_inputs(values, path, field, flag_names):
+  """Texts from a repeatable flag plus a file; a clear error when there are none."""
+  texts = list(values or [])
+  if path:
+    texts += sources.read_texts(path, field)
+  if not texts:
+    raise sources.DataError(f"nothing to do: pass {flag_names}")
+  return texts
+
+
+def write_jsonl(records, output):
+  """JSON lines to `output` (a path, or '-' for stdout)."""
+  lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  if output == "-":
+    sys.stdout.write(lines)
+    sys.stdout.flush()
+  else:
+    with open(output, "w", encoding="utf-8") as f:
+      f.write(lines)
