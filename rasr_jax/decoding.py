@@ -45,7 +45,7 @@ def _ends_with_stop(history, index, stop_sequences):
 
 
 def decode(graphdef, params, cache, logits, keys, *, steps, sampling_params, pad_id=0,
-           eos_id=None, stop_sequences=None, done=None, query_mask=None):
+           eos_id=None, stop_sequences=None, done=None, query_mask=None, layers=None):
   """Samples up to `steps` tokens per row after a prefilled `cache` -> Decoded.
 
   logits [B, V]: the prediction of the first new token (the prefill's last position).
@@ -53,12 +53,14 @@ def decode(graphdef, params, cache, logits, keys, *, steps, sampling_params, pad
   stop_sequences [num, M] (see stop_sequence_array) or None; eos_id None never stops.
   done [B] bool: rows that need no tokens (they get pads and cost no loop steps alone).
   query_mask(i) -> [B or 1, 1, S] bool: extra visibility of the query that predicts token i.
+  layers: the model's `layer_states()` (taken here, outside the loop, when not given).
   """
   rows = logits.shape[0]
   stops = None if stop_sequences is None or not len(stop_sequences) else jnp.asarray(
       stop_sequences)
   lookback = 0 if stops is None else stops.shape[1] - 1
   done = jnp.zeros((rows,), bool) if done is None else done
+  layers = nnx.merge(graphdef, params).layer_states() if layers is None else layers
 
   def draw(logits, i):
     return sampling.sample_rows(logits, jax.vmap(lambda k: jax.random.fold_in(k, i))(keys),
@@ -88,7 +90,7 @@ def decode(graphdef, params, cache, logits, keys, *, steps, sampling_params, pad
     previous = jax.lax.dynamic_slice_in_dim(history, lookback + i - 1, 1, axis=1)  # [B, 1]
     mask = None if query_mask is None else query_mask(i)
     hidden, cache = model.cached_hidden_states(model.embed_tokens(previous), cache,
-                                               valid=~done[:, None], mask=mask)
+                                               valid=~done[:, None], mask=mask, layers=layers)
     token = draw(model.logits(hidden)[:, 0], i)
     history, lengths, done = record(history, lengths, done, i, token)
     return i + 1, cache, history, lengths, done

@@ -32,7 +32,8 @@ class GenerateOptions:
   aligned: bool = True  # the model's drafts were teacher-forced (RASR.md §3)
   eos_id: int | None = 1
   pad_id: int = 0
-  stop_sequences: tuple = ()  # tuples of token ids
+  stop_sequences: tuple = ()  # tuples of token ids: decoding of a row ends after one
+  stop_strings: tuple = ()  # the same as text, for cutting decoded text (host side)
 
   def __post_init__(self):
     if self.reflect not in REFLECT_MODES:
@@ -73,14 +74,16 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
   dims = model.critic.score_w.shape[-1] if k_total else 0
   size = prompt_slots + n + (n + dims + 4 if k_total else 0)
   stops = decoding.stop_sequence_array(options.stop_sequences)
+  layers = model.layer_states()  # once, outside every loop
   decode_kw = dict(steps=n, sampling_params=options.sampling_params, pad_id=options.pad_id,
-                   eos_id=options.eos_id, stop_sequences=stops)
+                   eos_id=options.eos_id, stop_sequences=stops, layers=layers)
 
   def draft_keys(k):
     return jax.vmap(lambda key: jax.random.fold_in(key, k))(keys)
 
   hidden_x, x_cache = model.cached_hidden_states(model.embed_tokens(prompt),
-                                                 model.init_cache(rows, size), valid=prompt_valid)
+                                                 model.init_cache(rows, size), valid=prompt_valid,
+                                                 layers=layers)
   first = decoding.decode(graphdef, params, x_cache, model.logits(hidden_x[:, -1:])[:, 0],
                           draft_keys(0), **decode_kw)
   if not k_total:
@@ -93,7 +96,7 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
     y_valid = jnp.arange(n)[None] < length[:, None]
     seq = jnp.concatenate([refine.marker(model, ids.draft, rows), model.embed_tokens(draft)], 1)
     valid = jnp.concatenate([jnp.ones((rows, 1), bool), y_valid], axis=1)
-    hidden, _ = model.cached_hidden_states(seq, x_cache, valid=valid)
+    hidden, _ = model.cached_hidden_states(seq, x_cache, valid=valid, layers=layers)
     return model.critic(hidden_x, hidden[:, 1:], progress, prompt_valid, y_valid), y_valid
 
   def aligned_mask(i):  # [1, 1, S]: True = visible
@@ -110,7 +113,8 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
     if options.aligned:  # only the <refine> row (which predicts token 0) is restricted
       rows_mask = jnp.ones((prefix.shape[1], size), bool)
       mask = rows_mask.at[-1].set(aligned_mask(0)[0, 0])[None]
-    hidden, cache = model.cached_hidden_states(prefix, x_cache, valid=valid, mask=mask)
+    hidden, cache = model.cached_hidden_states(prefix, x_cache, valid=valid, mask=mask,
+                                               layers=layers)
     return decoding.decode(graphdef, params, cache, model.logits(hidden[:, -1:])[:, 0],
                            draft_keys(k + 1), done=~active,
                            query_mask=aligned_mask if options.aligned else None, **decode_kw)
@@ -119,7 +123,8 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
     k, draft, length, active, refinements, record = carry
     model = nnx.merge(graphdef, params)
     crit, y_valid = critique(model, draft, length)
-    stop_prob = model.controller(crit, jnp.minimum(k, model.controller.iteration_embed.shape[0] - 1))
+    last_index = model.controller.iteration_embed.shape[0] - 1  # fixed mode may run longer
+    stop_prob = model.controller(crit, jnp.minimum(k, last_index))
     if options.reflect == "learned":
       active &= ~(stop_prob > tau)
     new = refine_draft(model, k, draft, y_valid, crit, active)

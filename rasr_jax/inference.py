@@ -58,6 +58,31 @@ def cut_at_stop(text, stop_strings):
   return text[:cut]
 
 
+def _restore(config, directory, step, tokenizer, abstract_params, replicated):
+  """{"params", "step", "tau"} of checkpoint `step` (default newest) in `directory`, after
+  checking its parameters and tokenizer against the config's model."""
+  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+  try:
+    step = checkpointer.latest_step() if step is None else step
+    if step is None:
+      raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
+    stored = checkpointer.read_meta(step)
+    problems = ckpt_lib.param_problems(stored, {"params": ckpt_lib.param_signature(
+        abstract_params)})
+    if stored.get("tokenizer_sha256") != tokenizer.checksum:
+      problems.append(f"tokenizer {tokenizer.path} is not the one the checkpoint was trained "
+                      "with")
+    if problems:
+      raise ckpt_lib.CheckpointError(f"checkpoint {directory}/{step} does not match the "
+                                     "config: " + "; ".join(problems))
+    return checkpointer.restore_fields(step, {
+        "params": abstract_params,
+        "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+        "tau": jax.ShapeDtypeStruct((), np.float32, sharding=replicated)})
+  finally:
+    checkpointer.close()
+
+
 class InferenceModel:
   """A checkpoint's model on the config's mesh, with its tokenizer."""
 
@@ -68,27 +93,9 @@ class InferenceModel:
     self.mesh = sharding.make_mesh(self.config.mesh)
     self.graphdef, abstract_params, specs = train_state.abstract_model(self.config)
     self.param_shardings = train_state.to_shardings(specs, self.mesh)
-    checkpointer = ckpt_lib.Checkpointer(directory, self.config.checkpoint)
-    try:
-      step = checkpointer.latest_step() if step is None else step
-      if step is None:
-        raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
-      stored = checkpointer.read_meta(step)
-      problems = ckpt_lib.param_problems(stored, {"params": ckpt_lib.param_signature(
-          abstract_params)})
-      if stored.get("tokenizer_sha256") != self.tokenizer.checksum:
-        problems.append(f"tokenizer {self.tokenizer.path} is not the one the checkpoint was "
-                        "trained with")
-      if problems:
-        raise ckpt_lib.CheckpointError(f"checkpoint {directory}/{step} does not match the "
-                                       "config: " + "; ".join(problems))
-      replicated = sharding.replicated(self.mesh)
-      scalar = lambda dtype: jax.ShapeDtypeStruct((), dtype, sharding=replicated)  # noqa: E731
-      restored = checkpointer.restore_fields(step, {
-          "params": ckpt_lib.with_shardings(abstract_params, self.param_shardings),
-          "step": scalar(np.int32), "tau": scalar(np.float32)})
-    finally:
-      checkpointer.close()
+    restored = _restore(self.config, directory, step, self.tokenizer,
+                        ckpt_lib.with_shardings(abstract_params, self.param_shardings),
+                        sharding.replicated(self.mesh))
     self.step = int(restored["step"])
     self.params, self.tau = restored["params"], restored["tau"]
     self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
@@ -98,8 +105,8 @@ class InferenceModel:
     self._compiled = {}  # GenerateOptions (or "score") -> jitted function
 
   def _batches(self, items, batch_size):
-    """(start, chunk) pairs; every batch is padded to the same row count, a multiple of the
-    data-parallel size."""
+    """(rows, [(start, chunk)]): chunks of `rows` items; every batch is padded to `rows`, a
+    multiple of the data-parallel size, so one compiled function serves them all."""
     rows = _round_up(batch_size, self._rows_multiple)
     return rows, [(i, items[i:i + rows]) for i in range(0, len(items), rows)]
 
@@ -140,19 +147,28 @@ class InferenceModel:
     if reflect != "off" and not r.enabled:
       raise config_lib.ConfigError(f"reflect={reflect} needs a model with reflection heads "
                                    "(config.reflect.enabled=False)")
-    stop_sequences = tuple(tuple(self.tokenizer.encode(s)) for s in stop if s)
+    stop_sequences = tuple(filter(None, (self._stop_tokens(s) for s in stop if s)))
     return gen_lib.GenerateOptions(
         max_new_tokens=max_new_tokens,
         sampling_params=sampling.SamplingParams(temperature, top_k, top_p), reflect=reflect,
         iterations=r.iterations if iterations is None else iterations,
         aligned=r.draft_mode == "teacher_forced", eos_id=self.tokenizer.eos_id,
-        pad_id=self.tokenizer.pad_id, stop_sequences=stop_sequences)
+        pad_id=self.tokenizer.pad_id, stop_sequences=stop_sequences,
+        stop_strings=tuple(s for s in stop if s))
 
-  def generate(self, prompts, options, *, stop=(), seed=0, batch_size=8):
-    """One dict per prompt: final text, every draft, critic scores, stop iteration.
+  def _stop_tokens(self, text):
+    """Token ids that end a row when its tokens end with them: `text` encoded alone, less the
+    leading pieces that decode to nothing (sentencepiece's word-start mark). Empty when the
+    tokenizer drops the text (its normalisation removes newlines); the text cut still holds."""
+    ids = self.tokenizer.encode(text)
+    while ids and not self.tokenizer.decode(ids[:1]):
+      ids = ids[1:]
+    return tuple(ids)
 
-    The text of each draft is cut at the first of the `stop` strings. A prompt's samples depend
-    on `seed` and its index only, not on its batch.
+  def generate(self, prompts, options, *, seed=0, batch_size=8):
+    """One dict per prompt (see `options()`): final text, every draft, critic scores, stop
+    iteration. Each draft's text is cut at the first stop string. A prompt's samples depend on
+    `seed` and its index only, not on its batch.
     """
     rows, batches = self._batches(list(prompts), batch_size)
     fn = self._generate_fn(options)
@@ -169,13 +185,14 @@ class InferenceModel:
         indices = np.arange(start, start + rows, dtype=np.int32)
         out = jax.device_get(fn(self.params, self._put(prompt), self._put(valid),
                                 self._put(indices), np.uint32(seed), self.tau, self.progress))
-        results.extend(self._generation_record(p, out, row, options, stop)
+        results.extend(self._generation_record(p, out, row, options)
                        for row, p in enumerate(chunk))
     return results
 
-  def _generation_record(self, prompt, out, row, options, stop):
+  def _generation_record(self, prompt, out, row, options):
     final = int(out.stop_iteration[row])
-    drafts = [cut_at_stop(self.tokenizer.decode(out.drafts[k, row, :out.lengths[k, row]]), stop)
+    drafts = [cut_at_stop(self.tokenizer.decode(out.drafts[k, row, :out.lengths[k, row]]),
+                          options.stop_strings)
               for k in range(final + 1)]
     record = {"prompt": prompt, "text": drafts[-1], "drafts": drafts, "stop_iteration": final,
               "num_tokens": int(out.lengths[final, row])}

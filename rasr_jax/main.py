@@ -126,16 +126,14 @@ def _infer(config):
   if _MODE.value == "score":
     records = model.score(texts, _BATCH_SIZE.value)
   else:
-    stop = tuple(_STOP.value or ())
     try:
       options = model.options(
           max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-          top_k=_TOP_K.value, top_p=_TOP_P.value, stop=stop, reflect=_REFLECT.value,
-          iterations=_ITERATIONS.value)
-    except ValueError as e:  # option values out of range
+          top_k=_TOP_K.value, top_p=_TOP_P.value, stop=tuple(_STOP.value or ()),
+          reflect=_REFLECT.value, iterations=_ITERATIONS.value)
+    except ValueError as e:  # an option out of range
       raise config_lib.ConfigError(str(e)) from None
-    records = model.generate(prompts, options, stop=stop, seed=_SEED.value,
-                             batch_size=_BATCH_SIZE.value)
+    records = model.generate(prompts, options, seed=_SEED.value, batch_size=_BATCH_SIZE.value)
   inference.write_jsonl(records, _OUTPUT.value)
 
 

@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 from conftest import make_config, run_main
-from rasr_jax import decoding, generate, inference, losses, refine, sampling, train_state
+from rasr_jax import generate, inference, losses, refine, sampling, train_state
 
 IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
 RNG = np.random.RandomState(0)
@@ -140,7 +140,10 @@ def test_sampling_is_deterministic_per_key_and_filters_respect_k_and_p(rasr_mode
     got = _run(graphdef, params, prompt, max_new_tokens=8, eos_id=None, sampling_params=filtered)
     np.testing.assert_array_equal(got.drafts, greedy.drafts)
   logits = jnp.log(jnp.asarray([0.5, 0.3, 0.15, 0.05]))
-  kept = lambda p: np.isfinite(np.asarray(sampling.filter_logits(logits, p)))  # noqa: E731
+
+  def kept(params):
+    return np.isfinite(np.asarray(sampling.filter_logits(logits, params)))
+
   np.testing.assert_array_equal(kept(sampling.SamplingParams(1.0, top_k=2)), [1, 1, 0, 0])
   np.testing.assert_array_equal(kept(sampling.SamplingParams(1.0, top_p=0.75)), [1, 1, 0, 0])
   np.testing.assert_array_equal(kept(sampling.SamplingParams(1.0, top_p=0.85)), [1, 1, 1, 0])
@@ -218,19 +221,19 @@ def test_generate_and_score_cli_round_trip(straight_run, tmp_path):
   prompts_file = tmp_path / "prompts.jsonl"
   prompts_file.write_text(json.dumps({"prompt": "Tom has 3 apples."}) + "\n")
   result = _generate_cli(workdir, "--prompt=Q: 2 + 3 =", "--prompt=The cat", "--max_new_tokens=12",
-                         f"--prompts_file={prompts_file}", "--stop=\n\n")
+                         f"--prompts_file={prompts_file}", "--stop=.")
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in result.stdout.splitlines()]
   assert [r["prompt"] for r in records] == ["Q: 2 + 3 =", "The cat", "Tom has 3 apples."]
   for r in records:
     k = r["stop_iteration"]
     assert 0 <= k <= config.reflect.iterations and len(r["drafts"]) == k + 1
-    assert r["text"] == r["drafts"][-1] and "\n\n" not in r["text"]
+    assert r["text"] == r["drafts"][-1] and "." not in r["text"]
     assert len(r["scores"]) == k + 1 and len(r["scores"][0]) == config.reflect.num_dims
     assert all(0 <= p <= 1 for p in r["stop_probs"])
   # 8 devices (data=2, fsdp=2, tensor=2) load the checkpoint onto their mesh: same tokens.
   sharded = _generate_cli(workdir, "--prompt=Q: 2 + 3 =", "--prompt=The cat",
-                          "--prompt=Tom has 3 apples.", "--max_new_tokens=12", "--stop=\n\n",
+                          "--prompt=Tom has 3 apples.", "--max_new_tokens=12", "--stop=.",
                           devices=8, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
   assert sharded.returncode == 0, sharded.stderr[-3000:]
   assert [json.loads(line)["drafts"] for line in sharded.stdout.splitlines()] == [

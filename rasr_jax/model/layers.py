@@ -70,13 +70,17 @@ class Attention(nnx.Module):
     return self._output(jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None))
 
   def cached(self, x, positions, mask, cache_k, cache_v, index):
-    """Attention of x [B, T, D] over a KV cache [B, S, K, H] after writing x's keys and values
-    at cache positions index .. index + T - 1; mask [B, 1, T, S]. -> (out, cache_k, cache_v)."""
+    """Attention of x [B, T, D] over a KV cache [B, K, S, H] after writing x's keys and values
+    at cache slots index .. index + T - 1; mask [B, 1, T, S]. -> (out, cache_k, cache_v).
+
+    The cache keeps heads before slots, the layout the attention dots read without a copy.
+    """
     q, k, v = self._project(x, positions)
-    cache_k = jax.lax.dynamic_update_slice_in_dim(cache_k, k.astype(cache_k.dtype), index, axis=1)
-    cache_v = jax.lax.dynamic_update_slice_in_dim(cache_v, v.astype(cache_v.dtype), index, axis=1)
-    out = jax.nn.dot_product_attention(q, cache_k.astype(q.dtype), cache_v.astype(q.dtype),
-                                       mask=mask)
+    cache_k, cache_v = (jax.lax.dynamic_update_slice_in_dim(
+        cache, new.swapaxes(1, 2).astype(cache.dtype), index, axis=2)
+                        for cache, new in ((cache_k, k), (cache_v, v)))
+    keys, values = (cache.swapaxes(1, 2).astype(q.dtype) for cache in (cache_k, cache_v))
+    out = jax.nn.dot_product_attention(q, keys, values, mask=mask)  # keys [B, S, K, H]
     return self._output(out), cache_k, cache_v
 
 

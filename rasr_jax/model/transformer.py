@@ -16,14 +16,17 @@ _REMAT_POLICIES = {
 
 @flax.struct.dataclass
 class KVCache:
-  """Keys and values of every layer, k, v [L, B, S, K, H]; slots < `length` are written.
+  """Keys and values, one [B, K, S, H] array per layer; slots < `length` are written.
+
+  Per-layer arrays (not one stacked array scanned over layers) let a decoding step update each
+  layer's cache in place (see `layer_states`).
 
   `valid` [B, S] marks written slots that may be attended (padding is written but not valid);
   `position` [B] is each row's next rotary position: the count of its valid slots, so padding
   takes no positions.
   """
-  k: jax.Array
-  v: jax.Array
+  k: tuple  # L x [B, K, S, H]
+  v: tuple  # L x [B, K, S, H]
   length: jax.Array  # [] int32
   valid: jax.Array  # [B, S] bool
   position: jax.Array  # [B] int32
@@ -70,24 +73,35 @@ class Transformer(nnx.Module):
   def init_cache(self, batch, size):
     """An empty KV cache for `batch` rows and `size` slots, in the compute dtype."""
     c = self.cfg
-    shape = (c.num_layers, batch, size, c.num_kv_heads, c.head_dim)
-    names = ("layers", "act_batch", "act_length", "act_kv_heads", None)
-    zeros = layers.constrain(jnp.zeros(shape, c.dtype), names)
+    shape = (batch, c.num_kv_heads, size, c.head_dim)
+    names = ("act_batch", "act_kv_heads", "act_length", None)
+    zeros = tuple(layers.constrain(jnp.zeros(shape, c.dtype), names) for _ in range(c.num_layers))
     return KVCache(k=zeros, v=zeros, length=jnp.zeros((), jnp.int32),
                    valid=jnp.zeros((batch, size), bool), position=jnp.zeros((batch,), jnp.int32))
 
-  def cached_hidden_states(self, x, cache, *, valid=None, mask=None):
+  def layer_states(self):
+    """(block graphdef, one parameter state per layer): the stacked blocks as separate arrays.
+
+    Decoding loops take these from outside the loop: slicing a layer out of the stacked arrays
+    inside the loop copies its weights at every step (XLA on CPU does not hoist the slices),
+    which made decoding 2x slower. The price is one extra copy of the block weights while
+    decoding.
+    """
+    graphdef, state = nnx.split(self.blocks)
+    return graphdef, [jax.tree.map(lambda a, i=i: a[i], state) for i in range(self.cfg.num_layers)]
+
+  def cached_hidden_states(self, x, cache, *, valid=None, mask=None, layers=None):
     """x [B, T, D] written at the next T cache slots -> (hidden [B, T, D], updated cache).
 
     valid [B, T] bool (default all) marks real tokens; padding is never attended and takes no
     rotary position. Each query sees the valid slots up to its own, further restricted by
-    `mask` [B or 1, T, S] bool when given. Prefill is one call with a prompt, decoding one call
-    per token.
+    `mask` [B or 1, T, S] bool when given. `layers`: `layer_states()`, computed outside a
+    decoding loop. Prefill is one call with a prompt, decoding one call per token.
     """
     x = x.astype(self.cfg.dtype)
     b, t = x.shape[:2]
     valid = jnp.ones((b, t), bool) if valid is None else valid
-    size = cache.k.shape[2]
+    size = cache.valid.shape[1]
     positions = cache.position[:, None] + jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)  # [B, T]
     slot_valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, valid, cache.length, axis=1)
     query_slots = cache.length + jnp.arange(t)  # [T]
@@ -98,14 +112,15 @@ class Transformer(nnx.Module):
       attend &= mask
     attend = attend[:, None]  # [B, 1, T, S]
 
-    def body(x, block, cache_k, cache_v):
-      x, cache_k, cache_v = block.cached(x, positions, attend, cache_k, cache_v, cache.length)
-      return x, (cache_k, cache_v)
-
-    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0),
-                    transform_metadata={nnx.PARTITION_NAME: "layers"})
-    x, (k, v) = scan(x, self.blocks, cache.k, cache.v)
-    return self.final_norm(x), KVCache(k=k, v=v, length=cache.length + t, valid=slot_valid,
+    block_graphdef, states = self.layer_states() if layers is None else layers
+    keys, values = [], []
+    for layer, state in enumerate(states):  # unrolled: see KVCache
+      block = nnx.merge(block_graphdef, state)
+      x, k, v = block.cached(x, positions, attend, cache.k[layer], cache.v[layer], cache.length)
+      keys.append(k)
+      values.append(v)
+    return self.final_norm(x), KVCache(k=tuple(keys), v=tuple(values), length=cache.length + t,
+                                       valid=slot_valid,
                                        position=cache.position + jnp.sum(valid, axis=1))
 
   def logits(self, hidden):  # [B, T, D] -> [B, T, V] float32
