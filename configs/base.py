@@ -38,6 +38,9 @@ def get_config():
   c.data.tokenizer_sample_docs = 50000  # documents the tokenizer trainer reads at most
   c.data.invalid_utf8 = "error"  # policy for invalid UTF-8 in files: error | replace
   c.data.num_workers = 0  # grain worker processes (0 = in-process); part of the data state
+  # Row streams over disjoint document shards that fill each batch (0 = one per process). A
+  # fixed count makes the batches independent of the process count; a multiple of it.
+  c.data.streams = 0
 
   c.train = config_dict.ConfigDict()
   c.train.steps = 200  # optimizer updates in the whole run
@@ -88,4 +91,7 @@ def get_config():
   c.mesh.data = 1  # pure data-parallel axis (-1 = fill with the remaining devices)
   c.mesh.fsdp = -1  # fully sharded data-parallel axis: params and batch (-1 = fill)
   c.mesh.tensor = 1  # tensor-parallel axis: heads, MLP and vocab (-1 = fill)
+  # DCN granules (TPU slices; processes elsewhere) the data axis spans; > 1 builds a hybrid
+  # mesh with `data / dcn_data` replicas inside each granule (multislice TPU, GPU hosts).
+  c.mesh.dcn_data = 1
   return c

@@ -45,6 +45,7 @@ class DataConfig:
   tokenizer_sample_docs: int
   invalid_utf8: str
   num_workers: int
+  streams: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,7 @@ class MeshConfig:
   data: int
   fsdp: int
   tensor: int
+  dcn_data: int = 1  # granules (slices or hosts) over which the data axis is split
 
   def axis_sizes(self):
     return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
@@ -142,9 +144,9 @@ _POSITIVE = (
     "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.grad_accum_steps",
     "train.lr", "train.eps", "train.log_every_steps", "checkpoint.every_steps",
     "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",
-    "reflect.controller_hidden", "train.critic_lr", "train.controller_lr")
+    "reflect.controller_hidden", "train.critic_lr", "train.controller_lr", "mesh.dcn_data")
 _NON_NEGATIVE = (
-    "data.num_workers", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
+    "data.num_workers", "data.streams", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
     "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
     "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
     "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
@@ -227,6 +229,9 @@ def _check_rules(c):
   if m.num_heads % m.num_kv_heads:
     _fail("model.num_heads", m.num_heads,
           f"must be divisible by model.num_kv_heads={m.num_kv_heads}")
+  if c.data.streams and c.train.batch_size % c.data.streams:
+    _fail("data.streams", c.data.streams,
+          f"must divide train.batch_size={c.train.batch_size}")
   if c.train.batch_size % c.train.grad_accum_steps:
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
@@ -269,7 +274,9 @@ def resolve_mesh(config, num_devices):
       sizes[axis] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     _fail("mesh", sizes, f"the product of the axes must equal the device count {num_devices}")
-  mesh = MeshConfig(**sizes)
+  mesh = MeshConfig(**sizes, dcn_data=config.mesh.dcn_data)
+  if mesh.data % mesh.dcn_data:
+    _fail("mesh.dcn_data", mesh.dcn_data, f"must divide mesh.data={mesh.data}")
   m, t = config.model, config.train
   for path in ("model.num_heads", "model.num_kv_heads", "model.mlp_dim", "model.vocab_size"):
     if _get(config, path) % mesh.tensor:

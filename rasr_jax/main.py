@@ -17,8 +17,21 @@ from rasr_jax import config as config_lib
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (Python; it runs as code).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
-_MODE = flags.DEFINE_enum("mode", "train", ["train", "describe", "generate", "score"],
-                          "What to do.")
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "describe", "compile", "generate", "score"],
+    "train; describe: sizes from shapes; compile: compile the sharded step ahead of time and "
+    "print XLA's per-device memory; generate / score: from a checkpoint.")
+# Multi-process runs (see distributed.py; SLURM and multi-host TPU VMs need none of these).
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0's coordinator.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Join the other processes found by jax's cluster detection (TPU VM "
+    "slices; SLURM jobs of several tasks join without it).")
+_BIND_ADDRESS = flags.DEFINE_string(
+    "coordinator_bind_address", None, "Address process 0's coordinator listens on "
+    "(default all interfaces).")
 # Generation and scoring (--mode=generate / --mode=score).
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A step directory (WORKDIR/checkpoints/N) or a checkpoints directory; "
@@ -90,16 +103,28 @@ def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraryInfo())
   # Imported here so that flag errors are reported before jax starts.
-  from rasr_jax import checkpoint, describe, train
+  from rasr_jax import checkpoint, describe, distributed, train
   from rasr_jax.data import sources, tokenizer
 
   if _CONFIG.value is None:
     _exit_bad_input("--config is required")
   try:
     config = config_lib.load(_CONFIG.value)
+    if _MODE.value != "describe" and distributed.initialize(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _BIND_ADDRESS.value,
+        detect=_DISTRIBUTED.value):
+      import jax
+      if jax.process_index():  # only process 0 logs progress; warnings still show
+        logging.set_verbosity(logging.WARNING)
     if _MODE.value == "describe":
       import jax
       print(json.dumps(describe.describe(config, jax.device_count()), indent=2))
+      return
+    if _MODE.value == "compile":
+      import jax
+      from rasr_jax import compile_check
+      config = config_lib.resolve_mesh(config, jax.device_count())
+      print(json.dumps(compile_check.compile_report(config), indent=2))
       return
     if not _WORKDIR.value:
       _exit_bad_input(f"--workdir is required for --mode={_MODE.value}")

@@ -7,8 +7,8 @@ that names the physical mesh axes `data`, `fsdp` and `tensor`.
 import contextlib
 
 import jax
-import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -37,11 +37,21 @@ LOGICAL_RULES = (
 
 
 def make_mesh(mesh_config, devices=None):
-  """A mesh of `devices` (default: all) shaped by a resolved `MeshConfig`; axes are Auto."""
+  """A mesh of `devices` (default: all) shaped by a resolved `MeshConfig`; axes are Auto.
+
+  With `dcn_data` > 1 the mesh is hybrid: the data axis is split over DCN granules (TPU slices,
+  or processes on other platforms) and every other axis stays inside a granule.
+  """
   devices = jax.devices() if devices is None else devices
   shape = tuple(mesh_config.axis_sizes()[a] for a in MESH_AXES)
-  return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  if mesh_config.dcn_data > 1:
+    dcn = (mesh_config.dcn_data, 1, 1)
+    ici = (shape[0] // mesh_config.dcn_data, *shape[1:])
+    grid = mesh_utils.create_hybrid_device_mesh(
+        ici, dcn, devices, process_is_granule=devices[0].platform != "tpu")
+  else:
+    grid = mesh_utils.create_device_mesh(shape, devices)
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
@@ -23,8 +24,16 @@ HELD_OUT_KEY_OFFSET = 7_919
 
 
 def prepare_tokenizer(config, workdir, corpus):
-  """The workdir's tokenizer, else config.data.tokenizer, else one trained on the corpus."""
+  """The workdir's tokenizer, else config.data.tokenizer, else one trained on the corpus.
+
+  In a multi-process run process 0 trains and saves it; the others wait, then load it.
+  """
   own = os.path.join(workdir, TOKENIZER_FILE)
+  if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
+    if jax.process_index() == 0 and not os.path.exists(own):
+      sample = corpus.documents[:config.data.tokenizer_sample_docs]
+      tok_lib.train(sample, config.model.vocab_size).save(own)
+    multihost_utils.sync_global_devices("tokenizer ready")
   if os.path.exists(own):
     tokenizer = tok_lib.load(own)
   elif config.data.tokenizer:
@@ -59,12 +68,16 @@ def run_metadata(config, state, tokenizer, corpus):
 
 
 def _dataset(config, documents, tokenizer, num_workers=0):
-  """This process's share of `documents` as [local batch, seq_len + 1] token rows."""
+  """This process's rows of every global batch: [local batch, seq_len + 1] tokens."""
+  streams = config.data.streams or jax.process_count()
+  if streams % jax.process_count():
+    raise config_lib.ConfigError(
+        f"config.data.streams={streams}: must be a multiple of the {jax.process_count()} "
+        "processes")
   return pipeline.make_dataset(
-      documents, tokenizer, seq_len=config.data.seq_len,
-      local_batch=config.train.batch_size // jax.process_count(), seed=config.seed,
-      shard_index=jax.process_index(), shard_count=jax.process_count(),
-      num_workers=num_workers)
+      documents, tokenizer, seq_len=config.data.seq_len, global_batch=config.train.batch_size,
+      seed=config.seed, streams=streams, process_index=jax.process_index(),
+      process_count=jax.process_count(), num_workers=num_workers)
 
 
 def _global_batch(local, batch_sharding):

@@ -65,10 +65,12 @@ class _OneTokenPerDoc:
     return [int(text) + 2]
 
 
-def _stream(num_docs, shard_index, shard_count, batches, state=None):
+def _stream(num_docs, process_index, process_count, batches, state=None, streams=None,
+            global_batch=None):
   ds = pipeline.make_dataset([str(i) for i in range(num_docs)], _OneTokenPerDoc(), seq_len=7,
-                             local_batch=2, seed=3, shard_index=shard_index,
-                             shard_count=shard_count)
+                             global_batch=global_batch or 2 * process_count, seed=3,
+                             streams=streams or process_count, process_index=process_index,
+                             process_count=process_count)
   it = iter(ds)
   if state is not None:
     it.set_state(state)
@@ -84,6 +86,18 @@ def test_pipeline_shapes_and_exactly_once_per_epoch():
     ids = [int(t) - 2 for b in batches for t in b.reshape(-1) if t != 1]
     seen.extend(ids)
   assert sorted(seen) == list(range(num_docs))
+
+
+def test_global_batches_do_not_depend_on_the_process_count():
+  """With a fixed number of streams, 2 processes read exactly the rows 1 process reads."""
+  _, alone = _stream(40, 0, 1, batches=3, streams=2, global_batch=2)
+  _, first = _stream(40, 0, 2, batches=3, streams=2, global_batch=2)
+  _, second = _stream(40, 1, 2, batches=3, streams=2, global_batch=2)
+  _, one_stream = _stream(40, 0, 1, batches=3, streams=1, global_batch=2)
+  for whole, a, b in zip(alone, first, second):
+    assert whole.shape == (2, 8) and a.shape == b.shape == (1, 8)
+    np.testing.assert_array_equal(whole, np.concatenate([a, b]))
+  assert any((x != y).any() for x, y in zip(alone, one_stream))
 
 
 def test_pipeline_resumes_exactly_across_an_epoch_boundary():

@@ -1,6 +1,8 @@
-"""Named mesh shapes. A preset sets `mesh.data`, `mesh.fsdp`, `mesh.tensor`.
+"""Named mesh shapes. A preset sets `mesh.data`, `mesh.fsdp`, `mesh.tensor` (and `mesh.dcn_data`).
 
 -1 fills an axis with the devices left over, so one preset serves several slice sizes.
+`dcn_data` > 1 splits the data axis over TPU slices (multislice) or hosts: a hybrid mesh whose
+other axes stay on ICI / NVLink.
 """
 
 PRESETS = {
@@ -13,10 +15,15 @@ PRESETS = {
     "tpu_v5e_256": dict(data=1, fsdp=256, tensor=1),
     "tpu_v6e_256": dict(data=1, fsdp=256, tensor=1),
     "tpu_fsdp": dict(data=1, fsdp=-1, tensor=1),  # any slice size
+    # Multislice: data parallel over DCN between slices, FSDP inside each slice.
+    "tpu_v5p_2x128": dict(data=2, fsdp=128, tensor=1, dcn_data=2),
+    "tpu_v5e_4x256": dict(data=4, fsdp=256, tensor=1, dcn_data=4),
+    "tpu_v6e_2x256": dict(data=2, fsdp=256, tensor=1, dcn_data=2),
     # GPU hosts of 8 devices: FSDP inside the host, data parallel across hosts.
     "gpu_8": dict(data=1, fsdp=8, tensor=1),
-    "gpu_8x8": dict(data=8, fsdp=8, tensor=1),  # 8 hosts x 8 GPUs
-    "gpu_hosts": dict(data=-1, fsdp=8, tensor=1),  # any number of 8-GPU hosts
+    "gpu_8x8": dict(data=8, fsdp=8, tensor=1, dcn_data=8),  # 8 hosts x 8 GPUs
+    # Any number of 8-GPU hosts: devices are ordered by process, so data spans the hosts.
+    "gpu_hosts": dict(data=-1, fsdp=8, tensor=1),
 }
 
 

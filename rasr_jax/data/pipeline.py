@@ -1,13 +1,18 @@
-"""The grain pipeline: shuffle documents with the seed, shard by process, tokenize, pack, batch.
+"""The grain pipeline: row streams over disjoint document shards, tokenized, packed, batched.
 
-Documents are shuffled per epoch and split by process, so every process reads a disjoint share
-and each epoch visits every document exactly once across processes. Tokenized documents (each
-ending in `<eos>`) are concatenated and cut into rows of seq_len + 1 tokens; a document longer
-than a row continues in the next row. The iterator's state is small JSON and is checkpointed.
+The global batch of B rows comes from S row streams (`data.streams`). Stream s shuffles the
+documents with the seed, takes every S-th (from s), tokenizes them (each ending in `<eos>`),
+concatenates them and cuts rows of seq_len + 1 tokens (a document longer than a row continues
+in the next row); it fills B / S rows of every batch. Process p of n reads streams
+p S / n .. (p + 1) S / n, so each epoch visits every document exactly once across processes,
+and the global batch does not depend on how many processes read it. The iterator's state is
+small JSON and is checkpointed.
 """
 
 import grain
 import numpy as np
+
+from rasr_jax.data.sources import DataError
 
 
 class _Tokenize(grain.transforms.Map):
@@ -24,18 +29,35 @@ def _tokens_only(row):
   return row["tokens"]
 
 
-def make_dataset(documents, tokenizer, *, seq_len, local_batch, seed, shard_index=0,
-                 shard_count=1, num_workers=0):
-  """An IterDataset of [local_batch, seq_len + 1] int32 token rows."""
-  if len(documents) < shard_count:
-    raise ValueError(f"{len(documents)} documents cannot be shared by {shard_count} processes")
+def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count):
+  """Stream `index` of `count`: [rows, seq_len + 1] batches from every count-th document."""
   ds = (grain.MapDataset.source(documents)
-        .shuffle(seed=seed)[shard_index::shard_count]
+        .shuffle(seed=seed)[index::count]
         .repeat(None)
         .map(_Tokenize(tokenizer))
         .to_iter_dataset())
   ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-  ds = ds.map(_tokens_only).batch(local_batch, drop_remainder=True)
+  return ds.map(_tokens_only).batch(rows, drop_remainder=True)
+
+
+def _side_by_side(batches):
+  return np.concatenate(batches, axis=0)
+
+
+def make_dataset(documents, tokenizer, *, seq_len, global_batch, seed, streams, process_index=0,
+                 process_count=1, num_workers=0):
+  """An IterDataset of this process's [global_batch / process_count, seq_len + 1] int32 rows."""
+  if streams % process_count or global_batch % streams:
+    raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
+                    f"processes and divide the batch of {global_batch}")
+  if len(documents) < streams:
+    raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
+  per_process = streams // process_count
+  first = process_index * per_process
+  parts = [_stream(documents, tokenizer, seq_len=seq_len, rows=global_batch // streams,
+                   seed=seed, index=s, count=streams) for s in range(first, first + per_process)]
+  ds = parts[0] if per_process == 1 else grain.experimental.ZipIterDataset(parts).map(
+      _side_by_side)
   if num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds

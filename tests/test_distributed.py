@@ -1,0 +1,71 @@
+"""Scale-out on one machine: 2 processes x 4 CPU devices, and the ahead-of-time compile check."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli_args, losses, run_main, subprocess_env
+
+STEPS = 8
+# A (data=2, fsdp=4) mesh over 8 devices; every row reflects (rows must fill the data shards);
+# 2 data streams, so the batches do not depend on the process count.
+MESH = {"train.steps": STEPS, "mesh.data": 2, "mesh.fsdp": 4, "reflect.rows": 8,
+        "data.streams": 2}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _run_processes(workdir, num_processes, devices_each, **overrides):
+  """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1."""
+  port = _free_port()
+  address = f"127.0.0.1:{port}"
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+       f"--workdir={workdir}", *cli_args(**overrides), f"--coordinator_address={address}",
+       f"--coordinator_bind_address={address}", f"--num_processes={num_processes}",
+       f"--process_id={i}"],
+      cwd=REPO, env=subprocess_env(devices_each), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+
+
+def test_two_processes_train_save_and_resume_like_one(tmp_path):
+  """2 processes x 4 devices (the data axis split over the processes as DCN granules) train,
+  save, and resume with the losses of a 1-process 8-device run."""
+  reference = str(tmp_path / "one_process")
+  result = run_main(reference, devices=8, **MESH)
+  assert result.returncode == 0, result.stderr[-3000:]
+  workdir = str(tmp_path / "two_processes")
+  _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
+  first = losses(workdir)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 4
+  _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
+  want, resumed = losses(reference), losses(workdir)
+  assert sorted(first) == sorted(resumed) == sorted(want) == list(range(1, STEPS + 1))
+  for step in want:
+    assert first[step] == pytest.approx(want[step], rel=1e-5)
+    assert resumed[step] == pytest.approx(want[step], rel=1e-5)
+
+
+def test_compile_mode_reports_per_device_memory(tmp_path):
+  """--mode=compile builds the sharded RASR step from abstract inputs; the state it takes per
+  device is describe's estimate (plus the batch), and the step needs more than its inputs."""
+  result = run_main(str(tmp_path), "--mode=compile", devices=8, **MESH)
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads(result.stdout)
+  used, estimate = report["bytes_per_device"], report["describe_bytes_per_device"]
+  assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1} and report["reflect"]
+  assert 0 <= used["arguments"] - estimate["total"] < 0.01 * estimate["total"] + 4096
+  assert used["total"] > used["arguments"] and used["temporaries"] > 0
+  assert not os.listdir(tmp_path)  # nothing written
