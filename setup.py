@@ -18,10 +18,14 @@ setuptools.setup(
         "ml-collections>=1.1.0",
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",
+        "safetensors>=0.4",
         "numpy",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        # HuggingFace interop tests and the decode benchmark's comparison. torch 2.13.0 is the
+        # CPU build this project's machines install quickly (an unpinned torch pulls CUDA).
+        "hf": ["torch==2.13.0", "transformers>=4.45"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45"],
     },
     entry_points={"console_scripts": ["rasr_jax=rasr_jax.main:run"]},
 )

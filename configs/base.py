@@ -10,6 +10,9 @@ from ml_collections import config_dict
 def get_config():
   c = config_dict.ConfigDict()
   c.seed = 0  # seeds parameter init, data order, dropout-free sampling and reflection windows
+  # Parameters to start a new run from (e.g. WORKDIR/imported_params written by
+  # `python -m rasr_jax.interop.hf import`); "" = random init. Ignored when resuming.
+  c.init_from = ""
 
   c.model = config_dict.ConfigDict()
   c.model.vocab_size = 1024  # embedding rows; must be >= the tokenizer's vocabulary

@@ -111,6 +111,34 @@ class Checkpointer:
     self._manager.close()
 
 
+def save_params(path, params):
+  """Parameters alone (a nested dict of arrays) as an orbax checkpoint at `path` (new)."""
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(path), params)
+
+
+def restore_params(path, abstract_params):
+  """Parameters saved by `save_params`, checked against `abstract_params` (every differing
+  path listed) and placed on the shardings the abstract arrays carry."""
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise CheckpointError(f"parameters {path}: not found")
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      stored = checkpointer.metadata(path)
+      stored = getattr(stored, "item_metadata", stored)
+      problems = param_problems({"params": param_signature(stored)},
+                                {"params": param_signature(abstract_params)})
+      if problems:
+        raise CheckpointError(f"parameters {path} do not match the model: "
+                              + "; ".join(problems))
+      return checkpointer.restore(path, abstract_params)
+  except CheckpointError:
+    raise
+  except Exception as e:  # orbax raises many kinds for unreadable files
+    raise CheckpointError(f"parameters {path}: cannot restore ({e})") from None
+
+
 def with_shardings(abstract_state, shardings):
   """ShapeDtypeStructs that carry the shardings to restore onto."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),

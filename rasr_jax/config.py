@@ -121,6 +121,7 @@ class MeshConfig:
 @dataclasses.dataclass(frozen=True)
 class Config:
   seed: int
+  init_from: str  # parameters to start from (`save_params` layout); "" = fresh init
   model: ModelConfig
   data: DataConfig
   train: TrainConfig

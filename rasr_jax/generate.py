@@ -46,7 +46,7 @@ class GenerateOptions:
 
 @flax.struct.dataclass
 class Generation:
-  """Every draft of every row; entries after a row's `stop_iteration` repeat nothing useful."""
+  """Every draft of every row; entries past a row's `stop_iteration` carry no meaning."""
   drafts: jax.Array  # [K + 1, B, N] int32
   lengths: jax.Array  # [K + 1, B] int32
   scores: jax.Array  # [K + 1, B, C] critic scores of each draft (C = 0 when reflect is off)

@@ -155,6 +155,11 @@ def train(config, workdir, *, stop_at_step=None):
     logging.info("resumed from step %d", start)
   else:
     state, _ = train_state.init_state(config, mesh)
+    if config.init_from:  # the optimizer state starts fresh (AdamW moments do not read params)
+      params = ckpt_lib.restore_params(
+          config.init_from, ckpt_lib.with_shardings(abstract.params, shardings.params))
+      state = state.replace(params=params)
+      logging.info("initialised parameters from %s", config.init_from)
     start = 0
 
   tx = optim.make_optimizer(config.train, abstract.params)

@@ -10,6 +10,18 @@ from rasr_jax.model import heads
 from rasr_jax.model.transformer import Transformer
 
 
+def build_heads(cfg, reflect_cfg, rngs):
+  """{"feedback", "critic", "controller"}: the head modules of a model of shape `cfg`."""
+  kw = dict(init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
+  dims = reflect_cfg.num_dims
+  return {
+      "feedback": heads.Feedback(cfg.d_model, dims, **kw),
+      "critic": heads.Critic(cfg.d_model, dims, **kw),
+      "controller": heads.Controller(cfg.d_model, dims, reflect_cfg.iterations,
+                                     reflect_cfg.controller_hidden, **kw),
+  }
+
+
 class RASRModel(Transformer):
   """Transformer with `feedback`, `critic` and `controller` heads when `reflect_cfg.enabled`."""
 
@@ -17,9 +29,5 @@ class RASRModel(Transformer):
     super().__init__(cfg, rngs=rngs)
     self.reflecting = reflect_cfg.enabled
     if self.reflecting:
-      kw = dict(init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
-      dims = reflect_cfg.num_dims
-      self.feedback = heads.Feedback(cfg.d_model, dims, **kw)
-      self.critic = heads.Critic(cfg.d_model, dims, **kw)
-      self.controller = heads.Controller(cfg.d_model, dims, reflect_cfg.iterations,
-                                         reflect_cfg.controller_hidden, **kw)
+      for name, module in build_heads(cfg, reflect_cfg, rngs).items():
+        setattr(self, name, module)

@@ -1,0 +1,358 @@
+"""HuggingFace Llama checkpoints <-> rasr_jax parameters, through safetensors only.
+
+  python -m rasr_jax.interop.hf import --hf_dir=DIR --workdir=W [--config=configs/base.py]
+  python -m rasr_jax.interop.hf export --workdir=W --out=DIR
+
+`import` reads `config.json` and `*.safetensors` (a sharded index included; never pickle, never
+remote code), checks every tensor against the model the config describes (each missing,
+unexpected or misshapen tensor is listed), and writes W/config.py (the given config with the
+HF model's shape), W/imported_params (an orbax checkpoint of the parameters; critic, controller
+and feedback heads freshly initialised) and W/import.json. Training starts from it with
+`--config=W/config.py --config.init_from=W/imported_params`.
+
+`export` writes `config.json` and `model.safetensors` that `LlamaForCausalLM.from_pretrained`
+loads, from the newest checkpoint of W (or W/imported_params), and `rasr_heads.safetensors`
+with the critic, controller and feedback parameters under their rasr_jax names.
+
+Tensors move one name at a time; the stacked [layers, ...] arrays are assembled from, or cut
+into, per-layer tensors, so the model is held in host memory once.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+from safetensors import numpy as st_numpy
+from safetensors import safe_open
+
+from rasr_jax import checkpoint as ckpt_lib
+from rasr_jax import config as config_lib
+from rasr_jax import train_state
+from rasr_jax.model import rasr_model
+
+IMPORTED_PARAMS = "imported_params"
+HEADS_FILE = "rasr_heads.safetensors"
+HEAD_GROUPS = ("critic", "controller", "feedback")
+# Buffers some HF versions save that carry no parameters.
+IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+class ConversionError(ValueError):
+  """A checkpoint cannot be converted; the message lists every offending tensor."""
+
+
+# Converters between an HF tensor and one layer's slice of a rasr_jax parameter.
+def _same(w, m):
+  del m
+  return w
+
+
+def _transposed(w, m):
+  del m
+  return w.T
+
+
+def _q_in(w, m):  # HF [N * H, D] -> [D, N, H]
+  return w.T.reshape(m.d_model, -1, m.head_dim)
+
+
+def _q_out(w, m):  # [D, N, H] -> HF [N * H, D]
+  return w.reshape(m.d_model, -1).T
+
+
+def _o_in(w, m):  # HF [D, N * H] -> [N, H, D]
+  return w.T.reshape(-1, m.head_dim, m.d_model)
+
+
+def _o_out(w, m):  # [N, H, D] -> HF [D, N * H]
+  return w.reshape(-1, m.d_model).T
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping:
+  hf_name: str  # with {i} for the layer index of a per-layer tensor
+  path: tuple  # rasr_jax parameter path; per-layer ones are stacked on a leading axis
+  to_ours: object
+  to_hf: object
+
+  @property
+  def per_layer(self):
+    return "{i}" in self.hf_name
+
+
+# The one table of names and transposes.
+TABLE = (
+    Mapping("model.embed_tokens.weight", ("embed",), _same, _same),
+    Mapping("model.layers.{i}.self_attn.q_proj.weight", ("blocks", "attn", "wq"), _q_in, _q_out),
+    Mapping("model.layers.{i}.self_attn.k_proj.weight", ("blocks", "attn", "wk"), _q_in, _q_out),
+    Mapping("model.layers.{i}.self_attn.v_proj.weight", ("blocks", "attn", "wv"), _q_in, _q_out),
+    Mapping("model.layers.{i}.self_attn.o_proj.weight", ("blocks", "attn", "wo"), _o_in, _o_out),
+    Mapping("model.layers.{i}.input_layernorm.weight", ("blocks", "attn_norm", "scale"),
+            _same, _same),
+    Mapping("model.layers.{i}.post_attention_layernorm.weight", ("blocks", "mlp_norm", "scale"),
+            _same, _same),
+    Mapping("model.layers.{i}.mlp.gate_proj.weight", ("blocks", "mlp", "w_gate"),
+            _transposed, _transposed),
+    Mapping("model.layers.{i}.mlp.up_proj.weight", ("blocks", "mlp", "w_up"),
+            _transposed, _transposed),
+    Mapping("model.layers.{i}.mlp.down_proj.weight", ("blocks", "mlp", "w_down"),
+            _transposed, _transposed),
+    Mapping("model.norm.weight", ("final_norm", "scale"), _same, _same),
+    Mapping("lm_head.weight", ("lm_head",), _transposed, _transposed),  # absent when tied
+)
+
+
+def model_fields(hf_config):
+  """config.model fields from an HF Llama config.json dict; unsupported features raise."""
+  problems = []
+  if hf_config.get("model_type") != "llama":
+    problems.append(f"model_type {hf_config.get('model_type')!r} (only 'llama')")
+  if hf_config.get("rope_scaling"):
+    problems.append(f"rope_scaling {hf_config['rope_scaling']} (only plain rotary positions)")
+  for key in ("attention_bias", "mlp_bias"):
+    if hf_config.get(key):
+      problems.append(f"{key}=true (no biases)")
+  if hf_config.get("hidden_act", "silu") != "silu":
+    problems.append(f"hidden_act {hf_config['hidden_act']!r} (only silu)")
+  if problems:
+    raise ConversionError("unsupported HF config: " + "; ".join(problems))
+  heads = hf_config["num_attention_heads"]
+  return {
+      "vocab_size": hf_config["vocab_size"], "d_model": hf_config["hidden_size"],
+      "num_layers": hf_config["num_hidden_layers"], "num_heads": heads,
+      "num_kv_heads": hf_config.get("num_key_value_heads") or heads,
+      "head_dim": hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
+      "mlp_dim": hf_config["intermediate_size"],
+      "rope_theta": float(hf_config.get("rope_theta", 10000.0)),
+      "norm_eps": float(hf_config.get("rms_norm_eps", 1e-6)),
+      "tie_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
+  }
+
+
+class _SafetensorsReader:
+  """Tensors by name from the safetensors files of an HF directory (sharded or not)."""
+
+  def __init__(self, hf_dir):
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    if not files:
+      raise ConversionError(f"{hf_dir}: no *.safetensors files (pickle checkpoints are not "
+                            "read)")
+    self._where = {}
+    for path in files:
+      with safe_open(path, framework="numpy") as f:
+        for name in f.keys():  # safe_open handles are not iterable
+          self._where[name] = path
+
+  def names(self):
+    return set(self._where)
+
+  def get(self, name):
+    with safe_open(self._where[name], framework="numpy") as f:
+      return f.get_tensor(name)
+
+
+def _get_path(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _set_path(tree, path, value):
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _mappings(model_cfg):
+  return [m for m in TABLE if not (m.path == ("lm_head",) and model_cfg.tie_embeddings)]
+
+
+def hf_to_params(reader, config):
+  """(trunk params as a nested dict of numpy arrays, in the config's param dtype); raises
+  ConversionError listing every missing, unexpected or misshapen tensor."""
+  m = config.model
+  _, abstract, _ = train_state.abstract_model(config)
+  dtype = np.dtype(m.param_dtype)
+  params, problems, used = {}, [], set()
+  for mapping in _mappings(m):
+    want = _get_path(abstract, mapping.path)
+    layer_shape = want.shape[1:] if mapping.per_layer else want.shape
+    names = ([mapping.hf_name.format(i=i) for i in range(m.num_layers)] if mapping.per_layer
+             else [mapping.hf_name])
+    slices = []
+    for name in names:
+      if name not in reader.names():
+        problems.append(f"{name}: missing")
+        continue
+      used.add(name)
+      tensor = reader.get(name)
+      try:
+        converted = mapping.to_ours(tensor, m)
+      except ValueError:
+        converted = None
+      if converted is None or converted.shape != layer_shape:
+        problems.append(f"{name}: shape {list(tensor.shape)}, expected "
+                        f"{list(mapping.to_hf(np.zeros(layer_shape), m).shape)}")
+        continue
+      slices.append(converted.astype(dtype))
+    if len(slices) == len(names):
+      _set_path(params, mapping.path, np.stack(slices) if mapping.per_layer else slices[0])
+  unexpected = sorted(n for n in reader.names() - used if not n.endswith(IGNORED_SUFFIXES))
+  problems += [f"{name}: unexpected (not a Llama parameter of this config)" for name in unexpected]
+  if problems:
+    raise ConversionError(f"{len(problems)} tensor problem(s): " + "; ".join(problems))
+  return params
+
+
+def fresh_heads(config):
+  """Newly initialised critic, controller and feedback parameters (nested dict of numpy)."""
+  if not config.reflect.enabled:
+    return {}
+  with nnx.use_eager_sharding(False):
+    modules = rasr_model.build_heads(config.model, config.reflect, nnx.Rngs(config.seed))
+  return {name: jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+          for name, module in modules.items()}
+
+
+def _config_file(config_dict, source):
+  """A config file (Python, as --config expects) holding `config_dict` as JSON."""
+  text = json.dumps(config_dict.to_dict(), indent=2, sort_keys=True)
+  return (f'"""Config of the model imported from {source} (written by rasr_jax.interop.hf)."""\n\n'
+          "import json\n\nfrom ml_collections import config_dict\n\n_CONFIG = r\'\'\'\n"
+          f"{text}\n\'\'\'\n\n\ndef get_config():\n"
+          "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
+
+
+def import_checkpoint(hf_dir, workdir, base_config):
+  """HF Llama directory -> W/config.py, W/imported_params, W/import.json; returns the Config."""
+  config_path = os.path.join(hf_dir, "config.json")
+  if not os.path.isfile(config_path):
+    raise ConversionError(f"{hf_dir}: no config.json")
+  with open(config_path) as f:
+    hf_config = json.load(f)
+  cd = base_config.copy_and_resolve_references()
+  for key, value in model_fields(hf_config).items():
+    setattr(cd.model, key, value)
+  config = config_lib.load(cd)
+  params = hf_to_params(_SafetensorsReader(hf_dir), config)
+  params.update(fresh_heads(config))
+  target = os.path.join(os.path.abspath(workdir), IMPORTED_PARAMS)
+  if os.path.exists(target):
+    raise ConversionError(f"{target} exists; import into a new work directory")
+  os.makedirs(workdir, exist_ok=True)
+  ckpt_lib.save_params(target, params)
+  with open(os.path.join(workdir, "config.py"), "w") as f:
+    f.write(_config_file(cd, os.path.abspath(hf_dir)))
+  with open(os.path.join(workdir, "import.json"), "w") as f:
+    json.dump({"hf_dir": os.path.abspath(hf_dir), "hf_config": hf_config,
+               "params": ckpt_lib.param_signature(params)}, f, indent=2)
+  return config
+
+
+def _newest_params(workdir, config):
+  """Host parameters of the newest training checkpoint in `workdir`, else of the import."""
+  directory = ckpt_lib.checkpoint_dir(workdir)
+  if os.path.isdir(directory):
+    checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+    try:
+      step = checkpointer.latest_step()
+      if step is not None:
+        _, abstract, _ = train_state.abstract_model(config)
+        return checkpointer.restore_fields(step, {"params": abstract})["params"]
+    finally:
+      checkpointer.close()
+  _, abstract, _ = train_state.abstract_model(config)
+  return ckpt_lib.restore_params(os.path.join(workdir, IMPORTED_PARAMS), abstract)
+
+
+def hf_config_of(config, eos_id=1, pad_id=0):
+  m = config.model
+  return {
+      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+      "vocab_size": m.vocab_size, "hidden_size": m.d_model, "num_hidden_layers": m.num_layers,
+      "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads,
+      "head_dim": m.head_dim, "intermediate_size": m.mlp_dim, "rope_theta": m.rope_theta,
+      "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
+      "max_position_embeddings": config.data.seq_len, "attention_bias": False,
+      "mlp_bias": False, "torch_dtype": m.param_dtype, "eos_token_id": eos_id,
+      "pad_token_id": pad_id, "bos_token_id": eos_id,
+  }
+
+
+def export_checkpoint(workdir, out_dir, config):
+  """W's newest parameters -> out_dir/{config.json, model.safetensors, rasr_heads.safetensors}."""
+  params = jax.tree.map(np.asarray, _newest_params(workdir, config))
+  tensors = {}
+  for mapping in _mappings(config.model):
+    value = _get_path(params, mapping.path)
+    if mapping.per_layer:
+      for i in range(config.model.num_layers):
+        tensors[mapping.hf_name.format(i=i)] = np.ascontiguousarray(
+            mapping.to_hf(value[i], config.model))
+    else:
+      tensors[mapping.hf_name] = np.ascontiguousarray(mapping.to_hf(value, config.model))
+  os.makedirs(out_dir, exist_ok=True)
+  st_numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"),
+                     metadata={"format": "pt"})
+  heads = {"/".join(str(k.key) for k in path): np.ascontiguousarray(leaf)
+           for group in HEAD_GROUPS if group in params
+           for path, leaf in jax.tree_util.tree_flatten_with_path({group: params[group]})[0]}
+  if heads:
+    st_numpy.save_file(heads, os.path.join(out_dir, HEADS_FILE))
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(hf_config_of(config), f, indent=2)
+
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "rasr_jax config: for import, the base the HF shape is written into "
+    "(default configs/base.py); for export, the run's config (default WORKDIR/config.py).")
+_HF_DIR = flags.DEFINE_string("hf_dir", None, "HuggingFace model directory (import).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "rasr_jax work directory.")
+_OUT = flags.DEFINE_string("out", None, "Output directory for the HF checkpoint (export).")
+
+
+def _workdir_config(workdir):
+  """The config `import` wrote into the work directory (a config file runs as code)."""
+  path = os.path.join(workdir, "config.py")
+  if not os.path.isfile(path):
+    raise ConversionError(f"{path} not found: pass --config")
+  namespace = {}
+  with open(path) as f:
+    exec(compile(f.read(), path, "exec"), namespace)  # trusted, as a --config file is
+  return namespace["get_config"]()
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in ("import", "export"):
+    raise app.UsageError("usage: python -m rasr_jax.interop.hf import|export [flags]")
+  from configs import base
+  try:
+    if not _WORKDIR.value:
+      raise ConversionError("--workdir is required")
+    if argv[1] == "import":
+      if not _HF_DIR.value:
+        raise ConversionError("--hf_dir is required")
+      config = import_checkpoint(_HF_DIR.value, _WORKDIR.value,
+                                 _CONFIG.value or base.get_config())
+      print(f"imported {_HF_DIR.value} -> {_WORKDIR.value}/{IMPORTED_PARAMS} "
+            f"({config.model.num_layers} layers, d_model {config.model.d_model})")
+    else:
+      if not _OUT.value:
+        raise ConversionError("--out is required")
+      config = config_lib.load(_CONFIG.value or _workdir_config(_WORKDIR.value))
+      export_checkpoint(_WORKDIR.value, _OUT.value, config)
+      print(f"exported {_WORKDIR.value} -> {_OUT.value}")
+  except (ConversionError, config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  app.run(main)
