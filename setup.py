@@ -19,6 +19,7 @@ setuptools.setup(
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",
         "safetensors>=0.4",
+        "ml_dtypes",
         "numpy",
     ],
     extras_require={

@@ -113,3 +113,11 @@ def test_training_starts_from_imported_parameters(imported, tmp_path):
   assert max(jax.tree.leaves(moved)) <= 1.5 * lr
   with open(os.path.join(workdir, "import.json")) as f:
     assert json.load(f)["hf_config"]["num_key_value_heads"] == 2
+
+
+def test_bfloat16_tensors_are_read_exactly(tmp_path):
+  from safetensors import torch as st_torch
+  want = torch.randn(3, 5).to(torch.bfloat16)
+  st_torch.save_file({"w": want}, str(tmp_path / "model.safetensors"))
+  got = hf.SafetensorsReader(str(tmp_path)).get("w")
+  np.testing.assert_array_equal(got.astype(np.float32), want.float().numpy())

@@ -22,15 +22,16 @@ import dataclasses
 import glob
 import json
 import os
+import struct
 import sys
 
 import jax
+import ml_dtypes
 import numpy as np
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 from safetensors import numpy as st_numpy
-from safetensors import safe_open
 
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
@@ -136,8 +137,22 @@ def model_fields(hf_config):
   }
 
 
-class _SafetensorsReader:
-  """Tensors by name from the safetensors files of an HF directory (sharded or not)."""
+# safetensors dtype names -> numpy (ml_dtypes for bfloat16, which numpy lacks).
+_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+
+
+def _safetensors_header(path):
+  """(byte offset of the data, {name: {"dtype", "shape", "data_offsets"}}) of one file."""
+  with open(path, "rb") as f:
+    size = struct.unpack("<Q", f.read(8))[0]
+    header = json.loads(f.read(size))
+  header.pop("__metadata__", None)
+  return 8 + size, header
+
+
+class SafetensorsReader:
+  """Tensors by name from the safetensors files of an HF directory (sharded or not), read
+  straight from the files' headers and bytes (bfloat16 included), one tensor at a time."""
 
   def __init__(self, hf_dir):
     files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
@@ -146,16 +161,21 @@ class _SafetensorsReader:
                             "read)")
     self._where = {}
     for path in files:
-      with safe_open(path, framework="numpy") as f:
-        for name in f.keys():  # safe_open handles are not iterable
-          self._where[name] = path
-
-  def names(self):
-    return set(self._where)
+      try:
+        start, header = _safetensors_header(path)
+      except (OSError, ValueError, struct.error) as e:
+        raise ConversionError(f"{path}: not a safetensors file ({e})") from None
+      for name, info in header.items():
+        self._where[name] = (path, start, info)
+    self.names = frozenset(self._where)
 
   def get(self, name):
-    with safe_open(self._where[name], framework="numpy") as f:
-      return f.get_tensor(name)
+    path, start, info = self._where[name]
+    if info["dtype"] not in _DTYPES:
+      raise ConversionError(f"{name}: dtype {info['dtype']} is not a float type")
+    begin, end = info["data_offsets"]
+    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=start + begin, shape=(end - begin,))
+    return np.array(raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"]))
 
 
 def _get_path(tree, path):
@@ -188,7 +208,7 @@ def hf_to_params(reader, config):
              else [mapping.hf_name])
     slices = []
     for name in names:
-      if name not in reader.names():
+      if name not in reader.names:
         problems.append(f"{name}: missing")
         continue
       used.add(name)
@@ -204,7 +224,7 @@ def hf_to_params(reader, config):
       slices.append(converted.astype(dtype))
     if len(slices) == len(names):
       _set_path(params, mapping.path, np.stack(slices) if mapping.per_layer else slices[0])
-  unexpected = sorted(n for n in reader.names() - used if not n.endswith(IGNORED_SUFFIXES))
+  unexpected = sorted(n for n in reader.names - used if not n.endswith(IGNORED_SUFFIXES))
   problems += [f"{name}: unexpected (not a Llama parameter of this config)" for name in unexpected]
   if problems:
     raise ConversionError(f"{len(problems)} tensor problem(s): " + "; ".join(problems))
@@ -241,7 +261,7 @@ def import_checkpoint(hf_dir, workdir, base_config):
   for key, value in model_fields(hf_config).items():
     setattr(cd.model, key, value)
   config = config_lib.load(cd)
-  params = hf_to_params(_SafetensorsReader(hf_dir), config)
+  params = hf_to_params(SafetensorsReader(hf_dir), config)
   params.update(fresh_heads(config))
   target = os.path.join(os.path.abspath(workdir), IMPORTED_PARAMS)
   if os.path.exists(target):
