@@ -35,9 +35,9 @@ def prepare_tokenizer(config, workdir, corpus):
       tok_lib.train(sample, config.model.vocab_size).save(own)
     multihost_utils.sync_global_devices("tokenizer ready")
   if os.path.exists(own):
-    tokenizer = tok_lib.load(own)
+    tokenizer = tok_lib.load(own, config.model.vocab_size)
   elif config.data.tokenizer:
-    tokenizer = tok_lib.load(config.data.tokenizer)
+    tokenizer = tok_lib.load(config.data.tokenizer, config.model.vocab_size)
   else:
     sample = corpus.documents[:config.data.tokenizer_sample_docs]
     tokenizer = tok_lib.train(sample, config.model.vocab_size)

@@ -46,8 +46,26 @@ def test_tokenizer_errors(tmp_path):
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain text here"] * 50),
                                  model_writer=buf, vocab_size=300, byte_fallback=True,
                                  hard_vocab_limit=False, minloglevel=2)
-  with pytest.raises(tok_lib.TokenizerError, match="special tokens missing: <pad>, <eos>"):
+  with pytest.raises(tok_lib.TokenizerError,
+                     match="special tokens missing: <draft>, <critique>, <refine>"):
     tok_lib.Tokenizer(buf.getvalue(), "plain.model")
+
+
+def test_a_plain_sentencepiece_model_gets_fallback_ids():
+  """A user's model with only <unk> <s> </s>: </s> ends documents and pads, and the markers
+  take the last ids of a larger model vocabulary, which the tokenizer never produces."""
+  import io
+  import sentencepiece as spm
+  buf = io.BytesIO()
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain text here"] * 50),
+                                 model_writer=buf, vocab_size=300, byte_fallback=True,
+                                 hard_vocab_limit=False, minloglevel=2)
+  tokenizer = tok_lib.Tokenizer(buf.getvalue(), "plain.model", model_vocab_size=512)
+  eos = tokenizer._sp.piece_to_id("</s>")
+  assert tokenizer.eos_id == tokenizer.pad_id == eos
+  assert [tokenizer.special_ids[t] for t in tok_lib.MARKERS] == [509, 510, 511]
+  ids = tokenizer.encode("plain text")
+  assert tokenizer.decode(ids + [509, 511]) == "plain text"
 
 
 def test_bundled_corpus_is_seeded(corpus):

@@ -90,14 +90,27 @@ def test_every_bad_tensor_is_named(tmp_path):
   assert not os.path.exists(tmp_path / "w" / hf.IMPORTED_PARAMS)
 
 
+def _plain_sentencepiece(path):
+  """A user's sentencepiece model: only <unk> <s> </s>, none of the project's pieces."""
+  import sentencepiece as spm
+  from rasr_jax import tasks
+  texts = [ex.text() for ex in tasks.bundled_corpus(0, 300)]
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(path),
+                                 vocab_size=400, byte_fallback=True, hard_vocab_limit=False,
+                                 minloglevel=2)
+  return str(path) + ".model"
+
+
 def test_training_starts_from_imported_parameters(imported, tmp_path):
-  """One step from --config.init_from moves each parameter by at most about the learning
-  rate: the run started from the imported weights."""
+  """One step from --config.init_from, with a user's sentencepiece model (markers on the
+  vocabulary's spare last ids), moves each parameter by at most about the learning rate: the
+  run started from the imported weights."""
   _, _, workdir = imported
   cd = hf._workdir_config(workdir)
   for key, value in {"train.steps": 1, "train.batch_size": 4, "data.seq_len": 32,
                      "data.bundled_examples": 500, "reflect.prompt_len": 16,
                      "reflect.target_len": 8, "reflect.rows": 4, "mesh.fsdp": 1,
+                     "data.tokenizer": _plain_sentencepiece(tmp_path / "user"),
                      "init_from": os.path.join(workdir, hf.IMPORTED_PARAMS)}.items():
     node = cd
     *parents, leaf = key.split(".")
@@ -105,7 +118,7 @@ def test_training_starts_from_imported_parameters(imported, tmp_path):
       node = getattr(node, p)
     setattr(node, leaf, value)
   config = train.config_lib.load(cd)
-  state = train.train(config, str(tmp_path))
+  state = train.train(config, str(tmp_path / "run"))
   _, abstract, _ = train_state.abstract_model(config)
   start = checkpoint.restore_params(config.init_from, abstract)
   lr = max(config.train.lr, config.train.critic_lr, config.train.controller_lr)

@@ -1,4 +1,10 @@
-"""A sentencepiece tokenizer trained by the project, with the RASR special tokens reserved."""
+"""sentencepiece tokenizers: one trained by the project with the RASR special tokens reserved,
+or the user's.
+
+A user's model need not have the project's pieces: `</s>` serves as `<eos>`, the eos id pads
+(padding is never attended), and missing `<draft>`, `<critique>`, `<refine>` markers take the
+last three ids of the model's vocabulary when it is that much larger than the tokenizer.
+"""
 
 import hashlib
 import io
@@ -8,6 +14,7 @@ import sentencepiece as spm
 
 PAD, EOS, DRAFT, CRITIQUE, REFINE = "<pad>", "<eos>", "<draft>", "<critique>", "<refine>"
 SPECIAL_TOKENS = (PAD, EOS, DRAFT, CRITIQUE, REFINE)
+MARKERS = (DRAFT, CRITIQUE, REFINE)
 
 
 class TokenizerError(ValueError):
@@ -17,7 +24,7 @@ class TokenizerError(ValueError):
 class Tokenizer:
   """Encodes text to ids and back; knows the ids of the special tokens."""
 
-  def __init__(self, model_proto: bytes, path: str = "<memory>"):
+  def __init__(self, model_proto: bytes, path: str = "<memory>", model_vocab_size=None):
     self.path = path
     self.proto = model_proto
     self._sp = spm.SentencePieceProcessor()
@@ -25,12 +32,30 @@ class Tokenizer:
       self._sp.LoadFromSerializedProto(model_proto)
     except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
       raise TokenizerError(f"tokenizer {path}: not a valid sentencepiece model ({e})") from None
-    missing = [t for t in SPECIAL_TOKENS if self._sp.piece_to_id(t) == self._sp.unk_id()]
+    ids = {t: self._piece_id(t) for t in SPECIAL_TOKENS}
+    if ids[EOS] is None:
+      ids[EOS] = self._piece_id("</s>")
+    if ids[PAD] is None:
+      ids[PAD] = ids[EOS]
+    missing_markers = [t for t in MARKERS if ids[t] is None]
+    spare = (model_vocab_size or 0) - self.vocab_size
+    if missing_markers and spare >= len(MARKERS):  # ids the tokenizer never produces
+      ids.update(zip(MARKERS, range(model_vocab_size - len(MARKERS), model_vocab_size)))
+    missing = [t for t in SPECIAL_TOKENS if ids[t] is None]
     if missing:
-      raise TokenizerError(f"tokenizer {path}: special tokens missing: {', '.join(missing)}")
-    self.special_ids = {t: self._sp.piece_to_id(t) for t in SPECIAL_TOKENS}
-    self.pad_id = self.special_ids[PAD]
-    self.eos_id = self.special_ids[EOS]
+      raise TokenizerError(
+          f"tokenizer {path}: special tokens missing: {', '.join(missing)} (an end-of-document "
+          "piece <eos> or </s> is needed; missing markers take the model's last three ids "
+          f"only when config.model.vocab_size exceeds the tokenizer's {self.vocab_size} "
+          "pieces by 3)")
+    self.special_ids = ids
+    self.pad_id = ids[PAD]
+    self.eos_id = ids[EOS]
+
+  def _piece_id(self, piece):
+    """The id of `piece`, or None when the model does not have it."""
+    index = self._sp.piece_to_id(piece)
+    return None if index == self._sp.unk_id() and piece != self._sp.id_to_piece(index) else index
 
   @property
   def vocab_size(self) -> int:
@@ -44,7 +69,9 @@ class Tokenizer:
     return self._sp.encode(text, out_type=int)
 
   def decode(self, ids) -> str:
-    return self._sp.decode([int(i) for i in ids])
+    """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger
+    model vocabulary) are dropped."""
+    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
 
   def save(self, path: str):
     tmp = path + ".tmp"
@@ -53,11 +80,12 @@ class Tokenizer:
     os.replace(tmp, path)
 
 
-def load(path: str) -> Tokenizer:
+def load(path: str, model_vocab_size=None) -> Tokenizer:
+  """The sentencepiece model at `path`, for a model of `model_vocab_size` ids (see Tokenizer)."""
   if not os.path.isfile(path):
     raise TokenizerError(f"tokenizer {path}: file not found")
   with open(path, "rb") as f:
-    return Tokenizer(f.read(), path)
+    return Tokenizer(f.read(), path, model_vocab_size)
 
 
 def train(texts, vocab_size: int) -> Tokenizer:
