@@ -63,6 +63,10 @@ def get_config():
   c.train.eval_every_steps = 0  # steps between held-out evaluations (0 = only after the last step)
   c.train.eval_batches = 2  # held-out batches per evaluation (0 = no evaluation)
   c.train.peak_flops_per_device = 0.0  # MFU denominator in FLOP/s; 0 = look up or measure
+  # Non-finite loss or gradients: the update is always dropped inside the step (state kept,
+  # `skipped_updates` counts it); "stop" also ends the run there (exit code 3, no checkpoint of
+  # that step), "skip" trains on.
+  c.train.nan_policy = "stop"
 
   c.reflect = config_dict.ConfigDict()  # RASR (design/RASR.md); off = standard pretraining
   c.reflect.enabled = False  # add the critic, the controller and K refinement iterations

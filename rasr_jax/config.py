@@ -67,6 +67,7 @@ class TrainConfig:
   eval_every_steps: int
   eval_batches: int
   peak_flops_per_device: float
+  nan_policy: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +137,7 @@ DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
 CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
+NAN_POLICIES = ("stop", "skip")
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = (
@@ -155,7 +157,7 @@ _NON_NEGATIVE = (
 _CHOICES = {
     "model.param_dtype": DTYPES, "model.dtype": DTYPES, "model.remat_policy": REMAT_POLICIES,
     "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES,
-    "reflect.draft_mode": DRAFT_MODES}
+    "reflect.draft_mode": DRAFT_MODES, "train.nan_policy": NAN_POLICIES}
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau", "reflect.stop_warmup",
                   "reflect.quality_target")
 

@@ -58,6 +58,7 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts or texts per device
 _OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).")
 
 EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3
 
 
 def _exit_bad_input(message):
@@ -135,6 +136,9 @@ def main(argv):
   except (config_lib.ConfigError, sources.DataError, tokenizer.TokenizerError,
           checkpoint.CheckpointError) as e:
     _exit_bad_input(str(e))
+  except train.NonFiniteError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_NON_FINITE)
   logging.info("done")
 
 

@@ -16,10 +16,15 @@ from jax.experimental import multihost_utils
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
 from rasr_jax import metrics as metrics_lib
+from rasr_jax import faults as faults_lib
 from rasr_jax import optim, refine, sharding, train_state, train_step
 from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
 
 TOKENIZER_FILE = "tokenizer.model"
+
+
+class NonFiniteError(RuntimeError):
+  """The loss or gradients were not finite and train.nan_policy=stop."""
 HELD_OUT_KEY_OFFSET = 7_919
 
 
@@ -162,9 +167,15 @@ def train(config, workdir, *, stop_at_step=None):
       logging.info("initialised parameters from %s", config.init_from)
     start = 0
 
+  try:
+    faults = faults_lib.from_env()
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(
-      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer)), shardings, mesh)
+      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer),
+                                 faults if faults != faults_lib.Faults() else None),
+      shardings, mesh)
   held_out = sources.load_held_out(config.data, config.seed)
   evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)
               if held_out is not None and config.train.eval_batches else None)
@@ -183,6 +194,10 @@ def train(config, workdir, *, stop_at_step=None):
         tokens = _global_batch(next(data_iter), batch_sharding)
         state, metrics = step_fn(state, tokens)
         done = step + 1
+        if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
+          raise NonFiniteError(f"non-finite loss or gradients at step {done} "
+                               "(train.nan_policy=stop); that update was dropped and no "
+                               f"checkpoint after step {done - 1} is written")
         window_steps += 1
         every = config.train.eval_every_steps
         run_eval = evaluate is not None and (done == total or (every and done % every == 0))
@@ -203,6 +218,8 @@ def train(config, workdir, *, stop_at_step=None):
         stop = preemption.requested or done == stop_at_step
         if done % config.checkpoint.every_steps == 0 or done == total or stop:
           checkpointer.save(done, state, data_iter, meta)
+        if done == faults.crash_after_step:
+          faults_lib.crash_now()
         if stop and done < total:
           logging.warning("stopping at step %d (%s); checkpoint saved", done,
                           "SIGTERM" if preemption.requested else "stop_at_step")

@@ -17,6 +17,7 @@ class TrainState:
   opt_state: object  # optax state mirroring params
   rng: jax.Array  # [2] uint32 raw PRNG key data
   tau: jax.Array  # [] float32 stopping threshold (adapted when reflect.stop_budget > 0)
+  skipped: jax.Array  # [] int32 updates dropped for non-finite loss or gradients (nan_policy)
 
 
 def build_model(config, seed=0):
@@ -60,7 +61,8 @@ def state_specs(abstract_state, param_specs):
     return P()
 
   opt_specs = jax.tree_util.tree_map_with_path(spec, abstract_state.opt_state)
-  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), tau=P())
+  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), tau=P(),
+                    skipped=P())
 
 
 def _init_fn(config):
@@ -69,7 +71,8 @@ def _init_fn(config):
     tx = optim.make_optimizer(config.train, params)
     rng = jax.random.key_data(jax.random.key(config.seed + 1))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=rng, tau=jnp.asarray(config.reflect.tau, jnp.float32))
+                      rng=rng, tau=jnp.asarray(config.reflect.tau, jnp.float32),
+                      skipped=jnp.zeros((), jnp.int32))
   return init
 
 

@@ -102,7 +102,15 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
   return jnp.where(refine.stopping_enabled(progress, cfg), moved, tau)
 
 
-def make_train_step(graphdef, config, tx, special_ids=None):
+def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
+  """train_step(state, tokens) -> (state, metrics).
+
+  A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
+  own step count, so the learning-rate schedule resumes where it was) and tau stay
+  bit-identical, the step advances (its batch is consumed), `skipped` counts it, and
+  metrics["finite"] is False (train.nan_policy=stop makes the loop end there). `faults`
+  (faults.Faults) can poison one step's loss and gradients, for tests.
+  """
   accum = config.train.grad_accum_steps
   loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -126,11 +134,16 @@ def make_train_step(graphdef, config, tx, special_ids=None):
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
           grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
+    if faults is not None and faults.nan_at_step is not None:
+      poison = jnp.where(state.step + 1 == faults.nan_at_step, jnp.nan, 1.0)
+      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     norms = optim.group_norms(grads)
-    metrics = dict(aux, loss=loss, lr=schedules["generator"](state.step),
-                   grad_norm=jnp.sqrt(sum(jnp.square(n) for n in norms.values())))
+    grad_norm = jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    metrics = dict(aux, loss=loss, lr=schedules["generator"](state.step), grad_norm=grad_norm,
+                   finite=finite, skipped_updates=state.skipped + ~finite)
     for group, norm in norms.items():
       metrics[f"grad_norm/{group}"] = norm
       metrics[f"lr/{group}"] = schedules[group](state.step)
@@ -138,7 +151,12 @@ def make_train_step(graphdef, config, tx, special_ids=None):
     if config.reflect.enabled:
       tau = adapt_tau(state.tau, aux["reflect/mean_iterations"], progress, config.reflect)
       metrics["reflect/tau"] = state.tau
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, tau=tau)
+    def keep(new, old):  # the update only when finite
+      return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state), tau=keep(tau, state.tau),
+                              skipped=state.skipped + ~finite)
     return new_state, metrics
 
   return train_step

@@ -54,12 +54,13 @@ def subprocess_env(devices=1):
   return env
 
 
-def run_main(workdir, *extra, devices=1, timeout=300, **overrides):
-  """Runs `python -m rasr_jax.main` on configs/tiny.py with SMALL shapes; returns the result."""
+def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
+  """Runs `python -m rasr_jax.main` on configs/tiny.py with SMALL shapes (and extra
+  environment variables `env`); returns the result."""
   cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
          f"--workdir={workdir}", *cli_args(**overrides), *extra]
-  return subprocess.run(cmd, cwd=REPO, env=subprocess_env(devices), capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(cmd, cwd=REPO, env={**subprocess_env(devices), **(env or {})},
+                        capture_output=True, text=True, timeout=timeout)
 
 
 def run_python(code, devices=1, timeout=300):

@@ -11,11 +11,11 @@ import pytest
 
 from conftest import REPO, cli_args, losses, run_main, subprocess_env
 
-STEPS = 8
+STEPS = 4
 # A (data=2, fsdp=4) mesh over 8 devices; every row reflects (rows must fill the data shards);
 # 2 data streams, so the batches do not depend on the process count.
-MESH = {"train.steps": STEPS, "mesh.data": 2, "mesh.fsdp": 4, "reflect.rows": 8,
-        "data.streams": 2}
+MESH = {"train.steps": STEPS, "checkpoint.every_steps": 2, "mesh.data": 2, "mesh.fsdp": 4,
+        "reflect.rows": 8, "data.streams": 2}
 
 
 def _free_port():
@@ -49,7 +49,7 @@ def test_two_processes_train_save_and_resume_like_one(tmp_path):
   workdir = str(tmp_path / "two_processes")
   _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
   first = losses(workdir)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 4
+  shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 2
   _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
   want, resumed = losses(reference), losses(workdir)
   assert sorted(first) == sorted(resumed) == sorted(want) == list(range(1, STEPS + 1))
