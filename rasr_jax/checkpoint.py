@@ -11,6 +11,7 @@ import shutil
 
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 LAYER_LAYOUT = "scanned"  # blocks stacked on a leading `layers` axis
@@ -92,15 +93,10 @@ class Checkpointer:
     return restored.state
 
   def restore_fields(self, step, abstract_fields: dict):
-    """Restores only some fields of the saved state (e.g. params, step, tau for inference), onto
-    the shardings of `abstract_fields` (a dict of field name -> abstract pytree)."""
-    path = os.path.join(self.directory, str(step), "state")
-    args = ocp.args.PyTreeRestore(
-        item=abstract_fields, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_fields))
+    """Restores only some fields of the saved state (e.g. params, step, tau for inference):
+    `abstract_fields` maps field names to abstract pytrees (see `_restore_args`)."""
     try:
-      with ocp.PyTreeCheckpointer() as checkpointer:
-        return checkpointer.restore(path, args=args)
+      return _partial_restore(os.path.join(self.directory, str(step), "state"), abstract_fields)
     except Exception as e:
       raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
 
@@ -111,6 +107,25 @@ class Checkpointer:
     self._manager.close()
 
 
+def _restore_args(abstract):
+  """orbax restore arguments: onto the sharding an abstract array carries, else into host
+  numpy arrays (so a tool can read a model larger than one device)."""
+  def one(leaf):
+    if getattr(leaf, "sharding", None) is None:
+      return ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype)
+    return ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape,
+                                dtype=leaf.dtype)
+  return jax.tree.map(one, abstract)
+
+
+def _partial_restore(path, abstract):
+  """The entries of `abstract` (a subtree of what was saved at `path`)."""
+  args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                restore_args=_restore_args(abstract))
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    return checkpointer.restore(path, args=args)
+
+
 def save_params(path, params):
   """Parameters alone (a nested dict of arrays) as an orbax checkpoint at `path` (new)."""
   with ocp.StandardCheckpointer() as checkpointer:
@@ -119,7 +134,7 @@ def save_params(path, params):
 
 def restore_params(path, abstract_params):
   """Parameters saved by `save_params`, checked against `abstract_params` (every differing
-  path listed) and placed on the shardings the abstract arrays carry."""
+  path listed) and placed on the shardings the abstract arrays carry (host numpy without)."""
   path = os.path.abspath(path)
   if not os.path.isdir(path):
     raise CheckpointError(f"parameters {path}: not found")
@@ -132,7 +147,7 @@ def restore_params(path, abstract_params):
       if problems:
         raise CheckpointError(f"parameters {path} do not match the model: "
                               + "; ".join(problems))
-      return checkpointer.restore(path, abstract_params)
+    return _partial_restore(path, abstract_params)
   except CheckpointError:
     raise
   except Exception as e:  # orbax raises many kinds for unreadable files

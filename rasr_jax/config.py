@@ -299,6 +299,8 @@ def resolve_mesh(config, num_devices):
 def _resolve_reflect_rows(config, batch_shards):
   """Reflection rows per global batch: batch/8 rounded up so every micro-batch shard gets rows."""
   r, t = config.reflect, config.train
+  if not r.enabled:  # no reflection rows to place
+    return r
   unit = batch_shards * t.grad_accum_steps
   rows = r.rows or max(-(-t.batch_size // 8 // unit) * unit, unit)
   if rows % unit or rows > t.batch_size:

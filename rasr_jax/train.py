@@ -15,17 +15,17 @@ from jax.experimental import multihost_utils
 
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
-from rasr_jax import metrics as metrics_lib
 from rasr_jax import faults as faults_lib
+from rasr_jax import metrics as metrics_lib
 from rasr_jax import optim, refine, sharding, train_state, train_step
 from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
 
 TOKENIZER_FILE = "tokenizer.model"
+HELD_OUT_KEY_OFFSET = 7_919
 
 
 class NonFiniteError(RuntimeError):
   """The loss or gradients were not finite and train.nan_policy=stop."""
-HELD_OUT_KEY_OFFSET = 7_919
 
 
 def prepare_tokenizer(config, workdir, corpus):
@@ -140,6 +140,10 @@ def train(config, workdir, *, stop_at_step=None):
   for running a schedule in chunks.
   """
   config = config_lib.resolve_mesh(config, jax.device_count())
+  try:
+    faults = faults_lib.from_env()
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
   os.makedirs(workdir, exist_ok=True)
   corpus = sources.load_corpus(config.data, config.seed)
   if corpus.replaced_utf8_errors:
@@ -167,10 +171,6 @@ def train(config, workdir, *, stop_at_step=None):
       logging.info("initialised parameters from %s", config.init_from)
     start = 0
 
-  try:
-    faults = faults_lib.from_env()
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(
       train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer),

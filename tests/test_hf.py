@@ -101,15 +101,20 @@ def _plain_sentencepiece(path):
   return str(path) + ".model"
 
 
-def test_training_starts_from_imported_parameters(imported, tmp_path):
+def test_training_starts_from_imported_parameters(tmp_path):
   """One step from --config.init_from, with a user's sentencepiece model (markers on the
   vocabulary's spare last ids), moves each parameter by at most about the learning rate: the
-  run started from the imported weights."""
-  _, _, workdir = imported
+  run started from the imported weights. (Reflection off: a quick compile.)"""
+  from configs import tiny
+  base = tiny.get_config()
+  base.reflect.enabled, base.reflect.iterations = False, 0
+  _save_hf(str(tmp_path / "hf"))
+  workdir = str(tmp_path / "w")
+  hf.import_checkpoint(str(tmp_path / "hf"), workdir, base)
   cd = hf._workdir_config(workdir)
   for key, value in {"train.steps": 1, "train.batch_size": 4, "data.seq_len": 32,
                      "data.bundled_examples": 500, "reflect.prompt_len": 16,
-                     "reflect.target_len": 8, "reflect.rows": 4, "mesh.fsdp": 1,
+                     "reflect.target_len": 8, "mesh.fsdp": 1,
                      "data.tokenizer": _plain_sentencepiece(tmp_path / "user"),
                      "init_from": os.path.join(workdir, hf.IMPORTED_PARAMS)}.items():
     node = cd
