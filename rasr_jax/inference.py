@@ -43,13 +43,11 @@ def _locate_checkpoint(workdir, checkpoint):
 
 
 def _load_tokenizer(config, workdir):
-  own = os.path.join(workdir, train.TOKENIZER_FILE)
-  if os.path.exists(own):
-    return tok_lib.load(own, config.model.vocab_size)
-  if config.data.tokenizer:
-    return tok_lib.load(config.data.tokenizer, config.model.vocab_size)
-  raise tok_lib.TokenizerError(f"no tokenizer: {own} does not exist and config.data.tokenizer "
-                               "is empty")
+  tokenizer = train.existing_tokenizer(config, workdir)
+  if tokenizer is None:
+    raise tok_lib.TokenizerError(f"no tokenizer: {os.path.join(workdir, train.TOKENIZER_FILE)} "
+                                 "does not exist and config.data.tokenizer is empty")
+  return tokenizer
 
 
 def cut_at_stop(text, stop_strings):

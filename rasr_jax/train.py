@@ -28,6 +28,21 @@ class NonFiniteError(RuntimeError):
   """The loss or gradients were not finite and train.nan_policy=stop."""
 
 
+def existing_tokenizer(config, workdir):
+  """The workdir's tokenizer, else config.data.tokenizer's, else None."""
+  own = os.path.join(workdir, TOKENIZER_FILE)
+  if os.path.exists(own):
+    return tok_lib.load(own, config.model.vocab_size)
+  if config.data.tokenizer:
+    return tok_lib.load(config.data.tokenizer, config.model.vocab_size)
+  return None
+
+
+def _train_tokenizer(config, corpus):
+  return tok_lib.train(corpus.documents[:config.data.tokenizer_sample_docs],
+                       config.model.vocab_size)
+
+
 def prepare_tokenizer(config, workdir, corpus):
   """The workdir's tokenizer, else config.data.tokenizer, else one trained on the corpus.
 
@@ -36,16 +51,9 @@ def prepare_tokenizer(config, workdir, corpus):
   own = os.path.join(workdir, TOKENIZER_FILE)
   if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
     if jax.process_index() == 0 and not os.path.exists(own):
-      sample = corpus.documents[:config.data.tokenizer_sample_docs]
-      tok_lib.train(sample, config.model.vocab_size).save(own)
+      _train_tokenizer(config, corpus).save(own)
     multihost_utils.sync_global_devices("tokenizer ready")
-  if os.path.exists(own):
-    tokenizer = tok_lib.load(own, config.model.vocab_size)
-  elif config.data.tokenizer:
-    tokenizer = tok_lib.load(config.data.tokenizer, config.model.vocab_size)
-  else:
-    sample = corpus.documents[:config.data.tokenizer_sample_docs]
-    tokenizer = tok_lib.train(sample, config.model.vocab_size)
+  tokenizer = existing_tokenizer(config, workdir) or _train_tokenizer(config, corpus)
   if tokenizer.vocab_size > config.model.vocab_size:
     raise tok_lib.TokenizerError(
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "

@@ -278,17 +278,16 @@ def import_checkpoint(hf_dir, workdir, base_config):
 
 def _newest_params(workdir, config):
   """Host parameters of the newest training checkpoint in `workdir`, else of the import."""
+  _, abstract, _ = train_state.abstract_model(config)
   directory = ckpt_lib.checkpoint_dir(workdir)
   if os.path.isdir(directory):
     checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
     try:
       step = checkpointer.latest_step()
       if step is not None:
-        _, abstract, _ = train_state.abstract_model(config)
         return checkpointer.restore_fields(step, {"params": abstract})["params"]
     finally:
       checkpointer.close()
-  _, abstract, _ = train_state.abstract_model(config)
   return ckpt_lib.restore_params(os.path.join(workdir, IMPORTED_PARAMS), abstract)
 
 
