@@ -26,7 +26,10 @@ setuptools.setup(
         # HuggingFace interop tests and the decode benchmark's comparison. torch 2.13.0 is the
         # CPU build this project's machines install quickly (an unpinned torch pulls CUDA).
         "hf": ["torch==2.13.0", "transformers>=4.45"],
-        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45"],
+        # --mode=eval: EleutherAI's harness scores the public benchmarks; matplotlib draws plots.
+        "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.8"],
+        "test": ["pytest>=8", "torch==2.13.0", "transformers>=4.45", "lm_eval>=0.4.13,<0.5",
+                 "matplotlib>=3.8"],
     },
     entry_points={"console_scripts": ["rasr_jax=rasr_jax.main:run"]},
 )

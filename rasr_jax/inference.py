@@ -163,10 +163,11 @@ class InferenceModel:
       ids = ids[1:]
     return tuple(ids)
 
-  def generate(self, prompts, options, *, seed=0, batch_size=8):
+  def generate(self, prompts, options, *, seed=0, batch_size=8, max_prompt_tokens=None):
     """One dict per prompt (see `options()`): final text, every draft, critic scores, stop
     iteration. Each draft's text is cut at the first stop string. A prompt's samples depend on
-    `seed` and its index only, not on its batch.
+    `seed` and its index only, not on its batch. Prompts longer than `max_prompt_tokens` keep
+    their last tokens.
     """
     rows, batches = self._batches(list(prompts), batch_size)
     fn = self._generate_fn(options)
@@ -174,6 +175,8 @@ class InferenceModel:
     with sharding.activate(self.mesh):
       for start, chunk in batches:
         encoded = [self._encode(p) for p in chunk]
+        if max_prompt_tokens:
+          encoded = [ids[-max_prompt_tokens:] for ids in encoded]
         width = _round_up(max(map(len, encoded)), LENGTH_BUCKET)
         prompt = np.full((rows, width), self.tokenizer.pad_id, np.int32)
         valid = np.zeros((rows, width), bool)
@@ -193,7 +196,8 @@ class InferenceModel:
                           options.stop_strings)
               for k in range(final + 1)]
     record = {"prompt": prompt, "text": drafts[-1], "drafts": drafts, "stop_iteration": final,
-              "num_tokens": int(out.lengths[final, row])}
+              "num_tokens": int(out.lengths[final, row]),
+              "draft_tokens": [int(n) for n in out.lengths[:final + 1, row]]}
     if options.reflect != "off":
       record.update(
           score_names=list(self.config.reflect.dim_names),

@@ -6,6 +6,7 @@ exit code 2, before anything compiles.
 
 import json
 import logging as std_logging
+import os
 import re
 import sys
 
@@ -13,14 +14,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rasr_jax import config as config_lib
+from rasr_jax import evaluation
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (Python; it runs as code).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "describe", "compile", "generate", "score"],
+    "mode", "train", ["train", "describe", "compile", "generate", "score", "eval"],
     "train; describe: sizes from shapes; compile: compile the sharded step ahead of time and "
-    "print XLA's per-device memory; generate / score: from a checkpoint.")
+    "print XLA's per-device memory; generate / score / eval: from a checkpoint.")
 # Multi-process runs (see distributed.py; SLURM and multi-host TPU VMs need none of these).
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0's coordinator.")
@@ -56,6 +58,21 @@ _ITERATIONS = flags.DEFINE_integer("iterations", None, "Refinements, at most (de
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts or texts per device batch.")
 _OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).")
+# Evaluation (--mode=eval; see rasr_jax/evaluation/run.py).
+_EVAL_TASKS = flags.DEFINE_string(
+    "eval_tasks", evaluation.DEFAULT_TASKS,
+    "Comma-separated: arithmetic, logic, facts, perplexity, gsm8k, truthfulqa_mc1, "
+    "truthfulqa_mc2, logiqa, hellaswag, mmlu.")
+_EVAL_METHODS = flags.DEFINE_string(
+    "eval_methods", evaluation.DEFAULT_METHODS, "Comma-separated inference methods: standard, cot, "
+    "self_refine, rasr (rasr = reflection on; standard = draft only).")
+_BENCHMARKS_DIR = flags.DEFINE_string(
+    "benchmarks_dir", None, "The public benchmark files (gsm8k/, truthfulqa/, logiqa/, "
+    "hellaswag/, mmlu/ as published) for the lm-eval tasks.")
+_EVAL_LIMIT = flags.DEFINE_integer("eval_limit", 200, "Items per task, at most.")
+_EVAL_OUTPUT = flags.DEFINE_string(
+    "eval_output", None, "Directory for results.json, table.md, PNGs, samples (default "
+    "WORKDIR/eval/step_N).")
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
@@ -70,17 +87,30 @@ def _override_problem(argv, error):
   """Explains a failed --config.a.b=v override by naming the unknown field."""
   text = str(error)
   hint = re.search(r'Did you mean "(\w+)"', text)
+  unknown = re.search(r"\w+", text)  # the message starts with the name that is not a field
   for arg in argv[1:]:
-    if arg.startswith("--config.") and "=" in arg:
+    if arg.startswith("--config.") and "=" in arg and unknown:
       path = arg[len("--config."):].split("=", 1)[0]
-      if path.split(".")[-1] in text:
+      if unknown.group() in path.split("."):
         suggestion = f" (did you mean {hint.group(1)}?)" if hint else ""
         return f"{arg}: unknown config field config.{path}{suggestion}"
   return f"bad config override: {text.splitlines()[0] if text else error!r}"
 
 
+def _missing_config_file(argv):
+  """The --config path (less its `:preset`) when it names no file, else None."""
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg[len("--config="):].split(":", 1)[0]
+      return None if os.path.isfile(path) else path
+  return None
+
+
 def parse_flags(argv):
   """absl flag parsing whose config errors become one line and exit code 2."""
+  missing = _missing_config_file(argv)
+  if missing:
+    _exit_bad_input(f"--config: no config file at {missing}")
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
@@ -103,14 +133,16 @@ class _QuietLibraryInfo(std_logging.Filter):
 def main(argv):
   del argv
   logging.get_absl_handler().addFilter(_QuietLibraryInfo())
-  # Imported here so that flag errors are reported before jax starts.
+  if _CONFIG.value is None:
+    _exit_bad_input("--config is required")
+  try:  # before jax and the other heavy libraries load: config errors come in a second
+    config = config_lib.load(_CONFIG.value)
+  except config_lib.ConfigError as e:
+    _exit_bad_input(str(e))
   from rasr_jax import checkpoint, describe, distributed, train
   from rasr_jax.data import sources, tokenizer
 
-  if _CONFIG.value is None:
-    _exit_bad_input("--config is required")
   try:
-    config = config_lib.load(_CONFIG.value)
     if _MODE.value != "describe" and distributed.initialize(
         _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _BIND_ADDRESS.value,
         detect=_DISTRIBUTED.value):
@@ -131,6 +163,8 @@ def main(argv):
       _exit_bad_input(f"--workdir is required for --mode={_MODE.value}")
     if _MODE.value == "train":
       train.train(config, _WORKDIR.value)
+    elif _MODE.value == "eval":
+      _evaluate(config)
     else:
       _infer(config)
   except (config_lib.ConfigError, sources.DataError, tokenizer.TokenizerError,
@@ -164,6 +198,20 @@ def _infer(config):
       raise config_lib.ConfigError(str(e)) from None
     records = model.generate(prompts, options, seed=_SEED.value, batch_size=_BATCH_SIZE.value)
   inference.write_jsonl(records, _OUTPUT.value)
+
+
+def _evaluate(config):
+  """--mode=eval: results.json, table.md and plots on disk; the results as JSON on stdout."""
+  try:
+    from rasr_jax.evaluation import run as eval_run
+  except ImportError as e:
+    _exit_bad_input(f"--mode=eval needs the eval extra (pip install -e '.[eval]'): {e}")
+  results = eval_run.evaluate(
+      config, _WORKDIR.value, checkpoint=_CHECKPOINT.value, task_list=_EVAL_TASKS.value,
+      method_list=_EVAL_METHODS.value, benchmarks_dir=_BENCHMARKS_DIR.value,
+      limit=_EVAL_LIMIT.value, output_dir=_EVAL_OUTPUT.value,
+      max_new_tokens=_MAX_NEW_TOKENS.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+  print(json.dumps(results, indent=2))
 
 
 def run():

@@ -89,11 +89,13 @@ class MetricWriter:
     self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard")) if enabled else None
 
   def truncate_after(self, step):
-    """Drops records beyond `step` (written before a crash, then lost with the state)."""
+    """Drops records beyond `step` (written before a crash, then lost with the state) and a
+    last line torn by a kill."""
     if not self.enabled or not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+      kept = [line for line in f
+              if line.endswith("\n") and line.strip() and json.loads(line)["step"] <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)

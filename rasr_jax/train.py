@@ -163,7 +163,8 @@ def train(config, workdir, *, stop_at_step=None):
   shardings = train_state.to_shardings(specs, mesh)
 
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
-  data_iter = iter(_dataset(config, corpus.documents, tokenizer, config.data.num_workers))
+  data_iter = pipeline.ResumableIterator(
+      _dataset(config, corpus.documents, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:

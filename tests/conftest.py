@@ -10,6 +10,9 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+# Evaluation tasks read local fixture files only (set before any HuggingFace library loads).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # The test process itself sees one CPU device; multi-device runs happen in subprocesses.
 os.environ.pop("XLA_FLAGS", None)
 # Compiled steps are shared between tests and their subprocesses through jax's persistent
@@ -92,3 +95,19 @@ def straight_run(tmp_path_factory):
   config = make_config(**{"train.steps": STEPS})
   train.train(config, workdir)
   return workdir, config
+
+
+def pytest_addoption(parser):
+  parser.addoption("--slow", action="store_true", help="also run the tests marked slow")
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: long runs (the full fault soak); run with --slow")
+
+
+def pytest_collection_modifyitems(config, items):
+  if not config.getoption("--slow"):
+    skip = pytest.mark.skip(reason="slow: run with --slow")
+    for item in items:
+      if "slow" in item.keywords:
+        item.add_marker(skip)

@@ -1,6 +1,5 @@
 """Tokenizer, document sources and the grain pipeline."""
 
-
 import numpy as np
 import pytest
 
@@ -89,7 +88,7 @@ def _stream(num_docs, process_index, process_count, batches, state=None, streams
                              global_batch=global_batch or 2 * process_count, seed=3,
                              streams=streams or process_count, process_index=process_index,
                              process_count=process_count)
-  it = iter(ds)
+  it = pipeline.ResumableIterator(ds)
   if state is not None:
     it.set_state(state)
   return it, [next(it) for _ in range(batches)]
@@ -125,6 +124,24 @@ def test_pipeline_resumes_exactly_across_an_epoch_boundary():
   _, got = _stream(10, 0, 1, batches=4, state=state)
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a, b)
+
+
+def test_exactly_once_per_epoch_across_five_interruptions():
+  """16 documents of 2 tokens fill 2 batches: an epoch ends exactly at every second batch. The
+  iterator state is saved (JSON, as in a checkpoint) and a new pipeline resumes from it
+  before the first batch, mid-epoch, at an epoch boundary, later, and before the last batch:
+  the batches equal an uninterrupted read, and every document comes once per epoch."""
+  _, want = _stream(16, 0, 1, batches=6)
+  got, state = [], None
+  for cut in (0, 1, 2, 3, 5, 6):
+    it, _ = _stream(16, 0, 1, batches=0, state=state)
+    got += [next(it) for _ in range(cut - len(got))]
+    state = it.get_state()  # JSON bytes, what the checkpoint stores
+  for a, b in zip(want, got, strict=True):
+    np.testing.assert_array_equal(a, b)
+  ids = [int(t) - 2 for b in got for t in b.reshape(-1) if t != 1]
+  for epoch in range(3):
+    assert sorted(ids[16 * epoch:16 * (epoch + 1)]) == list(range(16))
 
 
 def _data_cfg(tmp_path, pattern, **kw):

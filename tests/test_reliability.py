@@ -1,14 +1,25 @@
-"""Faults: non-finite updates under both policies, and an abrupt crash between saves."""
+"""Faults: non-finite updates under both policies, an abrupt crash between saves, and restores
+(onto the same mesh: the fresh state's tree and no new compilation; onto other meshes)."""
 
+import hashlib
+import json
 import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
-from conftest import STEPS, losses, make_config, run_main
+from conftest import (REPO, STEPS, cli_args, losses, make_config, run_main, run_python,
+                      subprocess_env)
+from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
-from rasr_jax import faults, optim, sharding, train_state, train_step
+from rasr_jax import faults, optim, sharding, train, train_state, train_step
 from rasr_jax.metrics import read_records
 
 NO_REFLECT = {"reflect.enabled": False, "reflect.iterations": 0}
@@ -70,3 +81,156 @@ def test_a_crash_between_saves_resumes_bit_identically(straight_run, tmp_path):
   resumed = run_main(str(tmp_path), **{"train.steps": STEPS})
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert losses(str(tmp_path)) == losses(reference)
+
+
+def _restore(config, workdir, mesh):
+  """(restored TrainState of the newest checkpoint on `mesh`, fresh state, shardings)."""
+  fresh, shardings = train_state.init_state(config, mesh)
+  _, abstract, _ = train_state.abstract_state(config)
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
+  try:
+    restored = checkpointer.restore(checkpointer.latest_step(),
+                                    ckpt_lib.with_shardings(abstract, shardings))
+  finally:
+    checkpointer.close()
+  return restored, fresh, shardings
+
+
+def test_restored_state_matches_a_fresh_one_and_compiles_nothing_new(straight_run):
+  workdir, config = straight_run
+  config = config_lib.resolve_mesh(config, 1)
+  mesh = sharding.make_mesh(config.mesh)
+  restored, fresh, shardings = _restore(config, workdir, mesh)
+  assert jax.tree.structure(restored) == jax.tree.structure(fresh)
+  for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(fresh)):
+    assert (new.shape, new.dtype, new.sharding) == (old.shape, old.dtype, old.sharding)
+  graphdef, abstract, _ = train_state.abstract_state(config)
+  tokenizer = train.existing_tokenizer(config, workdir)
+  step = train_step.jit_train_step(train_step.make_train_step(
+      graphdef, config, optim.make_optimizer(config.train, abstract.params),
+      train.special_ids(tokenizer)), shardings, mesh)
+  tokens = jnp.asarray(np.random.RandomState(0).randint(
+      6, config.model.vocab_size, (config.train.batch_size, config.data.seq_len + 1)), jnp.int32)
+  with sharding.activate(mesh):
+    jax.block_until_ready(step(fresh, tokens))
+    compiled = step._cache_size()
+    jax.block_until_ready(step(restored, tokens))
+  assert step._cache_size() == compiled == 1
+
+
+_DIGESTS = """
+import hashlib, json, sys
+import jax
+devices = jax.device_count()  # before conftest, which clears XLA_FLAGS for the test process
+sys.path.insert(0, "tests")
+from conftest import make_config
+from rasr_jax import config as config_lib, sharding
+from test_reliability import _restore
+for mesh_shape in {meshes}:
+  config = config_lib.resolve_mesh(make_config(**{{
+      "mesh.data": mesh_shape[0], "mesh.fsdp": mesh_shape[1], "mesh.tensor": mesh_shape[2],
+      "reflect.rows": mesh_shape[0] * mesh_shape[1]}}), devices)  # rows do not shape the state
+  mesh = sharding.make_mesh(config.mesh)
+  state = _restore(config, {workdir!r}, mesh)[0]
+  leaves = jax.tree.leaves(state)
+  print(json.dumps({{"mesh": dict(mesh.shape),
+                    "devices": [len(x.sharding.device_set) for x in leaves],
+                    "digests": [hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
+                                for x in leaves]}}))
+"""
+
+
+def test_a_checkpoint_restores_onto_other_meshes_with_identical_values(straight_run):
+  """The 1-device checkpoint restores onto 8 devices as data x fsdp 4x2 and 2x4, and onto 4
+  devices: every leaf of the train state (parameters, optimizer state, step, key, tau) has the
+  same bytes, and the sharded leaves really are spread over the new mesh."""
+  workdir, config = straight_run
+  mesh = sharding.make_mesh(config_lib.resolve_mesh(config, 1).mesh)
+  want = [hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
+          for x in jax.tree.leaves(_restore(config_lib.resolve_mesh(config, 1), workdir,
+                                            mesh)[0])]
+  runs = [(8, [(4, 2, 1), (2, 4, 1)]), (4, [(1, 4, 1)])]
+  for devices, meshes in runs:
+    out = run_python(_DIGESTS.format(meshes=meshes, workdir=workdir), devices=devices)
+    for line in out.splitlines():
+      record = json.loads(line)
+      assert record["digests"] == want, record["mesh"]
+      assert max(record["devices"]) == devices, record["mesh"]
+
+
+def _state_digests(config, workdir):
+  mesh = sharding.make_mesh(config_lib.resolve_mesh(config, 1).mesh)
+  return [hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
+          for x in jax.tree.leaves(_restore(config_lib.resolve_mesh(config, 1), workdir,
+                                            mesh)[0])]
+
+
+def _last_logged_step(workdir, stale_inode):
+  """The newest step in metrics.jsonl, 0 while the file is missing or is still the one a
+  killed run left (a resumed run replaces it when it drops the records past its checkpoint);
+  a line still being written is ignored."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  try:
+    if os.stat(path).st_ino == stale_inode:
+      return 0
+    with open(path) as f:
+      lines = [line for line in f if line.endswith("\n")]
+  except FileNotFoundError:
+    return 0
+  return json.loads(lines[-1])["step"] if lines else 0
+
+
+def _kill_soak(workdir, steps, kills, seed):
+  """Trains `steps` steps saving after every step, SIGKILLed `kills` times, restarted each
+  time; returns the logged step each kill landed after. Each kill waits for a random step past
+  the newest complete checkpoint (1 to 3 steps on), then a random delay up to 0.2 s, so some
+  land inside the asynchronous save of that step."""
+  rng = random.Random(seed)
+  landed = []
+  cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+         f"--workdir={workdir}", *cli_args(**{"train.steps": steps, "checkpoint.every_steps": 1})]
+  while True:
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    stale = os.stat(metrics).st_ino if os.path.exists(metrics) else None
+    saved = max((int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()),
+                default=0) if os.path.isdir(os.path.join(workdir, "checkpoints")) else 0
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    if len(landed) < kills and saved < steps - 1:
+      target = min(saved + rng.randint(1, 3), steps - 1)
+      while proc.poll() is None and _last_logged_step(workdir, stale) < target:
+        time.sleep(0.01)
+      time.sleep(rng.uniform(0, 0.2))
+      if proc.poll() is None:
+        proc.kill()
+        landed.append(_last_logged_step(workdir, stale))
+    _, stderr = proc.communicate(timeout=300)
+    if proc.returncode == 0:
+      return landed
+    assert proc.returncode == -signal.SIGKILL, stderr[-3000:]
+
+
+def test_random_sigkills_resume_bit_identically(straight_run, tmp_path):
+  """RELIABILITY.md item 1: every restart resumes from a complete checkpoint, no temporary
+  directory is left, and every logged loss and the final state equal the uninterrupted run's."""
+  reference, config = straight_run
+  landed = _kill_soak(str(tmp_path), STEPS, kills=2, seed=0)
+  assert len(landed) == 2, landed
+  _assert_same_run(config, str(tmp_path), reference)
+
+
+@pytest.mark.slow
+def test_twenty_random_sigkills_resume_bit_identically(tmp_path):
+  """The full soak of RELIABILITY.md item 1: 20 kills over 40 steps."""
+  config = make_config(**{"train.steps": 40})
+  train.train(config, str(tmp_path / "reference"))
+  landed = _kill_soak(str(tmp_path / "killed"), 40, kills=20, seed=20)
+  print("kills landed after steps", landed)
+  assert len(landed) == 20, landed
+  _assert_same_run(config, str(tmp_path / "killed"), str(tmp_path / "reference"))
+
+
+def _assert_same_run(config, workdir, reference):
+  assert losses(workdir) == losses(reference)
+  assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if not d.isdigit()]
+  assert _state_digests(config, workdir) == _state_digests(config, reference)

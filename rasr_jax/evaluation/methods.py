@@ -1,0 +1,112 @@
+"""The inference methods of the source's Table 1, on one checkpoint.
+
+  standard     the draft y(0) alone (reflection off)
+  cot          the draft alone, after a prompt of worked examples (the task builds that prompt)
+  self_refine  Self-Refine: the model writes feedback on its own answer, stops when the feedback
+               says the answer is correct, else writes an improved answer with the whole history
+               in its prompt; at most SELF_REFINE_ROUNDS rounds
+  rasr         critic and controller: every draft y(0..K) is decoded (`fixed`), and the answer is
+               the draft at which the learned controller stops (R > tau), exactly the answer
+               `reflect=learned` returns; decoding all K drafts lets the report show y(k) for
+               every k. A model trained without learned stopping answers with y(K).
+
+Every method returns one `Answer` per prompt with its drafts, so one report covers them all.
+"""
+
+import dataclasses
+import re
+
+import numpy as np
+
+METHODS = ("standard", "cot", "self_refine", "rasr")
+SELF_REFINE_ROUNDS = 4
+SELF_REFINE_FEEDBACK = "\nfeedback on the answer:"
+SELF_REFINE_IMPROVED = "\nimproved answer:"
+FEEDBACK_TOKENS = 32
+_SAYS_CORRECT = re.compile(r"\bcorrect\b", re.IGNORECASE)  # "incorrect" does not match
+_SAYS_NOT_CORRECT = re.compile(r"\bnot\s+correct\b", re.IGNORECASE)
+
+
+@dataclasses.dataclass
+class Answer:
+  """One prompt's answer: its drafts (rounds), which one is given, and what it cost."""
+  drafts: list  # texts y(0), y(1), ... (Self-Refine: the answer of each round)
+  stop: int  # index into drafts of the answer the method gives
+  generated_tokens: int  # every token decoded for this answer (feedback included)
+  confidence: list | None = None  # the critic's `factual` score of each draft (RASR)
+  feedback: list = dataclasses.field(default_factory=list)  # Self-Refine's feedback texts
+
+  @property
+  def final(self):
+    return self.drafts[self.stop]
+
+
+def says_correct(feedback):
+  """Self-Refine's stopping rule: the feedback calls the answer correct (and not 'not
+  correct'; 'incorrect' is another word)."""
+  return bool(_SAYS_CORRECT.search(feedback)) and not _SAYS_NOT_CORRECT.search(feedback)
+
+
+def answer(model, prompts, method, *, max_new_tokens, stop=(), temperature=0.0, seed=0,
+           batch_size=8, max_prompt_tokens=None):
+  """One Answer per prompt from `model` (an InferenceModel) by `method`."""
+  if method not in METHODS:
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+  def run(texts, reflect, tokens, stops):
+    options = model.options(max_new_tokens=tokens, temperature=temperature, stop=tuple(stops),
+                            reflect=reflect)
+    return model.generate(texts, options, seed=seed, batch_size=batch_size,
+                          max_prompt_tokens=max_prompt_tokens)
+
+  if method == "rasr":
+    return [_rasr_answer(r, model) for r in run(prompts, "fixed", max_new_tokens, stop)]
+  drafts = run(prompts, "off", max_new_tokens, stop)
+  answers = [Answer([r["text"]], 0, r["num_tokens"]) for r in drafts]
+  if method == "self_refine":
+    _self_refine(answers, list(prompts), run, max_new_tokens, stop)
+  return answers
+
+
+def learned_stop(stop_probs, tau, iterations):
+  """The draft the controller keeps: the first k whose stop probability exceeds tau, else K."""
+  return next((k for k, p in enumerate(stop_probs) if p > tau), iterations)
+
+
+def _rasr_answer(record, model):
+  reflect = model.config.reflect
+  iterations = len(record["drafts"]) - 1
+  stop = (learned_stop(record["stop_probs"], float(model.tau), iterations)
+          if reflect.learned_stopping else iterations)
+  factual = (reflect.dim_names.index("factual") if "factual" in reflect.dim_names else None)
+  confidence = ([s[factual] for s in record["scores"]] if factual is not None
+                else [float(np.mean(s)) for s in record["scores"]])
+  return Answer(record["drafts"], stop, sum(record["draft_tokens"][:stop + 1]), confidence)
+
+
+def _self_refine(answers, prompts, run, max_new_tokens, stop):
+  """Feedback / improve rounds, in place, over the prompts whose answer is not yet accepted."""
+  histories = [f"{p} {a.final}" for p, a in zip(prompts, answers)]
+  active = list(range(len(answers)))
+  for _ in range(SELF_REFINE_ROUNDS):
+    if not active:
+      break
+    asks = [histories[i] + SELF_REFINE_FEEDBACK for i in active]
+    feedback = run(asks, "off", FEEDBACK_TOKENS, (*stop, SELF_REFINE_IMPROVED.strip()))
+    still = []
+    for i, ask, record in zip(active, asks, feedback):
+      answers[i].feedback.append(record["text"])
+      answers[i].generated_tokens += record["num_tokens"]
+      histories[i] = f"{ask} {record['text']}"
+      if not says_correct(record["text"]):
+        still.append(i)
+    if not still:
+      break
+    asks = [histories[i] + SELF_REFINE_IMPROVED for i in still]
+    improved = run(asks, "off", max_new_tokens, (*stop, SELF_REFINE_FEEDBACK.strip()))
+    for i, ask, record in zip(still, asks, improved):
+      answers[i].drafts.append(record["text"])
+      answers[i].stop = len(answers[i].drafts) - 1
+      answers[i].generated_tokens += record["num_tokens"]
+      histories[i] = f"{ask} {record['text']}"
+    active = still

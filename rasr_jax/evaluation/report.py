@@ -1,0 +1,70 @@
+"""RASR's per-iteration report from per-item correctness (EVALUATION.md, RASR-specific reports).
+
+An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the answer given,
+"confidence": [critic probability per draft] or None, "generated_tokens": int}. Items with fewer
+drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
+"""
+
+import math
+
+import numpy as np
+
+CALIBRATION_BINS = 10
+
+
+def _padded(items, key):
+  """[N, D] array of items[key], each row extended with its last value to the longest row."""
+  width = max(len(it[key]) for it in items)
+  return np.array([list(it[key]) + [it[key][-1]] * (width - len(it[key])) for it in items])
+
+
+def wilson_interval(successes, total, z=1.96):
+  """95 % Wilson score interval of a proportion, as (low, high)."""
+  if not total:
+    return (0.0, 0.0)
+  p = successes / total
+  centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+  return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def calibration(confidence, correct, bins=CALIBRATION_BINS):
+  """Reliability diagram of probabilities `confidence` against 0/1 outcomes `correct`:
+  per equal-width bin its count, mean confidence and accuracy; and the expected calibration
+  error (count-weighted mean |accuracy - confidence|)."""
+  confidence, correct = np.asarray(confidence, float), np.asarray(correct, float)
+  index = np.minimum((confidence * bins).astype(int), bins - 1)
+  table, error = [], 0.0
+  for b in range(bins):
+    members = index == b
+    n = int(members.sum())
+    if n:
+      mean_conf, accuracy = float(confidence[members].mean()), float(correct[members].mean())
+      error += n * abs(accuracy - mean_conf)
+      table.append({"bin": [b / bins, (b + 1) / bins], "count": n,
+                    "confidence": round(mean_conf, 4), "accuracy": round(accuracy, 4)})
+  return {"bins": table, "ece": round(error / max(len(confidence), 1), 4)}
+
+
+def iteration_report(items):
+  """Accuracy of every draft and of the answer given, mean iterations, transitions, compute,
+  and (when the items carry critic confidences) calibration over every draft."""
+  correct = _padded(items, "correct").astype(bool)  # [N, D]
+  stops = np.array([it["stop"] for it in items])
+  final = correct[np.arange(len(items)), stops]
+  n = len(items)
+  report = {
+      "count": n,
+      "accuracy": round(float(final.mean()), 4),
+      "accuracy_ci95": [round(x, 4) for x in wilson_interval(int(final.sum()), n)],
+      "accuracy_per_iteration": [round(float(a), 4) for a in correct.mean(axis=0)],
+      "mean_iterations": round(float(stops.mean()), 4),
+      "wrong_to_right": [int(x) for x in (~correct[:, :-1] & correct[:, 1:]).sum(axis=0)],
+      "right_to_wrong": [int(x) for x in (correct[:, :-1] & ~correct[:, 1:]).sum(axis=0)],
+      "mean_generated_tokens": round(float(np.mean([it["generated_tokens"] for it in items])), 2),
+  }
+  if items[0].get("confidence") is not None:
+    report["calibration"] = calibration(
+        np.concatenate([it["confidence"] for it in items]),
+        np.concatenate([it["correct"] for it in items]))
+  return report

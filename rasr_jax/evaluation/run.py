@@ -1,0 +1,237 @@
+"""`--mode=eval`: a checkpoint, a task list, inference methods -> results.json, table.md, PNGs.
+
+Tasks:
+  arithmetic, logic, facts  the bundled verifiable tasks (held-out seed), scored by their checkers
+  perplexity                held-out documents (the bundled held-out seed, or data.eval_files):
+                            per token of the project's tokenizer, per byte and per word
+  gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu
+                            lm-evaluation-harness's stock tasks over local files
+                            (--benchmarks_dir; needs `pip install -e .[eval]`)
+Methods (methods.py): standard, cot, self_refine, rasr. Log-likelihood tasks and perplexity do
+not generate, so every method has the same figure there; they are scored once.
+
+Per method and generative task the report has the accuracy of each draft y(k) and of the answer
+given, mean iterations, wrong-to-right / right-to-wrong counts per iteration, compute (tokens
+decoded per answer) and, for rasr, the critic's calibration (reliability diagram).
+"""
+
+import json
+import math
+import os
+
+from absl import logging
+
+from rasr_jax import config as config_lib
+from rasr_jax import inference, tasks
+from rasr_jax.data import sources
+from rasr_jax.evaluation import (
+  DEFAULT_METHODS,
+  DEFAULT_TASKS,
+  benchmark_data,
+  bundled,
+  harness,
+  methods,
+  plots,
+  report,
+)
+
+BUNDLED_TASKS = tasks.TASKS
+HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu")
+ALL_TASKS = (*BUNDLED_TASKS, "perplexity", *HARNESS_TASKS)
+# The source's Table 1 columns, then the bundled tasks: (header, task, metric key).
+TABLE_COLUMNS = (
+    ("GSM8K", "gsm8k", "exact_match,strict-match"),
+    ("TruthfulQA (MC2)", "truthfulqa_mc2", "acc,none"),
+    ("TruthfulQA (MC1)", "truthfulqa_mc1", "acc,none"),
+    ("LogiQA", "logiqa", "acc_norm,none"),
+    ("HellaSwag", "hellaswag", "acc_norm,none"),
+    ("MMLU", "mmlu", "acc,none"),
+    ("Perplexity (token)", "perplexity", "token_perplexity"),
+    *((f"{t} (bundled)", t, "accuracy") for t in BUNDLED_TASKS),
+)
+GSM8K_METRIC = "exact_match,strict-match"
+PERCENT = {"exact_match,strict-match", "acc,none", "acc_norm,none", "accuracy"}
+
+
+def parse_list(text, allowed, what):
+  """A comma-separated list, each item checked against `allowed`."""
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in allowed]
+  if unknown or not names:
+    raise config_lib.ConfigError(f"--eval_{what}: unknown {unknown or 'empty list'}; expected "
+                                 f"some of {', '.join(allowed)}")
+  return names
+
+
+def perplexity(lm, texts, tokenizer):
+  """Perplexity of `texts` per token (this tokenizer), per UTF-8 byte and per word."""
+  total = sum(lm.rolling_logprobs(texts))
+  tokens = sum(len(tokenizer.encode(t)) for t in texts)
+  nbytes = sum(len(t.encode("utf-8")) for t in texts)
+  words = sum(len(t.split()) for t in texts)
+  return {"token_perplexity": round(math.exp(-total / tokens), 4),
+          "byte_perplexity": round(math.exp(-total / nbytes), 4),
+          "word_perplexity": round(math.exp(-total / words), 4),
+          "bits_per_byte": round(-total / nbytes / math.log(2), 4),
+          "documents": len(texts), "tokens": tokens, "bytes": nbytes, "words": words,
+          "unit": "token", "tokenizer": tokenizer.path, "tokenizer_sha256": tokenizer.checksum,
+          "note": "every token predicted once, the first after <eos>; windows of data.seq_len"}
+
+
+class Evaluation:
+  """One checkpoint's evaluation; `run()` writes everything under `out_dir`."""
+
+  def __init__(self, model, out_dir, *, task_names, method_names, tasks_dir=None, limit=200,
+               max_new_tokens=64, batch_size=8, seed=0):
+    self.model, self.out_dir, self.tasks_dir = model, out_dir, tasks_dir
+    self.task_names, self.method_names, self.limit = task_names, method_names, limit
+    self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
+    self.scores = {m: {} for m in method_names}  # method -> task -> {metric: value}
+    self.reports = {}  # (method, task) -> iteration report
+
+  def run(self):
+    os.makedirs(self.out_dir, exist_ok=True)
+    for task in self.task_names:
+      logging.info("evaluating %s", task)
+      if task in BUNDLED_TASKS:
+        self._bundled(task)
+      elif task == "perplexity":
+        self._same_for_all(task, perplexity(self._lm("standard"), self._held_out_texts(),
+                                            self.model.tokenizer))
+      elif task == "gsm8k":
+        self._gsm8k()
+      else:
+        self._loglikelihood_task(task)
+    return self._write()
+
+  def _lm(self, method):
+    return harness.RasrLM(self.model, method=method, batch_size=self.batch_size, seed=self.seed)
+
+  def _same_for_all(self, task, scores):
+    for method in self.method_names:
+      self.scores[method][task] = scores
+
+  def _held_out_texts(self):
+    held_out = sources.load_held_out(self.model.config.data, self.model.config.seed)
+    if held_out is None:
+      raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
+    return held_out.documents[:self.limit]
+
+  def _bundled(self, task):
+    for method in self.method_names:
+      items, records = bundled.evaluate(self.model, task, method, self.limit,
+                                        max_new_tokens=self.max_new_tokens,
+                                        batch_size=self.batch_size, seed=self.seed)
+      self._add_report(method, task, items, records)
+
+  def _add_report(self, method, task, items, records):
+    self.reports[(method, task)] = report.iteration_report(items)
+    self.scores[method][task] = self.reports[(method, task)]
+    os.makedirs(os.path.join(self.out_dir, "samples", method), exist_ok=True)
+    inference.write_jsonl(records, os.path.join(self.out_dir, "samples", method, f"{task}.jsonl"))
+
+  def _harness(self, lm, task):
+    return harness.evaluate_tasks(lm, [task], self.tasks_dir, limit=self.limit)
+
+  def _loglikelihood_task(self, task):
+    results, _ = self._harness(self._lm("standard"), task)
+    self._same_for_all(task, {k: v for k, v in results[task].items()
+                              if isinstance(v, (int, float))})
+
+  def _gsm8k(self):
+    """lm-eval's gsm8k (gsm8k_cot for `cot`) once per method; for methods with several drafts
+    also each draft y(k), scored by lm-eval from the adapter's cached drafts."""
+    metric, metric_filter = GSM8K_METRIC.split(",")
+    for method in self.method_names:
+      task = "gsm8k_cot" if method == "cot" else "gsm8k"
+      lm = self._lm(method)
+      drafts = {"rasr": self.model.config.reflect.iterations + 1,
+                "self_refine": methods.SELF_REFINE_ROUNDS + 1}.get(method, 0)
+      correct = {}  # pick -> {doc_id: bool}
+      for pick in [None, *range(drafts)]:
+        lm.pick = pick
+        results, samples = self._harness(lm, task)
+        kept = [s for s in samples[task] if s["filter"] == metric_filter]
+        correct[pick] = {s["doc_id"]: bool(s[metric]) for s in kept}
+        if pick is None:
+          final_results, final_samples = results[task], kept
+      items, records = [], []
+      for sample in final_samples:
+        answer = lm.answer_for(*sample["arguments"][0])
+        doc = sample["doc_id"]
+        per_draft = [correct[k][doc] for k in range(min(drafts, len(answer.drafts)))]
+        per_draft = per_draft or [correct[None][doc]]
+        items.append({"correct": per_draft, "stop": answer.stop, "confidence": answer.confidence,
+                      "generated_tokens": answer.generated_tokens})
+        records.append({"doc_id": doc, "drafts": answer.drafts, "stop": answer.stop,
+                        "correct": per_draft, "feedback": answer.feedback})
+      self._add_report(method, "gsm8k", items, records)
+      self.scores[method]["gsm8k"].update(
+          {k: v for k, v in final_results.items() if isinstance(v, (int, float))})
+
+  def _write(self):
+    model = self.model
+    results = {"checkpoint_step": model.step, "config_seed": model.config.seed,
+               "tokenizer": {"path": model.tokenizer.path, "sha256": model.tokenizer.checksum},
+               "limit_per_task": self.limit, "methods": self.scores}
+    with open(os.path.join(self.out_dir, "results.json"), "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+    with open(os.path.join(self.out_dir, "table.md"), "w", encoding="utf-8") as f:
+      f.write(f"{table(self.scores)}\n\nCheckpoint step {model.step}; at most {self.limit} items "
+              "per task (per subject for MMLU); accuracies in %. Log-likelihood tasks and "
+              "perplexity do not generate: the same figure for every method.\n")
+    results["plots"] = plots.write_all(self.out_dir, self.reports)
+    return results
+
+
+def table(scores):
+  """The source's Table 1 layout: a row per method, a column per task that was run."""
+  methods_run = list(scores)
+  columns = [c for c in TABLE_COLUMNS if any(c[1] in scores[m] for m in methods_run)]
+  lines = ["| Method | " + " | ".join(c[0] for c in columns) + " |",
+           "|---|" + "---:|" * len(columns)]
+  for method in methods_run:
+    cells = []
+    for _, task, metric in columns:
+      value = scores[method].get(task, {}).get(metric)
+      cells.append("" if value is None else
+                   f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}")
+    lines.append(f"| {method} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def prepare_benchmarks(task_names, benchmarks_dir, prepared_dir):
+  """The lm-eval task directory for the harness tasks among `task_names` (None without any)."""
+  wanted = [t for t in task_names if t in HARNESS_TASKS]
+  if not wanted:
+    return None
+  if not benchmarks_dir:
+    raise config_lib.ConfigError(f"tasks {wanted} read local benchmark files: pass "
+                                 "--benchmarks_dir")
+  present = benchmark_data.prepare(benchmarks_dir, prepared_dir)
+  missing = [t for t in wanted if t not in present]
+  if missing:
+    raise sources.DataError(f"{benchmarks_dir} has no files for {missing}")
+  return os.path.join(prepared_dir, benchmark_data.TASKS_DIR)
+
+
+def evaluate(config, workdir, *, checkpoint=None, task_list=DEFAULT_TASKS,
+             method_list=DEFAULT_METHODS, benchmarks_dir=None, limit=200, output_dir=None,
+             max_new_tokens=64, batch_size=8, seed=0):
+  """--mode=eval: returns the results dict (also written to output_dir/results.json). Names,
+  limits and benchmark files are checked before the checkpoint is loaded."""
+  task_names = parse_list(task_list, ALL_TASKS, "tasks")
+  method_names = parse_list(method_list, methods.METHODS, "methods")
+  if limit < 1:
+    raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
+  tasks_dir = prepare_benchmarks(task_names, benchmarks_dir, os.path.join(
+      output_dir or os.path.join(workdir, "eval"), "benchmark_data"))
+  model = inference.InferenceModel(config, workdir, checkpoint)
+  out_dir = output_dir or os.path.join(workdir, "eval", f"step_{model.step}")
+  evaluation = Evaluation(model, out_dir, task_names=task_names, method_names=method_names,
+                          tasks_dir=tasks_dir, limit=limit, max_new_tokens=max_new_tokens,
+                          batch_size=batch_size, seed=seed)
+  results = evaluation.run()
+  results["output_dir"] = out_dir
+  results["table"] = table(evaluation.scores)
+  return results

@@ -1,0 +1,303 @@
+"""Evaluation: the lm-eval adapter, the benchmark task YAMLs over local fixture files, answer
+extraction, the per-iteration report, and --mode=eval end to end."""
+
+import bz2
+import csv
+import json
+import math
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import run_main
+from flax import nnx
+from lm_eval.api.instance import Instance
+from lm_eval.api.model import TemplateLM
+
+from rasr_jax import config as config_lib
+from rasr_jax import inference, tasks
+from rasr_jax.data import sources
+from rasr_jax.evaluation import benchmark_data, harness, methods, report
+from rasr_jax.evaluation import run as eval_run
+
+# --- fixture benchmark files, in the formats they are published in ---------------------------
+
+GSM8K_TEST = [("Ann has 9 eggs and buys 9 more. How many eggs?", "9 + 9 = 18\n#### 18"),
+              ("Bob has 3 cars and gets 4 more. How many cars?", "3 + 4 = 7\n#### 7")]
+# The fixture model's replies: the first in GSM8K's format, the second only says the number.
+GSM8K_REPLIES = {GSM8K_TEST[0][0]: " 9 + 9 = 18\n#### 18", GSM8K_TEST[1][0]: " It is 7."}
+
+
+def write_benchmarks(root):
+  """Two or three items per benchmark, in the layout of shared/data/benchmarks."""
+  def put(rel, text, opener=open):
+    path = os.path.join(root, rel)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with opener(path, "wt", encoding="utf-8") as f:
+      f.write(text)
+
+  rows = [json.dumps({"question": q, "answer": a}) for q, a in GSM8K_TEST]
+  put("gsm8k/test.jsonl", "\n".join(rows) + "\n")
+  put("gsm8k/train.jsonl", "\n".join(rows * 3) + "\n")  # the 5-shot pool
+  # TruthfulQA: the gold (first) answer is the shortest in item 1, the longest in item 2.
+  put("truthfulqa/v0/mc_task.json", json.dumps([
+      {"question": "Is the sky green?", "mc1_targets": {"No.": 1, "Yes, always.": 0},
+       "mc2_targets": {"No.": 1, "Never.": 1, "Yes, always.": 0}},
+      {"question": "Can pigs fly?", "mc1_targets": {"No, pigs cannot fly.": 1, "Yes.": 0},
+       "mc2_targets": {"No, pigs cannot fly.": 1, "Yes.": 0, "Often.": 0}}]))
+  # LogiQA: item 1's answer (a) is its shortest option; item 2's (b) is its longest.
+  put("logiqa/Test.txt", "\na\nAll cats purr.Tom is a cat.\nWhat follows?\nA.Tom purrs\n"
+      "B.Tom barks loudly\nC.Tom is a dog now\nD.Nothing follows here\n\nb\nSome birds sing.\n"
+      "What follows?\nA.All birds sing\nB.Some birds sing loudly today\nC.No\nD.Birds are fish\n")
+  # HellaSwag: 6 lines per item; item 1's gold (2) is its shortest ending, item 2's (0) is not.
+  put("hellaswag/hellaswag_val_full.txt.bz2",
+      "Cooking: A man cuts onions. he\n2\nsings a long song to them.\nthrows them far away.\n"
+      "cries.\ndances with a cat slowly.\nRunning: A woman runs. she\n0\nstops running fast.\n"
+      "wins.\nfalls down the hill slowly.\nwaves at people there.\n", bz2.open)
+  # MMLU: every letter is as long as the others, so the fixture model always says A (ties go
+  # to the first choice): 2 of 3 right over both subjects (micro average), 1/2 and 1/1 apiece.
+  for subject, answers in (("abstract_algebra", [0, 1]), ("anatomy", [0])):
+    for split, rows in (("dev", [0] * 5), ("test", answers)):  # 5-shot from dev
+      path = os.path.join(root, "mmlu", split, f"{subject}_{split}.csv")
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["question", "choice0", "choice1", "choice2", "choice3", "answer"])
+        for i, answer in enumerate(rows):
+          writer.writerow([f"{subject} question {i}?", "None", "0", "1.0", "NA", answer])
+  return root
+
+
+class LengthLM(TemplateLM):
+  """A deterministic fixture model: log p(continuation) = -(its length in characters); it
+  answers GSM8K questions from GSM8K_REPLIES."""
+
+  eot_token_id = 0
+
+  def tok_encode(self, string, add_special_tokens=None, **kwargs):
+    return [ord(c) for c in string]
+
+  def _loglikelihood_tokens(self, requests, **kwargs):
+    return [(-float(len(continuation)), False) for _, _, continuation in requests]
+
+  def loglikelihood_rolling(self, requests, disable_tqdm=False):
+    return [-float(len(r.args[0])) for r in requests]
+
+  def generate_until(self, requests, disable_tqdm=False):
+    return [next(reply for q, reply in GSM8K_REPLIES.items() if r.args[0].endswith(
+        f"Question: {q}\nAnswer:")) for r in requests]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+  root = tmp_path_factory.mktemp("bench")
+  benchmark_data.prepare(write_benchmarks(str(root / "raw")), str(root / "prepared"))
+  return str(root / "prepared" / benchmark_data.TASKS_DIR)
+
+
+def test_prepare_writes_the_stock_field_layout(prepared):
+  data = pathlib.Path(prepared).parent
+  logiqa = [json.loads(line) for line in (data / "logiqa" / "test.jsonl").open()]
+  assert logiqa[0] == {"label": "a", "context": "All cats purr. Tom is a cat.",
+                       "question": "What follows?",
+                       "options": ["Tom purrs", "Tom barks loudly", "Tom is a dog now",
+                                   "Nothing follows here"]}
+  mmlu = json.loads((data / "mmlu" / "test" / "abstract_algebra.jsonl").read_text().splitlines()[0])
+  assert mmlu["choices"] == ["None", "0", "1.0", "NA"] and mmlu["answer"] == 0
+  truthful = json.loads((data / "truthfulqa" / "validation.jsonl").read_text().splitlines()[0])
+  assert truthful["mc2_targets"] == {"choices": ["No.", "Never.", "Yes, always."],
+                                     "labels": [1, 1, 0]}
+  assert sorted(os.listdir(prepared)) == sorted(
+      f"{t}.yaml" for t in ["gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa",
+                            "hellaswag", "mmlu", "mmlu_abstract_algebra", "mmlu_anatomy"])
+
+
+def _mc2(true, false):
+  p_true, p_false = (sum(math.exp(-len(" " + a)) for a in answers) for answers in (true, false))
+  return p_true / (p_true + p_false)
+
+
+def test_task_yamls_load_offline_and_score_the_fixture_model(prepared):
+  results, _ = harness.evaluate_tasks(
+      LengthLM(), ["gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu"],
+      prepared)
+  # GSM8K's own filters on hand-made outputs: `#### 18` passes strict-match; "It is 7."
+  # passes only flexible-extract.
+  assert results["gsm8k"]["exact_match,strict-match"] == 0.5
+  assert results["gsm8k"]["exact_match,flexible-extract"] == 1.0
+  assert results["truthfulqa_mc1"]["acc,none"] == 0.5
+  want_mc2 = (_mc2(["No.", "Never."], ["Yes, always."])
+              + _mc2(["No, pigs cannot fly."], ["Yes.", "Often."])) / 2
+  assert results["truthfulqa_mc2"]["acc,none"] == pytest.approx(want_mc2, rel=1e-6)
+  # acc: the shortest option wins. acc_norm divides by the option's length without the space
+  # lm-eval puts before it, -(n + 1) / n: the longest option wins.
+  assert results["logiqa"]["acc,none"] == 0.5 and results["logiqa"]["acc_norm,none"] == 0.5
+  assert results["hellaswag"]["acc,none"] == 0.5 and results["hellaswag"]["acc_norm,none"] == 0
+  assert results["mmlu_abstract_algebra"]["acc,none"] == 0.5
+  assert results["mmlu"]["acc,none"] == pytest.approx(2 / 3)  # micro, not (0.5 + 1) / 2
+  again, _ = harness.evaluate_tasks(LengthLM(), ["logiqa", "truthfulqa_mc2"], prepared)
+  assert again["truthfulqa_mc2"]["acc,none"] == results["truthfulqa_mc2"]["acc,none"]
+
+
+def test_bad_benchmark_files_are_named(tmp_path):
+  (tmp_path / "logiqa").mkdir()
+  (tmp_path / "logiqa" / "Test.txt").write_text("\nz\nonly three\nlines\n")
+  with pytest.raises(benchmark_data.BenchmarkDataError, match="Test.txt: record 0"):
+    benchmark_data.prepare(str(tmp_path), str(tmp_path / "out"))
+  with pytest.raises(benchmark_data.BenchmarkDataError, match="no benchmark folders"):
+    benchmark_data.prepare(str(tmp_path / "logiqa"), str(tmp_path / "out"))
+
+
+# --- answer extraction and the report ---------------------------------------------------------
+
+def test_bundled_answer_extraction_on_hand_made_outputs():
+  arithmetic = tasks.generate("arithmetic", 5, 1)[0]
+  value = tasks.final_answer("arithmetic", arithmetic.answer)
+  assert tasks.check(arithmetic, f"1 + 2 = 3. #### {value}").correct
+  assert tasks.check(arithmetic, f"1 + 2 = 3. #### {int(value):,}").correct  # 1,234 == 1234
+  assert not tasks.check(arithmetic, f"the answer is {value}").correct  # no `####`
+  assert not tasks.check(arithmetic, f"#### {value} then #### {int(value) + 1}").correct  # last
+  logic = tasks.generate("logic", 5, 1)[0]
+  letter = tasks.final_answer("logic", logic.answer)
+  assert tasks.check(logic, f"because ... answer: ({letter.upper()})").correct
+  facts = tasks.generate("facts", 5, 1)[0]
+  truth = tasks.final_answer("facts", facts.answer)
+  assert tasks.check(facts, f"the facts say so. answer: {truth.upper()}").correct
+  other = "false" if truth == "true" else "true"
+  assert not tasks.check(facts, f"answer: {other}").correct
+
+
+def test_self_refine_stop_rule_and_learned_stop():
+  assert methods.says_correct("the answer is correct.")
+  assert not methods.says_correct("this is incorrect") and not methods.says_correct("not correct")
+  assert methods.learned_stop([0.2, 0.7, 0.9], tau=0.5, iterations=3) == 1
+  assert methods.learned_stop([0.2, 0.3, 0.1], tau=0.5, iterations=3) == 3
+
+
+def test_iteration_report_counts_transitions_and_calibration():
+  items = [{"correct": [False, True, True], "stop": 1, "confidence": [0.05, 0.95, 0.95],
+            "generated_tokens": 10},
+           {"correct": [True, False, False], "stop": 0, "confidence": [0.95, 0.05, 0.05],
+            "generated_tokens": 4},
+           {"correct": [False], "stop": 0, "confidence": [0.05], "generated_tokens": 2}]
+  r = report.iteration_report(items)
+  assert r["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
+  assert r["mean_iterations"] == pytest.approx(1 / 3, abs=1e-4)
+  assert r["accuracy_per_iteration"] == [pytest.approx(1 / 3, abs=1e-4)] * 3
+  assert r["wrong_to_right"] == [1, 0] and r["right_to_wrong"] == [1, 0]
+  assert r["mean_generated_tokens"] == pytest.approx(16 / 3, abs=0.01)
+  bins = {b["bin"][0]: b for b in r["calibration"]["bins"]}
+  assert bins[0.0]["count"] == 4 and bins[0.0]["accuracy"] == 0
+  assert bins[0.9]["count"] == 3 and bins[0.9]["accuracy"] == 1
+  assert r["calibration"]["ece"] == pytest.approx(0.05, abs=1e-4)
+  low, high = r["accuracy_ci95"]
+  assert low < 2 / 3 < high
+
+
+# --- the adapter over a trained checkpoint ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained(straight_run):
+  workdir, config = straight_run
+  model = inference.InferenceModel(config, workdir)
+  return workdir, config, model, harness.RasrLM(model, batch_size=4)
+
+
+def _instances(kind, args):
+  return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+
+def test_adapter_loglikelihoods_equal_score_sums_in_request_order(trained):
+  _, _, model, lm = trained
+  texts = ["Tom has 3 apples.", "five cats and two dogs live in a house", "Hi",
+           "a b c d e f g h i j"]  # mixed lengths, all within the model's window
+  scored = model.score(texts)
+  assert max(s["num_tokens"] for s in scored) < lm.max_length
+  got = lm.loglikelihood(_instances("loglikelihood", [("", t) for t in texts]))
+  assert [g[0] for g in got] == pytest.approx([s["sum_logprob"] for s in scored], abs=1e-4)
+  # A context's continuation: the tail of the same score, after the context's tokens.
+  context, continuation = "Tom has", " 3 apples."
+  (pair, _), = lm.loglikelihood(_instances("loglikelihood", [(context, continuation)]))
+  n = len(scored[0]["token_ids"]) - len(model.tokenizer.encode(context))
+  assert pair == pytest.approx(sum(scored[0]["logprobs"][-n:]), abs=1e-4)
+  rolling = lm.loglikelihood_rolling(_instances("loglikelihood_rolling",
+                                                [(t,) for t in texts[:2]]))
+  assert rolling == pytest.approx([s["sum_logprob"] for s in scored[:2]], abs=1e-4)
+
+
+def test_adapter_is_greedy_on_a_greedy_continuation(trained):
+  _, _, model, lm = trained
+  ids = [model.tokenizer.eos_id] + model.tokenizer.encode("tom has 3 apples. he buys")
+  forward = nnx.merge(model.graphdef, model.params)
+  for _ in range(4):  # extend by the argmax token: greedy by construction
+    logits, _ = forward(jnp.asarray([ids]))
+    ids.append(int(jnp.argmax(logits[0, -1])))
+  greedy_tail, context = ids[-4:], ids[:-4]
+  logits, _ = forward(jnp.asarray([ids[:-1]]))
+  runner_up = int(jnp.argsort(logits[0, -1])[-2])
+  requests = [(("", ""), context, greedy_tail), (("", ""), context, greedy_tail[:3] + [runner_up])]
+  (_, greedy), (_, not_greedy) = lm._loglikelihood_tokens(requests)
+  assert greedy and not not_greedy
+  want = jax.nn.log_softmax(logits[0])[np.arange(len(ids) - 5, len(ids) - 1), greedy_tail]
+  assert lm._loglikelihood_tokens(requests[:1])[0][0] == pytest.approx(float(want.sum()),
+                                                                        abs=1e-4)
+
+
+def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
+  workdir, config, _, _ = trained
+  raw = write_benchmarks(str(tmp_path / "raw"))
+  results = eval_run.evaluate(
+      config, workdir, task_list="arithmetic,perplexity,gsm8k,truthfulqa_mc1",
+      method_list="standard,rasr", benchmarks_dir=raw, limit=2,
+      output_dir=str(tmp_path / "out"), max_new_tokens=8, batch_size=4)
+  out = tmp_path / "out"
+  on_disk = json.loads((out / "results.json").read_text())
+  assert on_disk["methods"] == json.loads(json.dumps(results["methods"]))
+  k = config.reflect.iterations
+  for task in ("arithmetic", "gsm8k"):
+    rasr = results["methods"]["rasr"][task]
+    assert len(rasr["accuracy_per_iteration"]) == k + 1 and 0 <= rasr["mean_iterations"] <= k
+    assert len(rasr["wrong_to_right"]) == k and "calibration" in rasr
+    assert results["methods"]["standard"][task]["accuracy_per_iteration"][0] == pytest.approx(
+        rasr["accuracy_per_iteration"][0])  # y(0) is the standard draft
+    assert (out / f"rasr_{task}_calibration.png").read_bytes()[:4] == b"\x89PNG"
+  assert results["methods"]["rasr"]["gsm8k"]["exact_match,strict-match"] == pytest.approx(
+      results["methods"]["rasr"]["gsm8k"]["accuracy"])  # lm-eval's figure = the report's
+  ppl = results["methods"]["standard"]["perplexity"]
+  assert ppl["unit"] == "token" and ppl["token_perplexity"] > 1
+  assert ppl == results["methods"]["rasr"]["perplexity"]
+  table = (out / "table.md").read_text().splitlines()
+  assert table[0].startswith("| Method | GSM8K | TruthfulQA (MC1) | Perplexity (token) |")
+  assert [row.split(" | ")[0] for row in table[2:4]] == ["| standard", "| rasr"]
+  samples = [json.loads(line) for line in (out / "samples" / "rasr" / "gsm8k.jsonl").open()]
+  assert len(samples) == 2 and all(len(s["drafts"]) == k + 1 for s in samples)
+  # Self-Refine on a bundled task (GSM8K's 256-token answers would make it slow here).
+  refined = eval_run.evaluate(config, workdir, task_list="arithmetic", method_list="self_refine",
+                              limit=2, output_dir=str(tmp_path / "refine"), max_new_tokens=8,
+                              batch_size=4)["methods"]["self_refine"]["arithmetic"]
+  records = [json.loads(line) for line in
+             (tmp_path / "refine" / "samples" / "self_refine" / "arithmetic.jsonl").open()]
+  for record in records:  # an answer per round; a round ends with feedback or the last answer
+    assert 1 <= len(record["drafts"]) <= methods.SELF_REFINE_ROUNDS + 1
+    assert len(record["feedback"]) in (len(record["drafts"]) - 1, len(record["drafts"]))
+  assert refined["mean_iterations"] == np.mean([len(r["drafts"]) - 1 for r in records])
+
+
+def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_config):
+  result = run_main(str(tmp_path), "--mode=eval", "--eval_tasks=arithmetic,gsm9k")
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: --eval_tasks: unknown ['gsm9k']")
+  # Checked before any checkpoint is read (there is none here).
+  with pytest.raises(config_lib.ConfigError, match="pass --benchmarks_dir"):
+    eval_run.evaluate(small_config(), str(tmp_path), task_list="arithmetic,mmlu")
+  only_gsm8k = tmp_path / "only_gsm8k"
+  write_benchmarks(str(tmp_path / "raw"))
+  only_gsm8k.mkdir()
+  (tmp_path / "raw" / "gsm8k").rename(only_gsm8k / "gsm8k")
+  with pytest.raises(sources.DataError, match=r"has no files for \['mmlu'\]"):
+    eval_run.evaluate(small_config(), str(tmp_path), task_list="mmlu",
+                      benchmarks_dir=str(only_gsm8k))
