@@ -10,7 +10,7 @@ held-out bundled tasks and held-out perplexity:
   RASR model:     standard (its draft y(0) alone), rasr (critic + controller)
 The table gives each figure's mean over the seeds and a 95 % t-interval (n - 1 degrees of
 freedom). Runs are subprocesses of `python -m rasr_jax.main`; finished runs are reused, so an
-interrupted benchmark resumes. About an hour on 2 CPU cores with the defaults; not part of CI.
+interrupted benchmark resumes. About 26 minutes on 2 CPU cores with the defaults; not in CI.
 """
 
 import json
