@@ -87,8 +87,9 @@ class LengthLM(TemplateLM):
     return [-float(len(r.args[0])) for r in requests]
 
   def generate_until(self, requests, disable_tqdm=False):
-    return [next(reply for q, reply in GSM8K_REPLIES.items() if r.args[0].endswith(
-        f"Question: {q}\nAnswer:")) for r in requests]
+    return [next(reply for q, reply in GSM8K_REPLIES.items()  # gsm8k, gsm8k_cot prompts
+                 if r.args[0].endswith((f"Question: {q}\nAnswer:", f"Q: {q}\nA:")))
+            for r in requests]
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +123,15 @@ def _mc2(true, false):
 
 def test_task_yamls_load_offline_and_score_the_fixture_model(prepared):
   results, _ = harness.evaluate_tasks(
-      LengthLM(), ["gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu"],
-      prepared)
+      LengthLM(), ["gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa",
+                   "hellaswag", "mmlu"], prepared)
   # GSM8K's own filters on hand-made outputs: `#### 18` passes strict-match; "It is 7."
   # passes only flexible-extract.
   assert results["gsm8k"]["exact_match,strict-match"] == 0.5
   assert results["gsm8k"]["exact_match,flexible-extract"] == 1.0
+  # gsm8k_cot's strict match wants "The answer is N." (neither reply says it).
+  assert results["gsm8k_cot"]["exact_match,strict-match"] == 0.0
+  assert results["gsm8k_cot"]["exact_match,flexible-extract"] == 1.0
   assert results["truthfulqa_mc1"]["acc,none"] == 0.5
   want_mc2 = (_mc2(["No.", "Never."], ["Yes, always."])
               + _mc2(["No, pigs cannot fly."], ["Yes.", "Often."])) / 2

@@ -24,23 +24,16 @@ from absl import logging
 from rasr_jax import config as config_lib
 from rasr_jax import inference, tasks
 from rasr_jax.data import sources
-from rasr_jax.evaluation import (
-  DEFAULT_METHODS,
-  DEFAULT_TASKS,
-  benchmark_data,
-  bundled,
-  harness,
-  methods,
-  plots,
-  report,
-)
+from rasr_jax.evaluation import DEFAULT_METHODS, DEFAULT_TASKS
+from rasr_jax.evaluation import benchmark_data, bundled, harness, methods, plots, report
 
 BUNDLED_TASKS = tasks.TASKS
 HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu")
 ALL_TASKS = (*BUNDLED_TASKS, "perplexity", *HARNESS_TASKS)
+GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
 # The source's Table 1 columns, then the bundled tasks: (header, task, metric key).
 TABLE_COLUMNS = (
-    ("GSM8K", "gsm8k", "exact_match,strict-match"),
+    ("GSM8K", "gsm8k", GSM8K_METRIC),
     ("TruthfulQA (MC2)", "truthfulqa_mc2", "acc,none"),
     ("TruthfulQA (MC1)", "truthfulqa_mc1", "acc,none"),
     ("LogiQA", "logiqa", "acc_norm,none"),
@@ -49,8 +42,7 @@ TABLE_COLUMNS = (
     ("Perplexity (token)", "perplexity", "token_perplexity"),
     *((f"{t} (bundled)", t, "accuracy") for t in BUNDLED_TASKS),
 )
-GSM8K_METRIC = "exact_match,strict-match"
-PERCENT = {"exact_match,strict-match", "acc,none", "acc_norm,none", "accuracy"}
+PERCENT = {GSM8K_METRIC, "acc,none", "acc_norm,none", "accuracy"}
 
 
 def parse_list(text, allowed, what):
