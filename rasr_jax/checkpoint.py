@@ -164,6 +164,19 @@ def checkpoint_dir(workdir):
   return os.path.join(workdir, "checkpoints")
 
 
+def check_writable(directory):
+  """Raises CheckpointError unless a step directory can be created in `directory` (at start-up:
+  orbax would otherwise fail the first save only after its 300 s signal timeout)."""
+  probe = os.path.join(directory, f".rasr-write-test-{os.getpid()}")
+  try:
+    os.makedirs(directory, exist_ok=True)
+    os.mkdir(probe)
+    os.rmdir(probe)
+  except OSError as e:
+    raise CheckpointError(f"checkpoint directory {directory} is not writable "
+                          f"({e.strerror or e})") from None
+
+
 def restore_latest(workdir, config, abstract_state, shardings):
   """(step, TrainState) of the newest checkpoint in `workdir`, placed on `shardings`."""
   checkpointer = Checkpointer(checkpoint_dir(workdir), config.checkpoint)

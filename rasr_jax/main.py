@@ -137,6 +137,9 @@ def main(argv):
     _exit_bad_input("--config is required")
   try:  # before jax and the other heavy libraries load: config errors come in a second
     config = config_lib.load(_CONFIG.value)
+    if _MODE.value == "eval":
+      evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
+      evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")
   except config_lib.ConfigError as e:
     _exit_bad_input(str(e))
   from rasr_jax import checkpoint, describe, distributed, train

@@ -162,6 +162,8 @@ def train(config, workdir, *, stop_at_step=None):
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
 
+  if jax.process_index() == 0:
+    ckpt_lib.check_writable(ckpt_lib.checkpoint_dir(workdir))
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
   data_iter = pipeline.ResumableIterator(
       _dataset(config, corpus.documents, tokenizer, config.data.num_workers))

@@ -28,6 +28,9 @@ def _cases(tmp):
   not_json, no_field = write("bad.jsonl", b'{"text": "a"}\nnope\n'), write("f.jsonl", b'{"b": 1}\n')
   corrupt_tokenizer = write("corrupt.model", b"\x00not a sentencepiece model")
   fresh = os.path.join(tmp, "fresh")
+  unwritable = os.path.join(tmp, "unwritable")  # its checkpoints/ is sysfs: not even root writes
+  os.makedirs(unwritable)
+  os.symlink("/sys/kernel", os.path.join(unwritable, "checkpoints"))
   return [
       # config: keys, types, ranges, rules
       ("unknown key", W, ["--config.model.num_layerz=3"], {}, ["config.model.num_layerz",
@@ -80,6 +83,8 @@ def _cases(tmp):
        ["does not match", "bfloat16"]),
       ("data changed since the checkpoint", W, ["--config.data.bundled_examples=1000"], {},
        ["data files", "data_fingerprint"]),
+      ("unwritable checkpoint directory", unwritable, [], {},
+       [f"checkpoint directory {unwritable}/checkpoints is not writable"]),
       ("generate without a checkpoint", fresh, ["--mode=generate", "--prompt=hi"], {},
        ["no checkpoint"]),
       ("generate from a missing step", W, ["--mode=generate", "--prompt=hi",
@@ -139,7 +144,7 @@ def test_bad_inputs_fail_fast_with_one_line_and_leave_checkpoints_alone(straight
       failures.append(f"{name}: exit {code} after {seconds:.1f}s, wanted {words}: "
                       f"{(errors or [stderr[-1500:]])[0]}")
   assert not failures, "\n".join(failures)
-  seconds = sorted(r[2] for r in results)
-  print(f"{len(results)} bad inputs: median {seconds[len(seconds) // 2]:.1f} s, "
-        f"max {seconds[-1]:.1f} s")
+  seconds = sorted((r[2], r[0]) for r in results)
+  print(f"{len(results)} bad inputs: median {seconds[len(seconds) // 2][0]:.1f} s, slowest "
+        + ", ".join(f"{name} {s:.1f} s" for s, name in seconds[-3:]))
   assert _digest(trained) == before

@@ -1,6 +1,26 @@
-"""Evaluation of checkpoints (`--mode=eval`): see run.py. Needs the `eval` extra."""
+"""Evaluation of checkpoints (`--mode=eval`): see run.py. Needs the `eval` extra.
 
-# Defaults of --eval_tasks and --eval_methods (here, so main.py defines its flags without
-# importing lm-eval): the bundled tasks and perplexity run without any benchmark file.
-DEFAULT_TASKS = "arithmetic,logic,facts,perplexity"
+The task and method names live here (no lm-eval import), so main.py defines its flags and
+rejects a misspelled name in a fraction of a second.
+"""
+
+from rasr_jax import config as config_lib
+from rasr_jax import tasks
+from rasr_jax.evaluation.methods import METHODS
+
+HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu")
+ALL_TASKS = (*tasks.TASKS, "perplexity", *HARNESS_TASKS)
+DEFAULT_TASKS = "arithmetic,logic,facts,perplexity"  # no benchmark file needed
 DEFAULT_METHODS = "standard,rasr"
+__all__ = ["ALL_TASKS", "DEFAULT_METHODS", "DEFAULT_TASKS", "HARNESS_TASKS", "METHODS",
+           "parse_list"]
+
+
+def parse_list(text, allowed, what):
+  """A comma-separated list, each item checked against `allowed`."""
+  names = [n.strip() for n in text.split(",") if n.strip()]
+  unknown = [n for n in names if n not in allowed]
+  if unknown or not names:
+    raise config_lib.ConfigError(f"--eval_{what}: unknown {unknown or 'empty list'}; expected "
+                                 f"some of {', '.join(allowed)}")
+  return names

@@ -24,12 +24,11 @@ from absl import logging
 from rasr_jax import config as config_lib
 from rasr_jax import inference, tasks
 from rasr_jax.data import sources
-from rasr_jax.evaluation import DEFAULT_METHODS, DEFAULT_TASKS
+from rasr_jax.evaluation import (ALL_TASKS, DEFAULT_METHODS, DEFAULT_TASKS, HARNESS_TASKS,
+                                 parse_list)
 from rasr_jax.evaluation import benchmark_data, bundled, harness, methods, plots, report
 
 BUNDLED_TASKS = tasks.TASKS
-HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu")
-ALL_TASKS = (*BUNDLED_TASKS, "perplexity", *HARNESS_TASKS)
 GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
 # The source's Table 1 columns, then the bundled tasks: (header, task, metric key).
 TABLE_COLUMNS = (
@@ -43,16 +42,6 @@ TABLE_COLUMNS = (
     *((f"{t} (bundled)", t, "accuracy") for t in BUNDLED_TASKS),
 )
 PERCENT = {GSM8K_METRIC, "acc,none", "acc_norm,none", "accuracy"}
-
-
-def parse_list(text, allowed, what):
-  """A comma-separated list, each item checked against `allowed`."""
-  names = [n.strip() for n in text.split(",") if n.strip()]
-  unknown = [n for n in names if n not in allowed]
-  if unknown or not names:
-    raise config_lib.ConfigError(f"--eval_{what}: unknown {unknown or 'empty list'}; expected "
-                                 f"some of {', '.join(allowed)}")
-  return names
 
 
 def perplexity(lm, texts, tokenizer):
