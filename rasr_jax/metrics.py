@@ -93,9 +93,7 @@ class MetricWriter:
     last line torn by a kill."""
     if not self.enabled or not os.path.exists(self.path):
       return
-    with open(self.path) as f:
-      kept = [line for line in f
-              if line.endswith("\n") and line.strip() and json.loads(line)["step"] <= step]
+    kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)
@@ -117,7 +115,12 @@ class MetricWriter:
       self._tb.close()
 
 
+def _complete_lines(path):
+  """The non-empty lines of a metrics file, less a last line torn by a kill (no newline)."""
+  with open(path) as f:
+    return [line for line in f if line.endswith("\n") and line.strip()]
+
+
 def read_records(workdir):
-  """The records of WORKDIR/metrics.jsonl, in order."""
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  """The records of WORKDIR/metrics.jsonl, in order (a line torn by a kill is left out)."""
+  return [json.loads(line) for line in _complete_lines(os.path.join(workdir, "metrics.jsonl"))]

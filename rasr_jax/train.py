@@ -82,15 +82,11 @@ def run_metadata(config, state, tokenizer, corpus):
 
 def _dataset(config, documents, tokenizer, num_workers=0):
   """This process's rows of every global batch: [local batch, seq_len + 1] tokens."""
-  streams = config.data.streams or jax.process_count()
-  if streams % jax.process_count():
-    raise config_lib.ConfigError(
-        f"config.data.streams={streams}: must be a multiple of the {jax.process_count()} "
-        "processes")
   return pipeline.make_dataset(
       documents, tokenizer, seq_len=config.data.seq_len, global_batch=config.train.batch_size,
-      seed=config.seed, streams=streams, process_index=jax.process_index(),
-      process_count=jax.process_count(), num_workers=num_workers)
+      seed=config.seed, streams=config.data.streams or jax.process_count(),
+      process_index=jax.process_index(), process_count=jax.process_count(),
+      num_workers=num_workers)
 
 
 def _global_batch(local, batch_sharding):
@@ -184,8 +180,7 @@ def train(config, workdir, *, stop_at_step=None):
 
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(
-      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer),
-                                 faults if faults != faults_lib.Faults() else None),
+      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer), faults),
       shardings, mesh)
   held_out = sources.load_held_out(config.data, config.seed)
   evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)

@@ -142,8 +142,9 @@ def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
     norms = optim.group_norms(grads)
     grad_norm = jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    skipped = state.skipped + ~finite
     metrics = dict(aux, loss=loss, lr=schedules["generator"](state.step), grad_norm=grad_norm,
-                   finite=finite, skipped_updates=state.skipped + ~finite)
+                   finite=finite, skipped_updates=skipped)
     for group, norm in norms.items():
       metrics[f"grad_norm/{group}"] = norm
       metrics[f"lr/{group}"] = schedules[group](state.step)
@@ -156,7 +157,7 @@ def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
 
     new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
                               opt_state=keep(opt_state, state.opt_state), tau=keep(tau, state.tau),
-                              skipped=state.skipped + ~finite)
+                              skipped=skipped)
     return new_state, metrics
 
   return train_step

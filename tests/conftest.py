@@ -1,6 +1,5 @@
 """Shared helpers: small configs, CLI runs in subprocesses, and fake-device subprocesses."""
 
-import json
 import os
 import subprocess
 import sys
@@ -75,8 +74,8 @@ def run_python(code, devices=1, timeout=300):
 
 
 def losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    return {r["step"]: r["loss"] for r in map(json.loads, f)}
+  from rasr_jax.metrics import read_records
+  return {r["step"]: r["loss"] for r in read_records(workdir)}
 
 
 @pytest.fixture

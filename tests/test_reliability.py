@@ -169,15 +169,13 @@ def _last_logged_step(workdir, stale_inode):
   """The newest step in metrics.jsonl, 0 while the file is missing or is still the one a
   killed run left (a resumed run replaces it when it drops the records past its checkpoint);
   a line still being written is ignored."""
-  path = os.path.join(workdir, "metrics.jsonl")
   try:
-    if os.stat(path).st_ino == stale_inode:
+    if os.stat(os.path.join(workdir, "metrics.jsonl")).st_ino == stale_inode:
       return 0
-    with open(path) as f:
-      lines = [line for line in f if line.endswith("\n")]
+    records = read_records(workdir)
   except FileNotFoundError:
     return 0
-  return json.loads(lines[-1])["step"] if lines else 0
+  return records[-1]["step"] if records else 0
 
 
 def _kill_soak(workdir, steps, kills, seed):

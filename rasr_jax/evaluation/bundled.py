@@ -8,7 +8,7 @@ memorised question. Chain-of-thought prompts put COT_SHOTS worked examples of th
 
 from rasr_jax import tasks
 from rasr_jax.data import sources
-from rasr_jax.evaluation import methods
+from rasr_jax.evaluation import methods, report
 
 COT_SEED_OFFSET = 2_000_003
 COT_SHOTS = 2
@@ -40,9 +40,7 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
   items, records = [], []
   for example, ans in zip(examples, answers):
     correct = [tasks.check(example, draft).correct for draft in ans.drafts]
-    items.append({"correct": correct, "stop": ans.stop, "confidence": ans.confidence,
-                  "generated_tokens": ans.generated_tokens})
-    records.append({"uid": example.uid, "question": example.question,
-                    "reference": example.answer, "drafts": ans.drafts, "stop": ans.stop,
-                    "correct": correct, "feedback": ans.feedback})
+    items.append(report.item(ans, correct))
+    records.append(report.sample(ans, correct, uid=example.uid, question=example.question,
+                                 reference=example.answer))
   return items, records

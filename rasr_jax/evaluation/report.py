@@ -12,6 +12,19 @@ import numpy as np
 CALIBRATION_BINS = 10
 
 
+def item(answer, correct):
+  """The report's item for a methods.Answer whose drafts were judged `correct`."""
+  return {"correct": list(correct), "stop": answer.stop, "confidence": answer.confidence,
+          "generated_tokens": answer.generated_tokens}
+
+
+def sample(answer, correct, **identity):
+  """The per-item record written beside the report: `identity` (ids, question), then every
+  draft, its correctness, the answer given and any feedback."""
+  return {**identity, "drafts": answer.drafts, "stop": answer.stop, "correct": list(correct),
+          "feedback": answer.feedback}
+
+
 def _padded(items, key):
   """[N, D] array of items[key], each row extended with its last value to the longest row."""
   width = max(len(it[key]) for it in items)

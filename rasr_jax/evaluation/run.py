@@ -116,8 +116,7 @@ class Evaluation:
 
   def _loglikelihood_task(self, task):
     results, _ = self._harness(self._lm("standard"), task)
-    self._same_for_all(task, {k: v for k, v in results[task].items()
-                              if isinstance(v, (int, float))})
+    self._same_for_all(task, _numbers(results[task]))
 
   def _gsm8k(self):
     """lm-eval's gsm8k (gsm8k_cot for `cot`) once per method; for methods with several drafts
@@ -142,13 +141,11 @@ class Evaluation:
         doc = sample["doc_id"]
         per_draft = [correct[k][doc] for k in range(min(drafts, len(answer.drafts)))]
         per_draft = per_draft or [correct[None][doc]]
-        items.append({"correct": per_draft, "stop": answer.stop, "confidence": answer.confidence,
-                      "generated_tokens": answer.generated_tokens})
-        records.append({"doc_id": doc, "drafts": answer.drafts, "stop": answer.stop,
-                        "correct": per_draft, "feedback": answer.feedback})
+        items.append(report.item(answer, per_draft))
+        records.append(report.sample(answer, per_draft, doc_id=doc))
       self._add_report(method, "gsm8k", items, records)
       self.scores[method]["gsm8k"].update(
-          {k: v for k, v in final_results.items() if isinstance(v, (int, float))})
+          _numbers(final_results))
 
   def _write(self):
     model = self.model
@@ -163,6 +160,11 @@ class Evaluation:
               "perplexity do not generate: the same figure for every method.\n")
     results["plots"] = plots.write_all(self.out_dir, self.reports)
     return results
+
+
+def _numbers(task_results):
+  """The metrics of one lm-eval task result (its name and alias left out)."""
+  return {k: v for k, v in task_results.items() if isinstance(v, (int, float))}
 
 
 def table(scores):
