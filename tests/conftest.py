@@ -56,13 +56,17 @@ def subprocess_env(devices=1):
   return env
 
 
+def main_command(workdir, *extra, **overrides):
+  """`python -m rasr_jax.main` on configs/tiny.py with SMALL shapes and `overrides`."""
+  return [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+          f"--workdir={workdir}", *cli_args(**overrides), *extra]
+
+
 def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
-  """Runs `python -m rasr_jax.main` on configs/tiny.py with SMALL shapes (and extra
-  environment variables `env`); returns the result."""
-  cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-         f"--workdir={workdir}", *cli_args(**overrides), *extra]
-  return subprocess.run(cmd, cwd=REPO, env={**subprocess_env(devices), **(env or {})},
-                        capture_output=True, text=True, timeout=timeout)
+  """Runs `main_command` (with extra environment variables `env`); returns the result."""
+  return subprocess.run(main_command(workdir, *extra, **overrides), cwd=REPO,
+                        env={**subprocess_env(devices), **(env or {})}, capture_output=True,
+                        text=True, timeout=timeout)
 
 
 def run_python(code, devices=1, timeout=300):

@@ -5,11 +5,10 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO, cli_args, losses, run_main, subprocess_env
+from conftest import REPO, losses, main_command, run_main, subprocess_env
 
 STEPS = 4
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
@@ -33,10 +32,9 @@ def _run_processes(workdir, num_processes, devices_each, **overrides):
   port = _free_port()
   address = f"127.0.0.1:{port}"
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-       f"--workdir={workdir}", *cli_args(**overrides), f"--coordinator_address={address}",
-       f"--coordinator_bind_address={address}", f"--num_processes={num_processes}",
-       f"--process_id={i}"],
+      main_command(workdir, f"--coordinator_address={address}",
+                   f"--coordinator_bind_address={address}", f"--num_processes={num_processes}",
+                   f"--process_id={i}", **overrides),
       cwd=REPO, env=subprocess_env(devices_each), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
   outputs = [p.communicate(timeout=600) for p in procs]

@@ -7,7 +7,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -15,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (REPO, STEPS, cli_args, losses, make_config, run_main, run_python,
+from conftest import (REPO, STEPS, losses, main_command, make_config, run_main, run_python,
                       subprocess_env)
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
@@ -185,8 +184,7 @@ def _kill_soak(workdir, steps, kills, seed):
   land inside the asynchronous save of that step."""
   rng = random.Random(seed)
   landed = []
-  cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-         f"--workdir={workdir}", *cli_args(**{"train.steps": steps, "checkpoint.every_steps": 1})]
+  cmd = main_command(workdir, **{"train.steps": steps, "checkpoint.every_steps": 1})
   while True:
     metrics = os.path.join(workdir, "metrics.jsonl")
     stale = os.stat(metrics).st_ino if os.path.exists(metrics) else None

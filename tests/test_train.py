@@ -6,14 +6,13 @@ import random
 import signal
 import struct
 import subprocess
-import sys
 import time
 
 import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, STEPS, cli_args, losses, make_config, run_main, subprocess_env
+from conftest import REPO, STEPS, losses, main_command, make_config, run_main, subprocess_env
 from rasr_jax import checkpoint, sharding, train, train_state
 from rasr_jax.metrics import read_records
 
@@ -89,8 +88,7 @@ def test_resume_is_bit_identical(straight_run, tmp_path):
 def test_sigterm_saves_and_resumes_bit_identically(straight_run, tmp_path):
   reference, config = straight_run
   workdir = str(tmp_path)
-  cmd = [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-         f"--workdir={workdir}", *cli_args(**{"train.steps": STEPS})]
+  cmd = main_command(workdir, **{"train.steps": STEPS})
   proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   target = random.Random(time.time()).randint(1, STEPS - 3)
