@@ -40,6 +40,10 @@ def get_config():
   c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
   c.data.tokenizer_sample_docs = 50000  # documents the tokenizer trainer reads at most
   c.data.invalid_utf8 = "error"  # policy for invalid UTF-8 in files: error | replace
+  # A file document longer than this is refused at start-up, naming file and line: usually a
+  # .txt without line breaks or a broken JSONL field (0 = no limit). Documents longer than a
+  # row are split across rows.
+  c.data.max_document_chars = 1_000_000
   c.data.num_workers = 0  # grain worker processes (0 = in-process); part of the data state
   # Row streams over disjoint document shards that fill each batch (0 = one per process). A
   # fixed count makes the batches independent of the process count; a multiple of it.

@@ -2,9 +2,11 @@
 
 Before anything is restored, the stored metadata is compared with the model being built:
 parameter shapes and dtypes (every differing path listed), layer layout, tokenizer checksum and
-data fingerprint. orbax would cast dtypes silently; this refuses instead.
+data fingerprint. orbax would cast dtypes silently; this refuses instead. A save that fails
+(at once or in the background) raises SaveError by the next save or wait at the latest.
 """
 
+import contextlib
 import glob
 import os
 import shutil
@@ -14,11 +16,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rasr_jax import faults as faults_lib
+
 LAYER_LAYOUT = "scanned"  # blocks stacked on a leading `layers` axis
 
 
 class CheckpointError(ValueError):
   """A checkpoint is missing, unreadable or does not match the model; names the problem."""
+
+
+class SaveError(RuntimeError):
+  """A checkpoint save failed (e.g. the directory became unwritable); that step is not listed."""
 
 
 def param_signature(params) -> dict:
@@ -54,32 +62,79 @@ def compare_meta(stored: dict, expected: dict):
 
 
 class Checkpointer:
-  """Saves and restores (state, data iterator, metadata) under DIR/<step>."""
+  """Saves and restores (state, data iterator, metadata) under DIR/<step>.
 
-  def __init__(self, directory, ckpt_cfg):
+  `faults` may crash the process in a named phase of a save (see faults.py).
+  """
+
+  def __init__(self, directory, ckpt_cfg, faults=faults_lib.Faults()):
     self.directory = os.path.abspath(directory)
+    self._faults = faults
+    self._saving = None  # the step of the newest save request
+    self._failure_reported = False
     if jax.process_index() == 0:
       for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
         shutil.rmtree(leftover, ignore_errors=True)  # an interrupted save, never listed
+    at_commit = self._at_commit if faults.crashes_at_commit else None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ckpt_cfg.max_to_keep, enable_async_checkpointing=ckpt_cfg.async_save,
-        cleanup_tmp_directories=True)
+        cleanup_tmp_directories=True, async_options=ocp.AsyncOptions(
+            # Made in the background, an unwritable step directory is reported only after
+            # orbax's 300 s signal timeout; made in save(), it fails that save at once.
+            create_directories_asynchronously=False,
+            post_finalization_callback=at_commit))
     self._manager = ocp.CheckpointManager(self.directory, options=options,
                                           item_names=("state", "data", "meta"))
+
+  def _at_commit(self):  # in orbax's background thread: every file written, none renamed
+    if self._faults.crash_in_save == (self._saving, "commit"):
+      faults_lib.crash_now()
+
+  def _crash_between_saves(self, step, phase):
+    """The `request` and `done` faults: die once every save so far is complete."""
+    if self._faults.crash_in_save == (step, phase):
+      self.wait()
+      faults_lib.crash_now()
 
   def latest_step(self):
     return self._manager.latest_step()
 
   def save(self, step, state, data_iterator, meta):
-    self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iterator),
-        meta=ocp.args.JsonSave(meta)))
+    """Saves step `step` (in the background with checkpoint.async_save) once the previous save
+    is complete; raises SaveError naming the step if this save or the previous one failed."""
+    self._crash_between_saves(step, "request")
+    self.wait()
+    self._saving = step
+    with self._save_errors():
+      self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=grain.checkpoint.CheckpointSave(data_iterator), meta=ocp.args.JsonSave(meta)))
+    self._crash_between_saves(step, "done")
+
+  def wait(self):
+    """Blocks until the save in flight is complete; raises SaveError if it failed."""
+    with self._save_errors():
+      self._manager.wait_until_finished()
+
+  @contextlib.contextmanager
+  def _save_errors(self):
+    """orbax's error of a failed save -> SaveError naming the step and the newest good one."""
+    try:
+      yield
+    except Exception as e:
+      newest = self._manager.latest_step()
+      self._failure_reported = True
+      raise SaveError(
+          f"checkpoint save of step {self._saving} failed in {self.directory} "
+          f"({type(e).__name__}: {' '.join(str(e).split())}); the newest complete checkpoint "
+          f"is {'none' if newest is None else f'step {newest}'}") from None
 
   def read_meta(self, step):
     try:
       return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
     except Exception as e:  # orbax raises many kinds for unreadable files
-      raise CheckpointError(f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
+      raise CheckpointError(
+          f"checkpoint {self.directory}/{step}: unreadable metadata ({e})") from None
 
   def restore(self, step, abstract_state, data_iterator=None):
     """Restores `state` onto the shardings of `abstract_state`, and the iterator in place."""
@@ -100,11 +155,16 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
 
-  def wait(self):
-    self._manager.wait_until_finished()
-
   def close(self):
-    self._manager.close()
+    """Waits for the save in flight, then closes; raises SaveError if that save failed (and no
+    failure was reported before: orbax meets the leftovers of a failed save again here)."""
+    reported_before = self._failure_reported
+    try:
+      with self._save_errors():
+        self._manager.close()
+    except SaveError:
+      if not reported_before:
+        raise
 
 
 def _restore_args(abstract):

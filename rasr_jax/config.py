@@ -44,6 +44,7 @@ class DataConfig:
   tokenizer: str
   tokenizer_sample_docs: int
   invalid_utf8: str
+  max_document_chars: int
   num_workers: int
   streams: int
 
@@ -149,8 +150,9 @@ _POSITIVE = (
     "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",
     "reflect.controller_hidden", "train.critic_lr", "train.controller_lr", "mesh.dcn_data")
 _NON_NEGATIVE = (
-    "data.num_workers", "data.streams", "train.warmup_steps", "train.weight_decay", "train.grad_clip",
-    "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
+    "data.num_workers", "data.streams", "data.max_document_chars", "train.warmup_steps",
+    "train.weight_decay", "train.grad_clip", "train.eval_every_steps", "train.eval_batches",
+    "train.peak_flops_per_device",
     "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
     "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
     "reflect.min_gain")
@@ -158,8 +160,8 @@ _CHOICES = {
     "model.param_dtype": DTYPES, "model.dtype": DTYPES, "model.remat_policy": REMAT_POLICIES,
     "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES,
     "reflect.draft_mode": DRAFT_MODES, "train.nan_policy": NAN_POLICIES}
-_UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau", "reflect.stop_warmup",
-                  "reflect.quality_target")
+_UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
+                  "reflect.stop_warmup", "reflect.quality_target")
 
 
 def _fail(path, value, rule):

@@ -76,6 +76,7 @@ _EVAL_OUTPUT = flags.DEFINE_string(
 
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3
+EXIT_SAVE_FAILED = 4
 
 
 def _exit_bad_input(message):
@@ -176,6 +177,9 @@ def main(argv):
   except train.NonFiniteError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(EXIT_NON_FINITE)
+  except checkpoint.SaveError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(EXIT_SAVE_FAILED)
   logging.info("done")
 
 

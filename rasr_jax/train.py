@@ -1,7 +1,8 @@
 """The training loop: restore-or-init, data, the jitted step, metrics, checkpoints, preemption.
 
 Rerunning with the same workdir resumes from the newest complete checkpoint. SIGTERM saves a
-checkpoint at the next step boundary and returns normally (exit code 0).
+checkpoint at the next step boundary (on several processes, at a step all of them agree on) and
+returns normally (exit code 0).
 """
 
 import os
@@ -117,18 +118,32 @@ class _HeldOutEval:
 
 
 class _Preemption:
-  """Records SIGTERM so the loop can save at the next step boundary."""
+  """SIGTERM -> save and stop at a step boundary.
+
+  One process records the signal itself. Several processes use jax's preemption sync manager
+  (started by jax.distributed.initialize): it catches SIGTERM on any process and names one step,
+  after the newest step of every process, at which all of them save and stop.
+  """
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._shared = jax.process_count() > 1
+    self._signalled = False
+    if not self._shared:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
 
   def _handle(self, signum, frame):
     del signum, frame
-    self.requested = True
+    self._signalled = True
+
+  def reached(self, step) -> bool:
+    """Whether to save and stop after `step`; every process calls it after every step."""
+    if self._shared:
+      return multihost_utils.reached_preemption_sync_point(step)
+    return self._signalled
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    if not self._shared:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def _format_eta(seconds):
@@ -148,6 +163,9 @@ def train(config, workdir, *, stop_at_step=None):
     faults = faults_lib.from_env()
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
+  if faults.crashes_at_commit and not config.checkpoint.async_save:
+    raise config_lib.ConfigError(f"{faults_lib.ENV}: crash_in_save at commit needs "
+                                 "checkpoint.async_save=True")
   os.makedirs(workdir, exist_ok=True)
   corpus = sources.load_corpus(config.data, config.seed)
   if corpus.replaced_utf8_errors:
@@ -160,7 +178,8 @@ def train(config, workdir, *, stop_at_step=None):
 
   if jax.process_index() == 0:
     ckpt_lib.check_writable(ckpt_lib.checkpoint_dir(workdir))
-  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint,
+                                      faults)
   data_iter = pipeline.ResumableIterator(
       _dataset(config, corpus.documents, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
@@ -197,9 +216,11 @@ def train(config, workdir, *, stop_at_step=None):
   try:
     with sharding.activate(mesh):
       for step in range(start, total):
-        tokens = _global_batch(next(data_iter), batch_sharding)
-        state, metrics = step_fn(state, tokens)
+        local = next(data_iter)
         done = step + 1
+        if done == faults.crash_in_data_read:
+          faults_lib.crash_now()
+        state, metrics = step_fn(state, _global_batch(local, batch_sharding))
         if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
           raise NonFiniteError(f"non-finite loss or gradients at step {done} "
                                "(train.nan_policy=stop); that update was dropped and no "
@@ -221,18 +242,18 @@ def train(config, workdir, *, stop_at_step=None):
                        total, record["loss"], record["lr"], record["tokens_per_sec"],
                        100 * record["mfu"], _format_eta(step_time * (total - done)))
           window_start, window_steps = time.perf_counter(), 0
-        stop = preemption.requested or done == stop_at_step
+        preempted = preemption.reached(done)
+        stop = preempted or done == stop_at_step
         if done % config.checkpoint.every_steps == 0 or done == total or stop:
           checkpointer.save(done, state, data_iter, meta)
         if done == faults.crash_after_step:
           faults_lib.crash_now()
         if stop and done < total:
           logging.warning("stopping at step %d (%s); checkpoint saved", done,
-                          "SIGTERM" if preemption.requested else "stop_at_step")
+                          "SIGTERM" if preempted else "stop_at_step")
           break
   finally:
     preemption.restore()
-    checkpointer.wait()
-    checkpointer.close()
     writer.close()
+    checkpointer.close()  # waits for the save in flight
   return state

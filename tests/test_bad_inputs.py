@@ -27,6 +27,7 @@ def _cases(tmp):
   empty, bad_utf8 = write("empty.txt", b" \n"), write("bad.txt", b"ok \xff\xfe text")
   not_json, no_field = write("bad.jsonl", b'{"text": "a"}\nnope\n'), write("f.jsonl", b'{"b": 1}\n')
   corrupt_tokenizer = write("corrupt.model", b"\x00not a sentencepiece model")
+  long_document = write("long.txt", b"short\n\n" + b"x" * 2000 + b"\n")
   fresh = os.path.join(tmp, "fresh")
   unwritable = os.path.join(tmp, "unwritable")  # its checkpoints/ is sysfs: not even root writes
   os.makedirs(unwritable)
@@ -53,6 +54,10 @@ def _cases(tmp):
        ["no config file at /nonexistent/c.py"]),
       ("unknown mode", W, ["--mode=fly"], {}, ["--mode", "fly"]),
       ("bad fault spec", W, [], {"RASR_FAULTS": "nan_at=3"}, ["RASR_FAULTS"]),
+      ("unknown save phase", W, [], {"RASR_FAULTS": "crash_in_save=3:write"},
+       ["RASR_FAULTS", "'crash_in_save=3:write'", "request, commit, done"]),
+      ("commit fault on sync saves", W, ["--config.checkpoint.async_save=False"],
+       {"RASR_FAULTS": "crash_in_save=3:commit"}, ["RASR_FAULTS", "checkpoint.async_save"]),
       # mesh
       ("mesh product", W, ["--config.mesh.fsdp=1", "--config.mesh.data=2"], {},
        ["mesh", "device count 1"]),
@@ -67,6 +72,9 @@ def _cases(tmp):
        [not_json, "line 2", "not JSON"]),
       ("missing text field", fresh, [FILES, f"--config.data.files={no_field}"], {},
        [no_field, "'text'"]),
+      ("document far longer than a row", fresh,
+       [FILES, f"--config.data.files={long_document}", "--config.data.max_document_chars=1000"],
+       {}, [long_document, "line 3", "2,000 characters", "max_document_chars=1,000"]),
       ("unsupported extension", fresh, [FILES, f"--config.data.files={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "extension"]),
       # tokenizer

@@ -1,16 +1,20 @@
-"""Scale-out on one machine: 2 processes x 4 CPU devices, and the ahead-of-time compile check."""
+"""Scale-out on one machine: 2 processes x 4 CPU devices (also preempted on one process), and
+the ahead-of-time compile check."""
 
 import json
 import os
-import shutil
+import re
+import signal
 import socket
 import subprocess
+import time
 
 import pytest
 
 from conftest import REPO, losses, main_command, run_main, subprocess_env
+from rasr_jax.metrics import read_records
 
-STEPS = 4
+STEPS = 6
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
 # process count. The standard step (reflection off) keeps the compile of 2 processes on 2
 # cores short; the RASR step on 8 devices is checked in test_train.py.
@@ -27,37 +31,54 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _run_processes(workdir, num_processes, devices_each, **overrides):
+def _start_processes(workdir, num_processes, devices_each, **overrides):
   """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1."""
   port = _free_port()
   address = f"127.0.0.1:{port}"
-  procs = [subprocess.Popen(
+  return [subprocess.Popen(
       main_command(workdir, f"--coordinator_address={address}",
                    f"--coordinator_bind_address={address}", f"--num_processes={num_processes}",
                    f"--process_id={i}", **overrides),
       cwd=REPO, env=subprocess_env(devices_each), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+
+
+def _finish(procs):
+  """Every process's stderr, once all have exited with code 0."""
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
+  return [err for _, err in outputs]
 
 
-def test_two_processes_train_save_and_resume_like_one(tmp_path):
+def _logged_steps(workdir):
+  return len(read_records(workdir)) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else 0
+
+
+def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   """2 processes x 4 devices (the data axis split over the processes as DCN granules) train the
-  tiny config, save, and resume with the losses of a 1-process 8-device run."""
+  tiny config; SIGTERM reaches process 1 only, and both processes save at the same step and
+  exit 0; the resumed run has the losses of a 1-process 8-device run."""
   reference = str(tmp_path / "one_process")
   result = run_main(reference, devices=8, **MESH)
   assert result.returncode == 0, result.stderr[-3000:]
   workdir = str(tmp_path / "two_processes")
-  _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
-  first = losses(workdir)
-  shutil.rmtree(os.path.join(workdir, "checkpoints", str(STEPS)))  # resume from step 2
-  _run_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
-  want, resumed = losses(reference), losses(workdir)
-  assert sorted(first) == sorted(resumed) == sorted(want) == list(range(1, STEPS + 1))
+  procs = _start_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
+  deadline = time.time() + 300
+  while _logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  procs[1].send_signal(signal.SIGTERM)
+  stopped = [set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err))
+             for err in _finish(procs)]
+  assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
+  step = int(stopped[0].pop())
+  assert step < STEPS and max(losses(workdir)) == step
+  assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == step
+  _finish(_start_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2}))
+  want, got = losses(reference), losses(workdir)
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
   for step in want:
-    assert first[step] == pytest.approx(want[step], rel=1e-5)
-    assert resumed[step] == pytest.approx(want[step], rel=1e-5)
+    assert got[step] == pytest.approx(want[step], rel=1e-5)
 
 
 def test_compile_mode_reports_per_device_memory(tmp_path):

@@ -1,10 +1,14 @@
-"""Faults: non-finite updates under both policies, an abrupt crash between saves, and restores
-(onto the same mesh: the fresh state's tree and no new compilation; onto other meshes)."""
+"""Faults: non-finite updates under both policies; crashes between saves, inside a data read and
+in each phase of a save; resumes at every cut point; a checkpoint directory that becomes
+unwritable; random SIGKILLs; restores (onto the same mesh: the fresh state's tree and no new
+compilation; onto other meshes)."""
 
 import hashlib
 import json
+import math
 import os
 import random
+import re
 import signal
 import subprocess
 import time
@@ -19,9 +23,23 @@ from conftest import (REPO, STEPS, losses, main_command, make_config, run_main, 
 from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
 from rasr_jax import faults, optim, sharding, train, train_state, train_step
+from rasr_jax.data import sources
 from rasr_jax.metrics import read_records
 
 NO_REFLECT = {"reflect.enabled": False, "reflect.iterations": 0}
+# The cut-point, fault-chain and unwritable-directory runs: reflection off, 12 documents (an
+# epoch ends every few steps), a checkpoint after every step, no held-out evaluation.
+PLAIN = {**NO_REFLECT, "data.bundled_examples": 12, "train.steps": STEPS,
+         "checkpoint.every_steps": 1, "train.eval_batches": 0}
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory):
+  """(workdir, config) of an uninterrupted PLAIN run, in this process."""
+  workdir = str(tmp_path_factory.mktemp("plain"))
+  config = make_config(**PLAIN)
+  train.train(config, workdir)
+  return workdir, config
 
 
 def test_a_non_finite_update_is_dropped_inside_the_step():
@@ -68,18 +86,92 @@ def test_nan_policy_skip_trains_on(tmp_path):
   assert np.isfinite(records[5]["loss"])
 
 
-def test_a_crash_between_saves_resumes_bit_identically(straight_run, tmp_path):
-  """The process dies abruptly after step 6 (checkpoint at 4, written in the background);
-  rerunning resumes from the newest complete checkpoint and every logged loss equals the
-  uninterrupted run's, bit for bit."""
-  reference, _ = straight_run
-  crashed = run_main(str(tmp_path), env={faults.ENV: "crash_after_step=6"},
-                     **{"train.steps": STEPS})
-  assert crashed.returncode == faults.CRASH_EXIT_CODE, crashed.stderr[-2000:]
-  assert [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()] in (["4"], [])
-  resumed = run_main(str(tmp_path), **{"train.steps": STEPS})
-  assert resumed.returncode == 0, resumed.stderr[-2000:]
-  assert losses(str(tmp_path)) == losses(reference)
+def _first_epoch_end(config, workdir):
+  """The step whose batch holds the last token of the first epoch (one data stream)."""
+  tokenizer = train.existing_tokenizer(config, workdir)
+  tokens = sum(len(tokenizer.encode(doc)) + 1
+               for doc in sources.load_corpus(config.data, config.seed).documents)
+  return math.ceil(tokens / (config.train.batch_size * (config.data.seq_len + 1)))
+
+
+def test_resume_at_every_cut_point_equals_the_straight_run(plain_run, tmp_path):
+  """RELIABILITY.md item 3 in the trainer: stopped after the first step, mid-epoch, at the end
+  of the first epoch and one step before the last, then resumed to the end and once more at the
+  last step (nothing left to train): every logged loss and the final state equal the straight
+  run's, so every batch came in the same order."""
+  reference, config = plain_run
+  epoch_end = _first_epoch_end(config, reference)
+  assert 2 < epoch_end < STEPS - 1, epoch_end
+  workdir = str(tmp_path)
+  for cut in (1, epoch_end - 1, epoch_end, STEPS - 1, STEPS, STEPS):
+    train.train(config, workdir, stop_at_step=cut)
+    assert max(losses(workdir)) == cut
+  _assert_same_run(config, workdir, reference)
+
+
+def _checkpoints(directory):
+  """(complete steps, names of temporary step directories) in a checkpoint directory."""
+  names = os.listdir(directory)
+  return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if not n.isdigit())
+
+
+def test_crashes_in_a_data_read_and_in_each_save_phase_resume_bit_identically(plain_run,
+                                                                              tmp_path):
+  """RASR_FAULTS kills the trainer (os._exit, no cleanup) inside the read of a batch, right after
+  a step, and in each phase of a save: before orbax has the state, at commit (every file written
+  into the temporary directory, not yet renamed) and once the save is done. Each leaves the
+  expected newest complete checkpoint (a crash outside a save can interrupt the save of the
+  step before it, in the background); each rerun resumes from it (the temporary directory
+  removed), and the run ends with the straight run's losses and state."""
+  reference, config = plain_run
+  workdir = str(tmp_path)
+  chain = [("crash_in_save=2:done", {2}, False), ("crash_in_data_read=4", {2, 3}, None),
+           ("crash_in_save=5:request", {4}, False), ("crash_after_step=6", {5, 6}, None),
+           ("crash_in_save=7:commit", {6}, True)]
+  for fault, newest, left_temporary in chain:
+    result = run_main(workdir, env={faults.ENV: fault}, **PLAIN)
+    assert result.returncode == faults.CRASH_EXIT_CODE, (fault, result.stderr[-2000:])
+    steps, temporary = _checkpoints(ckpt_lib.checkpoint_dir(workdir))
+    assert steps[-1] in newest, (fault, steps)
+    assert left_temporary in (None, bool(temporary)), (fault, temporary)
+  result = run_main(workdir, **PLAIN)
+  assert result.returncode == 0, result.stderr[-2000:]
+  _assert_same_run(config, workdir, reference)
+
+
+def test_a_checkpoint_directory_that_becomes_unwritable_stops_the_run(plain_run, tmp_path):
+  """RELIABILITY.md item 7: `checkpoints` is a link; once step 2 is saved the run is paused and
+  the link moved into sysfs (which not even root can write). A save fails (the one in flight, or
+  the next): by the next save the run exits with code 4 and one error line naming the failed
+  step, no step from the failed one on is listed, and after the link is put back the run resumes
+  to the straight run's losses and state."""
+  reference, config = plain_run
+  workdir, real = str(tmp_path / "run"), str(tmp_path / "real_checkpoints")
+  link = os.path.join(workdir, "checkpoints")
+  os.makedirs(real)
+  os.makedirs(workdir)
+  os.symlink(real, link)
+  proc = subprocess.Popen(main_command(workdir, **PLAIN), cwd=REPO, env=subprocess_env(),
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not os.path.isdir(os.path.join(real, "2")) and time.time() < deadline:
+    time.sleep(0.005)
+  proc.send_signal(signal.SIGSTOP)
+  os.symlink("/sys/kernel", link + ".new")
+  os.replace(link + ".new", link)
+  saved_before = _checkpoints(real)
+  proc.send_signal(signal.SIGCONT)
+  _, stderr = proc.communicate(timeout=240)
+  assert proc.returncode == 4, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  failed = int(re.match(r"error: checkpoint save of step (\d+) failed", last)[1])
+  assert failed < STEPS and max(losses(workdir)) in (failed, failed + 1), last
+  assert _checkpoints(real) == saved_before and saved_before[0][-1] < failed
+  os.remove(link)  # the link points at the real directory again
+  os.symlink(real, link)
+  result = run_main(workdir, **PLAIN)
+  assert result.returncode == 0, result.stderr[-2000:]
+  _assert_same_run(config, workdir, reference)
 
 
 def _restore(config, workdir, mesh):

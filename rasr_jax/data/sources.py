@@ -2,7 +2,8 @@
 
 Files are checked at start-up: a glob that matches nothing, an empty file, invalid UTF-8 (by
 policy: rejected naming the file and byte offset, or replaced and counted), a JSONL line that is
-not an object with the text field: each raises `DataError` with one line naming the file.
+not an object with the text field, a document longer than data.max_document_chars: each raises
+`DataError` with one line naming the file.
 """
 
 import dataclasses
@@ -84,9 +85,10 @@ def _decode(path, raw, policy):
 
 
 def _documents(path, text, text_field):
-  """.txt: one document per non-empty line. .jsonl: one object per line, text in `text_field`."""
+  """[(line number, document)]. .txt: one document per non-empty line. .jsonl: one object per
+  line, text in `text_field`."""
   if path.endswith(".txt"):
-    return [line for line in text.splitlines() if line.strip()]
+    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
   docs = []
   for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
@@ -99,7 +101,7 @@ def _documents(path, text, text_field):
       raise DataError(f"data file {path} line {number}: expected an object with a string "
                       f"field {text_field!r} (config.data.text_field)")
     if record[text_field].strip():
-      docs.append(record[text_field])
+      docs.append((number, record[text_field]))
   return docs
 
 
@@ -115,7 +117,12 @@ def _files(data_cfg, patterns):
     docs = _documents(path, text, data_cfg.text_field)
     if not docs:
       raise DataError(f"data file {path}: no non-empty documents")
-    documents.extend(docs)
+    limit = data_cfg.max_document_chars
+    for number, doc in docs:
+      if limit and len(doc) > limit:
+        raise DataError(f"data file {path} line {number}: a document of {len(doc):,} characters "
+                        f"exceeds config.data.max_document_chars={limit:,} (0 = no limit)")
+    documents.extend(doc for _, doc in docs)
     replaced += bad
     digest.update(os.path.abspath(path).encode() + b"\0" + hashlib.sha256(raw).digest())
   return Corpus(documents, digest.hexdigest(), replaced)
@@ -133,7 +140,7 @@ def read_texts(path, field):
   except UnicodeDecodeError as e:
     raise DataError(f"file {path}: invalid UTF-8 at byte offset {e.start}") from None
   if path.endswith(".jsonl"):
-    texts = _documents(path, text, field)
+    texts = [doc for _, doc in _documents(path, text, field)]
   else:
     texts = [line for line in text.splitlines() if line.strip()]
   if not texts:
