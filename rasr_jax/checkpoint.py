@@ -15,6 +15,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from rasr_jax import faults as faults_lib
 
@@ -70,8 +71,9 @@ class Checkpointer:
   def __init__(self, directory, ckpt_cfg, faults=faults_lib.Faults()):
     self.directory = os.path.abspath(directory)
     self._faults = faults
-    self._saving = None  # the step of the newest save request
-    self._failure_reported = False
+    # The step of the newest save request. Set only once the save before it is complete, so
+    # orbax's commit thread reads the step it is committing.
+    self._last_requested_step = None
     if jax.process_index() == 0:
       for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
         shutil.rmtree(leftover, ignore_errors=True)  # an interrupted save, never listed
@@ -87,7 +89,7 @@ class Checkpointer:
                                           item_names=("state", "data", "meta"))
 
   def _at_commit(self):  # in orbax's background thread: every file written, none renamed
-    if self._faults.crash_in_save == (self._saving, "commit"):
+    if self._faults.crash_in_save == (self._last_requested_step, "commit"):
       faults_lib.crash_now()
 
   def _crash_between_saves(self, step, phase):
@@ -104,7 +106,8 @@ class Checkpointer:
     is complete; raises SaveError naming the step if this save or the previous one failed."""
     self._crash_between_saves(step, "request")
     self.wait()
-    self._saving = step
+    self._last_requested_step = step
+    jax.block_until_ready(state)  # an error of the step itself is not reported as a save's
     with self._save_errors():
       self._manager.save(step, force=True, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
@@ -123,11 +126,10 @@ class Checkpointer:
       yield
     except Exception as e:
       newest = self._manager.latest_step()
-      self._failure_reported = True
       raise SaveError(
-          f"checkpoint save of step {self._saving} failed in {self.directory} "
+          f"checkpoint save of step {self._last_requested_step} failed in {self.directory} "
           f"({type(e).__name__}: {' '.join(str(e).split())}); the newest complete checkpoint "
-          f"is {'none' if newest is None else f'step {newest}'}") from None
+          f"is {'none' if newest is None else f'step {newest}'}") from e
 
   def read_meta(self, step):
     try:
@@ -155,16 +157,16 @@ class Checkpointer:
     except Exception as e:
       raise CheckpointError(f"checkpoint {self.directory}/{step}: cannot restore ({e})") from None
 
-  def close(self):
-    """Waits for the save in flight, then closes; raises SaveError if that save failed (and no
-    failure was reported before: orbax meets the leftovers of a failed save again here)."""
-    reported_before = self._failure_reported
+  def close(self, raise_errors=True):
+    """Waits for the save in flight, then closes; if that save failed, raises SaveError, or
+    only logs it with raise_errors=False (when another error is already on its way)."""
     try:
       with self._save_errors():
         self._manager.close()
-    except SaveError:
-      if not reported_before:
+    except SaveError as e:
+      if raise_errors:
         raise
+      logging.error("%s", e)
 
 
 def _restore_args(abstract):

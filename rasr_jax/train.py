@@ -122,7 +122,9 @@ class _Preemption:
 
   One process records the signal itself. Several processes use jax's preemption sync manager
   (started by jax.distributed.initialize): it catches SIGTERM on any process and names one step,
-  after the newest step of every process, at which all of them save and stop.
+  after the newest step every process has reported, at which all of them save and stop. Every
+  process reports the step it starts from first (a SIGTERM during restore or compilation then
+  stops before training), then every step it completes.
   """
 
   def __init__(self):
@@ -212,10 +214,14 @@ def train(config, workdir, *, stop_at_step=None):
   batch_sharding = sharding.batch_sharding(mesh)
   preemption = _Preemption()
   total = config.train.steps
+  end = start if start < total and preemption.reached(start) else total
+  if end < total:
+    logging.warning("SIGTERM before step %d; stopping at the restored step %d", start + 1, start)
+  finished = False
   window_start, window_steps = time.perf_counter(), 0
   try:
     with sharding.activate(mesh):
-      for step in range(start, total):
+      for step in range(start, end):
         local = next(data_iter)
         done = step + 1
         if done == faults.crash_in_data_read:
@@ -252,8 +258,9 @@ def train(config, workdir, *, stop_at_step=None):
           logging.warning("stopping at step %d (%s); checkpoint saved", done,
                           "SIGTERM" if preempted else "stop_at_step")
           break
+    finished = True
   finally:
     preemption.restore()
     writer.close()
-    checkpointer.close()  # waits for the save in flight
+    checkpointer.close(raise_errors=finished)  # waits for the save in flight
   return state

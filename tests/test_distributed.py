@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO, losses, main_command, run_main, subprocess_env
 from rasr_jax.metrics import read_records
 
-STEPS = 6
+STEPS = 8
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
 # process count. The standard step (reflection off) keeps the compile of 2 processes on 2
 # cores short; the RASR step on 8 devices is checked in test_train.py.
