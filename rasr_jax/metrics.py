@@ -7,7 +7,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from rasr_jax import refine
 
@@ -86,7 +85,10 @@ class MetricWriter:
   def __init__(self, workdir, enabled=True):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard")) if enabled else None
+    self._tb = None
+    if enabled:  # imported here: tensorboardX loads torch when installed (2 s of start-up)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
 
   def truncate_after(self, step):
     """Drops records beyond `step` (written before a crash, then lost with the state) and a
