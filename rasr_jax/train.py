@@ -123,8 +123,8 @@ class _Preemption:
   One process records the signal itself. Several processes use jax's preemption sync manager
   (started by jax.distributed.initialize): it catches SIGTERM on any process and names one step,
   after the newest step every process has reported, at which all of them save and stop. Every
-  process reports the step it starts from first (a SIGTERM during restore or compilation then
-  stops before training), then every step it completes.
+  process reports the step it starts from first (a SIGTERM during restore then stops before
+  training, one during the first compilation after the first step), then every step it completes.
   """
 
   def __init__(self):
@@ -138,7 +138,8 @@ class _Preemption:
     self._signalled = True
 
   def reached(self, step) -> bool:
-    """Whether to save and stop after `step`; every process calls it after every step."""
+    """Whether to stop (saving) at `step`; every process calls it with its starting step, then
+    after every step."""
     if self._shared:
       return multihost_utils.reached_preemption_sync_point(step)
     return self._signalled
