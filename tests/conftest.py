@@ -82,6 +82,12 @@ def losses(workdir):
   return {r["step"]: r["loss"] for r in read_records(workdir)}
 
 
+def logged_steps(workdir):
+  """How many complete records WORKDIR/metrics.jsonl holds (0 before it exists)."""
+  from rasr_jax.metrics import read_records
+  return len(read_records(workdir)) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else 0
+
+
 @pytest.fixture
 def small_config():
   return make_config

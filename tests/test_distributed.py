@@ -11,8 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, losses, main_command, run_main, subprocess_env
-from rasr_jax.metrics import read_records
+from conftest import REPO, logged_steps, losses, main_command, run_main, subprocess_env
 
 STEPS = 8
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
@@ -51,10 +50,6 @@ def _finish(procs):
   return [err for _, err in outputs]
 
 
-def _logged_steps(workdir):
-  return len(read_records(workdir)) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else 0
-
-
 def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   """2 processes x 4 devices (the data axis split over the processes as DCN granules) train the
   tiny config; SIGTERM reaches process 1 only, and both processes save at the same step and
@@ -65,7 +60,7 @@ def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   workdir = str(tmp_path / "two_processes")
   procs = _start_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
   deadline = time.time() + 300
-  while _logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
+  while logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
     time.sleep(0.01)
   procs[1].send_signal(signal.SIGTERM)
   stopped = [set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err))

@@ -236,10 +236,7 @@ def test_a_checkpoint_restores_onto_other_meshes_with_identical_values(straight_
   devices: every leaf of the train state (parameters, optimizer state, step, key, tau) has the
   same bytes, and the sharded leaves really are spread over the new mesh."""
   workdir, config = straight_run
-  mesh = sharding.make_mesh(config_lib.resolve_mesh(config, 1).mesh)
-  want = [hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
-          for x in jax.tree.leaves(_restore(config_lib.resolve_mesh(config, 1), workdir,
-                                            mesh)[0])]
+  want = _state_digests(config, workdir)
   runs = [(8, [(4, 2, 1), (2, 4, 1)]), (4, [(1, 4, 1)])]
   for devices, meshes in runs:
     out = run_python(_DIGESTS.format(meshes=meshes, workdir=workdir), devices=devices)

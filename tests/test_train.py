@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import REPO, STEPS, losses, main_command, make_config, run_main, subprocess_env
+from conftest import (REPO, STEPS, logged_steps, losses, main_command, make_config, run_main,
+                      subprocess_env)
 from rasr_jax import checkpoint, sharding, train, train_state
 from rasr_jax.metrics import read_records
 
@@ -92,10 +93,9 @@ def test_sigterm_saves_and_resumes_bit_identically(straight_run, tmp_path):
   proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
   target = random.Random(time.time()).randint(1, STEPS - 3)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
-    if os.path.exists(metrics_path) and len(open(metrics_path).readlines()) >= target:
+    if logged_steps(workdir) >= target:
       proc.send_signal(signal.SIGTERM)
       break
     time.sleep(0.05)

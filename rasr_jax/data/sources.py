@@ -84,11 +84,16 @@ def _decode(path, raw, policy):
     return text, text.count("\ufffd") - raw.decode("utf-8", "ignore").count("\ufffd")
 
 
+def _nonempty_lines(text):
+  """[(line number, line)] for every line that is not blank."""
+  return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+
+
 def _documents(path, text, text_field):
   """[(line number, document)]. .txt: one document per non-empty line. .jsonl: one object per
   line, text in `text_field`."""
   if path.endswith(".txt"):
-    return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
+    return _nonempty_lines(text)
   docs = []
   for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
@@ -142,7 +147,7 @@ def read_texts(path, field):
   if path.endswith(".jsonl"):
     texts = [doc for _, doc in _documents(path, text, field)]
   else:
-    texts = [line for line in text.splitlines() if line.strip()]
+    texts = [line for _, line in _nonempty_lines(text)]
   if not texts:
     raise DataError(f"file {path}: no non-empty texts")
   return texts
