@@ -41,12 +41,14 @@ def interleaved_medians(runs, batch, rounds):
 
   `runs` maps a name to (step_fn, state); each run carries its own state from step to step.
   """
+
   def stepper(step_fn, state):
     holder = {"state": state}
 
     def call():
       holder["state"], out = step_fn(holder["state"], batch)
       return out
+
     return call
 
   return interleaved_call_medians({name: stepper(*run) for name, run in runs.items()}, rounds)

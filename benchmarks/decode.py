@@ -24,7 +24,10 @@ from ml_collections import config_flags
 
 from common import interleaved_call_medians
 from rasr_jax import config as config_lib
-from rasr_jax import generate, refine, sharding, train_state
+from rasr_jax import sharding
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.generation import generate
+from rasr_jax.training import train_state
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _BATCH = flags.DEFINE_integer("batch", 8, "Rows decoded together.")
@@ -33,7 +36,7 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 128, "Generated tokens per row 
 _ITERATIONS = flags.DEFINE_integer("iterations", 3, "Refinements in the reflection loop.")
 _ROUNDS = flags.DEFINE_integer("rounds", 5, "Timed rounds (after 2 warm-up calls each).")
 
-IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+IDS = tok_lib.TRAINED_MARKER_IDS
 
 
 def jax_calls(config, prompt, new_tokens, iterations):
@@ -53,15 +56,20 @@ def jax_calls(config, prompt, new_tokens, iterations):
     return model.logits(hidden[:, -1:]), cache
 
   def generator(reflect):
-    options = generate.GenerateOptions(max_new_tokens=new_tokens, reflect=reflect,
-                                       iterations=iterations, eos_id=None)
-    fn = jax.jit(lambda p, x: generate.generate(graphdef, p, x, valid, keys, 0.5, 1.0,
-                                                options=options, ids=IDS))
+    options = generate.GenerateOptions(max_new_tokens=new_tokens,
+                                       reflect=reflect,
+                                       iterations=iterations,
+                                       eos_id=None)
+    fn = jax.jit(lambda p, x: generate.generate(
+        graphdef, p, x, valid, keys, 0.5, 1.0, options=options, ids=IDS))
     return lambda: fn(params, prompt).drafts
 
   with sharding.activate(mesh):
-    return {"jax_prefill": lambda: prefill(params, prompt), "jax_generate": generator("off"),
-            "jax_reflect": generator("fixed")}
+    return {
+        "jax_prefill": lambda: prefill(params, prompt),
+        "jax_generate": generator("off"),
+        "jax_reflect": generator("fixed")
+    }
 
 
 def hf_calls(model_cfg, prompt, new_tokens):
@@ -71,13 +79,20 @@ def hf_calls(model_cfg, prompt, new_tokens):
     import transformers
   except ImportError:
     return None, {}
-  hf_config = transformers.LlamaConfig(
-      vocab_size=model_cfg.vocab_size, hidden_size=model_cfg.d_model,
-      intermediate_size=model_cfg.mlp_dim, num_hidden_layers=model_cfg.num_layers,
-      num_attention_heads=model_cfg.num_heads, num_key_value_heads=model_cfg.num_kv_heads,
-      head_dim=model_cfg.head_dim, rms_norm_eps=model_cfg.norm_eps,
-      rope_theta=model_cfg.rope_theta, tie_word_embeddings=model_cfg.tie_embeddings,
-      max_position_embeddings=4096, pad_token_id=0, eos_token_id=1, bos_token_id=1)
+  hf_config = transformers.LlamaConfig(vocab_size=model_cfg.vocab_size,
+                                       hidden_size=model_cfg.d_model,
+                                       intermediate_size=model_cfg.mlp_dim,
+                                       num_hidden_layers=model_cfg.num_layers,
+                                       num_attention_heads=model_cfg.num_heads,
+                                       num_key_value_heads=model_cfg.num_kv_heads,
+                                       head_dim=model_cfg.head_dim,
+                                       rms_norm_eps=model_cfg.norm_eps,
+                                       rope_theta=model_cfg.rope_theta,
+                                       tie_word_embeddings=model_cfg.tie_embeddings,
+                                       max_position_embeddings=4096,
+                                       pad_token_id=0,
+                                       eos_token_id=1,
+                                       bos_token_id=1)
   torch.manual_seed(0)
   model = transformers.LlamaForCausalLM(hf_config).eval()
   ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)
@@ -89,20 +104,30 @@ def hf_calls(model_cfg, prompt, new_tokens):
 
   def generate_all():
     with torch.no_grad():
-      return model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                            min_new_tokens=new_tokens, do_sample=False, use_cache=True)
+      return model.generate(input_ids=ids,
+                            attention_mask=mask,
+                            max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens,
+                            do_sample=False,
+                            use_cache=True)
 
-  versions = {"torch": torch.__version__, "transformers": transformers.__version__,
-              "torch_threads": torch.get_num_threads()}
+  versions = {
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+      "torch_threads": torch.get_num_threads()
+  }
   return {"hf_prefill": prefill, "hf_generate": generate_all}, versions
 
 
 def rates(prefix, times, rows, prompt_len, new_tokens):
   prefill, total = times[f"{prefix}_prefill"], times[f"{prefix}_generate"]
-  return {"prefill_s": prefill, "generate_s": total,
-          "prefill_tokens_per_s": rows * prompt_len / prefill,
-          "decode_tokens_per_s": rows * new_tokens / (total - prefill),
-          "end_to_end_tokens_per_s": rows * new_tokens / total}
+  return {
+      "prefill_s": prefill,
+      "generate_s": total,
+      "prefill_tokens_per_s": rows * prompt_len / prefill,
+      "decode_tokens_per_s": rows * new_tokens / (total - prefill),
+      "end_to_end_tokens_per_s": rows * new_tokens / total
+  }
 
 
 def main(argv):
@@ -126,11 +151,22 @@ def main(argv):
     for key in ("prefill_tokens_per_s", "decode_tokens_per_s", "end_to_end_tokens_per_s"):
       result[f"ratio_{key}"] = result["jax"][key] / result["hf"][key]
   result.update({
-      "shape": {"batch": rows, "prompt_len": prompt_len, "new_tokens": new,
-                "iterations": _ITERATIONS.value, "d_model": config.model.d_model,
-                "layers": config.model.num_layers, "vocab": config.model.vocab_size},
-      "versions": {"jax": jax.__version__, "python": platform.python_version(), **versions},
-      "device": jax.devices()[0].device_kind})
+      "shape": {
+          "batch": rows,
+          "prompt_len": prompt_len,
+          "new_tokens": new,
+          "iterations": _ITERATIONS.value,
+          "d_model": config.model.d_model,
+          "layers": config.model.num_layers,
+          "vocab": config.model.vocab_size
+      },
+      "versions": {
+          "jax": jax.__version__,
+          "python": platform.python_version(),
+          **versions
+      },
+      "device": jax.devices()[0].device_kind
+  })
   print(json.dumps(result, indent=2))
 
 

@@ -19,12 +19,15 @@ from ml_collections import config_flags
 
 from common import interleaved_medians
 from rasr_jax import config as config_lib
-from rasr_jax import optim, refine, sharding, train_state, train_step
+from rasr_jax import sharding
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.training import optim, train_state
+from rasr_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds (after 2 warm-up steps per variant).")
 
-IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+IDS = tok_lib.TRAINED_MARKER_IDS
 
 
 def compiled_step(config, mesh):
@@ -39,41 +42,56 @@ def compiled_step(config, mesh):
 
 def main(argv):
   del argv
-  base = config_lib.resolve_mesh(config_lib.load(_CONFIG.value), jax.device_count())
-  mesh = sharding.make_mesh(base.mesh)
+  base = config_lib.load(_CONFIG.value)
+  mesh = sharding.make_mesh(config_lib.resolve_mesh(base, jax.device_count()).mesh)
   rows, seq = base.train.batch_size, base.data.seq_len
   tokens = np.random.RandomState(0).randint(6, base.model.vocab_size, (rows, seq + 1))
   tokens = jax.device_put(tokens.astype(np.int32), sharding.batch_sharding(mesh))
 
-  def variant(**reflect):
-    return dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
+  def variant(**reflect):  # validated and resolved like a run of it (reflection rows included)
+    changed = dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
+    return config_lib.resolve_mesh(changed, jax.device_count())
 
-  r = base.reflect
   variants = {
       "standard": variant(enabled=False),
       "default": variant(enabled=True),
       "k1_all_rows": variant(enabled=True, iterations=1, rows=rows),
       "k3_all_rows": variant(enabled=True, iterations=3, rows=rows),
   }
+  r = variants["default"].reflect
   with sharding.activate(mesh):
-    times = interleaved_medians({name: compiled_step(c, mesh) for name, c in variants.items()},
-                                tokens, _STEPS.value)
+    times = interleaved_medians({
+        name: compiled_step(c, mesh) for name, c in variants.items()
+    }, tokens, _STEPS.value)
   standard = times.pop("standard")
-  print(json.dumps({
-      "benchmark": "rasr_overhead",
-      "standard_step_s": standard,
-      "rasr_step_s": times["default"],
-      "ratio": times["default"] / standard,
-      "ratio_k1_all_rows": times["k1_all_rows"] / standard,
-      "ratio_k3_all_rows": times["k3_all_rows"] / standard,
-      "step_s": times,
-      "reflection": {"iterations": r.iterations, "rows": r.rows, "batch": rows,
-                     "prompt_len": r.prompt_len, "target_len": r.target_len,
-                     "draft_mode": r.draft_mode},
-      "shape": {"d_model": base.model.d_model, "layers": base.model.num_layers, "seq_len": seq},
-      "jax": jax.__version__, "device": jax.devices()[0].device_kind,
-      "python": platform.python_version(),
-  }, indent=2))
+  print(
+      json.dumps(
+          {
+              "benchmark": "rasr_overhead",
+              "standard_step_s": standard,
+              "rasr_step_s": times["default"],
+              "ratio": times["default"] / standard,
+              "ratio_k1_all_rows": times["k1_all_rows"] / standard,
+              "ratio_k3_all_rows": times["k3_all_rows"] / standard,
+              "step_s": times,
+              "reflection": {
+                  "iterations": r.iterations,
+                  "rows": r.rows,
+                  "batch": rows,
+                  "prompt_len": r.prompt_len,
+                  "target_len": r.target_len,
+                  "draft_mode": r.draft_mode
+              },
+              "shape": {
+                  "d_model": base.model.d_model,
+                  "layers": base.model.num_layers,
+                  "seq_len": seq
+              },
+              "jax": jax.__version__,
+              "device": jax.devices()[0].device_kind,
+              "python": platform.python_version(),
+          },
+          indent=2))
 
 
 if __name__ == "__main__":

@@ -24,10 +24,14 @@ from absl import app, flags
 from configs import tiny
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tiny_table1", "Where runs and results go.")
-_SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated config seeds (at least 3 for "
-                             "the table's intervals).")
+_SEEDS = flags.DEFINE_string(
+    "seeds", "0,1,2", "Comma-separated config seeds (at least 3 for "
+    "the table's intervals).")
 _LIMIT = flags.DEFINE_integer("limit", 200, "Held-out items per task.")
 _STEPS = flags.DEFINE_integer("steps", None, "Override train.steps (default: configs/tiny.py).")
+_SET = flags.DEFINE_multi_string(
+    "set", [], "A config override FIELD=VALUE for every run "
+    "(repeatable), e.g. --set=model.num_layers=2.")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TASKS = ("arithmetic", "logic", "facts")
@@ -53,12 +57,16 @@ def _main(*args):
 def run_seed(seed, training):
   """results.json of `training` (standard | rasr) at `seed`, training and evaluating if needed."""
   workdir = os.path.join(_WORKDIR.value, f"{training}_seed{seed}")
-  overrides = [f"--config.seed={seed}", f"--config.reflect.enabled={training == 'rasr'}"]
+  overrides = [
+      f"--config.seed={seed}", f"--config.reflect.enabled={training == 'rasr'}",
+      *(f"--config.{setting}" for setting in _SET.value)
+  ]
   if _STEPS.value:
     overrides.append(f"--config.train.steps={_STEPS.value}")
   results_path = os.path.join(workdir, "eval", "results.json")
   if not os.path.exists(results_path):
-    steps = _STEPS.value or tiny.get_config().train.steps
+    set_steps = [s.split("=", 1)[1] for s in _SET.value if s.startswith("train.steps=")]
+    steps = _STEPS.value or (set_steps and int(set_steps[-1])) or tiny.get_config().train.steps
     if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
       _main(f"--workdir={workdir}", *overrides)  # resumes an interrupted run
     _main(f"--workdir={workdir}", "--mode=eval", *overrides, f"--eval_methods={METHODS[training]}",
@@ -72,14 +80,16 @@ def _mean_ci(values):
   mean = statistics.fmean(values)
   if len(values) < 2:
     return mean, float("nan")
-  half = T_95[len(values) - 1] * statistics.stdev(values) / len(values) ** 0.5
+  half = T_95[len(values) - 1] * statistics.stdev(values) / len(values)**0.5
   return mean, half
 
 
 def table(results):
   """Markdown: a row per (training, method); each cell mean +- 95 % half-interval over seeds."""
-  header = ["Method", *(f"{t} acc %" for t in TASKS), "mean acc %", "perplexity (token)",
-            "mean iterations", "tokens / answer"]
+  header = [
+      "Method", *(f"{t} acc %" for t in TASKS), "mean acc %", "perplexity (token)",
+      "mean iterations", "tokens / answer"
+  ]
   lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
   for label, training, method in ROWS:
     per_seed = [r["methods"][method] for r in results[training]]
@@ -91,10 +101,11 @@ def table(results):
     cells = [cell([s[t]["accuracy"] for s in per_seed], 100) for t in TASKS]
     cells.append(cell([statistics.fmean(s[t]["accuracy"] for t in TASKS) for s in per_seed], 100))
     cells.append(cell([s["perplexity"]["token_perplexity"] for s in per_seed], digits=3))
-    cells.append(cell([statistics.fmean(s[t]["mean_iterations"] for t in TASKS)
-                       for s in per_seed], digits=2))
-    cells.append(cell([statistics.fmean(s[t]["mean_generated_tokens"] for t in TASKS)
-                       for s in per_seed]))
+    cells.append(
+        cell([statistics.fmean(s[t]["mean_iterations"] for t in TASKS) for s in per_seed],
+             digits=2))
+    cells.append(
+        cell([statistics.fmean(s[t]["mean_generated_tokens"] for t in TASKS) for s in per_seed]))
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -102,11 +113,18 @@ def table(results):
 def main(argv):
   del argv
   seeds = [int(s) for s in _SEEDS.value.split(",")]
-  results = {training: [run_seed(seed, training) for seed in seeds]
-             for training in ("standard", "rasr")}
+  results = {
+      training: [run_seed(seed, training) for seed in seeds] for training in ("standard", "rasr")
+  }
   text = table(results)
-  summary = {"seeds": seeds, "limit_per_task": _LIMIT.value, "table": text,
-             "per_seed": {t: [r["methods"] for r in rs] for t, rs in results.items()}}
+  summary = {
+      "seeds": seeds,
+      "limit_per_task": _LIMIT.value,
+      "table": text,
+      "per_seed": {
+          t: [r["methods"] for r in rs] for t, rs in results.items()
+      }
+  }
   with open(os.path.join(_WORKDIR.value, "table1.json"), "w") as f:
     json.dump(summary, f, indent=2)
   print(text)

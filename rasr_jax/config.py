@@ -141,25 +141,29 @@ UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 
 # Fields that must be > 0, and fields that must be >= 0.
-_POSITIVE = (
-    "model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
-    "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
-    "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
-    "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.grad_accum_steps",
-    "train.lr", "train.eps", "train.log_every_steps", "checkpoint.every_steps",
-    "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",
-    "reflect.controller_hidden", "train.critic_lr", "train.controller_lr", "mesh.dcn_data")
-_NON_NEGATIVE = (
-    "data.num_workers", "data.streams", "data.max_document_chars", "train.warmup_steps",
-    "train.weight_decay", "train.grad_clip", "train.eval_every_steps", "train.eval_batches",
-    "train.peak_flops_per_device",
-    "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
-    "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
-    "reflect.min_gain")
+_POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
+             "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
+             "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
+             "data.tokenizer_sample_docs", "train.steps", "train.batch_size",
+             "train.grad_accum_steps", "train.lr", "train.eps", "train.log_every_steps",
+             "checkpoint.every_steps", "checkpoint.max_to_keep", "reflect.prompt_len",
+             "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
+             "train.controller_lr", "mesh.dcn_data")
+_NON_NEGATIVE = ("data.num_workers", "data.streams", "data.max_document_chars",
+                 "train.warmup_steps", "train.weight_decay", "train.grad_clip",
+                 "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
+                 "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
+                 "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
+                 "reflect.min_gain")
 _CHOICES = {
-    "model.param_dtype": DTYPES, "model.dtype": DTYPES, "model.remat_policy": REMAT_POLICIES,
-    "data.source": DATA_SOURCES, "data.invalid_utf8": UTF8_POLICIES,
-    "reflect.draft_mode": DRAFT_MODES, "train.nan_policy": NAN_POLICIES}
+    "model.param_dtype": DTYPES,
+    "model.dtype": DTYPES,
+    "model.remat_policy": REMAT_POLICIES,
+    "data.source": DATA_SOURCES,
+    "data.invalid_utf8": UTF8_POLICIES,
+    "reflect.draft_mode": DRAFT_MODES,
+    "train.nan_policy": NAN_POLICIES
+}
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
                   "reflect.stop_warmup", "reflect.quality_target")
 
@@ -235,8 +239,7 @@ def _check_rules(c):
     _fail("model.num_heads", m.num_heads,
           f"must be divisible by model.num_kv_heads={m.num_kv_heads}")
   if c.data.streams and c.train.batch_size % c.data.streams:
-    _fail("data.streams", c.data.streams,
-          f"must divide train.batch_size={c.train.batch_size}")
+    _fail("data.streams", c.data.streams, f"must divide train.batch_size={c.train.batch_size}")
   if c.train.batch_size % c.train.grad_accum_steps:
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
@@ -246,8 +249,9 @@ def _check_rules(c):
     _fail("reflect.critic_dims", r.critic_dims,
           f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
   if r.enabled and r.prompt_len + r.target_len > c.data.seq_len + 1:
-    _fail("reflect.prompt_len", r.prompt_len, f"plus reflect.target_len={r.target_len} must "
-          f"fit in a row of data.seq_len + 1 = {c.data.seq_len + 1} tokens")
+    _fail(
+        "reflect.prompt_len", r.prompt_len, f"plus reflect.target_len={r.target_len} must "
+        f"fit in a row of data.seq_len + 1 = {c.data.seq_len + 1} tokens")
   sizes = c.mesh.axis_sizes()
   for axis, size in sizes.items():
     if size == 0 or size < -1:
@@ -274,31 +278,36 @@ def resolve_mesh(config, num_devices):
   for axis, size in sizes.items():
     if size == -1:
       if num_devices % known:
-        _fail(f"mesh.{axis}", -1, f"cannot fill: {num_devices} devices are not divisible by "
-              f"the other axes' product {known}")
+        _fail(
+            f"mesh.{axis}", -1, f"cannot fill: {num_devices} devices are not divisible by "
+            f"the other axes' product {known}")
       sizes[axis] = num_devices // known
   if math.prod(sizes.values()) != num_devices:
     _fail("mesh", sizes, f"the product of the axes must equal the device count {num_devices}")
   mesh = MeshConfig(**sizes, dcn_data=config.mesh.dcn_data)
   if mesh.data % mesh.dcn_data:
     _fail("mesh.dcn_data", mesh.dcn_data, f"must divide mesh.data={mesh.data}")
-  m, t = config.model, config.train
-  for path in ("model.num_heads", "model.num_kv_heads", "model.mlp_dim", "model.vocab_size"):
-    if _get(config, path) % mesh.tensor:
-      _fail(path, _get(config, path), f"must be divisible by mesh.tensor={mesh.tensor}")
-  if m.d_model % mesh.fsdp:
-    _fail("model.d_model", m.d_model, f"must be divisible by mesh.fsdp={mesh.fsdp}")
-  batch_shards = mesh.data * mesh.fsdp
+  from rasr_jax import sharding  # here: config errors found before this come before jax loads
+  axis_sizes = mesh.axis_sizes()
+  for path, axis in sharding.divisibility_rules():
+    if _get(config, path) % axis_sizes[axis]:
+      _fail(path, _get(config, path), f"must be divisible by mesh.{axis}={axis_sizes[axis]}")
+  t = config.train
+  batch_axes = sharding.mesh_axes("act_batch")
+  batch_shards = math.prod(axis_sizes[a] for a in batch_axes)
+  batch_names = "*".join(f"mesh.{a}" for a in batch_axes)
   micro_batch = t.batch_size // t.grad_accum_steps
   if micro_batch % batch_shards:
-    _fail("train.batch_size", t.batch_size,
-          f"each of the {t.grad_accum_steps} micro-batches must be divisible by the "
-          f"data-parallel size mesh.data*mesh.fsdp={batch_shards}")
-  return dataclasses.replace(config, mesh=mesh,
-                             reflect=_resolve_reflect_rows(config, batch_shards))
+    _fail(
+        "train.batch_size", t.batch_size,
+        f"each of the {t.grad_accum_steps} micro-batches must be divisible by the "
+        f"data-parallel size {batch_names}={batch_shards}")
+  return dataclasses.replace(config,
+                             mesh=mesh,
+                             reflect=_resolve_reflect_rows(config, batch_shards, batch_names))
 
 
-def _resolve_reflect_rows(config, batch_shards):
+def _resolve_reflect_rows(config, batch_shards, batch_names):
   """Reflection rows per global batch: batch/8 rounded up so every micro-batch shard gets rows."""
   r, t = config.reflect, config.train
   if not r.enabled:  # no reflection rows to place
@@ -306,8 +315,9 @@ def _resolve_reflect_rows(config, batch_shards):
   unit = batch_shards * t.grad_accum_steps
   rows = r.rows or max(-(-t.batch_size // 8 // unit) * unit, unit)
   if rows % unit or rows > t.batch_size:
-    _fail("reflect.rows", r.rows, f"must be a multiple of mesh.data*mesh.fsdp*"
-          f"train.grad_accum_steps={unit} and at most train.batch_size={t.batch_size}")
+    _fail(
+        "reflect.rows", r.rows, f"must be a multiple of {batch_names}*"
+        f"train.grad_accum_steps={unit} and at most train.batch_size={t.batch_size}")
   return dataclasses.replace(r, rows=rows)
 
 

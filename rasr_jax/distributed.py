@@ -19,8 +19,11 @@ def cluster_detected(env=os.environ):
   return "," in env.get("TPU_WORKER_HOSTNAMES", "") or "MEGASCALE_COORDINATOR_ADDRESS" in env
 
 
-def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               bind_address=None, detect=False):
+def initialize(coordinator_address=None,
+               num_processes=None,
+               process_id=None,
+               bind_address=None,
+               detect=False):
   """Joins the job's processes; returns whether jax.distributed was initialised."""
   if coordinator_address:
     if num_processes is None or process_id is None:
@@ -30,7 +33,8 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
       raise config_lib.ConfigError(f"--process_id={process_id} must be in [0, "
                                    f"--num_processes={num_processes})")
     jax.distributed.initialize(coordinator_address=coordinator_address,
-                               num_processes=num_processes, process_id=process_id,
+                               num_processes=num_processes,
+                               process_id=process_id,
                                coordinator_bind_address=bind_address)
     return True
   if detect or cluster_detected():

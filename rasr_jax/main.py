@@ -16,8 +16,10 @@ from ml_collections import config_flags
 from rasr_jax import config as config_lib
 from rasr_jax import evaluation
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (Python; it runs as code).", lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file("config",
+                                          None,
+                                          "Path to a config file (Python; it runs as code).",
+                                          lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
 _MODE = flags.DEFINE_enum(
     "mode", "train", ["train", "describe", "compile", "generate", "score", "eval"],
@@ -79,9 +81,23 @@ EXIT_NON_FINITE = 3
 EXIT_SAVE_FAILED = 4
 
 
+def _exit_with_error(message, code):
+  """Ends the process with `error: message` as the last line of stderr.
+
+  Every log handler and stream is flushed first, and the process exits without the
+  interpreter's teardown (library exit hooks and background threads could still log after the
+  line). Checkpoints and metrics are closed before an error gets here.
+  """
+  for handler in [*std_logging.getLogger().handlers, logging.get_absl_handler()]:
+    handler.flush()
+  sys.stdout.flush()
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def _exit_bad_input(message):
-  print(f"error: {message}", file=sys.stderr)
-  sys.exit(EXIT_BAD_INPUT)
+  _exit_with_error(message, EXIT_BAD_INPUT)
 
 
 def _override_problem(argv, error):
@@ -143,13 +159,17 @@ def main(argv):
       evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")
   except config_lib.ConfigError as e:
     _exit_bad_input(str(e))
-  from rasr_jax import checkpoint, describe, distributed, train
+  from rasr_jax import distributed
   from rasr_jax.data import sources, tokenizer
+  from rasr_jax.modes import describe
+  from rasr_jax.training import checkpoint, loop
 
   try:
-    if _MODE.value != "describe" and distributed.initialize(
-        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, _BIND_ADDRESS.value,
-        detect=_DISTRIBUTED.value):
+    if _MODE.value != "describe" and distributed.initialize(_COORDINATOR.value,
+                                                            _NUM_PROCESSES.value,
+                                                            _PROCESS_ID.value,
+                                                            _BIND_ADDRESS.value,
+                                                            detect=_DISTRIBUTED.value):
       import jax
       if jax.process_index():  # only process 0 logs progress; warnings still show
         logging.set_verbosity(logging.WARNING)
@@ -159,14 +179,15 @@ def main(argv):
       return
     if _MODE.value == "compile":
       import jax
-      from rasr_jax import compile_check
+
+      from rasr_jax.modes import compile_check
       config = config_lib.resolve_mesh(config, jax.device_count())
       print(json.dumps(compile_check.compile_report(config), indent=2))
       return
     if not _WORKDIR.value:
       _exit_bad_input(f"--workdir is required for --mode={_MODE.value}")
     if _MODE.value == "train":
-      train.train(config, _WORKDIR.value)
+      loop.train(config, _WORKDIR.value)
     elif _MODE.value == "eval":
       _evaluate(config)
     else:
@@ -174,18 +195,16 @@ def main(argv):
   except (config_lib.ConfigError, sources.DataError, tokenizer.TokenizerError,
           checkpoint.CheckpointError) as e:
     _exit_bad_input(str(e))
-  except train.NonFiniteError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_NON_FINITE)
+  except loop.NonFiniteError as e:
+    _exit_with_error(str(e), EXIT_NON_FINITE)
   except checkpoint.SaveError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(EXIT_SAVE_FAILED)
+    _exit_with_error(str(e), EXIT_SAVE_FAILED)
   logging.info("done")
 
 
 def _infer(config):
   """--mode=generate or --mode=score: JSON lines, one per input, in input order."""
-  from rasr_jax import inference
+  from rasr_jax.generation import inference
   if _MODE.value == "generate":
     prompts = inference.gather_inputs(_PROMPT.value, _PROMPTS_FILE.value, "prompt",
                                       "--prompt or --prompts_file")
@@ -197,10 +216,13 @@ def _infer(config):
     records = model.score(texts, _BATCH_SIZE.value)
   else:
     try:
-      options = model.options(
-          max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-          top_k=_TOP_K.value, top_p=_TOP_P.value, stop=tuple(_STOP.value or ()),
-          reflect=_REFLECT.value, iterations=_ITERATIONS.value)
+      options = model.options(max_new_tokens=_MAX_NEW_TOKENS.value,
+                              temperature=_TEMPERATURE.value,
+                              top_k=_TOP_K.value,
+                              top_p=_TOP_P.value,
+                              stop=tuple(_STOP.value or ()),
+                              reflect=_REFLECT.value,
+                              iterations=_ITERATIONS.value)
     except ValueError as e:  # an option out of range
       raise config_lib.ConfigError(str(e)) from None
     records = model.generate(prompts, options, seed=_SEED.value, batch_size=_BATCH_SIZE.value)
@@ -213,11 +235,17 @@ def _evaluate(config):
     from rasr_jax.evaluation import run as eval_run
   except ImportError as e:
     _exit_bad_input(f"--mode=eval needs the eval extra (pip install -e '.[eval]'): {e}")
-  results = eval_run.evaluate(
-      config, _WORKDIR.value, checkpoint=_CHECKPOINT.value, task_list=_EVAL_TASKS.value,
-      method_list=_EVAL_METHODS.value, benchmarks_dir=_BENCHMARKS_DIR.value,
-      limit=_EVAL_LIMIT.value, output_dir=_EVAL_OUTPUT.value,
-      max_new_tokens=_MAX_NEW_TOKENS.value, batch_size=_BATCH_SIZE.value, seed=_SEED.value)
+  results = eval_run.evaluate(config,
+                              _WORKDIR.value,
+                              checkpoint=_CHECKPOINT.value,
+                              task_list=_EVAL_TASKS.value,
+                              method_list=_EVAL_METHODS.value,
+                              benchmarks_dir=_BENCHMARKS_DIR.value,
+                              limit=_EVAL_LIMIT.value,
+                              output_dir=_EVAL_OUTPUT.value,
+                              max_new_tokens=_MAX_NEW_TOKENS.value,
+                              batch_size=_BATCH_SIZE.value,
+                              seed=_SEED.value)
   print(json.dumps(results, indent=2))
 
 

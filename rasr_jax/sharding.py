@@ -9,12 +9,13 @@ import contextlib
 import jax
 from flax import nnx
 from jax.experimental import mesh_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
-# Logical name -> mesh axis (or axes, or None for replicated).
+# Logical name -> mesh axis (or axes, or None for replicated). A name not listed is an error.
 LOGICAL_RULES = (
     # Parameters.
     ("vocab", "tensor"),
@@ -47,11 +48,43 @@ def make_mesh(mesh_config, devices=None):
   if mesh_config.dcn_data > 1:
     dcn = (mesh_config.dcn_data, 1, 1)
     ici = (shape[0] // mesh_config.dcn_data, *shape[1:])
-    grid = mesh_utils.create_hybrid_device_mesh(
-        ici, dcn, devices, process_is_granule=devices[0].platform != "tpu")
+    grid = mesh_utils.create_hybrid_device_mesh(ici,
+                                                dcn,
+                                                devices,
+                                                process_is_granule=devices[0].platform != "tpu")
   else:
     grid = mesh_utils.create_device_mesh(shape, devices)
   return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+# The config field that sizes each parameter axis: its value must divide evenly over the mesh
+# axes the rules give that name (config.resolve_mesh checks it).
+PARAM_AXIS_SIZES = {
+    "vocab": "model.vocab_size",
+    "embed": "model.d_model",
+    "mlp": "model.mlp_dim",
+    "heads": "model.num_heads",
+    "kv_heads": "model.num_kv_heads",
+    "head_dim": "model.head_dim",
+    "layers": "model.num_layers",
+    "norm": "model.d_model",
+}
+
+
+def mesh_axes(logical_name):
+  """The mesh axes (a tuple, maybe empty) that `logical_name` is split over."""
+  table = dict(LOGICAL_RULES)
+  if logical_name not in table:
+    raise ValueError(f"logical axis name {logical_name!r} has no rule in "
+                     "sharding.LOGICAL_RULES")
+  axes = table[logical_name]
+  return (axes,) if isinstance(axes, str) else tuple(axes or ())
+
+
+def divisibility_rules():
+  """[(config field, mesh axis)]: every config field sizing a sharded parameter axis, with each
+  mesh axis it must divide evenly over."""
+  return [(field, axis) for name, field in PARAM_AXIS_SIZES.items() for axis in mesh_axes(name)]
 
 
 @contextlib.contextmanager
@@ -62,12 +95,11 @@ def activate(mesh):
 
 
 def logical_to_mesh_spec(logical_names):
-  """PartitionSpec for a tuple of logical names (each used mesh axis at most once)."""
-  table = dict(LOGICAL_RULES)
+  """PartitionSpec for a tuple of logical names (each used mesh axis at most once); a name
+  without a rule raises ValueError."""
   used, spec = set(), []
   for name in logical_names:
-    axes = table.get(name) if name is not None else None
-    axes_tuple = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    axes_tuple = mesh_axes(name) if name is not None else ()
     axes_tuple = tuple(a for a in axes_tuple if a not in used)
     used.update(axes_tuple)
     spec.append(axes_tuple[0] if len(axes_tuple) == 1 else (axes_tuple or None))

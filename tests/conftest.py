@@ -22,12 +22,27 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 # Small shapes that keep a CPU step well under a second.
 SMALL = {
-    "model.vocab_size": 512, "model.d_model": 64, "model.num_layers": 2, "model.num_heads": 4,
-    "model.num_kv_heads": 2, "model.head_dim": 16, "model.mlp_dim": 128,
-    "data.seq_len": 32, "data.bundled_examples": 2000, "train.batch_size": 8,
-    "train.steps": 8, "train.warmup_steps": 2, "train.lr": 3e-3, "train.log_every_steps": 1,
-    "checkpoint.every_steps": 4, "mesh.data": 1, "mesh.fsdp": -1, "mesh.tensor": 1,
-    "reflect.prompt_len": 16, "reflect.target_len": 8, "reflect.rows": 4,
+    "model.vocab_size": 512,
+    "model.d_model": 64,
+    "model.num_layers": 2,
+    "model.num_heads": 4,
+    "model.num_kv_heads": 2,
+    "model.head_dim": 16,
+    "model.mlp_dim": 128,
+    "data.seq_len": 32,
+    "data.bundled_examples": 2000,
+    "train.batch_size": 8,
+    "train.steps": 8,
+    "train.warmup_steps": 2,
+    "train.lr": 3e-3,
+    "train.log_every_steps": 1,
+    "checkpoint.every_steps": 4,
+    "mesh.data": 1,
+    "mesh.fsdp": -1,
+    "mesh.tensor": 1,
+    "reflect.prompt_len": 16,
+    "reflect.target_len": 8,
+    "reflect.rows": 4,
     "reflect.stop_budget": 1.5,
 }
 
@@ -58,33 +73,45 @@ def subprocess_env(devices=1):
 
 def main_command(workdir, *extra, **overrides):
   """`python -m rasr_jax.main` on configs/tiny.py with SMALL shapes and `overrides`."""
-  return [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-          f"--workdir={workdir}", *cli_args(**overrides), *extra]
+  return [
+      sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
+      f"--workdir={workdir}", *cli_args(**overrides), *extra
+  ]
 
 
 def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
   """Runs `main_command` (with extra environment variables `env`); returns the result."""
-  return subprocess.run(main_command(workdir, *extra, **overrides), cwd=REPO,
-                        env={**subprocess_env(devices), **(env or {})}, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(main_command(workdir, *extra, **overrides),
+                        cwd=REPO,
+                        env={
+                            **subprocess_env(devices),
+                            **(env or {})
+                        },
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout)
 
 
 def run_python(code, devices=1, timeout=300):
   """Runs Python `code` in a fresh process with `devices` fake CPU devices; returns stdout."""
-  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(devices),
-                          capture_output=True, text=True, timeout=timeout)
+  result = subprocess.run([sys.executable, "-c", code],
+                          cwd=REPO,
+                          env=subprocess_env(devices),
+                          capture_output=True,
+                          text=True,
+                          timeout=timeout)
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
 
 
 def losses(workdir):
-  from rasr_jax.metrics import read_records
+  from rasr_jax.training.metrics import read_records
   return {r["step"]: r["loss"] for r in read_records(workdir)}
 
 
 def logged_steps(workdir):
   """How many complete records WORKDIR/metrics.jsonl holds (0 before it exists)."""
-  from rasr_jax.metrics import read_records
+  from rasr_jax.training.metrics import read_records
   return len(read_records(workdir)) if os.path.exists(os.path.join(workdir, "metrics.jsonl")) else 0
 
 
@@ -99,10 +126,10 @@ STEPS = 8  # length of the shared reference training run
 @pytest.fixture(scope="session")
 def straight_run(tmp_path_factory):
   """(workdir, config) of an uninterrupted tiny RASR run of STEPS steps, in this process."""
-  from rasr_jax import train
+  from rasr_jax.training import loop
   workdir = str(tmp_path_factory.mktemp("straight"))
   config = make_config(**{"train.steps": STEPS})
-  train.train(config, workdir)
+  loop.train(config, workdir)
   return workdir, config
 
 

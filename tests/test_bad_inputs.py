@@ -18,6 +18,7 @@ FILES = "--config.data.source=files"
 
 def _cases(tmp):
   """(name, work directory, extra arguments, environment, words the error line contains)."""
+
   def write(name, data):
     path = os.path.join(tmp, name)
     with open(path, "wb") as f:
@@ -34,8 +35,8 @@ def _cases(tmp):
   os.symlink("/sys/kernel", os.path.join(unwritable, "checkpoints"))
   return [
       # config: keys, types, ranges, rules
-      ("unknown key", W, ["--config.model.num_layerz=3"], {}, ["config.model.num_layerz",
-                                                              "unknown"]),
+      ("unknown key", W, ["--config.model.num_layerz=3"], {},
+       ["config.model.num_layerz", "unknown"]),
       ("unknown section key", W, ["--config.trian.steps=3"], {}, ["config.trian"]),
       ("wrong type", W, ["--config.train.steps=abc"], {}, ["config.train.steps", "abc"]),
       ("negative rate", W, ["--config.train.lr=-0.1"], {}, ["config.train.lr", "> 0"]),
@@ -43,8 +44,7 @@ def _cases(tmp):
       ("non-finite rate", W, ["--config.train.lr=nan"], {}, ["config.train.lr", "finite"]),
       ("heads vs kv heads", W, ["--config.model.num_kv_heads=3"], {},
        ["config.model.num_heads", "num_kv_heads"]),
-      ("unknown dtype", W, ["--config.model.dtype=float16"], {}, ["config.model.dtype",
-                                                                  "float16"]),
+      ("unknown dtype", W, ["--config.model.dtype=float16"], {}, ["config.model.dtype", "float16"]),
       ("unknown nan policy", W, ["--config.train.nan_policy=maybe"], {},
        ["config.train.nan_policy", "maybe"]),
       ("reflection rows", W, ["--config.reflect.rows=16"], {}, ["config.reflect.rows"]),
@@ -53,14 +53,18 @@ def _cases(tmp):
       ("missing config file", W, ["--config=/nonexistent/c.py"], {},
        ["no config file at /nonexistent/c.py"]),
       ("unknown mode", W, ["--mode=fly"], {}, ["--mode", "fly"]),
-      ("bad fault spec", W, [], {"RASR_FAULTS": "nan_at=3"}, ["RASR_FAULTS"]),
-      ("unknown save phase", W, [], {"RASR_FAULTS": "crash_in_save=3:write"},
-       ["RASR_FAULTS", "'crash_in_save=3:write'", "request, commit, done"]),
-      ("commit fault on sync saves", W, ["--config.checkpoint.async_save=False"],
-       {"RASR_FAULTS": "crash_in_save=3:commit"}, ["RASR_FAULTS", "checkpoint.async_save"]),
+      ("bad fault spec", W, [], {
+          "RASR_FAULTS": "nan_at=3"
+      }, ["RASR_FAULTS"]),
+      ("unknown save phase", W, [], {
+          "RASR_FAULTS": "crash_in_save=3:write"
+      }, ["RASR_FAULTS", "'crash_in_save=3:write'", "request, commit, done"]),
+      ("commit fault on sync saves", W, ["--config.checkpoint.async_save=False"], {
+          "RASR_FAULTS": "crash_in_save=3:commit"
+      }, ["RASR_FAULTS", "checkpoint.async_save"]),
       # mesh
-      ("mesh product", W, ["--config.mesh.fsdp=1", "--config.mesh.data=2"], {},
-       ["mesh", "device count 1"]),
+      ("mesh product", W, ["--config.mesh.fsdp=1",
+                           "--config.mesh.data=2"], {}, ["mesh", "device count 1"]),
       ("two fill axes", W, ["--config.mesh.data=-1"], {}, ["mesh", "-1"]),
       # data
       ("glob matches nothing", fresh, [FILES, "--config.data.files=/nonexistent/*.txt"], {},
@@ -68,13 +72,14 @@ def _cases(tmp):
       ("empty file", fresh, [FILES, f"--config.data.files={empty}"], {}, [empty, "empty"]),
       ("invalid UTF-8", fresh, [FILES, f"--config.data.files={bad_utf8}"], {},
        [bad_utf8, "invalid UTF-8 at byte offset 3"]),
-      ("not JSON", fresh, [FILES, f"--config.data.files={not_json}"], {},
-       [not_json, "line 2", "not JSON"]),
-      ("missing text field", fresh, [FILES, f"--config.data.files={no_field}"], {},
-       [no_field, "'text'"]),
+      ("not JSON", fresh, [FILES,
+                           f"--config.data.files={not_json}"], {}, [not_json, "line 2",
+                                                                    "not JSON"]),
+      ("missing text field", fresh, [FILES,
+                                     f"--config.data.files={no_field}"], {}, [no_field, "'text'"]),
       ("document far longer than a row", fresh,
-       [FILES, f"--config.data.files={long_document}", "--config.data.max_document_chars=1000"],
-       {}, [long_document, "line 3", "2,000 characters", "max_document_chars=1,000"]),
+       [FILES, f"--config.data.files={long_document}", "--config.data.max_document_chars=1000"
+       ], {}, [long_document, "line 3", "2,000 characters", "max_document_chars=1,000"]),
       ("unsupported extension", fresh, [FILES, f"--config.data.files={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "extension"]),
       # tokenizer
@@ -82,8 +87,7 @@ def _cases(tmp):
        ["/nonexistent/t.model"]),
       ("corrupt tokenizer", fresh, [f"--config.data.tokenizer={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "sentencepiece"]),
-      ("tokenizer larger than the model", W, ["--config.model.vocab_size=256"], {},
-       ["vocab"]),
+      ("tokenizer larger than the model", W, ["--config.model.vocab_size=256"], {}, ["vocab"]),
       # checkpoint
       ("checkpoint of another model", W, ["--config.model.mlp_dim=96"], {},
        ["does not match", "mlp"]),
@@ -93,16 +97,16 @@ def _cases(tmp):
        ["data files", "data_fingerprint"]),
       ("unwritable checkpoint directory", unwritable, [], {},
        [f"checkpoint directory {unwritable}/checkpoints is not writable"]),
-      ("generate without a checkpoint", fresh, ["--mode=generate", "--prompt=hi"], {},
-       ["no checkpoint"]),
-      ("generate from a missing step", W, ["--mode=generate", "--prompt=hi",
-                                           "--checkpoint=/nonexistent/checkpoints/7"], {},
-       ["no checkpoint at /nonexistent/checkpoints/7"]),
+      ("generate without a checkpoint", fresh, ["--mode=generate",
+                                                "--prompt=hi"], {}, ["no checkpoint"]),
+      ("generate from a missing step", W,
+       ["--mode=generate", "--prompt=hi", "--checkpoint=/nonexistent/checkpoints/7"
+       ], {}, ["no checkpoint at /nonexistent/checkpoints/7"]),
       ("init_from a missing directory", fresh, ["--config.init_from=/nonexistent/params"], {},
        ["/nonexistent/params"]),
       ("unknown eval task", W, ["--mode=eval", "--eval_tasks=gsm9k"], {}, ["gsm9k"]),
-      ("a prompts file that is missing", W, ["--mode=generate", "--prompts_file=/nonexistent"],
-       {}, ["/nonexistent"]),
+      ("a prompts file that is missing", W, ["--mode=generate",
+                                             "--prompts_file=/nonexistent"], {}, ["/nonexistent"]),
   ]
 
 
@@ -133,17 +137,25 @@ def test_bad_inputs_fail_fast_with_one_line_and_leave_checkpoints_alone(straight
                     f"--config={REPO}/configs/tiny.py")
       extra = [e for e in extra if e != config]
       small = [a for a in cli_args() if a.split("=")[0] not in {e.split("=")[0] for e in extra}]
-      cmd = [sys.executable, "-m", "rasr_jax.main", config,
-             f"--workdir={workdir.format(trained=trained)}", *small, *extra]
-      running.append((subprocess.Popen(cmd, cwd=REPO, env={**subprocess_env(), **env},
-                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True),
-                      time.monotonic(), name, words))
+      cmd = [
+          sys.executable, "-m", "rasr_jax.main", config,
+          f"--workdir={workdir.format(trained=trained)}", *small, *extra
+      ]
+      running.append((subprocess.Popen(cmd,
+                                       cwd=REPO,
+                                       env={
+                                           **subprocess_env(),
+                                           **env
+                                       },
+                                       stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE,
+                                       text=True), time.monotonic(), name, words))
     time.sleep(0.05)
     for entry in [r for r in running if r[0].poll() is not None]:
       running.remove(entry)
       proc, start, name, words = entry
-      results.append((name, proc.returncode, time.monotonic() - start, proc.communicate()[1],
-                      words))
+      results.append(
+          (name, proc.returncode, time.monotonic() - start, proc.communicate()[1], words))
   failures = []
   for name, code, seconds, stderr, words in results:
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]

@@ -11,11 +11,10 @@ import pytest
 
 from conftest import REPO, make_config, subprocess_env
 from rasr_jax import config as config_lib
-from rasr_jax import describe
+from rasr_jax.modes import describe
 
-CONFIG_FILES = sorted(
-    p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
-    if os.path.basename(p) not in ("__init__.py", "scaled.py"))
+CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                      if os.path.basename(p) not in ("__init__.py", "scaled.py"))
 NAMED_SIZES = {"400m.py": 400e6, "1_5b.py": 1.5e9, "3_5b.py": 3.5e9, "8b.py": 8e9}
 
 
@@ -48,7 +47,11 @@ def test_describe_counts_match_the_names(name):
 def test_describe_cli_prints_json_fast():
   result = subprocess.run(
       [sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/8b.py", "--mode=describe"],
-      cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+      cwd=REPO,
+      env=subprocess_env(),
+      capture_output=True,
+      text=True,
+      timeout=60)
   assert result.returncode == 0, result.stderr[-2000:]
   report = json.loads(result.stdout)
   for key in ("params_total", "params_by_group", "flops_per_token", "bytes_per_device"):

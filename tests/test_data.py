@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from conftest import make_config
-from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
+from rasr_jax.data import pipeline, sources
+from rasr_jax.data import tokenizer as tok_lib
 
 
 @pytest.fixture(scope="module")
@@ -24,12 +25,18 @@ def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
     assert tokenizer.encode(f"a{token}b").count(tokenizer.special_ids[token]) == 1
   for token in (tok_lib.PAD, tok_lib.EOS):  # control ids: never produced from text
     assert tokenizer.special_ids[token] not in tokenizer.encode(f"x {token} y")
-  for text in ["tom has 12 apples. #### 12", "Ünïcödé ✓ and 漢字", "a <draft> b <critique> c <refine> d"]:
+  # The ids the step is compiled with when no tokenizer is at hand (--mode=compile, benchmarks).
+  assert tokenizer.marker_ids == tok_lib.TRAINED_MARKER_IDS
+  assert tokenizer.eos_id == 1 and tokenizer.pad_id == 0
+  for text in [
+      "tom has 12 apples. #### 12", "Ünïcödé ✓ and 漢字", "a <draft> b <critique> c <refine> d"
+  ]:
     assert tokenizer.decode(tokenizer.encode(text)) == text
   path = str(tmp_path / "tok.model")
   tokenizer.save(path)
   loaded = tok_lib.load(path)
-  assert loaded.checksum == tokenizer.checksum and loaded.encode("abc 123") == tokenizer.encode("abc 123")
+  assert loaded.checksum == tokenizer.checksum and loaded.encode("abc 123") == tokenizer.encode(
+      "abc 123")
 
 
 def test_tokenizer_errors(tmp_path):
@@ -40,11 +47,15 @@ def test_tokenizer_errors(tmp_path):
   with pytest.raises(tok_lib.TokenizerError, match="not a valid sentencepiece model"):
     tok_lib.load(str(bad))
   import io
+
   import sentencepiece as spm
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain text here"] * 50),
-                                 model_writer=buf, vocab_size=300, byte_fallback=True,
-                                 hard_vocab_limit=False, minloglevel=2)
+                                 model_writer=buf,
+                                 vocab_size=300,
+                                 byte_fallback=True,
+                                 hard_vocab_limit=False,
+                                 minloglevel=2)
   with pytest.raises(tok_lib.TokenizerError,
                      match="special tokens missing: <draft>, <critique>, <refine>"):
     tok_lib.Tokenizer(buf.getvalue(), "plain.model")
@@ -54,11 +65,15 @@ def test_a_plain_sentencepiece_model_gets_fallback_ids():
   """A user's model with only <unk> <s> </s>: </s> ends documents and pads, and the markers
   take the last ids of a larger model vocabulary, which the tokenizer never produces."""
   import io
+
   import sentencepiece as spm
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(["plain text here"] * 50),
-                                 model_writer=buf, vocab_size=300, byte_fallback=True,
-                                 hard_vocab_limit=False, minloglevel=2)
+                                 model_writer=buf,
+                                 vocab_size=300,
+                                 byte_fallback=True,
+                                 hard_vocab_limit=False,
+                                 minloglevel=2)
   tokenizer = tok_lib.Tokenizer(buf.getvalue(), "plain.model", model_vocab_size=512)
   eos = tokenizer._sp.piece_to_id("</s>")
   assert tokenizer.eos_id == tokenizer.pad_id == eos
@@ -82,11 +97,20 @@ class _OneTokenPerDoc:
     return [int(text) + 2]
 
 
-def _stream(num_docs, process_index, process_count, batches, state=None, streams=None,
+def _stream(num_docs,
+            process_index,
+            process_count,
+            batches,
+            state=None,
+            streams=None,
             global_batch=None):
-  ds = pipeline.make_dataset([str(i) for i in range(num_docs)], _OneTokenPerDoc(), seq_len=7,
-                             global_batch=global_batch or 2 * process_count, seed=3,
-                             streams=streams or process_count, process_index=process_index,
+  ds = pipeline.make_dataset([str(i) for i in range(num_docs)],
+                             _OneTokenPerDoc(),
+                             seq_len=7,
+                             global_batch=global_batch or 2 * process_count,
+                             seed=3,
+                             streams=streams or process_count,
+                             process_index=process_index,
                              process_count=process_count)
   it = pipeline.ResumableIterator(ds)
   if state is not None:
@@ -183,9 +207,9 @@ def test_glob_matching_nothing(tmp_path):
 
 
 def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer, corpus, tmp_path):
-  from rasr_jax import train
+  from rasr_jax.training import loop
   path = str(tmp_path / "big.model")
   tokenizer.save(path)
   config = make_config(**{"data.tokenizer": path, "model.vocab_size": 256})
   with pytest.raises(tok_lib.TokenizerError, match="exceed config.model.vocab_size=256"):
-    train.prepare_tokenizer(config, str(tmp_path / "work"), corpus)
+    loop.prepare_tokenizer(config, str(tmp_path / "work"), corpus)

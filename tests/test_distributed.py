@@ -17,8 +17,15 @@ STEPS = 8
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
 # process count. The standard step (reflection off) keeps the compile of 2 processes on 2
 # cores short; the RASR step on 8 devices is checked in test_train.py.
-MESH = {"train.steps": STEPS, "checkpoint.every_steps": 2, "mesh.data": 2, "mesh.fsdp": 4,
-        "data.streams": 2, "reflect.enabled": False, "reflect.iterations": 0}
+MESH = {
+    "train.steps": STEPS,
+    "checkpoint.every_steps": 2,
+    "mesh.data": 2,
+    "mesh.fsdp": 4,
+    "data.streams": 2,
+    "reflect.enabled": False,
+    "reflect.iterations": 0
+}
 # The compile check keeps RASR on, with the mesh and steps of test_train's sharded run (the
 # same program, so one of the two finds it in the compilation cache).
 RASR_MESH = {"train.steps": 8, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
@@ -34,12 +41,17 @@ def _start_processes(workdir, num_processes, devices_each, **overrides):
   """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1."""
   port = _free_port()
   address = f"127.0.0.1:{port}"
-  return [subprocess.Popen(
-      main_command(workdir, f"--coordinator_address={address}",
-                   f"--coordinator_bind_address={address}", f"--num_processes={num_processes}",
-                   f"--process_id={i}", **overrides),
-      cwd=REPO, env=subprocess_env(devices_each), stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(num_processes)]
+  return [
+      subprocess.Popen(main_command(workdir, f"--coordinator_address={address}",
+                                    f"--coordinator_bind_address={address}",
+                                    f"--num_processes={num_processes}", f"--process_id={i}",
+                                    **overrides),
+                       cwd=REPO,
+                       env=subprocess_env(devices_each),
+                       stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE,
+                       text=True) for i in range(num_processes)
+  ]
 
 
 def _finish(procs):
@@ -63,8 +75,7 @@ def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   while logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
     time.sleep(0.01)
   procs[1].send_signal(signal.SIGTERM)
-  stopped = [set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err))
-             for err in _finish(procs)]
+  stopped = [set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err)) for err in _finish(procs)]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
   step = int(stopped[0].pop())
   assert step < STEPS and max(losses(workdir)) == step

@@ -12,16 +12,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_main
 from flax import nnx
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
+from conftest import run_main
 from rasr_jax import config as config_lib
-from rasr_jax import inference, tasks
+from rasr_jax import tasks
 from rasr_jax.data import sources
 from rasr_jax.evaluation import benchmark_data, harness, methods, report
 from rasr_jax.evaluation import run as eval_run
+from rasr_jax.generation import inference
 
 # --- fixture benchmark files, in the formats they are published in ---------------------------
 
@@ -33,6 +34,7 @@ GSM8K_REPLIES = {GSM8K_TEST[0][0]: " 9 + 9 = 18\n#### 18", GSM8K_TEST[1][0]: " I
 
 def write_benchmarks(root):
   """Two or three items per benchmark, in the layout of shared/data/benchmarks."""
+
   def put(rel, text, opener=open):
     path = os.path.join(root, rel)
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -43,17 +45,39 @@ def write_benchmarks(root):
   put("gsm8k/test.jsonl", "\n".join(rows) + "\n")
   put("gsm8k/train.jsonl", "\n".join(rows * 3) + "\n")  # the 5-shot pool
   # TruthfulQA: the gold (first) answer is the shortest in item 1, the longest in item 2.
-  put("truthfulqa/v0/mc_task.json", json.dumps([
-      {"question": "Is the sky green?", "mc1_targets": {"No.": 1, "Yes, always.": 0},
-       "mc2_targets": {"No.": 1, "Never.": 1, "Yes, always.": 0}},
-      {"question": "Can pigs fly?", "mc1_targets": {"No, pigs cannot fly.": 1, "Yes.": 0},
-       "mc2_targets": {"No, pigs cannot fly.": 1, "Yes.": 0, "Often.": 0}}]))
+  put(
+      "truthfulqa/v0/mc_task.json",
+      json.dumps([{
+          "question": "Is the sky green?",
+          "mc1_targets": {
+              "No.": 1,
+              "Yes, always.": 0
+          },
+          "mc2_targets": {
+              "No.": 1,
+              "Never.": 1,
+              "Yes, always.": 0
+          }
+      }, {
+          "question": "Can pigs fly?",
+          "mc1_targets": {
+              "No, pigs cannot fly.": 1,
+              "Yes.": 0
+          },
+          "mc2_targets": {
+              "No, pigs cannot fly.": 1,
+              "Yes.": 0,
+              "Often.": 0
+          }
+      }]))
   # LogiQA: item 1's answer (a) is its shortest option; item 2's (b) is its longest.
-  put("logiqa/Test.txt", "\na\nAll cats purr.Tom is a cat.\nWhat follows?\nA.Tom purrs\n"
+  put(
+      "logiqa/Test.txt", "\na\nAll cats purr.Tom is a cat.\nWhat follows?\nA.Tom purrs\n"
       "B.Tom barks loudly\nC.Tom is a dog now\nD.Nothing follows here\n\nb\nSome birds sing.\n"
       "What follows?\nA.All birds sing\nB.Some birds sing loudly today\nC.No\nD.Birds are fish\n")
   # HellaSwag: 6 lines per item; item 1's gold (2) is its shortest ending, item 2's (0) is not.
-  put("hellaswag/hellaswag_val_full.txt.bz2",
+  put(
+      "hellaswag/hellaswag_val_full.txt.bz2",
       "Cooking: A man cuts onions. he\n2\nsings a long song to them.\nthrows them far away.\n"
       "cries.\ndances with a cat slowly.\nRunning: A woman runs. she\n0\nstops running fast.\n"
       "wins.\nfalls down the hill slowly.\nwaves at people there.\n", bz2.open)
@@ -87,9 +111,12 @@ class LengthLM(TemplateLM):
     return [-float(len(r.args[0])) for r in requests]
 
   def generate_until(self, requests, disable_tqdm=False):
-    return [next(reply for q, reply in GSM8K_REPLIES.items()  # gsm8k, gsm8k_cot prompts
-                 if r.args[0].endswith((f"Question: {q}\nAnswer:", f"Q: {q}\nA:")))
-            for r in requests]
+    return [
+        next(reply
+             for q, reply in GSM8K_REPLIES.items()  # gsm8k, gsm8k_cot prompts
+             if r.args[0].endswith((f"Question: {q}\nAnswer:", f"Q: {q}\nA:")))
+        for r in requests
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -102,18 +129,23 @@ def prepared(tmp_path_factory):
 def test_prepare_writes_the_stock_field_layout(prepared):
   data = pathlib.Path(prepared).parent
   logiqa = [json.loads(line) for line in (data / "logiqa" / "test.jsonl").open()]
-  assert logiqa[0] == {"label": "a", "context": "All cats purr. Tom is a cat.",
-                       "question": "What follows?",
-                       "options": ["Tom purrs", "Tom barks loudly", "Tom is a dog now",
-                                   "Nothing follows here"]}
+  assert logiqa[0] == {
+      "label": "a",
+      "context": "All cats purr. Tom is a cat.",
+      "question": "What follows?",
+      "options": ["Tom purrs", "Tom barks loudly", "Tom is a dog now", "Nothing follows here"]
+  }
   mmlu = json.loads((data / "mmlu" / "test" / "abstract_algebra.jsonl").read_text().splitlines()[0])
   assert mmlu["choices"] == ["None", "0", "1.0", "NA"] and mmlu["answer"] == 0
   truthful = json.loads((data / "truthfulqa" / "validation.jsonl").read_text().splitlines()[0])
-  assert truthful["mc2_targets"] == {"choices": ["No.", "Never.", "Yes, always."],
-                                     "labels": [1, 1, 0]}
-  assert sorted(os.listdir(prepared)) == sorted(
-      f"{t}.yaml" for t in ["gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa",
-                            "hellaswag", "mmlu", "mmlu_abstract_algebra", "mmlu_anatomy"])
+  assert truthful["mc2_targets"] == {
+      "choices": ["No.", "Never.", "Yes, always."],
+      "labels": [1, 1, 0]
+  }
+  assert sorted(os.listdir(prepared)) == sorted(f"{t}.yaml" for t in [
+      "gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu",
+      "mmlu_abstract_algebra", "mmlu_anatomy"
+  ])
 
 
 def _mc2(true, false):
@@ -123,8 +155,9 @@ def _mc2(true, false):
 
 def test_task_yamls_load_offline_and_score_the_fixture_model(prepared):
   results, _ = harness.evaluate_tasks(
-      LengthLM(), ["gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa",
-                   "hellaswag", "mmlu"], prepared)
+      LengthLM(),
+      ["gsm8k", "gsm8k_cot", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu"],
+      prepared)
   # GSM8K's own filters on hand-made outputs: `#### 18` passes strict-match; "It is 7."
   # passes only flexible-extract.
   assert results["gsm8k"]["exact_match,strict-match"] == 0.5
@@ -157,6 +190,7 @@ def test_bad_benchmark_files_are_named(tmp_path):
 
 # --- answer extraction and the report ---------------------------------------------------------
 
+
 def test_bundled_answer_extraction_on_hand_made_outputs():
   arithmetic = tasks.generate("arithmetic", 5, 1)[0]
   value = tasks.final_answer("arithmetic", arithmetic.answer)
@@ -182,11 +216,22 @@ def test_self_refine_stop_rule_and_learned_stop():
 
 
 def test_iteration_report_counts_transitions_and_calibration():
-  items = [{"correct": [False, True, True], "stop": 1, "confidence": [0.05, 0.95, 0.95],
-            "generated_tokens": 10},
-           {"correct": [True, False, False], "stop": 0, "confidence": [0.95, 0.05, 0.05],
-            "generated_tokens": 4},
-           {"correct": [False], "stop": 0, "confidence": [0.05], "generated_tokens": 2}]
+  items = [{
+      "correct": [False, True, True],
+      "stop": 1,
+      "confidence": [0.05, 0.95, 0.95],
+      "generated_tokens": 10
+  }, {
+      "correct": [True, False, False],
+      "stop": 0,
+      "confidence": [0.95, 0.05, 0.05],
+      "generated_tokens": 4
+  }, {
+      "correct": [False],
+      "stop": 0,
+      "confidence": [0.05],
+      "generated_tokens": 2
+  }]
   r = report.iteration_report(items)
   assert r["accuracy"] == pytest.approx(2 / 3, abs=1e-4)
   assert r["mean_iterations"] == pytest.approx(1 / 3, abs=1e-4)
@@ -203,6 +248,7 @@ def test_iteration_report_counts_transitions_and_calibration():
 
 # --- the adapter over a trained checkpoint ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def trained(straight_run):
   workdir, config = straight_run
@@ -216,8 +262,9 @@ def _instances(kind, args):
 
 def test_adapter_loglikelihoods_equal_score_sums_in_request_order(trained):
   _, _, model, lm = trained
-  texts = ["Tom has 3 apples.", "five cats and two dogs live in a house", "Hi",
-           "a b c d e f g h i j"]  # mixed lengths, all within the model's window
+  texts = [
+      "Tom has 3 apples.", "five cats and two dogs live in a house", "Hi", "a b c d e f g h i j"
+  ]  # mixed lengths, all within the model's window
   scored = model.score(texts)
   assert max(s["num_tokens"] for s in scored) < lm.max_length
   got = lm.loglikelihood(_instances("loglikelihood", [("", t) for t in texts]))
@@ -227,8 +274,7 @@ def test_adapter_loglikelihoods_equal_score_sums_in_request_order(trained):
   (pair, _), = lm.loglikelihood(_instances("loglikelihood", [(context, continuation)]))
   n = len(scored[0]["token_ids"]) - len(model.tokenizer.encode(context))
   assert pair == pytest.approx(sum(scored[0]["logprobs"][-n:]), abs=1e-4)
-  rolling = lm.loglikelihood_rolling(_instances("loglikelihood_rolling",
-                                                [(t,) for t in texts[:2]]))
+  rolling = lm.loglikelihood_rolling(_instances("loglikelihood_rolling", [(t,) for t in texts[:2]]))
   assert rolling == pytest.approx([s["sum_logprob"] for s in scored[:2]], abs=1e-4)
 
 
@@ -246,17 +292,21 @@ def test_adapter_is_greedy_on_a_greedy_continuation(trained):
   (_, greedy), (_, not_greedy) = lm._loglikelihood_tokens(requests)
   assert greedy and not not_greedy
   want = jax.nn.log_softmax(logits[0])[np.arange(len(ids) - 5, len(ids) - 1), greedy_tail]
-  assert lm._loglikelihood_tokens(requests[:1])[0][0] == pytest.approx(float(want.sum()),
-                                                                        abs=1e-4)
+  assert lm._loglikelihood_tokens(requests[:1])[0][0] == pytest.approx(float(want.sum()), abs=1e-4)
 
 
 def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   workdir, config, _, _ = trained
   raw = write_benchmarks(str(tmp_path / "raw"))
-  results = eval_run.evaluate(
-      config, workdir, task_list="arithmetic,perplexity,gsm8k,truthfulqa_mc1",
-      method_list="standard,rasr", benchmarks_dir=raw, limit=2,
-      output_dir=str(tmp_path / "out"), max_new_tokens=8, batch_size=4)
+  results = eval_run.evaluate(config,
+                              workdir,
+                              task_list="arithmetic,perplexity,gsm8k,truthfulqa_mc1",
+                              method_list="standard,rasr",
+                              benchmarks_dir=raw,
+                              limit=2,
+                              output_dir=str(tmp_path / "out"),
+                              max_new_tokens=8,
+                              batch_size=4)
   out = tmp_path / "out"
   on_disk = json.loads((out / "results.json").read_text())
   assert on_disk["methods"] == json.loads(json.dumps(results["methods"]))
@@ -279,11 +329,18 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   samples = [json.loads(line) for line in (out / "samples" / "rasr" / "gsm8k.jsonl").open()]
   assert len(samples) == 2 and all(len(s["drafts"]) == k + 1 for s in samples)
   # Self-Refine on a bundled task (GSM8K's 256-token answers would make it slow here).
-  refined = eval_run.evaluate(config, workdir, task_list="arithmetic", method_list="self_refine",
-                              limit=2, output_dir=str(tmp_path / "refine"), max_new_tokens=8,
+  refined = eval_run.evaluate(config,
+                              workdir,
+                              task_list="arithmetic",
+                              method_list="self_refine",
+                              limit=2,
+                              output_dir=str(tmp_path / "refine"),
+                              max_new_tokens=8,
                               batch_size=4)["methods"]["self_refine"]["arithmetic"]
-  records = [json.loads(line) for line in
-             (tmp_path / "refine" / "samples" / "self_refine" / "arithmetic.jsonl").open()]
+  records = [
+      json.loads(line)
+      for line in (tmp_path / "refine" / "samples" / "self_refine" / "arithmetic.jsonl").open()
+  ]
   for record in records:  # an answer per round; a round ends with feedback or the last answer
     assert 1 <= len(record["drafts"]) <= methods.SELF_REFINE_ROUNDS + 1
     assert len(record["feedback"]) in (len(record["drafts"]) - 1, len(record["drafts"]))
@@ -293,8 +350,7 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
 def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_config):
   result = run_main(str(tmp_path), "--mode=eval", "--eval_tasks=arithmetic,gsm9k")
   assert result.returncode == 2 and "Traceback" not in result.stderr
-  assert result.stderr.strip().splitlines()[-1].startswith(
-      "error: --eval_tasks: unknown ['gsm9k']")
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --eval_tasks: unknown ['gsm9k']")
   # Checked before any checkpoint is read (there is none here).
   with pytest.raises(config_lib.ConfigError, match="pass --benchmarks_dir"):
     eval_run.evaluate(small_config(), str(tmp_path), task_list="arithmetic,mmlu")
@@ -303,5 +359,7 @@ def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_c
   only_gsm8k.mkdir()
   (tmp_path / "raw" / "gsm8k").rename(only_gsm8k / "gsm8k")
   with pytest.raises(sources.DataError, match=r"has no files for \['mmlu'\]"):
-    eval_run.evaluate(small_config(), str(tmp_path), task_list="mmlu",
+    eval_run.evaluate(small_config(),
+                      str(tmp_path),
+                      task_list="mmlu",
                       benchmarks_dir=str(only_gsm8k))

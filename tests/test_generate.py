@@ -12,9 +12,14 @@ import pytest
 from flax import nnx
 
 from conftest import make_config, run_main
-from rasr_jax import generate, inference, losses, refine, sampling, train_state
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.generation import generate, inference
+from rasr_jax.model import sampling
+from rasr_jax.reflection import steps
+from rasr_jax.reflection.layout import Layout
+from rasr_jax.training import losses, train_state
 
-IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+IDS = tok_lib.TRAINED_MARKER_IDS
 RNG = np.random.RandomState(0)
 
 
@@ -28,8 +33,8 @@ def _run(graphdef, params, prompt, valid=None, *, tau=0.5, progress=1.0, seed=0,
   valid = jnp.ones(prompt.shape, bool) if valid is None else jnp.asarray(valid)
   keys = jax.random.split(jax.random.key(seed), prompt.shape[0])
   opts = generate.GenerateOptions(**options)
-  fn = jax.jit(lambda p, x, v, k, t: generate.generate(graphdef, p, x, v, k, t, progress,
-                                                         options=opts, ids=IDS))
+  fn = jax.jit(lambda p, x, v, k, t: generate.generate(
+      graphdef, p, x, v, k, t, progress, options=opts, ids=IDS))
   return jax.device_get(fn(params, prompt, valid, keys, jnp.float32(tau)))
 
 
@@ -50,7 +55,8 @@ def test_left_padded_cached_decoding_equals_full_forward(rasr_model):
   valid = np.zeros((2, width), bool)
   for r, n in enumerate(lengths):
     prompt[r, width - n:], valid[r, width - n:] = rows[r][:n], True
-  hidden, cache = model.cached_hidden_states(model.embed_tokens(prompt), model.init_cache(2, 16),
+  hidden, cache = model.cached_hidden_states(model.embed_tokens(prompt),
+                                             model.init_cache(2, 16),
                                              valid=jnp.asarray(valid))
   got = [[model.logits(hidden)[r, width - n:]] for r, n in enumerate(lengths)]
   for t in range(total - width):
@@ -69,17 +75,22 @@ CYCLE = (7, 9, 11, 13, 15)
 @pytest.fixture(scope="module")
 def copier():
   """A small LM trained to continue the cycle 7 9 11 13 15 7 9 ... from any phase."""
-  config = make_config(**{"reflect.enabled": False, "reflect.iterations": 0,
-                          "model.vocab_size": 32})
+  config = make_config(**{
+      "reflect.enabled": False,
+      "reflect.iterations": 0,
+      "model.vocab_size": 32
+  })
   graphdef, params = _split(config)
   tx = optax.adam(1e-2)
 
   @jax.jit
   def step(params, opt_state, tokens):
+
     def loss_fn(params):
       logits, _ = nnx.merge(graphdef, params)(tokens[:, :-1])
-      return losses.lm_loss_sum(logits, tokens[:, 1:], jnp.ones(tokens[:, 1:].shape)) / tokens[
-          :, 1:].size
+      return losses.lm_loss_sum(logits, tokens[:, 1:], jnp.ones(
+          tokens[:, 1:].shape)) / tokens[:, 1:].size
+
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss
@@ -111,13 +122,12 @@ def test_eos_and_stop_sequences_end_each_row(copier):
   graphdef, params = copier
   prompt = np.asarray([_cycle_from(0, 5), _cycle_from(1, 5)], np.int32)  # next 7 9 11 / 9 11 13
   out = _run(graphdef, params, prompt, max_new_tokens=8, eos_id=11, pad_id=0)
-  np.testing.assert_array_equal(out.drafts[0], [[7, 9, 11, 0, 0, 0, 0, 0],
-                                                [9, 11, 0, 0, 0, 0, 0, 0]])
+  np.testing.assert_array_equal(out.drafts[0],
+                                [[7, 9, 11, 0, 0, 0, 0, 0], [9, 11, 0, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(out.lengths[0], [2, 1])
-  out = _run(graphdef, params, prompt, max_new_tokens=8, eos_id=None,
-             stop_sequences=((11, 13),))
-  np.testing.assert_array_equal(out.drafts[0], [[7, 9, 11, 13, 0, 0, 0, 0],
-                                                [9, 11, 13, 0, 0, 0, 0, 0]])
+  out = _run(graphdef, params, prompt, max_new_tokens=8, eos_id=None, stop_sequences=((11, 13),))
+  np.testing.assert_array_equal(out.drafts[0],
+                                [[7, 9, 11, 13, 0, 0, 0, 0], [9, 11, 13, 0, 0, 0, 0, 0]])
   np.testing.assert_array_equal(out.lengths[0], [4, 3])
 
 
@@ -129,7 +139,8 @@ def test_stop_strings_cut_the_text():
 def test_sampling_is_deterministic_per_key_and_filters_respect_k_and_p(rasr_model):
   _, graphdef, params = rasr_model
   prompt = RNG.randint(6, 512, (3, 8))
-  hot = dict(max_new_tokens=8, eos_id=None,
+  hot = dict(max_new_tokens=8,
+             eos_id=None,
              sampling_params=sampling.SamplingParams(temperature=1.0))
   a, b = _run(graphdef, params, prompt, **hot), _run(graphdef, params, prompt, **hot)
   other = _run(graphdef, params, prompt, seed=1, **hot)
@@ -199,15 +210,28 @@ def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode):
   graphdef, params = _split(config)
   r = config.reflect
   prompt = RNG.randint(6, 512, (2, r.prompt_len))
-  out = _run(graphdef, params, prompt, progress=0.5, max_new_tokens=r.target_len, eos_id=None,
-             reflect="fixed", iterations=1, aligned=draft_mode == "teacher_forced")
+  out = _run(graphdef,
+             params,
+             prompt,
+             progress=0.5,
+             max_new_tokens=r.target_len,
+             eos_id=None,
+             reflect="fixed",
+             iterations=1,
+             aligned=draft_mode == "teacher_forced")
   model = nnx.merge(graphdef, params)
   x_emb = model.embed_tokens(jnp.asarray(prompt))
   draft, refined = jnp.asarray(out.drafts[0]), out.drafts[1]
-  live, _ = refine.critique_draft(model, x_emb, draft, 0.5, IDS)
-  layout = refine.Layout(r.prompt_len, r.target_len, r.num_dims)
-  mask = refine.refine_mask(layout, aligned=draft_mode == "teacher_forced")
-  logits = refine.refine_logits(model, x_emb, draft, live, jnp.asarray(refined), IDS, mask)
+  live, _ = steps.critique(model, x_emb, draft, 0.5, IDS)
+  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
+  logits = steps.refine_logits(model,
+                               x_emb,
+                               draft,
+                               live,
+                               jnp.asarray(refined),
+                               IDS,
+                               layout,
+                               aligned=draft_mode == "teacher_forced")
   np.testing.assert_array_equal(np.argmax(logits, -1), refined)
   np.testing.assert_allclose(out.scores[0], live.scores, rtol=1e-5, atol=1e-6)
 
@@ -232,12 +256,21 @@ def test_generate_and_score_cli_round_trip(straight_run, tmp_path):
     assert len(r["scores"]) == k + 1 and len(r["scores"][0]) == config.reflect.num_dims
     assert all(0 <= p <= 1 for p in r["stop_probs"])
   # 8 devices (data=2, fsdp=2, tensor=2) load the checkpoint onto their mesh: same tokens.
-  sharded = _generate_cli(workdir, "--prompt=Q: 2 + 3 =", "--prompt=The cat",
-                          "--prompt=Tom has 3 apples.", "--max_new_tokens=12", "--stop=.",
-                          devices=8, **{"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  sharded = _generate_cli(workdir,
+                          "--prompt=Q: 2 + 3 =",
+                          "--prompt=The cat",
+                          "--prompt=Tom has 3 apples.",
+                          "--max_new_tokens=12",
+                          "--stop=.",
+                          devices=8,
+                          **{
+                              "mesh.data": 2,
+                              "mesh.fsdp": 2,
+                              "mesh.tensor": 2
+                          })
   assert sharded.returncode == 0, sharded.stderr[-3000:]
-  assert [json.loads(line)["drafts"] for line in sharded.stdout.splitlines()] == [
-      r["drafts"] for r in records]
+  assert [json.loads(line)["drafts"] for line in sharded.stdout.splitlines()
+         ] == [r["drafts"] for r in records]
 
   scored = run_main(workdir, "--mode=score", "--text=Tom has 3 apples.", "--text=")
   assert scored.returncode == 0, scored.stderr[-3000:]

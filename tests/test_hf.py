@@ -10,15 +10,23 @@ import pytest
 from flax import nnx
 from safetensors import numpy as st_numpy
 
-from rasr_jax import checkpoint, train, train_state
+from rasr_jax import config as config_lib
 from rasr_jax.interop import hf
+from rasr_jax.training import checkpoint, loop, train_state
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SHAPE = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-             num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
-             rope_theta=10000.0, max_position_embeddings=256)
+SHAPE = dict(vocab_size=512,
+             hidden_size=64,
+             intermediate_size=128,
+             num_hidden_layers=3,
+             num_attention_heads=4,
+             num_key_value_heads=2,
+             head_dim=16,
+             rms_norm_eps=1e-6,
+             rope_theta=10000.0,
+             max_position_embeddings=256)
 
 
 def _save_hf(directory, **overrides):
@@ -93,10 +101,14 @@ def test_every_bad_tensor_is_named(tmp_path):
 def _plain_sentencepiece(path):
   """A user's sentencepiece model: only <unk> <s> </s>, none of the project's pieces."""
   import sentencepiece as spm
+
   from rasr_jax import tasks
   texts = [ex.text() for ex in tasks.bundled_corpus(0, 300)]
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_prefix=str(path),
-                                 vocab_size=400, byte_fallback=True, hard_vocab_limit=False,
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
+                                 model_prefix=str(path),
+                                 vocab_size=400,
+                                 byte_fallback=True,
+                                 hard_vocab_limit=False,
                                  minloglevel=2)
   return str(path) + ".model"
 
@@ -112,18 +124,24 @@ def test_training_starts_from_imported_parameters(tmp_path):
   workdir = str(tmp_path / "w")
   hf.import_checkpoint(str(tmp_path / "hf"), workdir, base)
   cd = hf._workdir_config(workdir)
-  for key, value in {"train.steps": 1, "train.batch_size": 4, "data.seq_len": 32,
-                     "data.bundled_examples": 500, "reflect.prompt_len": 16,
-                     "reflect.target_len": 8, "mesh.fsdp": 1,
-                     "data.tokenizer": _plain_sentencepiece(tmp_path / "user"),
-                     "init_from": os.path.join(workdir, hf.IMPORTED_PARAMS)}.items():
+  for key, value in {
+      "train.steps": 1,
+      "train.batch_size": 4,
+      "data.seq_len": 32,
+      "data.bundled_examples": 500,
+      "reflect.prompt_len": 16,
+      "reflect.target_len": 8,
+      "mesh.fsdp": 1,
+      "data.tokenizer": _plain_sentencepiece(tmp_path / "user"),
+      "init_from": os.path.join(workdir, hf.IMPORTED_PARAMS)
+  }.items():
     node = cd
     *parents, leaf = key.split(".")
     for p in parents:
       node = getattr(node, p)
     setattr(node, leaf, value)
-  config = train.config_lib.load(cd)
-  state = train.train(config, str(tmp_path / "run"))
+  config = config_lib.load(cd)
+  state = loop.train(config, str(tmp_path / "run"))
   _, abstract, _ = train_state.abstract_model(config)
   start = checkpoint.restore_params(config.init_from, abstract)
   lr = max(config.train.lr, config.train.critic_lr, config.train.controller_lr)

@@ -9,8 +9,8 @@ import pytest
 from flax import nnx
 
 from conftest import make_config
-from rasr_jax import train_state
 from rasr_jax.model import layers
+from rasr_jax.training import train_state
 
 RNG = np.random.RandomState(0)
 

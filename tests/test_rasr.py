@@ -11,11 +11,15 @@ from flax import nnx
 
 from conftest import make_config
 from rasr_jax import config as config_lib
-from rasr_jax import losses, optim, quality, refine, sharding, train_state, train_step
-from rasr_jax import tasks
+from rasr_jax import sharding, tasks
+from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import heads
+from rasr_jax.reflection import quality, steps
+from rasr_jax.reflection.layout import Layout
+from rasr_jax.training import losses, optim, reflect, train_state
+from rasr_jax.training import step as train_step
 
-IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
+IDS = tok_lib.TRAINED_MARKER_IDS
 RNG = np.random.RandomState(0)
 
 
@@ -24,8 +28,9 @@ def _setup(**overrides):
   mesh = sharding.make_mesh(config.mesh)
   state, shardings = train_state.init_state(config, mesh)
   graphdef, _, _ = train_state.abstract_model(config)
-  tokens = jnp.asarray(RNG.randint(6, config.model.vocab_size,
-                                   (config.train.batch_size, config.data.seq_len + 1)), jnp.int32)
+  tokens = jnp.asarray(
+      RNG.randint(6, config.model.vocab_size, (config.train.batch_size, config.data.seq_len + 1)),
+      jnp.int32)
   return config, mesh, state, shardings, graphdef, tokens
 
 
@@ -45,8 +50,10 @@ def routing_grads(rasr):
   def grads(params, progress):
     args = (tokens, n, jax.random.key(1), jnp.float32(0.5), progress)
     combined = jax.grad(lambda p: loss_fn(p, *args)[0])(params)
-    terms = {name: jax.grad(lambda p, name=name: loss_fn(p, *args)[1][name])(params)
-             for name in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller")}
+    terms = {
+        name: jax.grad(lambda p, name=name: loss_fn(p, *args)[1][name])(params)
+        for name in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller")
+    }
     return combined, terms, loss_fn(params, *args)[1]
 
   return grads
@@ -59,8 +66,8 @@ def test_gradient_routing_matches_separate_grads(rasr, routing_grads, progress):
   r = config.reflect
   with sharding.activate(mesh):
     combined, terms, aux = routing_grads(state.params, jnp.float32(progress))
-  ls, lr, lc, lctrl = (terms[k] for k in ("loss/lm", "loss/reflect", "loss/critic",
-                                          "loss/controller"))
+  ls, lr, lc, lctrl = (
+      terms[k] for k in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller"))
   assert float(aux["loss/reflect"]) > 0 and float(aux["loss/controller"]) > 0
   expected = {
       "generator": jax.tree.map(lambda a, b: r.alpha * a + r.beta * b, ls, lr),
@@ -93,15 +100,15 @@ def test_teacher_forced_refine_logits_do_not_leak(rasr):
   """Refine logits at i ignore draft tokens and flags at > i and y*_j for j >= i (§3)."""
   config, mesh, state, _, graphdef, _ = rasr
   r = config.reflect
-  layout = refine.Layout(r.prompt_len, r.target_len, r.num_dims)
+  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
   model, x, y_star, draft = _refine_inputs(config, graphdef, state.params)
-  live, _ = refine.critique_draft(model, model.embed_tokens(x), draft, 0.5, IDS)
+  live, _ = steps.critique(model, model.embed_tokens(x), draft, 0.5, IDS)
   i = r.target_len // 2
 
   def logits(aligned, draft=draft, errors=live.token_errors, y_star=y_star):
     critique = live.replace(token_errors=errors)
-    return refine.refine_logits(model, model.embed_tokens(x), draft, critique, y_star, IDS,
-                                refine.refine_mask(layout, aligned))
+    return steps.refine_logits(model, model.embed_tokens(x), draft, critique, y_star, IDS, layout,
+                               aligned)
 
   changed_draft = draft.at[:, i + 1:].set((draft[:, i + 1:] + 7) % 100 + 6)
   changed_errors = live.token_errors.at[:, i + 1:].set(1.0 - live.token_errors[:, i + 1:])
@@ -111,8 +118,7 @@ def test_teacher_forced_refine_logits_do_not_leak(rasr):
                  dict(y_star=changed_target)):
     np.testing.assert_array_equal(logits(True, **kwargs)[:, :i + 1], base[:, :i + 1])
   # Without the aligned mask the draft after i does leak into position i: the test can fail.
-  assert not np.allclose(logits(False, draft=changed_draft)[:, :i + 1],
-                         logits(False)[:, :i + 1])
+  assert not np.allclose(logits(False, draft=changed_draft)[:, :i + 1], logits(False)[:, :i + 1])
 
 
 def test_stopped_examples_are_frozen_and_masked(rasr):
@@ -120,15 +126,23 @@ def test_stopped_examples_are_frozen_and_masked(rasr):
   r = config.reflect
   model, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
   cfg = dataclasses.replace(r, learned_stopping=True, stop_warmup=0.0)
-  run = lambda tau: refine.iterate(graphdef, state.params, x, y_star, draft, tau=tau,
-                                   progress=jnp.float32(0.5), key=jax.random.key(0), cfg=cfg,
-                                   ids=IDS)
+  run = lambda tau: reflect.iterate(graphdef,
+                                    state.params,
+                                    x,
+                                    y_star,
+                                    draft,
+                                    tau=tau,
+                                    progress=jnp.float32(0.5),
+                                    key=jax.random.key(0),
+                                    cfg=cfg,
+                                    ids=IDS)
   _, probe = run(jnp.float32(1.0))  # nothing stops: read the controller's probabilities
   tau = jnp.median(probe["stop_prob"][0])  # about half the rows stop at k = 0
   final, out = run(tau)
-  active = np.asarray(out["active"], bool)  # [K, R]
+  active = np.asarray(out["active"], bool)  # [R, B]
   assert 0 < active[0].sum() < active.shape[1]
-  drafts = np.concatenate([np.asarray(out["draft"]), np.asarray(final)[None]])  # [K + 1, R, Y]
+  drafts = np.concatenate([np.asarray(out["draft"]),
+                           np.asarray(final.draft)[None]])  # [R + 1, B, Y]
   for k in range(r.iterations):
     for row in np.flatnonzero(~active[k]):
       np.testing.assert_array_equal(drafts[k + 1, row], drafts[k, row])
@@ -137,11 +151,20 @@ def test_stopped_examples_are_frozen_and_masked(rasr):
   np.testing.assert_allclose(np.asarray(out["reflect"]), expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("overrides", [
-    {"reflect.iterations": 0}, {"reflect.iterations": 1}, {"reflect.critic_dims": "logic"},
-    {"reflect.learned_stopping": False, "reflect.stop_warmup": 0.0},
-    {"reflect.draft_mode": "autoregressive", "reflect.iterations": 2}],
-    ids=["critic-only", "K1", "one-dim", "no-stopping", "autoregressive"])
+@pytest.mark.parametrize("overrides", [{
+    "reflect.iterations": 0
+}, {
+    "reflect.iterations": 1
+}, {
+    "reflect.critic_dims": "logic"
+}, {
+    "reflect.learned_stopping": False,
+    "reflect.stop_warmup": 0.0
+}, {
+    "reflect.draft_mode": "autoregressive",
+    "reflect.iterations": 2
+}],
+                         ids=["critic-only", "K1", "one-dim", "no-stopping", "autoregressive"])
 def test_ablation_switches(overrides):
   """Each ablation of RASR.md §11 is a config of the same loss (forward pass only here)."""
   config, mesh, state, _, graphdef, tokens = _setup(**overrides)
@@ -162,7 +185,7 @@ def test_decode_matches_greedy_full_forward(rasr):
   """The in-step decoder picks, token by token, the argmax of a full causal forward pass."""
   config, mesh, state, _, graphdef, _ = rasr
   model, x, _, _ = _refine_inputs(config, graphdef, state.params)
-  got = refine.decode(graphdef, state.params, model.embed_tokens(x), 5, 0.0, jax.random.key(0))
+  got = steps.decode_after(graphdef, state.params, model.embed_tokens(x), 5, 0.0, jax.random.key(0))
   tokens = x
   for _ in range(5):
     logits, _ = model(tokens)
@@ -172,15 +195,19 @@ def test_decode_matches_greedy_full_forward(rasr):
 
 def test_reflection_off_equals_the_standard_step():
   """Reflection off (K = 0) is exactly the LM step: same loss, same updated parameters."""
-  config, mesh, state, _, graphdef, tokens = _setup(**{"reflect.enabled": False,
-                                                       "reflect.iterations": 0})
+  config, mesh, state, _, graphdef, tokens = _setup(**{
+      "reflect.enabled": False,
+      "reflect.iterations": 0
+  })
   tx = optim.make_optimizer(config.train, state.params)
   assert set(jax.tree.leaves(optim.group_labels(state.params))) == {"generator"}
 
   def standard_step(params, opt_state, tokens):
+
     def lm(p):
       logits, _ = nnx.merge(graphdef, p)(tokens[:, :-1])
       return jnp.mean(losses.token_cross_entropy(logits, tokens[:, 1:]))
+
     loss, grads = jax.value_and_grad(lm)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return loss, optax.apply_updates(params, updates)
@@ -206,6 +233,7 @@ def test_tau_adapts_toward_the_budget():
 
 # ----- Pure functions on hand-made inputs.
 
+
 def test_text_quality_by_hand():
   target = jnp.asarray([[1, 2, 3, 4], [5, 5, 6, 7]])
   draft = jnp.asarray([[1, 2, 9, 3], [5, 6, 5, 5]])
@@ -214,16 +242,17 @@ def test_text_quality_by_hand():
   # overlap: 5 twice (target has two 5s) + 6 once = 3.
   np.testing.assert_allclose(q, [[0.5, 0.5, 0.75], [0.25, 0.25, 0.75]])
   np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 1, 1, 1]])
-  np.testing.assert_allclose(quality.select(q, ("relevance", "factual")), [[0.75, 0.5],
-                                                                           [0.75, 0.25]])
+  np.testing.assert_allclose(quality.select(q, ("relevance", "factual")),
+                             [[0.75, 0.5], [0.75, 0.25]])
 
 
 def test_task_quality_by_hand():
-  example = tasks.Example(task="arithmetic", uid="t", question="tom has 12 apples. he buys 7 "
+  example = tasks.Example(task="arithmetic",
+                          uid="t",
+                          question="tom has 12 apples. he buys 7 "
                           "more and gives away 5. how many apples does tom have?",
                           answer="12 + 7 = 19. 19 - 5 = 14. #### 14")
-  q, labels = quality.task_quality(example, "12 + 7 = 19. 19 - 5 = 15. #### 15", [1, 2, 3],
-                                   [1, 9])
+  q, labels = quality.task_quality(example, "12 + 7 = 19. 19 - 5 = 15. #### 15", [1, 2, 3], [1, 9])
   assert q == {"factual": 0.0, "logic": 0.5, "relevance": 1.0}
   assert labels == [0.0, 1.0, 1.0]
   q, _ = quality.task_quality(example, "12 + 7 = 19. #### 14")
@@ -231,27 +260,32 @@ def test_task_quality_by_hand():
 
 
 def test_loss_terms_by_hand():
-  critique = heads.Critique(
-      embed_x=jnp.zeros((1, 2)), embed_y=jnp.zeros((1, 2)), scores=jnp.asarray([[0.5, 1.0]]),
-      token_errors=jnp.asarray([[0.5, 0.5]]), weights=jnp.asarray([[0.25, 0.75]]),
-      critique=jnp.asarray([0.875]))
+  critique = heads.Critique(embed_x=jnp.zeros((1, 2)),
+                            embed_y=jnp.zeros((1, 2)),
+                            scores=jnp.asarray([[0.5, 1.0]]),
+                            token_errors=jnp.asarray([[0.5, 0.5]]),
+                            weights=jnp.asarray([[0.25, 0.75]]),
+                            critique=jnp.asarray([0.875]))
   loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]))
   assert float(parts["critic/loss_scores"]) == pytest.approx(0.125)  # (0.25 + 0) / 2
   assert float(parts["critic/loss_tokens"]) == pytest.approx(np.log(2), rel=1e-5)
-  assert float(parts["critic/loss_scalar"]) == pytest.approx(0.125 ** 2)
+  assert float(parts["critic/loss_scalar"]) == pytest.approx(0.125**2)
   assert float(loss) == pytest.approx(0.125 + np.log(2) + 0.015625, rel=1e-5)
-  targets = losses.controller_targets(jnp.asarray([0.95, 0.5, 0.5]), jnp.asarray([0.99, 0.505, 0.7]),
-                                      quality_target=0.9, min_gain=0.01)
+  targets = losses.controller_targets(jnp.asarray([0.95, 0.5, 0.5]),
+                                      jnp.asarray([0.99, 0.505, 0.7]),
+                                      quality_target=0.9,
+                                      min_gain=0.01)
   np.testing.assert_array_equal(targets, [1.0, 1.0, 0.0])
-  assert float(losses.controller_loss(jnp.asarray([0.5]), jnp.asarray([1.0]))) == pytest.approx(
-      np.log(2), rel=1e-5)
+  assert float(losses.controller_loss(jnp.asarray([0.5]),
+                                      jnp.asarray([1.0]))) == pytest.approx(np.log(2), rel=1e-5)
   logits = jnp.log(jnp.asarray([[[0.25, 0.75], [0.5, 0.5]]]))
   np.testing.assert_allclose(losses.reflection_row_losses(logits, jnp.asarray([[1, 0]])),
-                             [(-np.log(0.75) - np.log(0.5)) / 2], rtol=1e-6)
+                             [(-np.log(0.75) - np.log(0.5)) / 2],
+                             rtol=1e-6)
 
 
 def test_describe_reports_three_groups():
-  from rasr_jax import describe
+  from rasr_jax.modes import describe
   report = describe.describe(make_config(), num_devices=1)
   groups = report["params_by_group"]
   assert groups["generator"] > groups["critic"] > 0 and groups["controller"] > 0

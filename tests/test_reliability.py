@@ -18,19 +18,34 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import (REPO, STEPS, losses, main_command, make_config, run_main, run_python,
-                      subprocess_env)
-from rasr_jax import checkpoint as ckpt_lib
+from conftest import (
+    REPO,
+    STEPS,
+    losses,
+    main_command,
+    make_config,
+    run_main,
+    run_python,
+    subprocess_env,
+)
 from rasr_jax import config as config_lib
-from rasr_jax import faults, optim, sharding, train, train_state, train_step
+from rasr_jax import sharding
 from rasr_jax.data import sources
-from rasr_jax.metrics import read_records
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.training import checkpoint as ckpt_lib
+from rasr_jax.training import faults, loop, optim, train_state
+from rasr_jax.training import step as train_step
+from rasr_jax.training.metrics import read_records
 
 NO_REFLECT = {"reflect.enabled": False, "reflect.iterations": 0}
 # The cut-point, fault-chain and unwritable-directory runs: reflection off, 12 documents (an
 # epoch ends every few steps), a checkpoint after every step, no held-out evaluation.
-PLAIN = {**NO_REFLECT, "data.bundled_examples": 12, "train.steps": STEPS,
-         "checkpoint.every_steps": 1, "train.eval_batches": 0}
+PLAIN = {
+    **NO_REFLECT, "data.bundled_examples": 12,
+    "train.steps": STEPS,
+    "checkpoint.every_steps": 1,
+    "train.eval_batches": 0
+}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +53,7 @@ def plain_run(tmp_path_factory):
   """(workdir, config) of an uninterrupted PLAIN run, in this process."""
   workdir = str(tmp_path_factory.mktemp("plain"))
   config = make_config(**PLAIN)
-  train.train(config, workdir)
+  loop.train(config, workdir)
   return workdir, config
 
 
@@ -51,10 +66,13 @@ def test_a_non_finite_update_is_dropped_inside_the_step():
   state, _ = train_state.init_state(config, mesh)
   graphdef, abstract, _ = train_state.abstract_state(config)
   tx = optim.make_optimizer(config.train, abstract.params)
-  step = jax.jit(train_step.make_train_step(graphdef, config, tx,
-                                            faults=faults.Faults(nan_at_step=1)))
-  tokens = jnp.asarray(np.random.RandomState(0).randint(
-      6, config.model.vocab_size, (config.train.batch_size, config.data.seq_len + 1)), jnp.int32)
+  step = jax.jit(
+      faults.instrument_step(train_step.make_train_step(graphdef, config, tx),
+                             faults.Faults(nan_at_step=1)))
+  tokens = jnp.asarray(
+      np.random.RandomState(0).randint(6, config.model.vocab_size,
+                                       (config.train.batch_size, config.data.seq_len + 1)),
+      jnp.int32)
   with sharding.activate(mesh):
     after, metrics = step(state, tokens)
     later, later_metrics = step(*step(after, tokens)[:1], tokens)
@@ -63,13 +81,18 @@ def test_a_non_finite_update_is_dropped_inside_the_step():
                           jax.tree.leaves((after.params, after.opt_state, after.tau))):
     np.testing.assert_array_equal(before, kept)
   assert bool(later_metrics["finite"]) and int(later.skipped) == 1 and int(later.step) == 3
-  assert any((a != b).any() for a, b in zip(jax.tree.leaves(after.params),
-                                            jax.tree.leaves(later.params)))
+  assert any(
+      (a != b).any() for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(later.params)))
 
 
 def test_nan_policy_stop_exits_without_checkpointing_that_step(tmp_path):
-  result = run_main(str(tmp_path), env={faults.ENV: "nan_at_step=3"},
-                    **NO_REFLECT, **{"train.steps": 5, "checkpoint.every_steps": 1})
+  result = run_main(str(tmp_path),
+                    env={faults.ENV: "nan_at_step=3"},
+                    **NO_REFLECT,
+                    **{
+                        "train.steps": 5,
+                        "checkpoint.every_steps": 1
+                    })
   assert result.returncode == 3, result.stderr[-2000:]
   assert result.stderr.strip().splitlines()[-1].startswith(
       "error: non-finite loss or gradients at step 3 (train.nan_policy=stop)")
@@ -77,8 +100,13 @@ def test_nan_policy_stop_exits_without_checkpointing_that_step(tmp_path):
 
 
 def test_nan_policy_skip_trains_on(tmp_path):
-  result = run_main(str(tmp_path), env={faults.ENV: "nan_at_step=3"},
-                    **NO_REFLECT, **{"train.steps": 5, "train.nan_policy": "skip"})
+  result = run_main(str(tmp_path),
+                    env={faults.ENV: "nan_at_step=3"},
+                    **NO_REFLECT,
+                    **{
+                        "train.steps": 5,
+                        "train.nan_policy": "skip"
+                    })
   assert result.returncode == 0, result.stderr[-2000:]
   records = {r["step"]: r for r in read_records(str(tmp_path))}
   assert records[3]["finite"] == 0 and records[3]["skipped_updates"] == 1
@@ -88,9 +116,10 @@ def test_nan_policy_skip_trains_on(tmp_path):
 
 def _first_epoch_end(config, workdir):
   """The step whose batch holds the last token of the first epoch (one data stream)."""
-  tokenizer = train.existing_tokenizer(config, workdir)
-  tokens = sum(len(tokenizer.encode(doc)) + 1
-               for doc in sources.load_corpus(config.data, config.seed).documents)
+  tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
+  tokens = sum(
+      len(tokenizer.encode(doc)) + 1
+      for doc in sources.load_corpus(config.data, config.seed).documents)
   return math.ceil(tokens / (config.train.batch_size * (config.data.seq_len + 1)))
 
 
@@ -104,7 +133,7 @@ def test_resume_at_every_cut_point_equals_the_straight_run(plain_run, tmp_path):
   assert 2 < epoch_end < STEPS - 1, epoch_end
   workdir = str(tmp_path)
   for cut in (1, epoch_end - 1, epoch_end, STEPS - 1, STEPS, STEPS):
-    train.train(config, workdir, stop_at_step=cut)
+    loop.train(config, workdir, stop_at_step=cut)
     assert max(losses(workdir)) == cut
   _assert_same_run(config, workdir, reference)
 
@@ -115,8 +144,7 @@ def _checkpoints(directory):
   return sorted(int(n) for n in names if n.isdigit()), sorted(n for n in names if not n.isdigit())
 
 
-def test_crashes_in_a_data_read_and_in_each_save_phase_resume_bit_identically(plain_run,
-                                                                              tmp_path):
+def test_crashes_in_a_data_read_and_in_each_save_phase_resume_bit_identically(plain_run, tmp_path):
   """RASR_FAULTS kills the trainer (os._exit, no cleanup) inside the read of a batch, right after
   a step, and in each phase of a save: before orbax has the state, at commit (every file written
   into the temporary directory, not yet renamed) and once the save is done. Each leaves the
@@ -139,34 +167,49 @@ def test_crashes_in_a_data_read_and_in_each_save_phase_resume_bit_identically(pl
   _assert_same_run(config, workdir, reference)
 
 
+def _wait_until_stopped(proc, timeout=240):
+  """Waits until `proc` is stopped by a signal (state T in /proc), or has ended."""
+  deadline = time.time() + timeout
+  while proc.poll() is None and time.time() < deadline:
+    with open(f"/proc/{proc.pid}/stat") as f:
+      if f.read().rsplit(")", 1)[1].split()[0] == "T":
+        return
+    time.sleep(0.01)
+
+
 def test_a_checkpoint_directory_that_becomes_unwritable_stops_the_run(plain_run, tmp_path):
-  """RELIABILITY.md item 7: `checkpoints` is a link; once step 2 is saved the run is paused and
-  the link moved into sysfs (which not even root can write). A save fails (the one in flight, or
-  the next): by the next save the run exits with code 4 and one error line naming the failed
-  step, no step from the failed one on is listed, and after the link is put back the run resumes
-  to the straight run's losses and state."""
+  """RELIABILITY.md item 7: `checkpoints` is a link; once step 2's checkpoint is complete the
+  run stops itself (the `stop_after_save` fault) and the link is moved into sysfs (which not even
+  root can write). Step 3's save fails: the run exits with code 4 and one error line naming it,
+  last on stderr; nothing after step 2 is listed, and after the link is put back the run
+  resumes to the straight run's losses and state."""
   reference, config = plain_run
   workdir, real = str(tmp_path / "run"), str(tmp_path / "real_checkpoints")
   link = os.path.join(workdir, "checkpoints")
   os.makedirs(real)
   os.makedirs(workdir)
   os.symlink(real, link)
-  proc = subprocess.Popen(main_command(workdir, **PLAIN), cwd=REPO, env=subprocess_env(),
-                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  while not os.path.isdir(os.path.join(real, "2")) and time.time() < deadline:
-    time.sleep(0.005)
-  proc.send_signal(signal.SIGSTOP)
+  proc = subprocess.Popen(main_command(workdir, **PLAIN),
+                          cwd=REPO,
+                          env={
+                              **subprocess_env(), faults.ENV: "stop_after_save=2"
+                          },
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE,
+                          text=True)
+  _wait_until_stopped(proc)
+  assert proc.poll() is None, proc.communicate()[1][-3000:]
   os.symlink("/sys/kernel", link + ".new")
   os.replace(link + ".new", link)
   saved_before = _checkpoints(real)
+  assert saved_before == ([1, 2], [])
   proc.send_signal(signal.SIGCONT)
   _, stderr = proc.communicate(timeout=240)
   assert proc.returncode == 4, stderr[-3000:]
   last = stderr.strip().splitlines()[-1]
-  failed = int(re.match(r"error: checkpoint save of step (\d+) failed", last)[1])
-  assert failed < STEPS and max(losses(workdir)) in (failed, failed + 1), last
-  assert _checkpoints(real) == saved_before and saved_before[0][-1] < failed
+  assert re.match(r"error: checkpoint save of step 3 failed", last), last
+  assert max(losses(workdir)) == 3
+  assert _checkpoints(real) == saved_before
   os.remove(link)  # the link points at the real directory again
   os.symlink(real, link)
   result = run_main(workdir, **PLAIN)
@@ -196,12 +239,15 @@ def test_restored_state_matches_a_fresh_one_and_compiles_nothing_new(straight_ru
   for new, old in zip(jax.tree.leaves(restored), jax.tree.leaves(fresh)):
     assert (new.shape, new.dtype, new.sharding) == (old.shape, old.dtype, old.sharding)
   graphdef, abstract, _ = train_state.abstract_state(config)
-  tokenizer = train.existing_tokenizer(config, workdir)
-  step = train_step.jit_train_step(train_step.make_train_step(
-      graphdef, config, optim.make_optimizer(config.train, abstract.params),
-      train.special_ids(tokenizer)), shardings, mesh)
-  tokens = jnp.asarray(np.random.RandomState(0).randint(
-      6, config.model.vocab_size, (config.train.batch_size, config.data.seq_len + 1)), jnp.int32)
+  tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
+  step = train_step.jit_train_step(
+      train_step.make_train_step(graphdef, config,
+                                 optim.make_optimizer(config.train, abstract.params),
+                                 tokenizer.marker_ids), shardings, mesh)
+  tokens = jnp.asarray(
+      np.random.RandomState(0).randint(6, config.model.vocab_size,
+                                       (config.train.batch_size, config.data.seq_len + 1)),
+      jnp.int32)
   with sharding.activate(mesh):
     jax.block_until_ready(step(fresh, tokens))
     compiled = step._cache_size()
@@ -248,9 +294,10 @@ def test_a_checkpoint_restores_onto_other_meshes_with_identical_values(straight_
 
 def _state_digests(config, workdir):
   mesh = sharding.make_mesh(config_lib.resolve_mesh(config, 1).mesh)
-  return [hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
-          for x in jax.tree.leaves(_restore(config_lib.resolve_mesh(config, 1), workdir,
-                                            mesh)[0])]
+  return [
+      hashlib.sha256(jax.device_get(x).tobytes()).hexdigest()
+      for x in jax.tree.leaves(_restore(config_lib.resolve_mesh(config, 1), workdir, mesh)[0])
+  ]
 
 
 def _last_logged_step(workdir, stale_inode):
@@ -279,8 +326,12 @@ def _kill_soak(workdir, steps, kills, seed):
     stale = os.stat(metrics).st_ino if os.path.exists(metrics) else None
     saved = max((int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()),
                 default=0) if os.path.isdir(os.path.join(workdir, "checkpoints")) else 0
-    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd,
+                            cwd=REPO,
+                            env=subprocess_env(),
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True)
     if len(landed) < kills and saved < steps - 1:
       target = min(saved + rng.randint(1, 3), steps - 1)
       while proc.poll() is None and _last_logged_step(workdir, stale) < target:
@@ -308,7 +359,7 @@ def test_random_sigkills_resume_bit_identically(straight_run, tmp_path):
 def test_twenty_random_sigkills_resume_bit_identically(tmp_path):
   """The full soak of RELIABILITY.md item 1: 20 kills over 40 steps."""
   config = make_config(**{"train.steps": 40})
-  train.train(config, str(tmp_path / "reference"))
+  loop.train(config, str(tmp_path / "reference"))
   landed = _kill_soak(str(tmp_path / "killed"), 40, kills=20, seed=20)
   print("kills landed after steps", landed)
   assert len(landed) == 20, landed

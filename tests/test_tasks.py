@@ -7,18 +7,17 @@ import re
 import pytest
 
 from rasr_jax.tasks import (
-  TASKS,
-  CheckResult,
-  Example,
-  bundled_corpus,
-  check,
-  final_answer,
-  generate,
+    TASKS,
+    CheckResult,
+    Example,
+    bundled_corpus,
+    check,
+    final_answer,
+    generate,
 )
 from rasr_jax.tasks.logic import _SCALES
 
 ALL = TASKS + ("filler",)
-
 
 # ---- generation ---------------------------------------------------------------------------------
 
@@ -76,7 +75,7 @@ def test_texts_short_and_ascii(task):
   assert len(set(texts)) > 190
 
 
-# ---- self-consistency of the references -----------------------------------------------------------
+# ---- self-consistency of the references ----------------------------------------------------------
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -92,7 +91,7 @@ def test_references_check_correct(task):
 
 def test_arithmetic_results_small_and_non_negative():
   for ex in generate("arithmetic", 2, 200):
-    for a, op, b, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", ex.answer):
+    for _, _, _, c in re.findall(r"(\d+) ([-+*]) (\d+) = (\d+)", ex.answer):
       assert 0 <= int(c) < 1000
     assert ex.answer.endswith(f"#### {final_answer('arithmetic', ex.answer)}")
 
@@ -132,10 +131,10 @@ def _ordering_answers(premises, label, names):
     scale = more.get(word) or less[word]
   most, least = scale[2], scale[3]
   position = {
-    f"the {most}": 0,
-    f"the {least}": 3,
-    f"the second {most}": 1,
-    f"the second {least}": 2,
+      f"the {most}": 0,
+      f"the {least}": 3,
+      f"the second {most}": 1,
+      f"the second {least}": 2,
   }[label]
   fits = set()
   for order in itertools.permutations(names):
@@ -153,7 +152,7 @@ def test_logic_exactly_one_correct_option():
     sentences = head.split(". ")
     premises, ask = sentences[:-1], sentences[-1]
     if ask.startswith("who is "):
-      fits = _ordering_answers(premises, ask[len("who is ") :], options)
+      fits = _ordering_answers(premises, ask[len("who is "):], options)
       assert fits == {options["abcd".index(letter)]}, ex
     else:
       valid = [o for o in options if _syllogism_must_hold(premises, o)]
@@ -167,15 +166,12 @@ def test_logic_mixes_kinds_and_letters():
 
 
 def _facts_truth(question):
-  facts_part, statement = re.fullmatch(
-    r"facts: (.*) statement: (.*)\. true or false\?", question
-  ).groups()
+  facts_part, statement = re.fullmatch(r"facts: (.*) statement: (.*)\. true or false\?",
+                                       question).groups()
   facts = set(facts_part.rstrip(".").split(". "))
-  positive = (
-    statement.replace("does not live", "lives")
-    .replace("does not work", "works")
-    .replace(" is not ", " is ")
-  )
+  positive = (statement.replace("does not live",
+                                "lives").replace("does not work",
+                                                 "works").replace(" is not ", " is "))
   negated = positive != statement
   subject = re.match(r"\w+('s \w+( \w+)?)?", positive).group()
   assert any(f.startswith(subject) for f in facts), question  # decidable from the context
@@ -190,13 +186,13 @@ def test_facts_labels_balanced_and_correct():
     assert _facts_truth(ex.question) == (label == "true"), ex
 
 
-# ---- checking drafts ------------------------------------------------------------------------------
+# ---- checking drafts -----------------------------------------------------------------------------
 
 TOM = Example(
-  "arithmetic",
-  "hand-0",
-  "tom has 12 apples. he buys 7 more. then he gives away 5. how many apples does tom have now?",
-  "12 + 7 = 19. 19 - 5 = 14. #### 14",
+    "arithmetic",
+    "hand-0",
+    "tom has 12 apples. he buys 7 more. then he gives away 5. how many apples does tom have now?",
+    "12 + 7 = 19. 19 - 5 = 14. #### 14",
 )
 
 
@@ -213,7 +209,7 @@ def test_one_wrong_step_in_generated_answer():
   for ex in generate("arithmetic", 7, 50):
     steps = re.findall(r"\d+ [-+*] \d+ = (\d+)\.", ex.answer)
     first = re.search(r"= (\d+)\.", ex.answer)
-    broken = ex.answer[: first.start(1)] + str(int(first.group(1)) + 1) + ex.answer[first.end(1) :]
+    broken = ex.answer[:first.start(1)] + str(int(first.group(1)) + 1) + ex.answer[first.end(1):]
     result = check(ex, broken)
     assert result.steps_total == len(steps)
     assert result.steps_right == result.steps_total - 1
@@ -221,19 +217,19 @@ def test_one_wrong_step_in_generated_answer():
 
 def test_logic_and_facts_check_by_hand():
   logic = Example(
-    "logic",
-    "hand-1",
-    "amy is taller than ben. ben is taller than cal. dan is shorter than cal. "
-    "who is the shortest? a) amy b) ben c) cal d) dan",
-    "so dan is the shortest. answer: d",
+      "logic",
+      "hand-1",
+      "amy is taller than ben. ben is taller than cal. dan is shorter than cal. "
+      "who is the shortest? a) amy b) ben c) cal d) dan",
+      "so dan is the shortest. answer: d",
   )
   assert check(logic, "answer: d") == CheckResult(True, 0, 0, 4, 0)
   assert check(logic, "amy and dan... answer: c") == CheckResult(False, 0, 0, 4, 2)
   facts = Example(
-    "facts",
-    "hand-2",
-    "facts: mia lives in oslo. mia's pet is a cat. statement: mia's pet is a dog. true or false?",
-    "the facts say mia's pet is a cat, not a dog. answer: false",
+      "facts",
+      "hand-2",
+      "facts: mia lives in oslo. mia's pet is a cat. statement: mia's pet is a dog. true or false?",
+      "the facts say mia's pet is a cat, not a dog. answer: false",
   )
   assert check(facts, "mia has a cat. answer: False") == CheckResult(True, 0, 0, 2, 1)
   assert check(facts, "answer: true").correct is False
@@ -255,33 +251,33 @@ def test_final_answer_by_hand():
 
 
 GARBAGE = [
-  "",
-  "####",
-  "#### ",
-  "answer:",
-  "answer: ",
-  "=",
-  "1 + = 2",
-  "+ - * =",
-  "answer: z",
-  "#### x",
-  "\u00e9\u4e2d\U0001f600\x00\u200b",
-  "9" * 5000,
-  "#### " + "9" * 5000,
-  "1 + " * 20000,
-  "1 + " * 2000 + "1 = 2",
-  ("9" * 12 + " * ") * 50 + "1 = 1",
-  "12 + 7 = " + "1" * 40,
-  "-" * 100,
-  "answer: " * 300,
+    "",
+    "####",
+    "#### ",
+    "answer:",
+    "answer: ",
+    "=",
+    "1 + = 2",
+    "+ - * =",
+    "answer: z",
+    "#### x",
+    "\u00e9\u4e2d\U0001f600\x00\u200b",
+    "9" * 5000,
+    "#### " + "9" * 5000,
+    "1 + " * 20000,
+    "1 + " * 2000 + "1 = 2",
+    ("9" * 12 + " * ") * 50 + "1 = 1",
+    "12 + 7 = " + "1" * 40,
+    "-" * 100,
+    "answer: " * 300,
 ]
 
 
 @pytest.mark.parametrize("task", TASKS)
 def test_garbage_drafts_never_raise(task):
   examples = generate(task, 0, 5) + [
-    Example(task, "odd", "", ""),
-    Example(task, "odd2", "???", "#### "),
+      Example(task, "odd", "", ""),
+      Example(task, "odd2", "???", "#### "),
   ]
   for ex in examples:
     for draft in GARBAGE:

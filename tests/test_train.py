@@ -12,15 +12,25 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import (REPO, STEPS, logged_steps, losses, main_command, make_config, run_main,
-                      subprocess_env)
-from rasr_jax import checkpoint, sharding, train, train_state
-from rasr_jax.metrics import read_records
+from conftest import (
+    REPO,
+    STEPS,
+    logged_steps,
+    losses,
+    main_command,
+    make_config,
+    run_main,
+    subprocess_env,
+)
+from rasr_jax import config as config_lib
+from rasr_jax import sharding
+from rasr_jax.training import checkpoint, loop, train_state
+from rasr_jax.training.metrics import read_records
 
 
 def restored_params(workdir, config):
   """Parameters of the newest checkpoint in `workdir` as numpy arrays (1-device mesh)."""
-  config = train.config_lib.resolve_mesh(config, 1)
+  config = config_lib.resolve_mesh(config, 1)
   mesh = sharding.make_mesh(config.mesh)
   _, abstract, specs = train_state.abstract_state(config)
   _, state = checkpoint.restore_latest(workdir, config, abstract,
@@ -42,9 +52,10 @@ def test_loss_falls(straight_run):
   assert by_step[STEPS] < by_step[1] - 0.5
 
 
-RASR_KEYS = ["loss/reflect", "loss/critic", "loss/controller", "reflect/mean_iterations",
-             "reflect/tau", "grad_norm/generator", "grad_norm/critic", "grad_norm/controller",
-             "critic/calibration_error"]
+RASR_KEYS = [
+    "loss/reflect", "loss/critic", "loss/controller", "reflect/mean_iterations", "reflect/tau",
+    "grad_norm/generator", "grad_norm/critic", "grad_norm/controller", "critic/calibration_error"
+]
 
 
 def _tensorboard_tags(logdir):
@@ -66,8 +77,8 @@ def test_metrics_keys(straight_run):
   k = config.reflect.iterations
   per_k = ([f"loss/reflect_k{i}" for i in range(k)] + [f"reflect/stop_rate_k{i}" for i in range(k)]
            + [f"quality/q_k{i}" for i in range(k + 1)])
-  for key in ["step", "loss", "loss/lm", "lr", "grad_norm", "tokens_per_sec", "step_time_s",
-              "mfu"] + RASR_KEYS + per_k:
+  for key in ["step", "loss", "loss/lm", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "mfu"
+             ] + RASR_KEYS + per_k:
     assert key in records[0], key
   # The last step also reports the held-out evaluation, e.g. Q(y(0)) and Q(y(K)).
   assert {"eval/quality/q_k0", f"eval/quality/q_k{k}", "eval/loss/lm"} <= set(records[-1])
@@ -79,9 +90,9 @@ def test_metrics_keys(straight_run):
 def test_resume_is_bit_identical(straight_run, tmp_path):
   reference, config = straight_run
   workdir = str(tmp_path)
-  train.train(config, workdir, stop_at_step=STEPS // 2)
+  loop.train(config, workdir, stop_at_step=STEPS // 2)
   assert max(losses(workdir)) == STEPS // 2
-  train.train(config, workdir)
+  loop.train(config, workdir)
   assert losses(workdir) == losses(reference)
   assert params_hash(workdir, config) == params_hash(reference, config)
 
@@ -90,8 +101,12 @@ def test_sigterm_saves_and_resumes_bit_identically(straight_run, tmp_path):
   reference, config = straight_run
   workdir = str(tmp_path)
   cmd = main_command(workdir, **{"train.steps": STEPS})
-  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(cmd,
+                          cwd=REPO,
+                          env=subprocess_env(),
+                          stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE,
+                          text=True)
   target = random.Random(time.time()).randint(1, STEPS - 3)
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -120,8 +135,14 @@ def test_sharded_training_equals_single_device(straight_run, tmp_path):
   reference, config = straight_run
   assert config.reflect.enabled
   workdir = str(tmp_path)
-  result = run_main(workdir, devices=8,
-                    **{"train.steps": STEPS, "mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2})
+  result = run_main(workdir,
+                    devices=8,
+                    **{
+                        "train.steps": STEPS,
+                        "mesh.data": 2,
+                        "mesh.fsdp": 2,
+                        "mesh.tensor": 2
+                    })
   assert result.returncode == 0, result.stderr[-3000:]
   got, want = losses(workdir), losses(reference)
   assert sorted(got) == sorted(want)
@@ -148,11 +169,15 @@ def test_checkpoint_of_another_model_is_refused(straight_run, tmp_path):
 
 def test_gradient_accumulation_equals_one_batch():
   """Two micro-batches inside the step give the update of one whole batch."""
-  from rasr_jax import optim, train_step
+  from rasr_jax.training import optim
+  from rasr_jax.training import step as train_step
   results = []
   for accum in (1, 2):
-    config = train.config_lib.resolve_mesh(
-        make_config(**{"train.grad_accum_steps": accum, "reflect.enabled": False}), 1)
+    config = config_lib.resolve_mesh(
+        make_config(**{
+            "train.grad_accum_steps": accum,
+            "reflect.enabled": False
+        }), 1)
     mesh = sharding.make_mesh(config.mesh)
     state, _ = train_state.init_state(config, mesh)
     graphdef, _, _ = train_state.abstract_model(config)

@@ -33,11 +33,8 @@ def _tokens_only(row):
 
 def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count):
   """Stream `index` of `count`: [rows, seq_len + 1] batches from every count-th document."""
-  ds = (grain.MapDataset.source(documents)
-        .shuffle(seed=seed)[index::count]
-        .repeat(None)
-        .map(_Tokenize(tokenizer))
-        .to_iter_dataset())
+  ds = (grain.MapDataset.source(documents).shuffle(seed=seed)[index::count].repeat(None).map(
+      _Tokenize(tokenizer)).to_iter_dataset())
   ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
   return ds.map(_tokens_only).batch(rows, drop_remainder=True)
 
@@ -46,8 +43,16 @@ def _side_by_side(batches):
   return np.concatenate(batches, axis=0)
 
 
-def make_dataset(documents, tokenizer, *, seq_len, global_batch, seed, streams, process_index=0,
-                 process_count=1, num_workers=0):
+def make_dataset(documents,
+                 tokenizer,
+                 *,
+                 seq_len,
+                 global_batch,
+                 seed,
+                 streams,
+                 process_index=0,
+                 process_count=1,
+                 num_workers=0):
   """An IterDataset of this process's [global_batch / process_count, seq_len + 1] int32 rows."""
   if streams % process_count or global_batch % streams:
     raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
@@ -56,10 +61,16 @@ def make_dataset(documents, tokenizer, *, seq_len, global_batch, seed, streams, 
     raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
   per_process = streams // process_count
   first = process_index * per_process
-  parts = [_stream(documents, tokenizer, seq_len=seq_len, rows=global_batch // streams,
-                   seed=seed, index=s, count=streams) for s in range(first, first + per_process)]
-  ds = parts[0] if per_process == 1 else grain.experimental.ZipIterDataset(parts).map(
-      _side_by_side)
+  parts = [
+      _stream(documents,
+              tokenizer,
+              seq_len=seq_len,
+              rows=global_batch // streams,
+              seed=seed,
+              index=s,
+              count=streams) for s in range(first, first + per_process)
+  ]
+  ds = parts[0] if per_process == 1 else grain.experimental.ZipIterDataset(parts).map(_side_by_side)
   if num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds
@@ -68,8 +79,12 @@ def make_dataset(documents, tokenizer, *, seq_len, global_batch, seed, streams, 
 def _slices_as_tuples(state):
   """`state` with every packing `remainder_slices` entry a tuple again (JSON made it a list)."""
   if isinstance(state, dict):
-    return {key: ({k: tuple(v) for k, v in value.items()} if key == "remainder_slices"
-                  else _slices_as_tuples(value)) for key, value in state.items()}
+    return {
+        key: ({
+            k: tuple(v) for k, v in value.items()
+        } if key == "remainder_slices" else _slices_as_tuples(value)
+             ) for key, value in state.items()
+    }
   if isinstance(state, list):
     return [_slices_as_tuples(item) for item in state]
   return state

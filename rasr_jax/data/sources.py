@@ -62,8 +62,8 @@ def expand_globs(patterns: str) -> list[str]:
     raise DataError("config.data.files is empty but config.data.source='files'")
   paths = []
   for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
-    matched = sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True)
-                     if os.path.isfile(p))
+    matched = sorted(
+        p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not matched:
       raise DataError(f"data file glob {pattern!r} matches no file")
     paths.extend(matched)

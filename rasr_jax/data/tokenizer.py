@@ -12,9 +12,15 @@ import os
 
 import sentencepiece as spm
 
+from rasr_jax.reflection.layout import SpecialIds
+
 PAD, EOS, DRAFT, CRITIQUE, REFINE = "<pad>", "<eos>", "<draft>", "<critique>", "<refine>"
 SPECIAL_TOKENS = (PAD, EOS, DRAFT, CRITIQUE, REFINE)
-MARKERS = (DRAFT, CRITIQUE, REFINE)
+MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
+# The ids `train` gives pad, eos and unk; the markers (its user-defined symbols) follow them.
+_TRAINED_PAD_ID, _TRAINED_EOS_ID, _TRAINED_UNK_ID = 0, 1, 2
+TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)))
+TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with
 
 
 class TokenizerError(ValueError):
@@ -58,6 +64,11 @@ class Tokenizer:
     return None if index == self._sp.unk_id() and piece != self._sp.id_to_piece(index) else index
 
   @property
+  def marker_ids(self) -> SpecialIds:
+    """The ids of `<draft>`, `<critique>` and `<refine>` in the refine-sequence layout."""
+    return SpecialIds(*(self.special_ids[t] for t in MARKERS))
+
+  @property
   def vocab_size(self) -> int:
     return self._sp.get_piece_size()
 
@@ -91,10 +102,32 @@ def load(path: str, model_vocab_size=None) -> Tokenizer:
 def train(texts, vocab_size: int) -> Tokenizer:
   """Trains a byte-fallback BPE model on `texts` (an iterable of str) with the special tokens."""
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(texts), model_writer=buf, model_type="bpe",
-      vocab_size=vocab_size, character_coverage=1.0, byte_fallback=True,
-      pad_id=0, pad_piece=PAD, eos_id=1, eos_piece=EOS, unk_id=2, bos_id=-1,
-      user_defined_symbols=[DRAFT, CRITIQUE, REFINE], hard_vocab_limit=False,
-      split_digits=True, num_threads=2, minloglevel=2, max_sentence_length=1 << 16)
+  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
+                                 model_writer=buf,
+                                 model_type="bpe",
+                                 vocab_size=vocab_size,
+                                 character_coverage=1.0,
+                                 byte_fallback=True,
+                                 pad_id=_TRAINED_PAD_ID,
+                                 pad_piece=PAD,
+                                 eos_id=_TRAINED_EOS_ID,
+                                 eos_piece=EOS,
+                                 unk_id=_TRAINED_UNK_ID,
+                                 bos_id=-1,
+                                 user_defined_symbols=list(MARKERS),
+                                 hard_vocab_limit=False,
+                                 split_digits=True,
+                                 num_threads=2,
+                                 minloglevel=2,
+                                 max_sentence_length=1 << 16)
   return Tokenizer(buf.getvalue())
+
+
+def existing(workdir: str, configured: str, model_vocab_size: int):
+  """The work directory's tokenizer, else the configured path's (`data.tokenizer`), else None."""
+  own = os.path.join(workdir, TOKENIZER_FILE)
+  if os.path.exists(own):
+    return load(own, model_vocab_size)
+  if configured:
+    return load(configured, model_vocab_size)
+  return None

@@ -12,8 +12,9 @@ HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellasw
 ALL_TASKS = (*tasks.TASKS, "perplexity", *HARNESS_TASKS)
 DEFAULT_TASKS = "arithmetic,logic,facts,perplexity"  # no benchmark file needed
 DEFAULT_METHODS = "standard,rasr"
-__all__ = ["ALL_TASKS", "DEFAULT_METHODS", "DEFAULT_TASKS", "HARNESS_TASKS", "METHODS",
-           "parse_list"]
+__all__ = [
+    "ALL_TASKS", "DEFAULT_METHODS", "DEFAULT_TASKS", "HARNESS_TASKS", "METHODS", "parse_list"
+]
 
 
 def parse_list(text, allowed, what):

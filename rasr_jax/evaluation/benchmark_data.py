@@ -16,8 +16,8 @@ import os
 
 import yaml
 
-from rasr_jax import inference
 from rasr_jax.data import sources
+from rasr_jax.generation import inference
 
 # Task -> the stock YAML it inherits (relative to lm_eval/tasks).
 STOCK_YAML = {
@@ -31,8 +31,15 @@ STOCK_YAML = {
 MMLU_STOCK_DIR = "mmlu/default"
 MMLU_FEWSHOT = 5  # the standard figure: the first 5 dev items (the stock YAML leaves it to flags)
 # Stock splits with no published file here (the tasks read none of them: 0-shot, no few-shot).
-SPLITS_NOT_PUBLISHED = {"logiqa": {"training_split": None, "validation_split": None},
-                        "hellaswag": {"training_split": None}}
+SPLITS_NOT_PUBLISHED = {
+    "logiqa": {
+        "training_split": None,
+        "validation_split": None
+    },
+    "hellaswag": {
+        "training_split": None
+    }
+}
 TASKS_DIR = "tasks"  # under the prepared directory
 
 
@@ -58,12 +65,17 @@ def _read_text(path):
 def _gsm8k(src, out):
   files = {}
   for split in ("train", "test"):
-    rows = [json.loads(line) for line in _read_text(os.path.join(src, f"{split}.jsonl"))
-            .splitlines() if line.strip()]
+    rows = [
+        json.loads(line)
+        for line in _read_text(os.path.join(src, f"{split}.jsonl")).splitlines()
+        if line.strip()
+    ]
     if any(set(r) < {"question", "answer"} for r in rows):
       raise BenchmarkDataError(f"{src}/{split}.jsonl: every line needs question and answer")
-    files[split] = _write_jsonl(os.path.join(out, f"{split}.jsonl"),
-                                ({"question": r["question"], "answer": r["answer"]} for r in rows))
+    files[split] = _write_jsonl(os.path.join(out, f"{split}.jsonl"), ({
+        "question": r["question"],
+        "answer": r["answer"]
+    } for r in rows))
   return {"gsm8k": files, "gsm8k_cot": files}
 
 
@@ -73,32 +85,41 @@ def _truthfulqa(src, out):
   def targets(answers):  # {answer: 0/1} -> the HF layout, in the same order
     return {"choices": list(answers), "labels": [int(v) for v in answers.values()]}
 
-  rows = ({"question": it["question"], "mc1_targets": targets(it["mc1_targets"]),
-           "mc2_targets": targets(it["mc2_targets"])} for it in items)
+  rows = ({
+      "question": it["question"],
+      "mc1_targets": targets(it["mc1_targets"]),
+      "mc2_targets": targets(it["mc2_targets"])
+  } for it in items)
   files = {"validation": _write_jsonl(os.path.join(out, "validation.jsonl"), rows)}
   return {"truthfulqa_mc1": files, "truthfulqa_mc2": files}
 
 
 def _logiqa_rows(text, path):
   """The records of a LogiQA text file, parsed as the original EleutherAI loader did."""
+
   def normalize(s):
     return s.replace(".", ". ").strip()
+
   rows = []
   for record in text.strip().split("\n\n"):
     lines = record.split("\n")
     if len(lines) != 7 or lines[0].strip() not in ("a", "b", "c", "d"):
       raise BenchmarkDataError(f"{path}: record {len(rows)} is not 'letter, context, question, "
                                "4 options'")
-    rows.append({"label": lines[0].strip(), "context": normalize(lines[1]),
-                 "question": normalize(lines[2]),
-                 "options": [normalize(o[2:]) for o in lines[3:]]})
+    rows.append({
+        "label": lines[0].strip(),
+        "context": normalize(lines[1]),
+        "question": normalize(lines[2]),
+        "options": [normalize(o[2:]) for o in lines[3:]]
+    })
   return rows
 
 
 def _logiqa(src, out):
   path = os.path.join(src, "Test.txt")
-  files = {"test": _write_jsonl(os.path.join(out, "test.jsonl"),
-                                _logiqa_rows(_read_text(path), path))}
+  files = {
+      "test": _write_jsonl(os.path.join(out, "test.jsonl"), _logiqa_rows(_read_text(path), path))
+  }
   return {"logiqa": files}
 
 
@@ -117,8 +138,13 @@ def _hellaswag(src, out):
     label, _, context = lines[i].partition(": ")
     if not lines[i + 1].strip().isdigit():
       raise BenchmarkDataError(f"{path}: line {i + 2} is not a gold index")
-    rows.append({"activity_label": label, "ctx_a": context, "ctx_b": "",
-                 "endings": lines[i + 2:i + 6], "label": lines[i + 1].strip()})
+    rows.append({
+        "activity_label": label,
+        "ctx_a": context,
+        "ctx_b": "",
+        "endings": lines[i + 2:i + 6],
+        "label": lines[i + 1].strip()
+    })
   return {"hellaswag": {"validation": _write_jsonl(os.path.join(out, "validation.jsonl"), rows)}}
 
 
@@ -128,13 +154,17 @@ def _mmlu_rows(path, subject):
     expected = ["question", "choice0", "choice1", "choice2", "choice3", "answer"]
     if reader.fieldnames != expected:
       raise BenchmarkDataError(f"{path}: header must be {','.join(expected)}")
-    return [{"question": r["question"], "subject": subject,
-             "choices": [r[f"choice{i}"] for i in range(4)], "answer": int(r["answer"])}
-            for r in reader]
+    return [{
+        "question": r["question"],
+        "subject": subject,
+        "choices": [r[f"choice{i}"] for i in range(4)],
+        "answer": int(r["answer"])
+    } for r in reader]
 
 
 def _mmlu(src, out):
-  subjects = sorted(f[:-len("_test.csv")] for f in os.listdir(os.path.join(src, "test"))
+  subjects = sorted(f[:-len("_test.csv")]
+                    for f in os.listdir(os.path.join(src, "test"))
                     if f.endswith("_test.csv"))
   if not subjects:
     raise BenchmarkDataError(f"{src}/test has no <subject>_test.csv files")
@@ -145,14 +175,21 @@ def _mmlu(src, out):
   tasks = {}
   for subject in subjects:
     tasks[f"mmlu_{subject}"] = {
-        split: _write_jsonl(os.path.join(out, split, f"{subject}.jsonl"), _mmlu_rows(
-            os.path.join(src, split, f"{subject}_{split}.csv"), subject))
-        for split in ("dev", "test")}
+        split:
+            _write_jsonl(os.path.join(out, split, f"{subject}.jsonl"),
+                         _mmlu_rows(os.path.join(src, split, f"{subject}_{split}.csv"), subject))
+        for split in ("dev", "test")
+    }
   return tasks
 
 
-_CONVERTERS = {"gsm8k": _gsm8k, "truthfulqa": _truthfulqa, "logiqa": _logiqa,
-               "hellaswag": _hellaswag, "mmlu": _mmlu}
+_CONVERTERS = {
+    "gsm8k": _gsm8k,
+    "truthfulqa": _truthfulqa,
+    "logiqa": _logiqa,
+    "hellaswag": _hellaswag,
+    "mmlu": _mmlu
+}
 
 
 def _stock_tasks_dir():
@@ -166,8 +203,15 @@ def _task_yaml(name, data_files):
     include = os.path.join(stock, MMLU_STOCK_DIR, f"{name}.yaml")
   else:
     include = os.path.join(stock, STOCK_YAML[name])
-  config = {"include": include, "task": name, "dataset_path": "json", "dataset_name": None,
-            "dataset_kwargs": {"data_files": data_files}}
+  config = {
+      "include": include,
+      "task": name,
+      "dataset_path": "json",
+      "dataset_name": None,
+      "dataset_kwargs": {
+          "data_files": data_files
+      }
+  }
   config.update(SPLITS_NOT_PUBLISHED.get(name, {}))
   if name.startswith("mmlu_"):
     config["num_fewshot"] = MMLU_FEWSHOT
@@ -192,7 +236,19 @@ def prepare(source_dir, out_dir):
   mmlu = sorted(n for n in tasks if n.startswith("mmlu_"))
   if mmlu:  # the overall figure: a micro-average over every question
     with open(os.path.join(tasks_dir, "mmlu.yaml"), "w", encoding="utf-8") as f:
-      yaml.safe_dump({"group": "mmlu", "task": mmlu, "aggregate_metric_list": [
-          {"metric": "acc", "aggregation": "mean", "weight_by_size": True}],
-                      "metadata": {"version": 2}}, f, sort_keys=False)
+      yaml.safe_dump(
+          {
+              "group": "mmlu",
+              "task": mmlu,
+              "aggregate_metric_list": [{
+                  "metric": "acc",
+                  "aggregation": "mean",
+                  "weight_by_size": True
+              }],
+              "metadata": {
+                  "version": 2
+              }
+          },
+          f,
+          sort_keys=False)
   return sorted(tasks) + (["mmlu"] if mmlu else [])

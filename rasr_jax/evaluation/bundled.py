@@ -35,12 +35,19 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
   """(items for `report.iteration_report`, their records): every draft checked by the task's
   checker."""
   examples = held_out_examples(model.config, task, count)
-  answers = methods.answer(model, [prompt(ex, method, model.config) for ex in examples], method,
-                           max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+  answers = methods.answer(model, [prompt(ex, method, model.config) for ex in examples],
+                           method,
+                           max_new_tokens=max_new_tokens,
+                           seed=seed,
+                           batch_size=batch_size)
   items, records = [], []
   for example, ans in zip(examples, answers):
     correct = [tasks.check(example, draft).correct for draft in ans.drafts]
     items.append(report.item(ans, correct))
-    records.append(report.sample(ans, correct, uid=example.uid, question=example.question,
-                                 reference=example.answer))
+    records.append(
+        report.sample(ans,
+                      correct,
+                      uid=example.uid,
+                      question=example.question,
+                      reference=example.answer))
   return items, records

@@ -74,8 +74,7 @@ class RasrLM(TemplateLM):
     results = [None] * len(sequences)
     for i, (logprobs, greedy) in zip(order, scored):
       start = max(len(logprobs) - lengths[i], 0)  # a continuation cut by the window: its tail
-      results[i] = (float(np.sum(logprobs[start:], dtype=np.float64)),
-                    bool(np.all(greedy[start:])))
+      results[i] = (float(np.sum(logprobs[start:], dtype=np.float64)), bool(np.all(greedy[start:])))
     return results
 
   def loglikelihood_rolling(self, requests, disable_tqdm=False):
@@ -87,9 +86,12 @@ class RasrLM(TemplateLM):
     once, the first after `<eos>`."""
     windows, owners = [], []
     for index, text in enumerate(texts):
-      for context, target in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-          self.tok_encode(text), prefix_token=self.eot_token_id, max_seq_len=self.max_length,
-          context_len=1)):
+      for context, target in map(
+          lm_utils.make_disjoint_window,
+          lm_utils.get_rolling_token_windows(self.tok_encode(text),
+                                             prefix_token=self.eot_token_id,
+                                             max_seq_len=self.max_length,
+                                             context_len=1)):
         windows.append(((text, ""), context, target))
         owners.append(index)
     totals = np.zeros(len(texts))
@@ -106,17 +108,27 @@ class RasrLM(TemplateLM):
     outputs = [None] * len(requests)
     for settings, indices in groups.items():
       until, max_tokens, temperature = settings
-      todo = sorted({requests[i].args[0] for i in indices
-                     if (requests[i].args[0], settings) not in self.answers})
+      todo = sorted({
+          requests[i].args[0]
+          for i in indices
+          if (requests[i].args[0], settings) not in self.answers
+      })
       if todo:
-        answers = methods.answer(self.model, todo, self.method, max_new_tokens=max_tokens,
-                                 stop=until, temperature=temperature, seed=self.seed,
-                                 batch_size=self.batch_size, max_prompt_tokens=self.max_length)
+        answers = methods.answer(self.model,
+                                 todo,
+                                 self.method,
+                                 max_new_tokens=max_tokens,
+                                 stop=until,
+                                 temperature=temperature,
+                                 seed=self.seed,
+                                 batch_size=self.batch_size,
+                                 max_prompt_tokens=self.max_length)
         self.answers.update({(context, settings): a for context, a in zip(todo, answers)})
       for i in indices:
         answer = self.answers[(requests[i].args[0], settings)]
-        outputs[i] = (answer.final if self.pick is None
-                      else answer.drafts[min(self.pick, len(answer.drafts) - 1)])
+        outputs[i] = (answer.final if self.pick is None else answer.drafts[min(
+            self.pick,
+            len(answer.drafts) - 1)])
     return outputs
 
   def answer_for(self, context, gen_kwargs):
@@ -136,6 +148,10 @@ def evaluate_tasks(lm, task_names, tasks_dir, *, limit=None):
   """lm-eval's `simple_evaluate` over the YAMLs in `tasks_dir` (no stock task is indexed):
   (results by task, per-sample records by task)."""
   manager = TaskManager(include_path=tasks_dir, include_defaults=False)
-  out = lm_eval.simple_evaluate(model=lm, tasks=list(task_names), task_manager=manager,
-                                limit=limit, log_samples=True, bootstrap_iters=1000)
+  out = lm_eval.simple_evaluate(model=lm,
+                                tasks=list(task_names),
+                                task_manager=manager,
+                                limit=limit,
+                                log_samples=True,
+                                bootstrap_iters=1000)
   return out["results"], out.get("samples", {})

@@ -5,10 +5,10 @@
   self_refine  Self-Refine: the model writes feedback on its own answer, stops when the feedback
                says the answer is correct, else writes an improved answer with the whole history
                in its prompt; at most SELF_REFINE_ROUNDS rounds
-  rasr         critic and controller: every draft y(0..K) is decoded (`fixed`), and the answer is
+  rasr         critic and controller: every draft y(0..R) is decoded (`fixed`), and the answer is
                the draft at which the learned controller stops (R > tau), exactly the answer
-               `reflect=learned` returns; decoding all K drafts lets the report show y(k) for
-               every k. A model trained without learned stopping answers with y(K).
+               `reflect=learned` returns; decoding all R drafts lets the report show y(k) for
+               every k. A model trained without learned stopping answers with y(R).
 
 Every method returns one `Answer` per prompt with its drafts, so one report covers them all.
 """
@@ -47,16 +47,29 @@ def says_correct(feedback):
   return bool(_SAYS_CORRECT.search(feedback)) and not _SAYS_NOT_CORRECT.search(feedback)
 
 
-def answer(model, prompts, method, *, max_new_tokens, stop=(), temperature=0.0, seed=0,
-           batch_size=8, max_prompt_tokens=None):
+def answer(model,
+           prompts,
+           method,
+           *,
+           max_new_tokens,
+           stop=(),
+           temperature=0.0,
+           seed=0,
+           batch_size=8,
+           max_prompt_tokens=None):
   """One Answer per prompt from `model` (an InferenceModel) by `method`."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
   def run(texts, reflect, tokens, stops):
-    options = model.options(max_new_tokens=tokens, temperature=temperature, stop=tuple(stops),
+    options = model.options(max_new_tokens=tokens,
+                            temperature=temperature,
+                            stop=tuple(stops),
                             reflect=reflect)
-    return model.generate(texts, options, seed=seed, batch_size=batch_size,
+    return model.generate(texts,
+                          options,
+                          seed=seed,
+                          batch_size=batch_size,
                           max_prompt_tokens=max_prompt_tokens)
 
   if method == "rasr":
@@ -69,7 +82,7 @@ def answer(model, prompts, method, *, max_new_tokens, stop=(), temperature=0.0, 
 
 
 def learned_stop(stop_probs, tau, iterations):
-  """The draft the controller keeps: the first k whose stop probability exceeds tau, else K."""
+  """The draft the controller keeps: the first k whose stop probability exceeds tau, else R."""
   return next((k for k, p in enumerate(stop_probs) if p > tau), iterations)
 
 
@@ -79,8 +92,8 @@ def _rasr_answer(record, model):
   stop = (learned_stop(record["stop_probs"], float(model.tau), iterations)
           if reflect.learned_stopping else iterations)
   factual = (reflect.dim_names.index("factual") if "factual" in reflect.dim_names else None)
-  confidence = ([s[factual] for s in record["scores"]] if factual is not None
-                else [float(np.mean(s)) for s in record["scores"]])
+  confidence = ([s[factual] for s in record["scores"]]
+                if factual is not None else [float(np.mean(s)) for s in record["scores"]])
   return Answer(record["drafts"], stop, sum(record["draft_tokens"][:stop + 1]), confidence)
 
 

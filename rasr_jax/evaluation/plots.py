@@ -13,9 +13,14 @@ def accuracy_per_iteration(path, title, report):
   accuracy = report["accuracy_per_iteration"]
   fig, ax = plt.subplots(figsize=(4.5, 3.2))
   ax.plot(range(len(accuracy)), accuracy, marker="o", label="draft y(k)")
-  ax.axhline(report["accuracy"], color="tab:red", linestyle="--",
+  ax.axhline(report["accuracy"],
+             color="tab:red",
+             linestyle="--",
              label=f"answer given (mean k = {report['mean_iterations']:.2f})")
-  ax.set(xlabel="iteration k", ylabel="accuracy", title=title, ylim=(0, 1),
+  ax.set(xlabel="iteration k",
+         ylabel="accuracy",
+         title=title,
+         ylim=(0, 1),
          xticks=range(len(accuracy)))
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -30,10 +35,17 @@ def reliability_diagram(path, title, calibration):
   fig, ax = plt.subplots(figsize=(3.6, 3.6))
   ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
   ax.bar([(b["bin"][0] + b["bin"][1]) / 2 for b in bins], [b["accuracy"] for b in bins],
-         width=0.09, alpha=0.7, label="accuracy")
-  ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o", color="tab:red",
+         width=0.09,
+         alpha=0.7,
+         label="accuracy")
+  ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins],
+          "o",
+          color="tab:red",
           label="mean confidence")
-  ax.set(xlabel="critic confidence (factual)", ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+  ax.set(xlabel="critic confidence (factual)",
+         ylabel="accuracy",
+         xlim=(0, 1),
+         ylim=(0, 1),
          title=f"{title}\nECE {calibration['ece']:.3f}")
   ax.legend(fontsize=8)
   fig.tight_layout()
@@ -50,6 +62,7 @@ def write_all(out_dir, reports):
     if len(report["accuracy_per_iteration"]) > 1:
       paths.append(accuracy_per_iteration(f"{stem}_iterations.png", f"{task} ({method})", report))
     if "calibration" in report:
-      paths.append(reliability_diagram(f"{stem}_calibration.png", f"{task} ({method})",
-                                       report["calibration"]))
+      paths.append(
+          reliability_diagram(f"{stem}_calibration.png", f"{task} ({method})",
+                              report["calibration"]))
   return paths

@@ -14,19 +14,28 @@ CALIBRATION_BINS = 10
 
 def item(answer, correct):
   """The report's item for a methods.Answer whose drafts were judged `correct`."""
-  return {"correct": list(correct), "stop": answer.stop, "confidence": answer.confidence,
-          "generated_tokens": answer.generated_tokens}
+  return {
+      "correct": list(correct),
+      "stop": answer.stop,
+      "confidence": answer.confidence,
+      "generated_tokens": answer.generated_tokens
+  }
 
 
 def sample(answer, correct, **identity):
   """The per-item record written beside the report: `identity` (ids, question), then every
   draft, its correctness, the answer given and any feedback."""
-  return {**identity, "drafts": answer.drafts, "stop": answer.stop, "correct": list(correct),
-          "feedback": answer.feedback}
+  return {
+      **identity, "drafts": answer.drafts,
+      "stop": answer.stop,
+      "correct": list(correct),
+      "feedback": answer.feedback
+  }
 
 
 def _padded(items, key):
-  """[N, D] array of items[key], each row extended with its last value to the longest row."""
+  """[items, drafts] array of items[key], each row extended with its last value to the longest
+  row."""
   width = max(len(it[key]) for it in items)
   return np.array([list(it[key]) + [it[key][-1]] * (width - len(it[key])) for it in items])
 
@@ -54,15 +63,19 @@ def calibration(confidence, correct, bins=CALIBRATION_BINS):
     if n:
       mean_conf, accuracy = float(confidence[members].mean()), float(correct[members].mean())
       error += n * abs(accuracy - mean_conf)
-      table.append({"bin": [b / bins, (b + 1) / bins], "count": n,
-                    "confidence": round(mean_conf, 4), "accuracy": round(accuracy, 4)})
+      table.append({
+          "bin": [b / bins, (b + 1) / bins],
+          "count": n,
+          "confidence": round(mean_conf, 4),
+          "accuracy": round(accuracy, 4)
+      })
   return {"bins": table, "ece": round(error / max(len(confidence), 1), 4)}
 
 
 def iteration_report(items):
   """Accuracy of every draft and of the answer given, mean iterations, transitions, compute,
   and (when the items carry critic confidences) calibration over every draft."""
-  correct = _padded(items, "correct").astype(bool)  # [N, D]
+  correct = _padded(items, "correct").astype(bool)  # [items, drafts]
   stops = np.array([it["stop"] for it in items])
   final = correct[np.arange(len(items)), stops]
   n = len(items)
@@ -77,7 +90,6 @@ def iteration_report(items):
       "mean_generated_tokens": round(float(np.mean([it["generated_tokens"] for it in items])), 2),
   }
   if items[0].get("confidence") is not None:
-    report["calibration"] = calibration(
-        np.concatenate([it["confidence"] for it in items]),
-        np.concatenate([it["correct"] for it in items]))
+    report["calibration"] = calibration(np.concatenate([it["confidence"] for it in items]),
+                                        np.concatenate([it["correct"] for it in items]))
   return report

@@ -22,11 +22,22 @@ import os
 from absl import logging
 
 from rasr_jax import config as config_lib
-from rasr_jax import inference, tasks
+from rasr_jax import tasks
 from rasr_jax.data import sources
-from rasr_jax.evaluation import (ALL_TASKS, DEFAULT_METHODS, DEFAULT_TASKS, HARNESS_TASKS,
-                                 parse_list)
-from rasr_jax.evaluation import benchmark_data, bundled, harness, methods, plots, report
+from rasr_jax.evaluation import (
+    ALL_TASKS,
+    DEFAULT_METHODS,
+    DEFAULT_TASKS,
+    HARNESS_TASKS,
+    benchmark_data,
+    bundled,
+    harness,
+    methods,
+    parse_list,
+    plots,
+    report,
+)
+from rasr_jax.generation import inference
 
 BUNDLED_TASKS = tasks.TASKS
 GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
@@ -50,20 +61,36 @@ def perplexity(lm, texts, tokenizer):
   tokens = sum(len(tokenizer.encode(t)) for t in texts)
   nbytes = sum(len(t.encode("utf-8")) for t in texts)
   words = sum(len(t.split()) for t in texts)
-  return {"token_perplexity": round(math.exp(-total / tokens), 4),
-          "byte_perplexity": round(math.exp(-total / nbytes), 4),
-          "word_perplexity": round(math.exp(-total / words), 4),
-          "bits_per_byte": round(-total / nbytes / math.log(2), 4),
-          "documents": len(texts), "tokens": tokens, "bytes": nbytes, "words": words,
-          "unit": "token", "tokenizer": tokenizer.path, "tokenizer_sha256": tokenizer.checksum,
-          "note": "every token predicted once, the first after <eos>; windows of data.seq_len"}
+  return {
+      "token_perplexity": round(math.exp(-total / tokens), 4),
+      "byte_perplexity": round(math.exp(-total / nbytes), 4),
+      "word_perplexity": round(math.exp(-total / words), 4),
+      "bits_per_byte": round(-total / nbytes / math.log(2), 4),
+      "documents": len(texts),
+      "tokens": tokens,
+      "bytes": nbytes,
+      "words": words,
+      "unit": "token",
+      "tokenizer": tokenizer.path,
+      "tokenizer_sha256": tokenizer.checksum,
+      "note": "every token predicted once, the first after <eos>; windows of data.seq_len"
+  }
 
 
 class Evaluation:
   """One checkpoint's evaluation; `run()` writes everything under `out_dir`."""
 
-  def __init__(self, model, out_dir, *, task_names, method_names, tasks_dir=None, limit=200,
-               max_new_tokens=64, batch_size=8, seed=0):
+  def __init__(self,
+               model,
+               out_dir,
+               *,
+               task_names,
+               method_names,
+               tasks_dir=None,
+               limit=200,
+               max_new_tokens=64,
+               batch_size=8,
+               seed=0):
     self.model, self.out_dir, self.tasks_dir = model, out_dir, tasks_dir
     self.task_names, self.method_names, self.limit = task_names, method_names, limit
     self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
@@ -77,8 +104,8 @@ class Evaluation:
       if task in BUNDLED_TASKS:
         self._bundled(task)
       elif task == "perplexity":
-        self._same_for_all(task, perplexity(self._lm("standard"), self._held_out_texts(),
-                                            self.model.tokenizer))
+        self._same_for_all(
+            task, perplexity(self._lm("standard"), self._held_out_texts(), self.model.tokenizer))
       elif task == "gsm8k":
         self._gsm8k()
       else:
@@ -100,9 +127,13 @@ class Evaluation:
 
   def _bundled(self, task):
     for method in self.method_names:
-      items, records = bundled.evaluate(self.model, task, method, self.limit,
+      items, records = bundled.evaluate(self.model,
+                                        task,
+                                        method,
+                                        self.limit,
                                         max_new_tokens=self.max_new_tokens,
-                                        batch_size=self.batch_size, seed=self.seed)
+                                        batch_size=self.batch_size,
+                                        seed=self.seed)
       self._add_report(method, task, items, records)
 
   def _add_report(self, method, task, items, records):
@@ -125,8 +156,10 @@ class Evaluation:
     for method in self.method_names:
       task = "gsm8k_cot" if method == "cot" else "gsm8k"
       lm = self._lm(method)
-      drafts = {"rasr": self.model.config.reflect.iterations + 1,
-                "self_refine": methods.SELF_REFINE_ROUNDS + 1}.get(method, 0)
+      drafts = {
+          "rasr": self.model.config.reflect.iterations + 1,
+          "self_refine": methods.SELF_REFINE_ROUNDS + 1
+      }.get(method, 0)
       correct = {}  # pick -> {doc_id: bool}
       for pick in [None, *range(drafts)]:
         lm.pick = pick
@@ -144,14 +177,20 @@ class Evaluation:
         items.append(report.item(answer, per_draft))
         records.append(report.sample(answer, per_draft, doc_id=doc))
       self._add_report(method, "gsm8k", items, records)
-      self.scores[method]["gsm8k"].update(
-          _numbers(final_results))
+      self.scores[method]["gsm8k"].update(_numbers(final_results))
 
   def _write(self):
     model = self.model
-    results = {"checkpoint_step": model.step, "config_seed": model.config.seed,
-               "tokenizer": {"path": model.tokenizer.path, "sha256": model.tokenizer.checksum},
-               "limit_per_task": self.limit, "methods": self.scores}
+    results = {
+        "checkpoint_step": model.step,
+        "config_seed": model.config.seed,
+        "tokenizer": {
+            "path": model.tokenizer.path,
+            "sha256": model.tokenizer.checksum
+        },
+        "limit_per_task": self.limit,
+        "methods": self.scores
+    }
     with open(os.path.join(self.out_dir, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
     with open(os.path.join(self.out_dir, "table.md"), "w", encoding="utf-8") as f:
@@ -171,14 +210,15 @@ def table(scores):
   """The source's Table 1 layout: a row per method, a column per task that was run."""
   methods_run = list(scores)
   columns = [c for c in TABLE_COLUMNS if any(c[1] in scores[m] for m in methods_run)]
-  lines = ["| Method | " + " | ".join(c[0] for c in columns) + " |",
-           "|---|" + "---:|" * len(columns)]
+  lines = [
+      "| Method | " + " | ".join(c[0] for c in columns) + " |", "|---|" + "---:|" * len(columns)
+  ]
   for method in methods_run:
     cells = []
     for _, task, metric in columns:
       value = scores[method].get(task, {}).get(metric)
-      cells.append("" if value is None else
-                   f"{100 * value:.1f}" if metric in PERCENT else f"{value:.2f}")
+      cells.append("" if value is None else f"{100 * value:.1f}" if metric in
+                   PERCENT else f"{value:.2f}")
     lines.append(f"| {method} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -198,22 +238,38 @@ def prepare_benchmarks(task_names, benchmarks_dir, prepared_dir):
   return os.path.join(prepared_dir, benchmark_data.TASKS_DIR)
 
 
-def evaluate(config, workdir, *, checkpoint=None, task_list=DEFAULT_TASKS,
-             method_list=DEFAULT_METHODS, benchmarks_dir=None, limit=200, output_dir=None,
-             max_new_tokens=64, batch_size=8, seed=0):
+def evaluate(config,
+             workdir,
+             *,
+             checkpoint=None,
+             task_list=DEFAULT_TASKS,
+             method_list=DEFAULT_METHODS,
+             benchmarks_dir=None,
+             limit=200,
+             output_dir=None,
+             max_new_tokens=64,
+             batch_size=8,
+             seed=0):
   """--mode=eval: returns the results dict (also written to output_dir/results.json). Names,
   limits and benchmark files are checked before the checkpoint is loaded."""
   task_names = parse_list(task_list, ALL_TASKS, "tasks")
   method_names = parse_list(method_list, methods.METHODS, "methods")
   if limit < 1:
     raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
-  tasks_dir = prepare_benchmarks(task_names, benchmarks_dir, os.path.join(
-      output_dir or os.path.join(workdir, "eval"), "benchmark_data"))
+  tasks_dir = prepare_benchmarks(
+      task_names, benchmarks_dir,
+      os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data"))
   model = inference.InferenceModel(config, workdir, checkpoint)
   out_dir = output_dir or os.path.join(workdir, "eval", f"step_{model.step}")
-  evaluation = Evaluation(model, out_dir, task_names=task_names, method_names=method_names,
-                          tasks_dir=tasks_dir, limit=limit, max_new_tokens=max_new_tokens,
-                          batch_size=batch_size, seed=seed)
+  evaluation = Evaluation(model,
+                          out_dir,
+                          task_names=task_names,
+                          method_names=method_names,
+                          tasks_dir=tasks_dir,
+                          limit=limit,
+                          max_new_tokens=max_new_tokens,
+                          batch_size=batch_size,
+                          seed=seed)
   results = evaluation.run()
   results["output_dir"] = out_dir
   results["table"] = table(evaluation.scores)

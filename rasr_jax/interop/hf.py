@@ -33,10 +33,10 @@ from flax import nnx
 from ml_collections import config_flags
 from safetensors import numpy as st_numpy
 
-from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
-from rasr_jax import train_state
 from rasr_jax.model import rasr_model
+from rasr_jax.training import checkpoint as ckpt_lib
+from rasr_jax.training import train_state
 
 IMPORTED_PARAMS = "imported_params"
 HEADS_FILE = "rasr_heads.safetensors"
@@ -95,16 +95,16 @@ TABLE = (
     Mapping("model.layers.{i}.self_attn.k_proj.weight", ("blocks", "attn", "wk"), _q_in, _q_out),
     Mapping("model.layers.{i}.self_attn.v_proj.weight", ("blocks", "attn", "wv"), _q_in, _q_out),
     Mapping("model.layers.{i}.self_attn.o_proj.weight", ("blocks", "attn", "wo"), _o_in, _o_out),
-    Mapping("model.layers.{i}.input_layernorm.weight", ("blocks", "attn_norm", "scale"),
-            _same, _same),
+    Mapping("model.layers.{i}.input_layernorm.weight", ("blocks", "attn_norm", "scale"), _same,
+            _same),
     Mapping("model.layers.{i}.post_attention_layernorm.weight", ("blocks", "mlp_norm", "scale"),
             _same, _same),
-    Mapping("model.layers.{i}.mlp.gate_proj.weight", ("blocks", "mlp", "w_gate"),
-            _transposed, _transposed),
-    Mapping("model.layers.{i}.mlp.up_proj.weight", ("blocks", "mlp", "w_up"),
-            _transposed, _transposed),
-    Mapping("model.layers.{i}.mlp.down_proj.weight", ("blocks", "mlp", "w_down"),
-            _transposed, _transposed),
+    Mapping("model.layers.{i}.mlp.gate_proj.weight", ("blocks", "mlp", "w_gate"), _transposed,
+            _transposed),
+    Mapping("model.layers.{i}.mlp.up_proj.weight", ("blocks", "mlp", "w_up"), _transposed,
+            _transposed),
+    Mapping("model.layers.{i}.mlp.down_proj.weight", ("blocks", "mlp", "w_down"), _transposed,
+            _transposed),
     Mapping("model.norm.weight", ("final_norm", "scale"), _same, _same),
     Mapping("lm_head.weight", ("lm_head",), _transposed, _transposed),  # absent when tied
 )
@@ -126,8 +126,10 @@ def model_fields(hf_config):
     raise ConversionError("unsupported HF config: " + "; ".join(problems))
   heads = hf_config["num_attention_heads"]
   return {
-      "vocab_size": hf_config["vocab_size"], "d_model": hf_config["hidden_size"],
-      "num_layers": hf_config["num_hidden_layers"], "num_heads": heads,
+      "vocab_size": hf_config["vocab_size"],
+      "d_model": hf_config["hidden_size"],
+      "num_layers": hf_config["num_hidden_layers"],
+      "num_heads": heads,
       "num_kv_heads": hf_config.get("num_key_value_heads") or heads,
       "head_dim": hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
       "mlp_dim": hf_config["intermediate_size"],
@@ -204,8 +206,8 @@ def hf_to_params(reader, config):
   for mapping in _mappings(m):
     want = _get_path(abstract, mapping.path)
     layer_shape = want.shape[1:] if mapping.per_layer else want.shape
-    names = ([mapping.hf_name.format(i=i) for i in range(m.num_layers)] if mapping.per_layer
-             else [mapping.hf_name])
+    names = ([mapping.hf_name.format(i=i) for i in range(m.num_layers)]
+             if mapping.per_layer else [mapping.hf_name])
     slices = []
     for name in names:
       if name not in reader.names:
@@ -237,8 +239,10 @@ def fresh_heads(config):
     return {}
   with nnx.use_eager_sharding(False):
     modules = rasr_model.build_heads(config.model, config.reflect, nnx.Rngs(config.seed))
-  return {name: jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
-          for name, module in modules.items()}
+  return {
+      name: jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+      for name, module in modules.items()
+  }
 
 
 def _config_file(config_dict, source):
@@ -271,8 +275,14 @@ def import_checkpoint(hf_dir, workdir, base_config):
   with open(os.path.join(workdir, "config.py"), "w") as f:
     f.write(_config_file(cd, os.path.abspath(hf_dir)))
   with open(os.path.join(workdir, "import.json"), "w") as f:
-    json.dump({"hf_dir": os.path.abspath(hf_dir), "hf_config": hf_config,
-               "params": ckpt_lib.param_signature(params)}, f, indent=2)
+    json.dump(
+        {
+            "hf_dir": os.path.abspath(hf_dir),
+            "hf_config": hf_config,
+            "params": ckpt_lib.param_signature(params)
+        },
+        f,
+        indent=2)
   return config
 
 
@@ -294,14 +304,26 @@ def _newest_params(workdir, config):
 def hf_config_of(config, eos_id=1, pad_id=0):
   m = config.model
   return {
-      "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
-      "vocab_size": m.vocab_size, "hidden_size": m.d_model, "num_hidden_layers": m.num_layers,
-      "num_attention_heads": m.num_heads, "num_key_value_heads": m.num_kv_heads,
-      "head_dim": m.head_dim, "intermediate_size": m.mlp_dim, "rope_theta": m.rope_theta,
-      "rms_norm_eps": m.norm_eps, "tie_word_embeddings": m.tie_embeddings,
-      "max_position_embeddings": config.data.seq_len, "attention_bias": False,
-      "mlp_bias": False, "torch_dtype": m.param_dtype, "eos_token_id": eos_id,
-      "pad_token_id": pad_id, "bos_token_id": eos_id,
+      "architectures": ["LlamaForCausalLM"],
+      "model_type": "llama",
+      "hidden_act": "silu",
+      "vocab_size": m.vocab_size,
+      "hidden_size": m.d_model,
+      "num_hidden_layers": m.num_layers,
+      "num_attention_heads": m.num_heads,
+      "num_key_value_heads": m.num_kv_heads,
+      "head_dim": m.head_dim,
+      "intermediate_size": m.mlp_dim,
+      "rope_theta": m.rope_theta,
+      "rms_norm_eps": m.norm_eps,
+      "tie_word_embeddings": m.tie_embeddings,
+      "max_position_embeddings": config.data.seq_len,
+      "attention_bias": False,
+      "mlp_bias": False,
+      "torch_dtype": m.param_dtype,
+      "eos_token_id": eos_id,
+      "pad_token_id": pad_id,
+      "bos_token_id": eos_id,
   }
 
 
@@ -318,11 +340,12 @@ def export_checkpoint(workdir, out_dir, config):
     else:
       tensors[mapping.hf_name] = np.ascontiguousarray(mapping.to_hf(value, config.model))
   os.makedirs(out_dir, exist_ok=True)
-  st_numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"),
-                     metadata={"format": "pt"})
-  heads = {"/".join(str(k.key) for k in path): np.ascontiguousarray(leaf)
-           for group in HEAD_GROUPS if group in params
-           for path, leaf in jax.tree_util.tree_flatten_with_path({group: params[group]})[0]}
+  st_numpy.save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  heads = {
+      "/".join(str(k.key) for k in path): np.ascontiguousarray(leaf) for group in HEAD_GROUPS
+      if group in params for path, leaf in jax.tree_util.tree_flatten_with_path(
+          {group: params[group]})[0]
+  }
   if heads:
     st_numpy.save_file(heads, os.path.join(out_dir, HEADS_FILE))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
@@ -358,8 +381,7 @@ def main(argv):
     if argv[1] == "import":
       if not _HF_DIR.value:
         raise ConversionError("--hf_dir is required")
-      config = import_checkpoint(_HF_DIR.value, _WORKDIR.value,
-                                 _CONFIG.value or base.get_config())
+      config = import_checkpoint(_HF_DIR.value, _WORKDIR.value, _CONFIG.value or base.get_config())
       print(f"imported {_HF_DIR.value} -> {_WORKDIR.value}/{IMPORTED_PARAMS} "
             f"({config.model.num_layers} layers, d_model {config.model.d_model})")
     else:

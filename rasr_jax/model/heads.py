@@ -1,6 +1,6 @@
 """RASR heads: the critic (phi), the controller (xi), and the feedback embeddings (psi).
 
-Shapes: R reflection rows, P prompt length, Y draft length, D width, C critic dimensions.
+Shapes follow the package legend (B counts reflection rows).
 """
 
 import flax.struct
@@ -21,12 +21,12 @@ def progress_features(progress):
 
 @flax.struct.dataclass
 class Critique:
-  embed_x: jax.Array  # [R, D] mean hidden state over the prompt
-  embed_y: jax.Array  # [R, D] mean hidden state over the draft
-  scores: jax.Array  # [R, C] C_d, eq. 4
-  token_errors: jax.Array  # [R, Y] e_t: probability that draft token t is wrong
-  weights: jax.Array  # [R, C] w, eq. 11
-  critique: jax.Array  # [R] c = sum_d w_d C_d, eq. 13
+  embed_x: jax.Array  # [B, D] mean hidden state over the prompt
+  embed_y: jax.Array  # [B, D] mean hidden state over the draft
+  scores: jax.Array  # [B, C] C_d, eq. 4
+  token_errors: jax.Array  # [B, Y] e_t: probability that draft token t is wrong
+  weights: jax.Array  # [B, C] w, eq. 11
+  critique: jax.Array  # [B] c = sum_d w_d C_d, eq. 13
 
 
 def _zeros_init(key, shape, dtype):
@@ -35,7 +35,7 @@ def _zeros_init(key, shape, dtype):
 
 
 def _masked_mean(hidden, mask):
-  """Mean of hidden [R, T, D] over T, over the positions where mask [R, T] is set (or all)."""
+  """Mean of hidden [B, T, D] over T, over the positions where mask [B, T] is set (or all)."""
   if mask is None:
     return jnp.mean(hidden, axis=1)
   weights = mask.astype(hidden.dtype)[..., None]
@@ -57,20 +57,24 @@ class Critic(nnx.Module):
     self.weight_b = layers.param(rngs, _zeros_init, (num_dims,), (None,), pd)
 
   def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None):
-    """hidden_x [R, P, D], hidden_y [R, Y, D], progress [] in [0, 1] -> Critique.
+    """hidden_x [B, P, D], hidden_y [B, Y, D], progress [] in [0, 1] -> Critique.
 
-    x_mask [R, P], y_mask [R, Y] bool (default all) leave padding out of the mean embeddings.
+    x_mask [B, P], y_mask [B, Y] bool (default all) leave padding out of the mean embeddings.
     """
     hx, hy = hidden_x.astype(jnp.float32), hidden_y.astype(jnp.float32)
-    embed_x, embed_y = _masked_mean(hx, x_mask), _masked_mean(hy, y_mask)  # [R, D]
-    both = jnp.concatenate([embed_x, embed_y], axis=-1)  # [R, 2D]
-    scores = jax.nn.sigmoid(both @ self.score_w[...] + self.score_b[...])  # [R, C]
-    token_errors = jax.nn.sigmoid(hy @ self.token_u[...] + self.token_b[...])  # [R, Y]
+    embed_x, embed_y = _masked_mean(hx, x_mask), _masked_mean(hy, y_mask)  # [B, D]
+    both = jnp.concatenate([embed_x, embed_y], axis=-1)  # [B, 2D]
+    scores = jax.nn.sigmoid(both @ self.score_w[...] + self.score_b[...])  # [B, C]
+    token_errors = jax.nn.sigmoid(hy @ self.token_u[...] + self.token_b[...])  # [B, Y]
     features = jnp.broadcast_to(progress_features(progress), (hx.shape[0], NUM_PROGRESS_FEATURES))
-    weight_in = jnp.concatenate([embed_x, features], axis=-1)  # [R, D + 4]
+    weight_in = jnp.concatenate([embed_x, features], axis=-1)  # [B, D + 4]
     weights = jax.nn.softmax(weight_in @ self.weight_w[...] + self.weight_b[...], axis=-1)
-    return Critique(embed_x=embed_x, embed_y=embed_y, scores=scores, token_errors=token_errors,
-                    weights=weights, critique=jnp.sum(weights * scores, axis=-1))
+    return Critique(embed_x=embed_x,
+                    embed_y=embed_y,
+                    scores=scores,
+                    token_errors=token_errors,
+                    weights=weights,
+                    critique=jnp.sum(weights * scores, axis=-1))
 
 
 class Controller(nnx.Module):
@@ -80,15 +84,15 @@ class Controller(nnx.Module):
     init = nnx.initializers.normal(init_std)
     pd = param_dtype
     self.w_in = layers.param(rngs, init, (2 * d_model + num_dims + 1, hidden), (None, None), pd)
-    self.iteration_embed = layers.param(rngs, init, (max(max_iterations, 1), hidden),
-                                        (None, None), pd)
+    self.iteration_embed = layers.param(rngs, init, (max(max_iterations, 1), hidden), (None, None),
+                                        pd)
     self.w_out = layers.param(rngs, init, (hidden,), (None,), pd)
     self.b_out = layers.param(rngs, _zeros_init, (), (), pd)
 
   def __call__(self, critique: Critique, iteration):
-    """-> stop probability [R]; `iteration` is the index k of the critiqued draft."""
-    features = jnp.concatenate([critique.embed_x, critique.embed_y, critique.scores,
-                                critique.critique[:, None]], axis=-1)
+    """-> stop probability [B]; `iteration` is the index k of the critiqued draft."""
+    features = jnp.concatenate(
+        [critique.embed_x, critique.embed_y, critique.scores, critique.critique[:, None]], axis=-1)
     hidden = jax.nn.gelu(features @ self.w_in[...] + self.iteration_embed[...][iteration])
     return jax.nn.sigmoid(hidden @ self.w_out[...] + self.b_out[...])
 
@@ -104,10 +108,10 @@ class Feedback(nnx.Module):
     self.critique_type = layers.param(rngs, init, (num_dims + 1, d_model), (None, "embed"), pd)
 
   def flags(self, token_errors):
-    """E_flag(e_t): [R, Y] -> [R, Y, D], added to the draft tokens' embeddings."""
+    """E_flag(e_t): [B, Y] -> [B, Y, D], added to the draft tokens' embeddings."""
     return token_errors[..., None] * self.flag[...]
 
   def critique_tokens(self, critique: Critique):
-    """W_c [C_1..C_C, c] + E_type: -> [R, C + 1, D]."""
-    values = jnp.concatenate([critique.scores, critique.critique[:, None]], axis=-1)  # [R, C+1]
+    """W_c [C_1..C_C, c] + E_type: -> [B, C + 1, D]."""
+    values = jnp.concatenate([critique.scores, critique.critique[:, None]], axis=-1)  # [B, C+1]
     return values[..., None] * self.critique_proj[...] + self.critique_type[...]

@@ -32,7 +32,7 @@ class RMSNorm(nnx.Module):
 def rotary(x, positions, theta):
   """Rotates pairs (i, i + H/2) of x [B, T, N, H] by angle position * theta^(-2i/H)."""
   half = x.shape[-1] // 2
-  freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+  freq = theta**(-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
   angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]  # [B, T, 1, H/2]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -76,8 +76,10 @@ class Attention(nnx.Module):
     The cache keeps heads before slots, the layout the attention dots read without a copy.
     """
     q, k, v = self._project(x, positions)
-    cache_k, cache_v = (jax.lax.dynamic_update_slice_in_dim(
-        cache, new.swapaxes(1, 2).astype(cache.dtype), index, axis=2)
+    cache_k, cache_v = (jax.lax.dynamic_update_slice_in_dim(cache,
+                                                            new.swapaxes(1, 2).astype(cache.dtype),
+                                                            index,
+                                                            axis=2)
                         for cache, new in ((cache_k, k), (cache_v, v)))
     keys, values = (cache.swapaxes(1, 2).astype(q.dtype) for cache in (cache_k, cache_v))
     out = jax.nn.dot_product_attention(q, keys, values, mask=mask)  # keys [B, S, K, H]
@@ -117,8 +119,8 @@ class Block(nnx.Module):
 
   def cached(self, x, positions, mask, cache_k, cache_v, index):
     """The block over a KV cache (see Attention.cached) -> (x, cache_k, cache_v)."""
-    out, cache_k, cache_v = self.attn.cached(self.attn_norm(x), positions, mask, cache_k,
-                                             cache_v, index)
+    out, cache_k, cache_v = self.attn.cached(self.attn_norm(x), positions, mask, cache_k, cache_v,
+                                             index)
     return self._mlp_residual(x + out), cache_k, cache_v
 
   def _mlp_residual(self, x):

@@ -15,10 +15,13 @@ def build_heads(cfg, reflect_cfg, rngs):
   kw = dict(init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
   dims = reflect_cfg.num_dims
   return {
-      "feedback": heads.Feedback(cfg.d_model, dims, **kw),
-      "critic": heads.Critic(cfg.d_model, dims, **kw),
-      "controller": heads.Controller(cfg.d_model, dims, reflect_cfg.iterations,
-                                     reflect_cfg.controller_hidden, **kw),
+      "feedback":
+          heads.Feedback(cfg.d_model, dims, **kw),
+      "critic":
+          heads.Critic(cfg.d_model, dims, **kw),
+      "controller":
+          heads.Controller(cfg.d_model, dims, reflect_cfg.iterations, reflect_cfg.controller_hidden,
+                           **kw),
   }
 
 

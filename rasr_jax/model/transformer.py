@@ -76,8 +76,11 @@ class Transformer(nnx.Module):
     shape = (batch, c.num_kv_heads, size, c.head_dim)
     names = ("act_batch", "act_kv_heads", "act_length", None)
     zeros = tuple(layers.constrain(jnp.zeros(shape, c.dtype), names) for _ in range(c.num_layers))
-    return KVCache(k=zeros, v=zeros, length=jnp.zeros((), jnp.int32),
-                   valid=jnp.zeros((batch, size), bool), position=jnp.zeros((batch,), jnp.int32))
+    return KVCache(k=zeros,
+                   v=zeros,
+                   length=jnp.zeros((), jnp.int32),
+                   valid=jnp.zeros((batch, size), bool),
+                   position=jnp.zeros((batch,), jnp.int32))
 
   def layer_states(self):
     """(block graphdef, one parameter state per layer): the stacked blocks as separate arrays.
@@ -119,7 +122,9 @@ class Transformer(nnx.Module):
       x, k, v = block.cached(x, positions, attend, cache.k[layer], cache.v[layer], cache.length)
       keys.append(k)
       values.append(v)
-    return self.final_norm(x), KVCache(k=tuple(keys), v=tuple(values), length=cache.length + t,
+    return self.final_norm(x), KVCache(k=tuple(keys),
+                                       v=tuple(values),
+                                       length=cache.length + t,
                                        valid=slot_valid,
                                        position=cache.position + jnp.sum(valid, axis=1))
 
@@ -129,12 +134,15 @@ class Transformer(nnx.Module):
     return layers.constrain(logits, ("act_batch", "act_length", "act_vocab")).astype(jnp.float32)
 
   def _run_blocks(self, x, positions, mask):
+
     def body(x, block, positions, mask):
       return block(x, positions, mask)
 
     policy = self.cfg.remat_policy
     if policy != "none":
       body = nnx.remat(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
-    scan = nnx.scan(body, in_axes=(nnx.Carry, 0, None, None), out_axes=nnx.Carry,
+    scan = nnx.scan(body,
+                    in_axes=(nnx.Carry, 0, None, None),
+                    out_axes=nnx.Carry,
                     transform_metadata={nnx.PARTITION_NAME: "layers"})
     return scan(x, self.blocks, positions, mask)

@@ -2,7 +2,8 @@
 
 Formats (all lowercase ASCII):
   arithmetic: answer is `a op b = c.` steps then `#### N`.
-  logic: question ends with options `a) .. b) .. c) .. d) ..`; answer is a reason then `answer: <letter>`.
+  logic: question ends with options `a) .. b) .. c) .. d) ..`;
+         answer is a reason then `answer: <letter>`.
   facts: question is `facts: ... statement: ... true or false?`;
          answer is `the facts say ... answer: true|false`.
   filler: a paragraph stored as `question`, with `answer == ""`; not checkable.

@@ -7,52 +7,52 @@ from ._vocab import FEMALE_NAMES, NAMES
 from .base import Example
 
 _ITEMS = (
-  ("apples", "bags"),
-  ("marbles", "jars"),
-  ("stickers", "sheets"),
-  ("cards", "packs"),
-  ("eggs", "boxes"),
-  ("pencils", "boxes"),
-  ("cookies", "plates"),
-  ("shells", "buckets"),
-  ("stamps", "albums"),
-  ("beads", "bags"),
-  ("books", "boxes"),
-  ("coins", "purses"),
-  ("balloons", "packs"),
-  ("oranges", "crates"),
-  ("candles", "boxes"),
-  ("buttons", "jars"),
+    ("apples", "bags"),
+    ("marbles", "jars"),
+    ("stickers", "sheets"),
+    ("cards", "packs"),
+    ("eggs", "boxes"),
+    ("pencils", "boxes"),
+    ("cookies", "plates"),
+    ("shells", "buckets"),
+    ("stamps", "albums"),
+    ("beads", "bags"),
+    ("books", "boxes"),
+    ("coins", "purses"),
+    ("balloons", "packs"),
+    ("oranges", "crates"),
+    ("candles", "boxes"),
+    ("buttons", "jars"),
 )
 _PLACES = ("the shop", "the school", "the farm", "the club", "the library", "the market")
 
 _ADD = (
-  "{s} buys {n} more",
-  "{s} finds {n} more",
-  "{s} gets {n} more from {who}",
-  "{who} gives {o} {n} more",
-  "{s} picks up {n} more",
-  "{s} wins {n} more",
+    "{s} buys {n} more",
+    "{s} finds {n} more",
+    "{s} gets {n} more from {who}",
+    "{who} gives {o} {n} more",
+    "{s} picks up {n} more",
+    "{s} wins {n} more",
 )
 _SUB = (
-  "{s} gives away {n}",
-  "{s} sells {n}",
-  "{s} loses {n}",
-  "{s} gives {n} to {who}",
-  "{s} uses {n}",
-  "{who} takes {n} of them",
+    "{s} gives away {n}",
+    "{s} sells {n}",
+    "{s} loses {n}",
+    "{s} gives {n} to {who}",
+    "{s} uses {n}",
+    "{who} takes {n} of them",
 )
 _MUL = ("{p} pile grows to {k} times its size", "{s} ends up with {k} times as many")
 _GROUP_ADD = ("{s} buys {a} {c} with {m} {x} in each", "{s} gets {a} {c} that hold {m} {x} each")
 _GROUP_SUB = (
-  "{s} fills {a} {c} with {m} {x} each and gives them away",
-  "{s} gives {m} {x} to each of {a} friends",
+    "{s} fills {a} {c} with {m} {x} each and gives them away",
+    "{s} gives {m} {x} to each of {a} friends",
 )
 _CONNECTORS = ("then ", "after that, ", "later, ", "next, ", "")
 _QUESTIONS = (
-  "how many {x} does {name} have now?",
-  "how many {x} does {name} have in the end?",
-  "how many {x} does {name} have at the end?",
+    "how many {x} does {name} have now?",
+    "how many {x} does {name} have in the end?",
+    "how many {x} does {name} have at the end?",
 )
 _NUMBER = re.compile(r"(?<!\d)\d+(?!\d)")
 

@@ -8,17 +8,17 @@ from .base import TASKS, CheckResult, Example
 _HASH_ANSWER = re.compile(r"####\s*(-?\d[\d,]*)")
 _LETTER_ANSWER = re.compile(r"answer\s*:\s*\(?([a-d])\b", re.I)
 _BOOL_ANSWER = re.compile(r"answer\s*:\s*(true|false)\b", re.I)
-# A run of integers joined by + - *, optionally followed by `= r`; a step is a run with an operator and a
-# result. Matching every run (not only those before "=") keeps the scan linear in the draft length.
+# A run of integers joined by + - *, optionally followed by `= r`; a step is a run with an
+# operator and a result. Matching every run (not only those before "=") keeps the scan linear in
+# the draft length.
 _CHAIN = re.compile(
-  r"(?<![\d.])(\d{1,12}(?:\s*[-+*]\s*\d{1,12})*)(?:\s*=\s*(-?\d{1,12})(?!\d|\.\d))?"
-)
+    r"(?<![\d.])(\d{1,12}(?:\s*[-+*]\s*\d{1,12})*)(?:\s*=\s*(-?\d{1,12})(?!\d|\.\d))?")
 _TOKEN = re.compile(r"\d+|[-+*]")
 _WORD = re.compile(r"[a-z0-9]+")
 _QUANTITIES = {
-  "arithmetic": arithmetic.quantities,
-  "logic": logic.quantities,
-  "facts": facts.quantities,
+    "arithmetic": arithmetic.quantities,
+    "logic": logic.quantities,
+    "facts": facts.quantities,
 }
 
 
@@ -62,11 +62,9 @@ def _evaluate(expression: str) -> int:
 
 def _steps(draft: str) -> tuple[int, int]:
   """(steps found, steps arithmetically right) among the `... = r` patterns of a draft."""
-  matches = [
-    (expr, result)
-    for expr, result in _CHAIN.findall(draft)
-    if result and any(op in expr for op in "+-*")
-  ]
+  matches = [(expr, result)
+             for expr, result in _CHAIN.findall(draft)
+             if result and any(op in expr for op in "+-*")]
   return len(matches), sum(_evaluate(expression) == int(result) for expression, result in matches)
 
 
@@ -78,7 +76,8 @@ def _mentions(task: str, draft: str) -> set[str]:
 
 
 def check(example: Example, draft: str) -> CheckResult:
-  """Score `draft` against `example`; any string draft is accepted, ValueError for filler examples."""
+  """Score `draft` against `example`; any string draft is accepted, ValueError for filler
+  examples."""
   _require_verifiable(example.task)
   expected = final_answer(example.task, example.answer)
   correct = expected is not None and final_answer(example.task, draft) == expected

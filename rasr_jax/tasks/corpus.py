@@ -6,10 +6,10 @@ from . import arithmetic, facts, filler, logic
 from .base import ALL_TASKS, Example
 
 _MAKERS = {
-  "arithmetic": arithmetic.make,
-  "logic": logic.make,
-  "facts": facts.make,
-  "filler": filler.make,
+    "arithmetic": arithmetic.make,
+    "logic": logic.make,
+    "facts": facts.make,
+    "filler": filler.make,
 }
 DEFAULT_MIX = {"arithmetic": 0.3, "logic": 0.25, "facts": 0.25, "filler": 0.2}
 
@@ -29,15 +29,16 @@ def _split(total: int, mix: dict[str, float]) -> dict[str, int]:
   shares = {task: total * weight / weight_sum for task, weight in mix.items()}
   counts = {task: int(share) for task, share in shares.items()}
   by_remainder = sorted(mix, key=lambda task: counts[task] - shares[task])
-  for task in by_remainder[: total - sum(counts.values())]:
+  for task in by_remainder[:total - sum(counts.values())]:
     counts[task] += 1
   return counts
 
 
-def bundled_corpus(
-  seed: int, num_examples: int, mix: dict[str, float] | None = None
-) -> list[Example]:
-  """`num_examples` examples mixed by `mix` (default DEFAULT_MIX; weights need not sum to 1), shuffled."""
+def bundled_corpus(seed: int,
+                   num_examples: int,
+                   mix: dict[str, float] | None = None) -> list[Example]:
+  """`num_examples` examples mixed by `mix` (default DEFAULT_MIX; weights need not sum to 1),
+  shuffled."""
   mix = DEFAULT_MIX if mix is None else mix
   unknown = set(mix) - set(ALL_TASKS)
   if unknown:

@@ -9,52 +9,50 @@ from .base import Example
 
 _WORLD_SIZE = 20
 
-# (values, positive template, negative template); {n} is the person, {v} the value, {av} "a"/"an" + value.
+# (values, positive template, negative template); {n} is the person, {v} the value, {av}
+# "a"/"an" + value.
 _ATTRIBUTES = (
-  (CITIES, "{n} lives in {v}", "{n} does not live in {v}"),
-  (
-    ("cat", "dog", "rabbit", "parrot", "hamster", "goat", "horse", "turtle", "owl", "snake"),
-    "{n}'s pet is {av}",
-    "{n}'s pet is not {av}",
-  ),
-  (
+    (CITIES, "{n} lives in {v}", "{n} does not live in {v}"),
     (
-      "baker",
-      "doctor",
-      "teacher",
-      "farmer",
-      "pilot",
-      "nurse",
-      "painter",
-      "writer",
-      "artist",
-      "engineer",
-      "singer",
-      "driver",
+        ("cat", "dog", "rabbit", "parrot", "hamster", "goat", "horse", "turtle", "owl", "snake"),
+        "{n}'s pet is {av}",
+        "{n}'s pet is not {av}",
     ),
-    "{n} works as {av}",
-    "{n} does not work as {av}",
-  ),
-  (
-    ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"),
-    "{n}'s favorite color is {v}",
-    "{n}'s favorite color is not {v}",
-  ),
-  (
-    ("soup", "rice", "bread", "pasta", "cheese", "fish", "salad", "pie", "noodles", "beans"),
-    "{n}'s favorite food is {v}",
-    "{n}'s favorite food is not {v}",
-  ),
-  (tuple(str(age) for age in range(18, 71)), "{n} is {v} years old", "{n} is not {v} years old"),
+    (
+        (
+            "baker",
+            "doctor",
+            "teacher",
+            "farmer",
+            "pilot",
+            "nurse",
+            "painter",
+            "writer",
+            "artist",
+            "engineer",
+            "singer",
+            "driver",
+        ),
+        "{n} works as {av}",
+        "{n} does not work as {av}",
+    ),
+    (
+        ("red", "blue", "green", "yellow", "purple", "orange", "black", "white", "pink", "brown"),
+        "{n}'s favorite color is {v}",
+        "{n}'s favorite color is not {v}",
+    ),
+    (
+        ("soup", "rice", "bread", "pasta", "cheese", "fish", "salad", "pie", "noodles", "beans"),
+        "{n}'s favorite food is {v}",
+        "{n}'s favorite food is not {v}",
+    ),
+    (tuple(str(age) for age in range(18, 71)), "{n} is {v} years old", "{n} is not {v} years old"),
 )
 
 _WORD = re.compile(r"[a-z0-9]+")
 _FRAME_WORDS = frozenset(
-  word
-  for _, *templates in _ATTRIBUTES
-  for template in templates
-  for word in _WORD.findall(re.sub(r"\{\w+\}", " ", template))
-) | {"a", "an"}
+    word for _, *templates in _ATTRIBUTES for template in templates
+    for word in _WORD.findall(re.sub(r"\{\w+\}", " ", template))) | {"a", "an"}
 _STATEMENT = re.compile(r"statement:(.*?)(?:true or false|$)", re.S)
 
 
@@ -62,10 +60,9 @@ _STATEMENT = re.compile(r"statement:(.*?)(?:true or false|$)", re.S)
 def _world(seed: int) -> tuple[tuple[str, tuple[str, ...]], ...]:
   """The people of a seed's world, each with one value per attribute."""
   rng = random.Random(f"facts-world:{seed}")
-  return tuple(
-    (name, tuple(rng.choice(values) for values, _, _ in _ATTRIBUTES))
-    for name in rng.sample(NAMES, _WORLD_SIZE)
-  )
+  return tuple((name, tuple(rng.choice(values)
+                            for values, _, _ in _ATTRIBUTES))
+               for name in rng.sample(NAMES, _WORLD_SIZE))
 
 
 def _say(template: str, name: str, value: str) -> str:
@@ -89,7 +86,7 @@ def make(seed: int, index: int) -> Example:
   values, positive, negative = _ATTRIBUTES[target]
   name, actual = people[0][0], people[0][1][target]
   rivals = [
-    people[p][1][target] for p, a in known if a == target and people[p][1][target] != actual
+      people[p][1][target] for p, a in known if a == target and people[p][1][target] != actual
   ]
   if rivals and rng.random() < 0.6:
     other = rng.choice(rivals)
@@ -102,9 +99,8 @@ def make(seed: int, index: int) -> Example:
   reason = _say(positive, name, actual)
   if value != actual:
     reason += ", not " + (with_article(value) if "{av}" in positive else value)
-  question = (
-    "facts: " + " ".join(f + "." for f in facts) + f" statement: {statement}. true or false?"
-  )
+  question = ("facts: " + " ".join(f + "." for f in facts)
+              + f" statement: {statement}. true or false?")
   answer = f"the facts say {reason}. answer: {'true' if truth else 'false'}"
   return Example("facts", f"facts-{seed}-{index}", question, answer)
 

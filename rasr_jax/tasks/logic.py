@@ -9,104 +9,105 @@ from .base import Example
 LETTERS = "abcd"
 
 _SCALES = (
-  ("taller", "shorter", "tallest", "shortest"),
-  ("older", "younger", "oldest", "youngest"),
-  ("faster", "slower", "fastest", "slowest"),
-  ("heavier", "lighter", "heaviest", "lightest"),
-  ("richer", "poorer", "richest", "poorest"),
-  ("stronger", "weaker", "strongest", "weakest"),
+    ("taller", "shorter", "tallest", "shortest"),
+    ("older", "younger", "oldest", "youngest"),
+    ("faster", "slower", "fastest", "slowest"),
+    ("heavier", "lighter", "heaviest", "lightest"),
+    ("richer", "poorer", "richest", "poorest"),
+    ("stronger", "weaker", "strongest", "weakest"),
 )
 
 _TERMS = (
-  "blips",
-  "zorks",
-  "fips",
-  "wugs",
-  "glims",
-  "tovs",
-  "mibs",
-  "plonks",
-  "snarfs",
-  "quibs",
-  "trels",
-  "vorps",
-  "gleps",
-  "nabs",
-  "yinks",
-  "frobs",
-  "kems",
-  "lurps",
-  "drofs",
-  "smeks",
-  "tulps",
-  "brogs",
-  "zeps",
-  "klims",
-  "morps",
-  "jibs",
-  "fangles",
-  "wemps",
-  "grults",
-  "pims",
+    "blips",
+    "zorks",
+    "fips",
+    "wugs",
+    "glims",
+    "tovs",
+    "mibs",
+    "plonks",
+    "snarfs",
+    "quibs",
+    "trels",
+    "vorps",
+    "gleps",
+    "nabs",
+    "yinks",
+    "frobs",
+    "kems",
+    "lurps",
+    "drofs",
+    "smeks",
+    "tulps",
+    "brogs",
+    "zeps",
+    "klims",
+    "morps",
+    "jibs",
+    "fangles",
+    "wemps",
+    "grults",
+    "pims",
 )
 
 # Syllogism forms over terms A, B, C: (premises, valid conclusion, invalid options).
 # Statements are (quantifier, subject, predicate); "some-not" reads "some X are not Y".
 _FORMS = (
-  (
-    (("all", "A", "B"), ("all", "B", "C")),
-    ("all", "A", "C"),
     (
-      ("all", "C", "A"),
-      ("no", "A", "C"),
-      ("some-not", "A", "C"),
-      ("all", "C", "B"),
-      ("no", "B", "C"),
+        (("all", "A", "B"), ("all", "B", "C")),
+        ("all", "A", "C"),
+        (
+            ("all", "C", "A"),
+            ("no", "A", "C"),
+            ("some-not", "A", "C"),
+            ("all", "C", "B"),
+            ("no", "B", "C"),
+        ),
     ),
-  ),
-  (
-    (("all", "A", "B"), ("no", "B", "C")),
-    ("no", "A", "C"),
     (
-      ("all", "A", "C"),
-      ("some", "A", "C"),
-      ("all", "C", "A"),
-      ("some", "B", "C"),
-      ("all", "C", "B"),
+        (("all", "A", "B"), ("no", "B", "C")),
+        ("no", "A", "C"),
+        (
+            ("all", "A", "C"),
+            ("some", "A", "C"),
+            ("all", "C", "A"),
+            ("some", "B", "C"),
+            ("all", "C", "B"),
+        ),
     ),
-  ),
-  (
-    (("some", "A", "B"), ("all", "B", "C")),
-    ("some", "A", "C"),
-    (("all", "A", "C"), ("no", "A", "C"), ("all", "C", "A"), ("all", "A", "B"), ("no", "B", "C")),
-  ),
-  (
-    (("all", "A", "B"), ("some-not", "C", "B")),
-    ("some-not", "C", "A"),
     (
-      ("all", "C", "A"),
-      ("some-not", "A", "B"),
-      ("no", "C", "B"),
-      ("all", "B", "A"),
-      ("no", "A", "B"),
+        (("some", "A", "B"), ("all", "B", "C")),
+        ("some", "A", "C"),
+        (("all", "A", "C"), ("no", "A", "C"), ("all", "C", "A"), ("all", "A", "B"), ("no", "B",
+                                                                                     "C")),
     ),
-  ),
-  (
-    (("no", "A", "B"), ("all", "C", "A")),
-    ("no", "C", "B"),
     (
-      ("some", "C", "B"),
-      ("all", "B", "C"),
-      ("all", "A", "C"),
-      ("some", "A", "B"),
-      ("all", "C", "B"),
+        (("all", "A", "B"), ("some-not", "C", "B")),
+        ("some-not", "C", "A"),
+        (
+            ("all", "C", "A"),
+            ("some-not", "A", "B"),
+            ("no", "C", "B"),
+            ("all", "B", "A"),
+            ("no", "A", "B"),
+        ),
     ),
-  ),
-  (
-    (("all", "A", "B"), ("all", "A", "C")),
-    ("some", "B", "C"),
-    (("all", "B", "C"), ("all", "C", "B"), ("no", "B", "C"), ("all", "B", "A")),
-  ),
+    (
+        (("no", "A", "B"), ("all", "C", "A")),
+        ("no", "C", "B"),
+        (
+            ("some", "C", "B"),
+            ("all", "B", "C"),
+            ("all", "A", "C"),
+            ("some", "A", "B"),
+            ("all", "C", "B"),
+        ),
+    ),
+    (
+        (("all", "A", "B"), ("all", "A", "C")),
+        ("some", "B", "C"),
+        (("all", "B", "C"), ("all", "C", "B"), ("no", "B", "C"), ("all", "B", "A")),
+    ),
 )
 
 _ORDER_PREMISE = re.compile(r"\b([a-z]+) is [a-z]+ than ([a-z]+)")
@@ -134,9 +135,8 @@ def _ordering(rng: random.Random) -> tuple[str, str]:
     else:
       premises.append(f"{low} is {less} than {high}.")
   rng.shuffle(premises)
-  position, label = rng.choice(
-    ((0, f"the {most}"), (3, f"the {least}"), (1, f"the second {most}"), (2, f"the second {least}"))
-  )
+  position, label = rng.choice(((0, f"the {most}"), (3, f"the {least}"), (1, f"the second {most}"),
+                                (2, f"the second {least}")))
   options = rng.sample(ranked, 4)
   letter = LETTERS[options.index(ranked[position])]
   question = " ".join(premises) + f" who is {label}? " + _options(options)

@@ -4,10 +4,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from rasr_jax import optim, sharding
+from rasr_jax import sharding
 from rasr_jax.model import rasr_model
+from rasr_jax.training import optim
 
 
 @flax.struct.dataclass
@@ -26,14 +28,26 @@ def build_model(config, seed=0):
     return rasr_model.RASRModel(config.model, config.reflect, rngs=nnx.Rngs(seed))
 
 
-def abstract_model(config):
-  """(graphdef, abstract params, param PartitionSpecs); allocates nothing."""
+def _abstract_split(config):
+  """(graphdef, abstract nnx.State of the parameters); allocates nothing."""
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: build_model(config))
-  graphdef, state = nnx.split(model, nnx.Param)
+  return nnx.split(model, nnx.Param)
+
+
+def param_axis_names(config):
+  """[(path, logical axis names, shape)] of every parameter of the model of `config`."""
+  _, state = _abstract_split(config)
+  return [(path, var.get_metadata().get("out_sharding")
+           or (None,) * var.get_value().ndim, var.get_value().shape)
+          for path, var in nnx.to_flat_state(state)]
+
+
+def abstract_model(config):
+  """(graphdef, abstract params, param PartitionSpecs); allocates nothing."""
+  graphdef, state = _abstract_split(config)
   specs = {}
-  for path, var in nnx.to_flat_state(state):
-    names = var.get_metadata().get("out_sharding") or (None,) * var.get_value().ndim
+  for path, names, _ in param_axis_names(config):
     node = specs
     for key in path[:-1]:
       node = node.setdefault(key, {})
@@ -47,10 +61,15 @@ def _dict_keys(path):
 
 def state_specs(abstract_state, param_specs):
   """PartitionSpecs for a TrainState: optimizer moments follow their parameter."""
-  by_path = {_dict_keys(p): s for p, s in jax.tree_util.tree_flatten_with_path(
-      param_specs, is_leaf=lambda x: isinstance(x, P))[0]}
-  shapes = {_dict_keys(p): x.shape
-            for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]}
+  by_path = {
+      _dict_keys(p): s
+      for p, s in jax.tree_util.tree_flatten_with_path(param_specs,
+                                                       is_leaf=lambda x: isinstance(x, P))[0]
+  }
+  shapes = {
+      _dict_keys(p): x.shape
+      for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+  }
 
   def spec(path, leaf):
     names = _dict_keys(path)
@@ -61,18 +80,27 @@ def state_specs(abstract_state, param_specs):
     return P()
 
   opt_specs = jax.tree_util.tree_map_with_path(spec, abstract_state.opt_state)
-  return TrainState(step=P(), params=param_specs, opt_state=opt_specs, rng=P(), tau=P(),
+  return TrainState(step=P(),
+                    params=param_specs,
+                    opt_state=opt_specs,
+                    rng=P(),
+                    tau=P(),
                     skipped=P())
 
 
 def _init_fn(config):
+
   def init():
     params = nnx.to_pure_dict(nnx.state(build_model(config, config.seed), nnx.Param))
     tx = optim.make_optimizer(config.train, params)
     rng = jax.random.key_data(jax.random.key(config.seed + 1))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=rng, tau=jnp.asarray(config.reflect.tau, jnp.float32),
+    return TrainState(step=jnp.zeros((), jnp.int32),
+                      params=params,
+                      opt_state=tx.init(params),
+                      rng=rng,
+                      tau=jnp.asarray(config.reflect.tau, jnp.float32),
                       skipped=jnp.zeros((), jnp.int32))
+
   return init
 
 
@@ -84,8 +112,7 @@ def abstract_state(config):
 
 
 def to_shardings(specs, mesh):
-  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
-                      is_leaf=lambda x: isinstance(x, P))
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
 
 
 def init_state(config, mesh):

@@ -11,12 +11,13 @@ import time
 
 import jax
 
-from rasr_jax import checkpoint, describe, optim, refine, sharding, train_state, train_step
+from rasr_jax import sharding
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.modes import describe
+from rasr_jax.training import checkpoint, optim, train_state
+from rasr_jax.training import step as train_step
 
-# The tokenizer reserves these ids for the markers (data/tokenizer.py), so the step can be
-# built without one.
-MARKER_IDS = refine.SpecialIds(draft=3, critique=4, refine=5)
-GIB = 1024 ** 3
+GIB = 1024**3
 
 
 def compile_report(config):
@@ -26,17 +27,22 @@ def compile_report(config):
   shardings = train_state.to_shardings(specs, mesh)
   tx = optim.make_optimizer(config.train, abstract.params)
   step_fn = train_step.jit_train_step(
-      train_step.make_train_step(graphdef, config, tx, MARKER_IDS), shardings, mesh)
-  tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1), "int32",
+      train_step.make_train_step(graphdef, config, tx, tok_lib.TRAINED_MARKER_IDS), shardings, mesh)
+  tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1),
+                                "int32",
                                 sharding=sharding.batch_sharding(mesh))
   start = time.perf_counter()
   with sharding.activate(mesh):
     compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), tokens).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()
-  sizes = {"arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-           "aliased": memory.alias_size_in_bytes, "temporaries": memory.temp_size_in_bytes,
-           "generated_code": memory.generated_code_size_in_bytes}
+  sizes = {
+      "arguments": memory.argument_size_in_bytes,
+      "outputs": memory.output_size_in_bytes,
+      "aliased": memory.alias_size_in_bytes,
+      "temporaries": memory.temp_size_in_bytes,
+      "generated_code": memory.generated_code_size_in_bytes
+  }
   # Donated state: outputs alias arguments, so they are counted once.
   peak = (sizes["arguments"] + sizes["outputs"] - sizes["aliased"] + sizes["temporaries"]
           + sizes["generated_code"])
@@ -44,8 +50,10 @@ def compile_report(config):
   return {
       "mesh": config.mesh.axis_sizes(),
       "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-      "reflect": config.reflect.enabled, "remat_policy": config.model.remat_policy,
-      "batch_size": config.train.batch_size, "seq_len": config.data.seq_len,
+      "reflect": config.reflect.enabled,
+      "remat_policy": config.model.remat_policy,
+      "batch_size": config.train.batch_size,
+      "seq_len": config.data.seq_len,
       "compile_seconds": round(seconds, 1),
       "bytes_per_device": dict(sizes, total=peak),
       "gib_per_device": round(peak / GIB, 2),

@@ -23,29 +23,32 @@ def binary_cross_entropy(prob, target, eps=1e-6):
 
 
 def reflection_row_losses(refine_logits, target):
-  """Teacher-forced refine logits [R, Y, V] vs y* [R, Y] -> mean cross-entropy per row [R]."""
+  """Teacher-forced refine logits [B, Y, V] vs y* [B, Y] -> mean cross-entropy per row [B]."""
   return jnp.mean(token_cross_entropy(refine_logits, target), axis=-1)
 
 
 def critic_loss(critique, quality, labels):
   """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged.
 
-  critique: heads.Critique; quality [R, C] targets of the configured dims; labels [R, Y].
+  critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y].
   """
-  scores = jnp.mean((critique.scores - quality) ** 2)
+  scores = jnp.mean((critique.scores - quality)**2)
   tokens = jnp.mean(binary_cross_entropy(critique.token_errors, labels))
-  scalar = jnp.mean((critique.critique - jnp.sum(critique.weights * quality, axis=-1)) ** 2)
-  return scores + tokens + scalar, {"critic/loss_scores": scores, "critic/loss_tokens": tokens,
-                                    "critic/loss_scalar": scalar}
+  scalar = jnp.mean((critique.critique - jnp.sum(critique.weights * quality, axis=-1))**2)
+  return scores + tokens + scalar, {
+      "critic/loss_scores": scores,
+      "critic/loss_tokens": tokens,
+      "critic/loss_scalar": scalar
+  }
 
 
 def controller_targets(weighted_quality, weighted_quality_next, quality_target, min_gain):
-  """stop* [R]: y(k) already good enough, or refining it gained too little (RASR.md §6)."""
+  """stop* [B]: y(k) already good enough, or refining it gained too little (RASR.md §6)."""
   done = weighted_quality >= quality_target
   no_gain = weighted_quality_next - weighted_quality <= min_gain
   return (done | no_gain).astype(jnp.float32)
 
 
 def controller_loss(stop_prob, stop_target):
-  """L_controller: mean BCE of R_xi [R] against stop* [R]."""
+  """L_controller: mean BCE of R_xi [B] against stop* [B]."""
   return jnp.mean(binary_cross_entropy(stop_prob, stop_target))

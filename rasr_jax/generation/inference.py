@@ -17,11 +17,14 @@ import sys
 import jax
 import numpy as np
 
-from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
-from rasr_jax import generate as gen_lib
-from rasr_jax import sampling, sharding, train, train_state
-from rasr_jax.data import sources, tokenizer as tok_lib
+from rasr_jax import sharding
+from rasr_jax.data import sources
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.generation import generate as gen_lib
+from rasr_jax.model import sampling
+from rasr_jax.training import checkpoint as ckpt_lib
+from rasr_jax.training import train_state
 
 LENGTH_BUCKET = 32  # input lengths are rounded up to a multiple (one compilation per bucket)
 
@@ -43,9 +46,9 @@ def _locate_checkpoint(workdir, checkpoint):
 
 
 def _load_tokenizer(config, workdir):
-  tokenizer = train.existing_tokenizer(config, workdir)
+  tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
   if tokenizer is None:
-    raise tok_lib.TokenizerError(f"no tokenizer: {os.path.join(workdir, train.TOKENIZER_FILE)} "
+    raise tok_lib.TokenizerError(f"no tokenizer: {os.path.join(workdir, tok_lib.TOKENIZER_FILE)} "
                                  "does not exist and config.data.tokenizer is empty")
   return tokenizer
 
@@ -65,18 +68,20 @@ def _restore(config, directory, step, tokenizer, abstract_params, replicated):
     if step is None:
       raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
     stored = checkpointer.read_meta(step)
-    problems = ckpt_lib.param_problems(stored, {"params": ckpt_lib.param_signature(
-        abstract_params)})
+    problems = ckpt_lib.param_problems(stored,
+                                       {"params": ckpt_lib.param_signature(abstract_params)})
     if stored.get("tokenizer_sha256") != tokenizer.checksum:
       problems.append(f"tokenizer {tokenizer.path} is not the one the checkpoint was trained "
                       "with")
     if problems:
       raise ckpt_lib.CheckpointError(f"checkpoint {directory}/{step} does not match the "
                                      "config: " + "; ".join(problems))
-    return checkpointer.restore_fields(step, {
-        "params": abstract_params,
-        "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
-        "tau": jax.ShapeDtypeStruct((), np.float32, sharding=replicated)})
+    return checkpointer.restore_fields(
+        step, {
+            "params": abstract_params,
+            "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
+            "tau": jax.ShapeDtypeStruct((), np.float32, sharding=replicated)
+        })
   finally:
     checkpointer.close()
 
@@ -97,7 +102,7 @@ class InferenceModel:
     self.step = int(restored["step"])
     self.params, self.tau = restored["params"], restored["tau"]
     self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
-    self.ids = train.special_ids(self.tokenizer)
+    self.ids = self.tokenizer.marker_ids
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self._rows_multiple = self.config.mesh.data * self.config.mesh.fsdp
     self._compiled = {}  # GenerateOptions (or "score") -> jitted function
@@ -120,23 +125,39 @@ class InferenceModel:
     return self._compiled[options]
 
   def _jit_generate(self, options):
+
     def run(params, prompt, valid, indices, seed, tau, progress):
       base = jax.random.key(seed)
       keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
-      return gen_lib.generate(self.graphdef, params, prompt, valid, keys, tau, progress,
-                              options=options, ids=self.ids)
+      return gen_lib.generate(self.graphdef,
+                              params,
+                              prompt,
+                              valid,
+                              keys,
+                              tau,
+                              progress,
+                              options=options,
+                              ids=self.ids)
+
     batch = self._batch_sharding
     return jax.jit(run, in_shardings=(self.param_shardings, batch, batch, batch, None, None, None))
 
   def _score_fn(self):
     if "score" not in self._compiled:
       fn = functools.partial(gen_lib.token_logprobs, self.graphdef)
-      self._compiled["score"] = jax.jit(fn, in_shardings=(self.param_shardings,
-                                                          self._batch_sharding))
+      self._compiled["score"] = jax.jit(fn,
+                                        in_shardings=(self.param_shardings, self._batch_sharding))
     return self._compiled["score"]
 
-  def options(self, *, max_new_tokens=64, temperature=0.0, top_k=0, top_p=1.0, stop=(),
-              reflect="auto", iterations=None):
+  def options(self,
+              *,
+              max_new_tokens=64,
+              temperature=0.0,
+              top_k=0,
+              top_p=1.0,
+              stop=(),
+              reflect="auto",
+              iterations=None):
     """GenerateOptions for this model; reflect `auto` is `learned` (or `fixed` when the model
     was trained without learned stopping) for a RASR model and `off` otherwise."""
     r = self.config.reflect
@@ -146,13 +167,16 @@ class InferenceModel:
       raise config_lib.ConfigError(f"reflect={reflect} needs a model with reflection heads "
                                    "(config.reflect.enabled=False)")
     stop_sequences = tuple(filter(None, (self._stop_tokens(s) for s in stop if s)))
-    return gen_lib.GenerateOptions(
-        max_new_tokens=max_new_tokens,
-        sampling_params=sampling.SamplingParams(temperature, top_k, top_p), reflect=reflect,
-        iterations=r.iterations if iterations is None else iterations,
-        aligned=r.draft_mode == "teacher_forced", eos_id=self.tokenizer.eos_id,
-        pad_id=self.tokenizer.pad_id, stop_sequences=stop_sequences,
-        stop_strings=tuple(s for s in stop if s))
+    return gen_lib.GenerateOptions(max_new_tokens=max_new_tokens,
+                                   sampling_params=sampling.SamplingParams(
+                                       temperature, top_k, top_p),
+                                   reflect=reflect,
+                                   iterations=r.iterations if iterations is None else iterations,
+                                   aligned=r.draft_mode == "teacher_forced",
+                                   eos_id=self.tokenizer.eos_id,
+                                   pad_id=self.tokenizer.pad_id,
+                                   stop_sequences=stop_sequences,
+                                   stop_strings=tuple(s for s in stop if s))
 
   def _stop_tokens(self, text):
     """Token ids that end a row when its tokens end with them: `text` encoded alone, less the
@@ -184,28 +208,36 @@ class InferenceModel:
           prompt[row, width - len(ids):], valid[row, width - len(ids):] = ids, True
         valid[len(chunk):, -1] = True  # filler rows
         indices = np.arange(start, start + rows, dtype=np.int32)
-        out = jax.device_get(fn(self.params, self._put(prompt), self._put(valid),
-                                self._put(indices), np.uint32(seed), self.tau, self.progress))
-        results.extend(self._generation_record(p, out, row, options)
-                       for row, p in enumerate(chunk))
+        out = jax.device_get(
+            fn(self.params, self._put(prompt), self._put(valid), self._put(indices),
+               np.uint32(seed), self.tau, self.progress))
+        results.extend(self._generation_record(p, out, row, options) for row, p in enumerate(chunk))
     return results
 
   def _generation_record(self, prompt, out, row, options):
     final = int(out.stop_iteration[row])
-    drafts = [cut_at_stop(self.tokenizer.decode(out.drafts[k, row, :out.lengths[k, row]]),
-                          options.stop_strings)
-              for k in range(final + 1)]
-    record = {"prompt": prompt, "text": drafts[-1], "drafts": drafts, "stop_iteration": final,
-              "num_tokens": int(out.lengths[final, row]),
-              "draft_tokens": [int(n) for n in out.lengths[:final + 1, row]]}
+    drafts = [
+        cut_at_stop(self.tokenizer.decode(out.drafts[k, row, :out.lengths[k, row]]),
+                    options.stop_strings) for k in range(final + 1)
+    ]
+    record = {
+        "prompt": prompt,
+        "text": drafts[-1],
+        "drafts": drafts,
+        "stop_iteration": final,
+        "num_tokens": int(out.lengths[final, row]),
+        "draft_tokens": [int(n) for n in out.lengths[:final + 1, row]]
+    }
     if options.reflect != "off":
       record.update(
           score_names=list(self.config.reflect.dim_names),
           scores=[[round(float(s), 6) for s in out.scores[k, row]] for k in range(final + 1)],
-          token_errors=[[round(float(e), 6) for e in out.token_errors[k, row, :out.lengths[k, row]]]
-                        for k in range(final + 1)],
-          stop_probs=[round(float(p), 6) for p in out.stop_probs[:min(final + 1,
-                                                                      options.iterations), row]])
+          token_errors=[[
+              round(float(e), 6) for e in out.token_errors[k, row, :out.lengths[k, row]]
+          ] for k in range(final + 1)],
+          stop_probs=[
+              round(float(p), 6) for p in out.stop_probs[:min(final + 1, options.iterations), row]
+          ])
     return record
 
   def score_tokens(self, token_lists, batch_size=8):
@@ -228,12 +260,16 @@ class InferenceModel:
     """One dict per text: its token ids, their log-probabilities (natural log) and the sum."""
     encoded = [self._encode(t) for t in texts]
     records = []
-    for text, ids, (logprobs, greedy) in zip(texts, encoded,
-                                             self.score_tokens(encoded, batch_size)):
-      records.append({"text": text, "token_ids": ids[1:],
-                      "logprobs": [round(float(x), 6) for x in logprobs],
-                      "sum_logprob": float(np.sum(logprobs, dtype=np.float64)),
-                      "num_tokens": len(ids) - 1, "is_greedy": bool(np.all(greedy))})
+    for text, ids, (logprobs, greedy) in zip(texts, encoded, self.score_tokens(encoded,
+                                                                               batch_size)):
+      records.append({
+          "text": text,
+          "token_ids": ids[1:],
+          "logprobs": [round(float(x), 6) for x in logprobs],
+          "sum_logprob": float(np.sum(logprobs, dtype=np.float64)),
+          "num_tokens": len(ids) - 1,
+          "is_greedy": bool(np.all(greedy))
+      })
     return records
 
 

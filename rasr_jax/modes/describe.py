@@ -5,14 +5,16 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
-from rasr_jax import metrics, optim, sharding, train_state
+from rasr_jax import sharding
+from rasr_jax.training import flops, optim, train_state
 
 
 def _sharded_bytes(tree, specs, axis_sizes):
   leaves = jax.tree.leaves(tree)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
-  return sum(math.ceil(x.size * x.dtype.itemsize / sharding.shard_count(s, axis_sizes))
-             for x, s in zip(leaves, spec_leaves))
+  return sum(
+      math.ceil(x.size * x.dtype.itemsize / sharding.shard_count(s, axis_sizes))
+      for x, s in zip(leaves, spec_leaves))
 
 
 def describe(config, num_devices):
@@ -31,8 +33,11 @@ def describe(config, num_devices):
   return {
       "params_total": sum(counts.values()),
       "params_by_group": counts,
-      "flops_per_token": metrics.flops_per_token(config.model, config.data.seq_len),
+      "flops_per_token": flops.flops_per_token(config.model, config.data.seq_len),
       "mesh": sizes,
-      "bytes_per_device": {"params": param_bytes, "optimizer": opt_bytes,
-                           "total": param_bytes + opt_bytes},
+      "bytes_per_device": {
+          "params": param_bytes,
+          "optimizer": opt_bytes,
+          "total": param_bytes + opt_bytes
+      },
   }

@@ -1,42 +1,36 @@
-"""The training loop: restore-or-init, data, the jitted step, metrics, checkpoints, preemption.
+"""Training: `setup` restores or initialises everything a run needs; `loop` runs the steps.
 
 Rerunning with the same workdir resumes from the newest complete checkpoint. SIGTERM saves a
 checkpoint at the next step boundary (on several processes, at a step all of them agree on) and
 returns normally (exit code 0).
 """
 
+import dataclasses
 import os
 import signal
 import time
+from collections.abc import Callable, Iterator
 
 import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from rasr_jax import checkpoint as ckpt_lib
 from rasr_jax import config as config_lib
-from rasr_jax import faults as faults_lib
-from rasr_jax import metrics as metrics_lib
-from rasr_jax import optim, refine, sharding, train_state, train_step
-from rasr_jax.data import pipeline, sources, tokenizer as tok_lib
+from rasr_jax import sharding
+from rasr_jax.data import pipeline, sources
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.training import checkpoint as ckpt_lib
+from rasr_jax.training import faults as faults_lib
+from rasr_jax.training import flops, optim, train_state
+from rasr_jax.training import metrics as metrics_lib
+from rasr_jax.training import step as train_step
 
-TOKENIZER_FILE = "tokenizer.model"
 HELD_OUT_KEY_OFFSET = 7_919
 
 
 class NonFiniteError(RuntimeError):
   """The loss or gradients were not finite and train.nan_policy=stop."""
-
-
-def existing_tokenizer(config, workdir):
-  """The workdir's tokenizer, else config.data.tokenizer's, else None."""
-  own = os.path.join(workdir, TOKENIZER_FILE)
-  if os.path.exists(own):
-    return tok_lib.load(own, config.model.vocab_size)
-  if config.data.tokenizer:
-    return tok_lib.load(config.data.tokenizer, config.model.vocab_size)
-  return None
 
 
 def _train_tokenizer(config, corpus):
@@ -49,12 +43,13 @@ def prepare_tokenizer(config, workdir, corpus):
 
   In a multi-process run process 0 trains and saves it; the others wait, then load it.
   """
-  own = os.path.join(workdir, TOKENIZER_FILE)
+  own = os.path.join(workdir, tok_lib.TOKENIZER_FILE)
   if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
     if jax.process_index() == 0 and not os.path.exists(own):
       _train_tokenizer(config, corpus).save(own)
     multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = existing_tokenizer(config, workdir) or _train_tokenizer(config, corpus)
+  tokenizer = (tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
+               or _train_tokenizer(config, corpus))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise tok_lib.TokenizerError(
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
@@ -62,12 +57,6 @@ def prepare_tokenizer(config, workdir, corpus):
   if not os.path.exists(own) and jax.process_index() == 0:
     tokenizer.save(own)  # the workdir keeps the tokenizer its checkpoints were trained with
   return tokenizer
-
-
-def special_ids(tokenizer):
-  ids = tokenizer.special_ids
-  return refine.SpecialIds(draft=ids[tok_lib.DRAFT], critique=ids[tok_lib.CRITIQUE],
-                           refine=ids[tok_lib.REFINE])
 
 
 def run_metadata(config, state, tokenizer, corpus):
@@ -83,11 +72,15 @@ def run_metadata(config, state, tokenizer, corpus):
 
 def _dataset(config, documents, tokenizer, num_workers=0):
   """This process's rows of every global batch: [local batch, seq_len + 1] tokens."""
-  return pipeline.make_dataset(
-      documents, tokenizer, seq_len=config.data.seq_len, global_batch=config.train.batch_size,
-      seed=config.seed, streams=config.data.streams or jax.process_count(),
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      num_workers=num_workers)
+  return pipeline.make_dataset(documents,
+                               tokenizer,
+                               seq_len=config.data.seq_len,
+                               global_batch=config.train.batch_size,
+                               seed=config.seed,
+                               streams=config.data.streams or jax.process_count(),
+                               process_index=jax.process_index(),
+                               process_count=jax.process_count(),
+                               num_workers=num_workers)
 
 
 def _global_batch(local, batch_sharding):
@@ -101,7 +94,7 @@ class _HeldOutEval:
   def __init__(self, config, documents, tokenizer, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
     self._make_data = lambda: _dataset(config, documents, tokenizer)
-    self._step = jax.jit(train_step.make_eval_step(graphdef, config, special_ids(tokenizer)),
+    self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids),
                          in_shardings=(shardings, sharding.batch_sharding(mesh), None),
                          out_shardings=sharding.replicated(mesh))
     self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
@@ -155,17 +148,26 @@ def _format_eta(seconds):
   return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
 
 
-def train(config, workdir, *, stop_at_step=None):
-  """Trains (or resumes) to config.train.steps; returns the final TrainState.
+@dataclasses.dataclass
+class Run:
+  """Everything the loop needs, restored or initialised by `setup`."""
+  config: config_lib.Config  # with a resolved mesh
+  workdir: str
+  mesh: jax.sharding.Mesh
+  state: train_state.TrainState  # restored, or freshly initialised
+  start: int  # the step the state is at
+  step_fn: Callable  # jitted train_step(state, tokens) -> (state, metrics)
+  data: Iterator  # this process's batches from step `start` + 1 on
+  checkpointer: ckpt_lib.Checkpointer
+  meta: dict  # the checkpoint metadata of this run
+  evaluate: Callable | None  # held-out metrics of a state, or None
+  writer: metrics_lib.MetricWriter
 
-  `stop_at_step` ends this run early (with a checkpoint) as if preempted there; for tests and
-  for running a schedule in chunks.
-  """
+
+def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
+  """Loads data and tokenizer, builds the mesh and the jitted step, restores the newest
+  checkpoint (or initialises); `faults` wrap the step, the data and the checkpointer."""
   config = config_lib.resolve_mesh(config, jax.device_count())
-  try:
-    faults = faults_lib.from_env()
-  except ValueError as e:
-    raise config_lib.ConfigError(str(e)) from None
   if faults.crashes_at_commit and not config.checkpoint.async_save:
     raise config_lib.ConfigError(f"{faults_lib.ENV}: crash_in_save at commit needs "
                                  "checkpoint.async_save=True")
@@ -181,38 +183,59 @@ def train(config, workdir, *, stop_at_step=None):
 
   if jax.process_index() == 0:
     ckpt_lib.check_writable(ckpt_lib.checkpoint_dir(workdir))
-  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir), config.checkpoint,
-                                      faults)
-  data_iter = pipeline.ResumableIterator(
+  checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
+                                       config.checkpoint,
+                                       on_commit=faults_lib.on_commit(faults))
+  data = pipeline.ResumableIterator(
       _dataset(config, corpus.documents, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:
     ckpt_lib.compare_meta(checkpointer.read_meta(start), meta)
-    state = checkpointer.restore(start, ckpt_lib.with_shardings(abstract, shardings), data_iter)
+    state = checkpointer.restore(start, ckpt_lib.with_shardings(abstract, shardings), data)
     logging.info("resumed from step %d", start)
   else:
     state, _ = train_state.init_state(config, mesh)
     if config.init_from:  # the optimizer state starts fresh (AdamW moments do not read params)
-      params = ckpt_lib.restore_params(
-          config.init_from, ckpt_lib.with_shardings(abstract.params, shardings.params))
+      params = ckpt_lib.restore_params(config.init_from,
+                                       ckpt_lib.with_shardings(abstract.params, shardings.params))
       state = state.replace(params=params)
       logging.info("initialised parameters from %s", config.init_from)
     start = 0
 
   tx = optim.make_optimizer(config.train, abstract.params)
-  step_fn = train_step.jit_train_step(
-      train_step.make_train_step(graphdef, config, tx, special_ids(tokenizer), faults),
-      shardings, mesh)
+  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids)
+  step_fn = train_step.jit_train_step(faults_lib.instrument_step(step, faults), shardings, mesh)
   held_out = sources.load_held_out(config.data, config.seed)
   evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)
               if held_out is not None and config.train.eval_batches else None)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start)
+  return Run(config=config,
+             workdir=workdir,
+             mesh=mesh,
+             state=state,
+             start=start,
+             step_fn=step_fn,
+             data=faults_lib.instrument_data(data, faults, start + 1),
+             checkpointer=faults_lib.instrument_checkpointer(checkpointer, faults),
+             meta=meta,
+             evaluate=evaluate,
+             writer=writer)
+
+
+def loop(run: Run, *, stop_at_step=None):
+  """Trains from `run.start` to config.train.steps; returns the final TrainState.
+
+  Logs and writes metrics every train.log_every_steps, evaluates held-out data every
+  train.eval_every_steps, saves every checkpoint.every_steps, at the end and at a SIGTERM.
+  `stop_at_step` ends the run early (with a checkpoint) as if preempted there.
+  """
+  config, state, start = run.config, run.state, run.start
   tokens_per_step = config.train.batch_size * config.data.seq_len
-  flops_per_step = metrics_lib.flops_per_step(config)
-  peak = metrics_lib.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
-  batch_sharding = sharding.batch_sharding(mesh)
+  flops_per_step = flops.flops_per_step(config)
+  peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
+  batch_sharding = sharding.batch_sharding(run.mesh)
   preemption = _Preemption()
   total = config.train.steps
   end = start if start < total and preemption.reached(start) else total
@@ -221,40 +244,37 @@ def train(config, workdir, *, stop_at_step=None):
   finished = False
   window_start, window_steps = time.perf_counter(), 0
   try:
-    with sharding.activate(mesh):
+    with sharding.activate(run.mesh):
       for step in range(start, end):
-        local = next(data_iter)
+        local = next(run.data)
         done = step + 1
-        if done == faults.crash_in_data_read:
-          faults_lib.crash_now()
-        state, metrics = step_fn(state, _global_batch(local, batch_sharding))
+        state, metrics = run.step_fn(state, _global_batch(local, batch_sharding))
         if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
           raise NonFiniteError(f"non-finite loss or gradients at step {done} "
                                "(train.nan_policy=stop); that update was dropped and no "
                                f"checkpoint after step {done - 1} is written")
         window_steps += 1
         every = config.train.eval_every_steps
-        run_eval = evaluate is not None and (done == total or (every and done % every == 0))
+        run_eval = run.evaluate is not None and (done == total or (every and done % every == 0))
         if done % config.train.log_every_steps == 0 or done == total or run_eval:
           metrics = jax.device_get(metrics)
           elapsed = time.perf_counter() - window_start
           step_time = elapsed / window_steps
-          record = dict(metrics, step_time_s=step_time,
+          record = dict(metrics,
+                        step_time_s=step_time,
                         tokens_per_sec=tokens_per_step / step_time,
                         mfu=flops_per_step / step_time / peak)
           if run_eval:
-            record.update(evaluate(state))
-          writer.write(done, record)
-          logging.info("step %d/%d loss %.4f lr %.3g | %.0f tok/s mfu %.1f%% | ETA %s", done,
-                       total, record["loss"], record["lr"], record["tokens_per_sec"],
-                       100 * record["mfu"], _format_eta(step_time * (total - done)))
+            record.update(run.evaluate(state))
+          run.writer.write(done, record)
+          logging.info("step %d/%d loss %.4f lr %.3g | %.0f tok/s mfu %.1f%% | ETA %s", done, total,
+                       record["loss"], record["lr"], record["tokens_per_sec"], 100 * record["mfu"],
+                       _format_eta(step_time * (total - done)))
           window_start, window_steps = time.perf_counter(), 0
         preempted = preemption.reached(done)
         stop = preempted or done == stop_at_step
         if done % config.checkpoint.every_steps == 0 or done == total or stop:
-          checkpointer.save(done, state, data_iter, meta)
-        if done == faults.crash_after_step:
-          faults_lib.crash_now()
+          run.checkpointer.save(done, state, run.data, run.meta)
         if stop and done < total:
           logging.warning("stopping at step %d (%s); checkpoint saved", done,
                           "SIGTERM" if preempted else "stop_at_step")
@@ -262,6 +282,16 @@ def train(config, workdir, *, stop_at_step=None):
     finished = True
   finally:
     preemption.restore()
-    writer.close()
-    checkpointer.close(raise_errors=finished)  # waits for the save in flight
+    run.writer.close()
+    run.checkpointer.close(raise_errors=finished)  # waits for the save in flight
   return state
+
+
+def train(config, workdir, *, stop_at_step=None):
+  """Trains (or resumes) to config.train.steps; returns the final TrainState. Faults named in
+  RASR_FAULTS (faults.py) are injected."""
+  try:
+    faults = faults_lib.from_env()
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+  return loop(setup(config, workdir, faults), stop_at_step=stop_at_step)

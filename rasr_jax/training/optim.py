@@ -31,20 +31,29 @@ def _decay_mask(params):
 
 
 def schedule(train_cfg, peak_lr):
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=peak_lr, warmup_steps=train_cfg.warmup_steps,
-      decay_steps=max(train_cfg.steps, train_cfg.warmup_steps + 1),
-      end_value=peak_lr * train_cfg.end_lr_ratio)
+  return optax.warmup_cosine_decay_schedule(init_value=0.0,
+                                            peak_value=peak_lr,
+                                            warmup_steps=train_cfg.warmup_steps,
+                                            decay_steps=max(train_cfg.steps,
+                                                            train_cfg.warmup_steps + 1),
+                                            end_value=peak_lr * train_cfg.end_lr_ratio)
 
 
 def group_peak_lrs(train_cfg):
-  return {"generator": train_cfg.lr, "critic": train_cfg.critic_lr,
-          "controller": train_cfg.controller_lr}
+  return {
+      "generator": train_cfg.lr,
+      "critic": train_cfg.critic_lr,
+      "controller": train_cfg.controller_lr
+  }
 
 
 def _group_transform(train_cfg, peak_lr):
-  adamw = optax.adamw(schedule(train_cfg, peak_lr), b1=train_cfg.b1, b2=train_cfg.b2,
-                      eps=train_cfg.eps, weight_decay=train_cfg.weight_decay, mask=_decay_mask)
+  adamw = optax.adamw(schedule(train_cfg, peak_lr),
+                      b1=train_cfg.b1,
+                      b2=train_cfg.b2,
+                      eps=train_cfg.eps,
+                      weight_decay=train_cfg.weight_decay,
+                      mask=_decay_mask)
   if train_cfg.grad_clip > 0:
     return optax.chain(optax.clip_by_global_norm(train_cfg.grad_clip), adamw)
   return adamw
@@ -54,8 +63,7 @@ def make_optimizer(train_cfg, params):
   """Per group: clip the group's gradient by its global norm, then AdamW on its own schedule."""
   present = sorted(set(jax.tree.leaves(group_labels(params))))
   peaks = group_peak_lrs(train_cfg)
-  return optax.partition({g: _group_transform(train_cfg, peaks[g]) for g in present},
-                         group_labels)
+  return optax.partition({g: _group_transform(train_cfg, peaks[g]) for g in present}, group_labels)
 
 
 def group_norms(grads):

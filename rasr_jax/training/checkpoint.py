@@ -17,8 +17,6 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from rasr_jax import faults as faults_lib
-
 LAYER_LAYOUT = "scanned"  # blocks stacked on a leading `layers` axis
 
 
@@ -65,38 +63,35 @@ def compare_meta(stored: dict, expected: dict):
 class Checkpointer:
   """Saves and restores (state, data iterator, metadata) under DIR/<step>.
 
-  `faults` may crash the process in a named phase of a save (see faults.py).
+  `on_commit(step)`, when given, runs in orbax's background thread once every file of a save is
+  written to its temporary directory, before the rename that publishes it.
   """
 
-  def __init__(self, directory, ckpt_cfg, faults=faults_lib.Faults()):
+  def __init__(self, directory, ckpt_cfg, on_commit=None):
     self.directory = os.path.abspath(directory)
-    self._faults = faults
+    self._on_commit = on_commit
     # The step of the newest save request. Set only once the save before it is complete, so
     # orbax's commit thread reads the step it is committing.
     self._last_requested_step = None
     if jax.process_index() == 0:
       for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
         shutil.rmtree(leftover, ignore_errors=True)  # an interrupted save, never listed
-    at_commit = self._at_commit if faults.crashes_at_commit else None
+    at_commit = self._at_commit if on_commit is not None else None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=ckpt_cfg.max_to_keep, enable_async_checkpointing=ckpt_cfg.async_save,
-        cleanup_tmp_directories=True, async_options=ocp.AsyncOptions(
+        max_to_keep=ckpt_cfg.max_to_keep,
+        enable_async_checkpointing=ckpt_cfg.async_save,
+        cleanup_tmp_directories=True,
+        async_options=ocp.AsyncOptions(
             # Made in the background, an unwritable step directory is reported only after
             # orbax's 300 s signal timeout; made in save(), it fails that save at once.
             create_directories_asynchronously=False,
             post_finalization_callback=at_commit))
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
+    self._manager = ocp.CheckpointManager(self.directory,
+                                          options=options,
                                           item_names=("state", "data", "meta"))
 
   def _at_commit(self):  # in orbax's background thread: every file written, none renamed
-    if self._faults.crash_in_save == (self._last_requested_step, "commit"):
-      faults_lib.crash_now()
-
-  def _crash_between_saves(self, step, phase):
-    """The `request` and `done` faults: die once every save so far is complete."""
-    if self._faults.crash_in_save == (step, phase):
-      self.wait()
-      faults_lib.crash_now()
+    self._on_commit(self._last_requested_step)
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -104,15 +99,16 @@ class Checkpointer:
   def save(self, step, state, data_iterator, meta):
     """Saves step `step` (in the background with checkpoint.async_save) once the previous save
     is complete; raises SaveError naming the step if this save or the previous one failed."""
-    self._crash_between_saves(step, "request")
     self.wait()
     self._last_requested_step = step
     jax.block_until_ready(state)  # an error of the step itself is not reported as a save's
     with self._save_errors():
-      self._manager.save(step, force=True, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          data=grain.checkpoint.CheckpointSave(data_iterator), meta=ocp.args.JsonSave(meta)))
-    self._crash_between_saves(step, "done")
+      self._manager.save(step,
+                         force=True,
+                         args=ocp.args.Composite(
+                             state=ocp.args.StandardSave(state),
+                             data=grain.checkpoint.CheckpointSave(data_iterator),
+                             meta=ocp.args.JsonSave(meta)))
 
   def wait(self):
     """Blocks until the save in flight is complete; raises SaveError if it failed."""
@@ -172,17 +168,19 @@ class Checkpointer:
 def _restore_args(abstract):
   """orbax restore arguments: onto the sharding an abstract array carries, else into host
   numpy arrays (so a tool can read a model larger than one device)."""
+
   def one(leaf):
     if getattr(leaf, "sharding", None) is None:
       return ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype)
-    return ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape,
-                                dtype=leaf.dtype)
+    return ocp.ArrayRestoreArgs(sharding=leaf.sharding, global_shape=leaf.shape, dtype=leaf.dtype)
+
   return jax.tree.map(one, abstract)
 
 
 def _partial_restore(path, abstract):
   """The entries of `abstract` (a subtree of what was saved at `path`)."""
-  args = ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+  args = ocp.args.PyTreeRestore(item=abstract,
+                                partial_restore=True,
                                 restore_args=_restore_args(abstract))
   with ocp.PyTreeCheckpointer() as checkpointer:
     return checkpointer.restore(path, args=args)
@@ -207,8 +205,7 @@ def restore_params(path, abstract_params):
       problems = param_problems({"params": param_signature(stored)},
                                 {"params": param_signature(abstract_params)})
       if problems:
-        raise CheckpointError(f"parameters {path} do not match the model: "
-                              + "; ".join(problems))
+        raise CheckpointError(f"parameters {path} do not match the model: " + "; ".join(problems))
     return _partial_restore(path, abstract_params)
   except CheckpointError:
     raise

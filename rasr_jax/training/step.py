@@ -2,7 +2,7 @@
 
 Standard pretraining is the LM loss alone. With `reflect.enabled` the total is
 alpha L_standard + beta L_reflection + gamma L_critic + L_controller, whose single gradient
-routes each term to its group exactly as RASR.md §7.5 says (see refine.py).
+routes each term to its group exactly as RASR.md §7.5 says (see reflect.py).
 The step is a pure function of pytrees; `jit_train_step` compiles it with explicit shardings and
 a donated state. Gradient accumulation runs inside the step as a `lax.scan` over micro-batches.
 """
@@ -12,7 +12,10 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from rasr_jax import losses, optim, refine, sampling, sharding
+from rasr_jax import sharding
+from rasr_jax.model import sampling
+from rasr_jax.reflection import steps
+from rasr_jax.training import losses, optim, reflect
 
 TAU_RANGE = (0.05, 0.95)
 
@@ -24,7 +27,7 @@ def _split_batch(tokens):
 
 
 def reflection_windows(tokens, logits, rows, cfg, key):
-  """Prompt x [R, P], target y* [R, Y] and, for teacher_forced, draft y(0) [R, Y] (§2-3).
+  """Prompt x [B, P], target y* [B, Y] and, for teacher_forced, draft y(0) [B, Y] (§2-3).
 
   Rows are spread evenly over the batch; each takes a window at a random offset. A
   teacher-forced y(0)_j is sampled from the standard pass's logits at the position that
@@ -38,8 +41,8 @@ def reflection_windows(tokens, logits, rows, cfg, key):
   window = jax.vmap(lambda t, o: jax.lax.dynamic_slice(t, (o,), (p + y,)))(row_tokens, offsets)
   if cfg.draft_mode != "teacher_forced":
     return window[:, :p], window[:, p:], None
-  draft_logits = jax.vmap(lambda l, o: jax.lax.dynamic_slice_in_dim(l, o + p - 1, y, axis=0))(
-      row_logits, offsets)  # [R, Y, V]
+  draft_logits = jax.vmap(lambda row, o: jax.lax.dynamic_slice_in_dim(row, o + p - 1, y, axis=0))(
+      row_logits, offsets)  # [B, Y, V]
   draft0 = sampling.sample(jax.lax.stop_gradient(draft_logits), draft_key,
                            sampling.SamplingParams(cfg.draft_temperature))
   return window[:, :p], window[:, p:], draft0
@@ -64,30 +67,42 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
     window_key, draft_key, reflect_key = jax.random.split(key, 3)
     x, y_star, draft0 = reflection_windows(tokens, logits, rows, r, window_key)
     if draft0 is None:  # autoregressive: y(0) decoded from x alone
-      draft0 = refine.decode(graphdef, params, model.embed_tokens(x), r.target_len,
-                             r.draft_temperature, draft_key)
-    terms, metrics = refine.reflect(graphdef, params, x, y_star, draft0, tau=tau,
-                                    progress=progress, key=reflect_key, cfg=r, ids=special_ids)
+      draft0 = steps.decode_after(graphdef, params, model.embed_tokens(x), r.target_len,
+                                  r.draft_temperature, draft_key)
+    terms, metrics = reflect.reflect(graphdef,
+                                     params,
+                                     x,
+                                     y_star,
+                                     draft0,
+                                     tau=tau,
+                                     progress=progress,
+                                     key=reflect_key,
+                                     cfg=r,
+                                     ids=special_ids)
     scale = 1.0 / micro_batches
-    total = (r.alpha * lm + scale * (r.beta * terms["reflect"] + r.gamma * terms["critic"]
-                                     + terms["controller"]))
+    total = (r.alpha * lm + scale *
+             (r.beta * terms["reflect"] + r.gamma * terms["critic"] + terms["controller"]))
     metrics = {k: v * scale for k, v in metrics.items()}
-    metrics.update({"loss/lm": lm, "loss/reflect": terms["reflect"] * scale,
-                    "loss/critic": terms["critic"] * scale,
-                    "loss/controller": terms["controller"] * scale})
+    metrics.update({
+        "loss/lm": lm,
+        "loss/reflect": terms["reflect"] * scale,
+        "loss/critic": terms["critic"] * scale,
+        "loss/controller": terms["controller"] * scale
+    })
     return total, metrics
 
   return loss_fn
 
 
 def _micro_batches(tokens, steps):
-  """[B, T + 1] -> [A, B / A, T + 1], micro-batch a taking rows a, A + a, 2A + a, ...
+  """[B, T + 1] -> [steps, B / steps, T + 1], micro-batch i taking rows i, steps + i, ...
 
   Every data-parallel shard keeps contributing to every micro-batch, so nothing moves.
   """
   b = tokens.shape[0]
   micro = tokens.reshape(b // steps, steps, -1).swapaxes(0, 1)
-  return jax.lax.with_sharding_constraint(micro, jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+  return jax.lax.with_sharding_constraint(micro,
+                                          jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
 
 
 def adapt_tau(tau, mean_iterations, progress, cfg):
@@ -99,23 +114,23 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
   if cfg.stop_budget <= 0:
     return tau
   moved = jnp.clip(tau - cfg.tau_lr * (mean_iterations - cfg.stop_budget), *TAU_RANGE)
-  return jnp.where(refine.stopping_enabled(progress, cfg), moved, tau)
+  return jnp.where(reflect.stopping_enabled(progress, cfg), moved, tau)
 
 
-def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
+def make_train_step(graphdef, config, tx, special_ids=None):
   """train_step(state, tokens) -> (state, metrics).
 
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
   bit-identical, the step advances (its batch is consumed), `skipped` counts it, and
-  metrics["finite"] is False (train.nan_policy=stop makes the loop end there). `faults`
-  (faults.Faults) can poison one step's loss and gradients, for tests.
+  metrics["finite"] is False (train.nan_policy=stop makes the loop end there).
   """
   accum = config.train.grad_accum_steps
   loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  schedules = {g: optim.schedule(config.train, lr)
-               for g, lr in optim.group_peak_lrs(config.train).items()}
+  schedules = {
+      g: optim.schedule(config.train, lr) for g, lr in optim.group_peak_lrs(config.train).items()
+  }
 
   def train_step(state, tokens):
     normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
@@ -124,27 +139,30 @@ def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
     if accum == 1:
       (loss, aux), grads = grad_fn(state.params, tokens, normalizer, key, state.tau, progress)
     else:
+
       def micro_step(carry, inputs):
         index, micro_tokens = inputs
         out = grad_fn(state.params, micro_tokens, normalizer, jax.random.fold_in(key, index),
                       state.tau, progress)
         return jax.tree.map(jnp.add, carry, out), None
 
-      micro = _micro_batches(tokens, accum)  # [A, B / A, T + 1]
-      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-          grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
+      micro = _micro_batches(tokens, accum)  # [accum, B / accum, T + 1]
+      zeros = jax.tree.map(
+          lambda s: jnp.zeros(s.shape, s.dtype),
+          jax.eval_shape(grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
-    if faults is not None and faults.nan_at_step is not None:
-      poison = jnp.where(state.step + 1 == faults.nan_at_step, jnp.nan, 1.0)
-      loss, grads = loss * poison, jax.tree.map(lambda g: g * poison, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     norms = optim.group_norms(grads)
     grad_norm = jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     skipped = state.skipped + ~finite
-    metrics = dict(aux, loss=loss, lr=schedules["generator"](state.step), grad_norm=grad_norm,
-                   finite=finite, skipped_updates=skipped)
+    metrics = dict(aux,
+                   loss=loss,
+                   lr=schedules["generator"](state.step),
+                   grad_norm=grad_norm,
+                   finite=finite,
+                   skipped_updates=skipped)
     for group, norm in norms.items():
       metrics[f"grad_norm/{group}"] = norm
       metrics[f"lr/{group}"] = schedules[group](state.step)
@@ -152,11 +170,14 @@ def make_train_step(graphdef, config, tx, special_ids=None, faults=None):
     if config.reflect.enabled:
       tau = adapt_tau(state.tau, aux["reflect/mean_iterations"], progress, config.reflect)
       metrics["reflect/tau"] = state.tau
+
     def keep(new, old):  # the update only when finite
       return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
 
-    new_state = state.replace(step=state.step + 1, params=keep(params, state.params),
-                              opt_state=keep(opt_state, state.opt_state), tau=keep(tau, state.tau),
+    new_state = state.replace(step=state.step + 1,
+                              params=keep(params, state.params),
+                              opt_state=keep(opt_state, state.opt_state),
+                              tau=keep(tau, state.tau),
                               skipped=skipped)
     return new_state, metrics
 
@@ -178,5 +199,7 @@ def make_eval_step(graphdef, config, special_ids=None):
 
 def jit_train_step(train_step, state_shardings, mesh):
   """The step compiled for `mesh`: state sharded and donated, tokens split over data axes."""
-  return jax.jit(train_step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                 out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return jax.jit(train_step,
+                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_shardings, sharding.replicated(mesh)),
+                 donate_argnums=0)

@@ -1,20 +1,26 @@
-"""Metric records (tensorboardX + WORKDIR/metrics.jsonl), FLOP counting and MFU."""
+"""FLOP counting (per token, per training step with every reflection pass) and the peak FLOP/s
+that MFU divides by."""
 
-import json
-import os
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rasr_jax import refine
+from rasr_jax.reflection.layout import Layout
 
 # Dense bf16 peak FLOP/s per device, by `device_kind` prefix (vendor figures).
 _PEAK_FLOPS = {
-    "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12, "TPU v5p": 459e12,
-    "TPU v5": 459e12, "TPU v6 lite": 918e12, "TPU v6e": 918e12,
-    "NVIDIA H100": 989e12, "NVIDIA H200": 989e12, "NVIDIA A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "NVIDIA H100": 989e12,
+    "NVIDIA H200": 989e12,
+    "NVIDIA A100": 312e12,
 }
 
 
@@ -45,7 +51,7 @@ def flops_per_step(config) -> float:
   seq = config.data.seq_len
   total = flops_per_token(m, seq) * config.train.batch_size * seq
   if r.enabled:
-    layout = refine.Layout(r.prompt_len, r.target_len, r.num_dims)
+    layout = Layout(r.prompt_len, r.target_len, r.num_dims)
     critic_len, refine_len = layout.critique_token, layout.length  # `x <draft> y`, whole
     passes = critic_len * flops_per_token(m, critic_len, with_head=False)
     if r.iterations:
@@ -77,52 +83,3 @@ def peak_flops_per_device(configured: float) -> float:
     if kind.startswith(prefix):
       return flops
   return measure_matmul_peak()
-
-
-class MetricWriter:
-  """Writes one record per logged step to tensorboard and to metrics.jsonl (process 0 only)."""
-
-  def __init__(self, workdir, enabled=True):
-    self.enabled = enabled
-    self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
-    if enabled:  # imported here: tensorboardX loads torch when installed (2 s of start-up)
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
-
-  def truncate_after(self, step):
-    """Drops records beyond `step` (written before a crash, then lost with the state) and a
-    last line torn by a kill."""
-    if not self.enabled or not os.path.exists(self.path):
-      return
-    kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= step]
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      f.writelines(kept)
-    os.replace(tmp, self.path)
-
-  def write(self, step, record):
-    if not self.enabled:
-      return
-    record = {"step": int(step), **{k: float(v) for k, v in record.items()}}
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-    for key, value in record.items():
-      if key != "step":
-        self._tb.add_scalar(key, value, global_step=step)
-    self._tb.flush()
-
-  def close(self):
-    if self._tb is not None:
-      self._tb.close()
-
-
-def _complete_lines(path):
-  """The non-empty lines of a metrics file, less a last line torn by a kill (no newline)."""
-  with open(path) as f:
-    return [line for line in f if line.endswith("\n") and line.strip()]
-
-
-def read_records(workdir):
-  """The records of WORKDIR/metrics.jsonl, in order (a line torn by a kill is left out)."""
-  return [json.loads(line) for line in _complete_lines(os.path.join(workdir, "metrics.jsonl"))]

@@ -50,4 +50,4 @@ def sample_rows(logits, keys, params: SamplingParams):
   on the other rows of its batch."""
   if params.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.vmap(lambda l, k: sample(l, k, params))(logits, keys)
+  return jax.vmap(lambda row_logits, k: sample(row_logits, k, params))(logits, keys)

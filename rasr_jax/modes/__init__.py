@@ -1,0 +1,1 @@
+"""Command-line modes beside train / generate / score / eval: `describe` and `compile`."""

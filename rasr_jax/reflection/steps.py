@@ -1,0 +1,114 @@
+"""The steps of one draft-critique-refine iteration, shared by training and generation.
+
+critique: the critic pass over `x <draft> y(k)` gives c(k); decide: the controller's stop
+probability and which rows stop; refine: the prefix `<draft> y(k)+flags <critique> c(k) <refine>`
+after which y(k+1) is predicted (teacher-forced in training, decoded in generation); accept: the
+refined drafts replace the drafts of the rows still active.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from rasr_jax.model import decoding, sampling
+from rasr_jax.reflection.layout import Layout, SpecialIds
+from rasr_jax.reflection.state import LoopState
+
+
+def marker(model, token_id, rows):
+  """Embedding [B, 1, D] of one marker token."""
+  return model.embed_tokens(jnp.full((rows, 1), token_id, jnp.int32))
+
+
+def draft_segment(model, draft, ids: SpecialIds):
+  """Embeddings [B, 1 + Y, D] of `<draft> y(k)`: what the critic pass adds after x."""
+  return jnp.concatenate([marker(model, ids.draft, draft.shape[0]),
+                          model.embed_tokens(draft)],
+                         axis=1)
+
+
+def critique(model, x_emb, draft, progress, ids: SpecialIds):
+  """Critic pass over `x <draft> y(k)` (full drafts, no cache) -> (live critique, critique of
+  stop-gradient states).
+
+  The live critique feeds the refine pass (L_reflection reaches psi and phi through it); the
+  other trains the critic (L_critic reaches phi only).
+  """
+  prompt_len = x_emb.shape[1]
+  hidden = model.hidden_states(jnp.concatenate([x_emb, draft_segment(model, draft, ids)], axis=1))
+  hx, hy = hidden[:, :prompt_len], hidden[:, prompt_len + 1:]  # [B, P, D], [B, Y, D]
+  live = model.critic(hx, hy, progress)
+  frozen = model.critic(jax.lax.stop_gradient(hx), jax.lax.stop_gradient(hy), progress)
+  return live, frozen
+
+
+def decide(model, critique_k, state: LoopState, tau, stopping):
+  """The controller on c(k) -> (stop probability R_xi [B], rows that stop now [B] bool).
+
+  A row stops when R_xi > tau and `stopping` ([] bool) is on. Iterations past the controller's
+  trained range (fixed generation may run longer) reuse its last iteration embedding.
+  """
+  last = model.controller.iteration_embed.shape[0] - 1
+  stop_prob = model.controller(critique_k, jnp.minimum(state.iteration, last))
+  return stop_prob, (stop_prob > tau) & stopping
+
+
+def stop_rows(state: LoopState, stop) -> LoopState:
+  """Rows in `stop` [B] bool become inactive before the refine step."""
+  return state.replace(active=state.active & ~stop)
+
+
+def refine_prefix(model, draft, critique_k, ids: SpecialIds):
+  """Embeddings [B, Y + C + 4, D] of `<draft> y(k)+flags <critique> c(k) <refine>`."""
+  rows, dtype = draft.shape[0], model.cfg.dtype
+  flags = model.feedback.flags(critique_k.token_errors)  # [B, Y, D]
+  return jnp.concatenate([
+      marker(model, ids.draft, rows),
+      model.embed_tokens(draft) + flags.astype(dtype),
+      marker(model, ids.critique, rows),
+      model.feedback.critique_tokens(critique_k).astype(dtype),
+      marker(model, ids.refine, rows),
+  ],
+                         axis=1)
+
+
+def refine_logits(model, x_emb, draft, critique_k, y_star, ids: SpecialIds, layout: Layout,
+                  aligned: bool):
+  """The refine pass teacher-forced on y* [B, Y] -> logits [B, Y, V] of the positions that
+  predict y*, under the aligned mask when `aligned` (teacher-forced drafts)."""
+  seq = jnp.concatenate(
+      [x_emb,
+       refine_prefix(model, draft, critique_k, ids),
+       model.embed_tokens(y_star[:, :-1])],
+      axis=1)  # [B, S, D]
+  hidden = model.hidden_states(seq, mask=layout.refine_mask(aligned))
+  return model.logits(hidden[:, -layout.target_len:])
+
+
+def decode_after(graphdef, params, prefix, steps, temperature, key):
+  """Free-running decoding of `steps` tokens after prefix embeddings [B, T, D] -> [B, steps].
+
+  One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
+  flows through the sampled tokens.
+  """
+  params, prefix = jax.lax.stop_gradient((params, prefix))
+  rows, length, _ = prefix.shape
+  model = nnx.merge(graphdef, params)
+  hidden, cache = model.cached_hidden_states(prefix, model.init_cache(rows, length + steps))
+  decoded = decoding.decode(graphdef,
+                            params,
+                            cache,
+                            model.logits(hidden[:, -1:])[:, 0],
+                            jax.random.split(key, rows),
+                            steps=steps,
+                            sampling_params=sampling.SamplingParams(temperature))
+  return decoded.tokens
+
+
+def accept(state: LoopState, draft, length) -> LoopState:
+  """y(k+1) [B, Y] (and its lengths [B]) replaces y(k) in the active rows; the next iteration."""
+  active = state.active
+  return state.replace(iteration=state.iteration + 1,
+                       draft=jnp.where(active[:, None], draft, state.draft),
+                       length=jnp.where(active, length, state.length),
+                       refinements=state.refinements + active)

@@ -1,0 +1,53 @@
+"""Metric records: tensorboardX and WORKDIR/metrics.jsonl (the machine-readable record)."""
+
+import json
+import os
+
+
+class MetricWriter:
+  """Writes one record per logged step to tensorboard and to metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:  # imported here: tensorboardX loads torch when installed (2 s of start-up)
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+  def truncate_after(self, step):
+    """Drops records beyond `step` (written before a crash, then lost with the state) and a
+    last line torn by a kill."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def write(self, step, record):
+    if not self.enabled:
+      return
+    record = {"step": int(step), **{k: float(v) for k, v in record.items()}}
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+    for key, value in record.items():
+      if key != "step":
+        self._tb.add_scalar(key, value, global_step=step)
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def _complete_lines(path):
+  """The non-empty lines of a metrics file, less a last line torn by a kill (no newline)."""
+  with open(path) as f:
+    return [line for line in f if line.endswith("\n") and line.strip()]
+
+
+def read_records(workdir):
+  """The records of WORKDIR/metrics.jsonl, in order (a line torn by a kill is left out)."""
+  return [json.loads(line) for line in _complete_lines(os.path.join(workdir, "metrics.jsonl"))]

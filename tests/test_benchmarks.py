@@ -1,0 +1,71 @@
+"""Every benchmark script runs: the smallest shapes, one timed round, its JSON keys checked."""
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import REPO, SMALL, subprocess_env
+
+# The SMALL test shapes, as overrides of a benchmark's --config.
+SMALL_FLAGS = [f"--config.{k}={v}" for k, v in SMALL.items()]
+
+
+def _run(script, *args, timeout=600):
+  """stdout of `python benchmarks/SCRIPT args`; fails the test with its stderr otherwise."""
+  env = dict(subprocess_env(), PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "benchmarks")]))
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=timeout)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def _json(stdout):
+  return json.loads(stdout[stdout.index("{"):])
+
+
+def test_train_step_benchmark():
+  report = _json(_run("train_step.py", "--config=configs/tiny.py", *SMALL_FLAGS, "--steps=1"))
+  assert report["benchmark"] == "train_step"
+  for key in ("step_time_s_median", "tokens_per_sec", "mfu", "peak_flops_per_device",
+              "flops_per_step", "params", "shape", "jax", "device", "devices", "python"):
+    assert key in report, key
+  assert report["step_time_s_median"] > 0 and report["params"] > 0
+
+
+def test_rasr_overhead_benchmark_with_reflection_off_in_its_config():
+  """configs/bench.py has reflection off: every variant still resolves its own rows."""
+  report = _json(
+      _run("rasr_overhead.py", "--config=configs/bench.py", *SMALL_FLAGS,
+           "--config.reflect.enabled=False", "--config.reflect.rows=0", "--steps=1"))
+  assert report["benchmark"] == "rasr_overhead"
+  for key in ("standard_step_s", "rasr_step_s", "ratio", "ratio_k1_all_rows", "ratio_k3_all_rows",
+              "step_s", "reflection", "shape"):
+    assert key in report, key
+  assert report["reflection"]["rows"] > 0 and report["ratio"] > 0
+
+
+def test_decode_benchmark():
+  report = _json(
+      _run("decode.py", "--config=configs/tiny.py", *SMALL_FLAGS, "--batch=2", "--prompt_len=8",
+           "--new_tokens=4", "--iterations=1", "--rounds=1"))
+  assert report["benchmark"] == "decode"
+  for key in ("prefill_s", "generate_s", "prefill_tokens_per_s", "decode_tokens_per_s",
+              "end_to_end_tokens_per_s"):
+    assert key in report["jax"], key
+  assert {"shape", "versions", "device"} <= set(report)
+
+
+def test_tiny_table1_benchmark(tmp_path):
+  """Two trainings and their evaluations on the SMALL shapes (one seed: no intervals)."""
+  sets = [f"--set={k}={v}" for k, v in SMALL.items()]
+  table = _run("tiny_table1.py", f"--workdir={tmp_path}", "--seeds=0", "--limit=2", *sets)
+  with open(tmp_path / "table1.json") as f:
+    summary = json.load(f)
+  assert {"seeds", "limit_per_task", "table", "per_seed"} <= set(summary)
+  assert summary["table"] in table and set(summary["per_seed"]) == {"standard", "rasr"}
