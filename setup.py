@@ -2,6 +2,10 @@
 
 import setuptools
 
+# The formatter and linter CI runs before the tests, pinned so that CI and a developer's machine
+# format alike (settings in pyproject.toml).
+LINT = ["yapf==0.43.0", "ruff==0.17.6"]
+
 setuptools.setup(
     name="rasr_jax",
     version="0.1.0",
@@ -28,12 +32,11 @@ setuptools.setup(
         "hf": ["torch==2.13.0", "transformers>=4.45"],
         # --mode=eval: EleutherAI's harness scores the public benchmarks; matplotlib draws plots.
         "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.8"],
-        # The formatter and linter CI runs before the tests, pinned so that CI and a developer's
-        # machine format alike (settings in pyproject.toml).
-        "lint": ["yapf==0.43.0", "ruff==0.17.6"],
+        "lint":
+            LINT,
         "test": [
             "pytest>=8", "torch==2.13.0", "transformers>=4.45", "lm_eval>=0.4.13,<0.5",
-            "matplotlib>=3.8", "yapf==0.43.0", "ruff==0.17.6"
+            "matplotlib>=3.8", *LINT
         ],
     },
     entry_points={"console_scripts": ["rasr_jax=rasr_jax.main:run"]},

@@ -3,7 +3,7 @@
   python benchmarks/rasr_overhead.py --config=configs/bench.py [--steps=5]
 
 Times the standard step (reflection off) and RASR steps on the same batch and shapes: the
-default reflection settings of the config (K = 3), then K = 1 and K = 3 with every row
+default reflection settings of the config (R = 3), then R = 1 and R = 3 with every row
 reflecting. One step of each variant in turn, --steps rounds, medians (see common.py).
 Prints one JSON object.
 """

@@ -73,8 +73,8 @@ def get_config():
   c.train.nan_policy = "stop"
 
   c.reflect = config_dict.ConfigDict()  # RASR (design/RASR.md); off = standard pretraining
-  c.reflect.enabled = False  # add the critic, the controller and K refinement iterations
-  c.reflect.iterations = 3  # K: draft-critique-refine iterations per step (0 = critic only)
+  c.reflect.enabled = False  # add the critic, the controller and R refinement iterations
+  c.reflect.iterations = 3  # R: draft-critique-refine iterations per step (0 = critic only)
   c.reflect.rows = 0  # rows of the global batch that reflect (0 = batch/8, at least one per shard)
   c.reflect.prompt_len = 64  # P: tokens of the prompt x in a reflection window
   c.reflect.target_len = 32  # Y: tokens of the target y* (and of every draft)
@@ -84,7 +84,7 @@ def get_config():
   c.reflect.alpha = 0.6  # weight of L_standard
   c.reflect.beta = 0.3  # weight of L_reflection
   c.reflect.gamma = 0.1  # weight of L_critic
-  c.reflect.learned_stopping = True  # the controller may stop an example (off: always K iterations)
+  c.reflect.learned_stopping = True  # the controller may stop an example (off: always R iterations)
   c.reflect.stop_warmup = 0.25  # fraction of train.steps before stopping takes effect (all refine)
   c.reflect.tau = 0.5  # stopping threshold: stop when R_xi > tau
   c.reflect.stop_budget = 0.0  # target mean iterations; > 0 adapts tau each step (0 = fixed tau)

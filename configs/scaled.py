@@ -27,7 +27,7 @@ def get_scaled_config(*, num_layers, d_model, num_heads, num_kv_heads, head_dim,
   c.train.lr = 2e-4  # section 6.1: eta_psi 2e-4, eta_phi 1e-4, eta_xi 5e-5
   c.train.critic_lr = 1e-4
   c.train.controller_lr = 5e-5
-  c.reflect.enabled = True  # section 6.1: alpha 0.6, beta 0.3, gamma 0.1, K = 3
+  c.reflect.enabled = True  # section 6.1: alpha 0.6, beta 0.3, gamma 0.1, R = 3
   c.reflect.iterations = 3
   c.reflect.alpha = 0.6
   c.reflect.beta = 0.3

@@ -8,6 +8,7 @@ of several tasks; nothing otherwise (one process).
 import os
 
 import jax
+from absl import logging
 
 from rasr_jax import config as config_lib
 
@@ -41,3 +42,13 @@ def initialize(coordinator_address=None,
     jax.distributed.initialize(coordinator_bind_address=bind_address)
     return True
   return False
+
+
+def leave():
+  """Leaves the job if this process joined one (what jax's exit hook does, for a process that
+  exits without the interpreter's teardown)."""
+  if jax.distributed.is_initialized():
+    try:
+      jax.distributed.shutdown()
+    except Exception as e:  # the other processes may be gone already; the exit goes on
+      logging.warning("leaving the distributed job failed: %s", e)

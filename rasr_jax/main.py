@@ -86,8 +86,12 @@ def _exit_with_error(message, code):
 
   Every log handler and stream is flushed first, and the process exits without the
   interpreter's teardown (library exit hooks and background threads could still log after the
-  line). Checkpoints and metrics are closed before an error gets here.
+  line); a process of a multi-process job leaves it first. Checkpoints and metrics are closed
+  before an error gets here.
   """
+  if "jax" in sys.modules:  # else no job was joined, and importing jax would cost seconds
+    from rasr_jax import distributed
+    distributed.leave()
   for handler in [*std_logging.getLogger().handlers, logging.get_absl_handler()]:
     handler.flush()
   sys.stdout.flush()

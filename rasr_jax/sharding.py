@@ -60,11 +60,11 @@ def make_mesh(mesh_config, devices=None):
 # The config field that sizes each parameter axis: its value must divide evenly over the mesh
 # axes the rules give that name (config.resolve_mesh checks it).
 PARAM_AXIS_SIZES = {
-    "vocab": "model.vocab_size",
-    "embed": "model.d_model",
-    "mlp": "model.mlp_dim",
     "heads": "model.num_heads",
     "kv_heads": "model.num_kv_heads",
+    "mlp": "model.mlp_dim",
+    "vocab": "model.vocab_size",
+    "embed": "model.d_model",
     "head_dim": "model.head_dim",
     "layers": "model.num_layers",
     "norm": "model.d_model",

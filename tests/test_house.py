@@ -5,11 +5,13 @@ import ast
 import dataclasses
 import os
 
+import jax.numpy as jnp
 import pytest
 
 from conftest import REPO
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
+from rasr_jax.model import layers
 from rasr_jax.training import train_state
 from test_config import CONFIG_FILES, _load_file
 
@@ -29,38 +31,51 @@ FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}
 PACKAGE = os.path.join(REPO, "rasr_jax")
 
 
-def _module_imports():
-  """{module path inside rasr_jax: [top-level rasr_jax names it imports]}, every module."""
-  found = {}
+def _source(module):
+  """The file of a dotted module name inside rasr_jax ("training.loop", "tasks")."""
+  path = os.path.join(PACKAGE, *module.split("."))
+  return path + ".py" if os.path.exists(path + ".py") else os.path.join(path, "__init__.py")
+
+
+def _imported_modules(module):
+  """The rasr_jax modules `module` imports (dotted names inside rasr_jax), any import form."""
+  package = module if _source(module).endswith("__init__.py") else module.rpartition(".")[0]
+  found = []
+  for node in ast.walk(ast.parse(open(_source(module)).read())):
+    if isinstance(node, ast.Import):
+      found += [
+          a.name.removeprefix("rasr_jax.") for a in node.names if a.name.startswith("rasr_jax.")
+      ]
+    elif isinstance(node, ast.ImportFrom):
+      if node.level:  # relative to this module's package
+        base = ".".join([
+            *package.split(".")[:len(package.split(".")) - node.level + 1],
+            *([node.module] if node.module else [])
+        ]).strip(".")
+      elif node.module == "rasr_jax" or (node.module or "").startswith("rasr_jax."):
+        base = node.module.removeprefix("rasr_jax").lstrip(".")
+      else:
+        continue
+      for alias in node.names:
+        candidate = f"{base}.{alias.name}".lstrip(".")
+        found.append(candidate if os.path.exists(_source(candidate)) else base)
+  return [name for name in found if name]
+
+
+def _all_modules():
   for folder, _, files in os.walk(PACKAGE):
     for name in files:
-      if not name.endswith(".py"):
-        continue
-      path = os.path.join(folder, name)
-      targets = []
-      for node in ast.walk(ast.parse(open(path).read())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-          parts = node.module.split(".")
-          if parts[0] == "rasr_jax":
-            targets += [parts[1]] if len(parts) > 1 else [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level:  # relative: its own package
-          targets.append(os.path.relpath(path, PACKAGE).split(os.sep)[0].removesuffix(".py"))
-      found[os.path.relpath(path, PACKAGE)] = targets
-  return found
-
-
-def _floor_of(relative_path):
-  top = relative_path.split(os.sep)[0].removesuffix(".py")
-  return None if top == "__init__" else FLOOR[top]
+      if name.endswith(".py"):
+        relative = os.path.relpath(os.path.join(folder, name), PACKAGE).removesuffix(".py")
+        yield relative.replace(os.sep, ".").removesuffix(".__init__")
 
 
 def test_no_module_imports_a_higher_floor():
-  imports = _module_imports()
-  assert len(imports) > 40  # the walk found the package
-  upward = [(module, target)
-            for module, targets in imports.items()
-            for target in targets
-            if _floor_of(module) is not None and FLOOR[target] > _floor_of(module)]
+  modules = list(_all_modules())
+  assert len(modules) > 40  # the walk found the package
+  upward = [(module, target) for module in modules if module != "__init__"
+            for target in _imported_modules(module)
+            if FLOOR[target.split(".")[0]] > FLOOR[module.split(".")[0]]]
   assert not upward
 
 
@@ -70,25 +85,20 @@ def test_the_inference_path_never_imports_the_training_loop():
   reached, queue = set(), ["generation.inference", "evaluation.run", "evaluation.harness"]
   while queue:
     module = queue.pop()
-    if module in reached:
-      continue
-    reached.add(module)
-    path = os.path.join(PACKAGE, *module.split("."))
-    path = path + ".py" if os.path.exists(path + ".py") else os.path.join(path, "__init__.py")
-    for node in ast.walk(ast.parse(open(path).read())):
-      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rasr_jax"):
-        base = node.module.removeprefix("rasr_jax").lstrip(".")
-        for alias in node.names:
-          candidate = f"{base}.{alias.name}".lstrip(".")
-          is_module = os.path.exists(os.path.join(PACKAGE, *candidate.split(".")) + ".py")
-          queue.append(candidate if is_module else base)
+    if module not in reached:
+      reached.add(module)
+      queue += _imported_modules(module)
   assert "training.checkpoint" in reached  # the walk follows imports
   assert not reached & {"training.loop", "training.step", "training.faults"}
 
 
 def test_an_unknown_logical_axis_name_raises():
+  """For a parameter's spec and for an activation's constraint alike."""
   with pytest.raises(ValueError, match="'experts' has no rule"):
     sharding.logical_to_mesh_spec(("embed", "experts"))
+  with pytest.raises(ValueError, match="'act_experts' has no rule"):
+    layers.constrain(jnp.zeros((2, 3)), ("act_batch", "act_experts"))
+  layers.constrain(jnp.zeros((2, 3)), ("act_batch", None))  # known names pass
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=os.path.basename)
@@ -116,7 +126,7 @@ def test_a_shape_the_mesh_cannot_split_is_named_by_the_rules():
   rules = dict(sharding.divisibility_rules())
   assert rules["model.mlp_dim"] == "tensor" and rules["model.d_model"] == "fsdp"
   assert "model.head_dim" not in rules  # replicated: nothing to check
-  bad = dataclasses.replace(config, model=dataclasses.replace(config.model, mlp_dim=130))
-  bad = dataclasses.replace(bad, mesh=dataclasses.replace(bad.mesh, tensor=4, fsdp=1, data=1))
-  with pytest.raises(config_lib.ConfigError, match="model.mlp_dim=130.*mesh.tensor=4"):
-    config_lib.resolve_mesh(bad, 4)
+  bad = dataclasses.replace(config, model=dataclasses.replace(config.model, mlp_dim=129))
+  bad = dataclasses.replace(bad, mesh=dataclasses.replace(bad.mesh, tensor=2, fsdp=1, data=1))
+  with pytest.raises(config_lib.ConfigError, match="model.mlp_dim=129.*mesh.tensor=2"):
+    config_lib.resolve_mesh(bad, 2)

@@ -194,7 +194,7 @@ def test_decode_matches_greedy_full_forward(rasr):
 
 
 def test_reflection_off_equals_the_standard_step():
-  """Reflection off (K = 0) is exactly the LM step: same loss, same updated parameters."""
+  """Reflection off (R = 0) is exactly the LM step: same loss, same updated parameters."""
   config, mesh, state, _, graphdef, tokens = _setup(**{
       "reflect.enabled": False,
       "reflect.iterations": 0

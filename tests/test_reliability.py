@@ -67,8 +67,10 @@ def test_a_non_finite_update_is_dropped_inside_the_step():
   graphdef, abstract, _ = train_state.abstract_state(config)
   tx = optim.make_optimizer(config.train, abstract.params)
   step = jax.jit(
-      faults.instrument_step(train_step.make_train_step(graphdef, config, tx),
-                             faults.Faults(nan_at_step=1)))
+      train_step.make_train_step(graphdef,
+                                 config,
+                                 tx,
+                                 grad_hook=faults.grad_hook(faults.Faults(nan_at_step=1))))
   tokens = jnp.asarray(
       np.random.RandomState(0).randint(6, config.model.vocab_size,
                                        (config.train.batch_size, config.data.seq_len + 1)),

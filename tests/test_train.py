@@ -80,7 +80,7 @@ def test_metrics_keys(straight_run):
   for key in ["step", "loss", "loss/lm", "lr", "grad_norm", "tokens_per_sec", "step_time_s", "mfu"
              ] + RASR_KEYS + per_k:
     assert key in records[0], key
-  # The last step also reports the held-out evaluation, e.g. Q(y(0)) and Q(y(K)).
+  # The last step also reports the held-out evaluation, e.g. Q(y(0)) and Q(y(R)).
   assert {"eval/quality/q_k0", f"eval/quality/q_k{k}", "eval/loss/lm"} <= set(records[-1])
   assert "eval/loss/lm" not in records[0]
   tags = _tensorboard_tags(os.path.join(workdir, "tensorboard"))

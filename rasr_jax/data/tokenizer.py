@@ -18,6 +18,8 @@ PAD, EOS, DRAFT, CRITIQUE, REFINE = "<pad>", "<eos>", "<draft>", "<critique>", "
 SPECIAL_TOKENS = (PAD, EOS, DRAFT, CRITIQUE, REFINE)
 MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
 # The ids `train` gives pad, eos and unk; the markers (its user-defined symbols) follow them.
+# TRAINED_MARKER_IDS hold for tokenizers made by `train` only (tests/test_data.py checks it); the
+# compile check and the benchmarks build the step with them when no tokenizer is at hand.
 _TRAINED_PAD_ID, _TRAINED_EOS_ID, _TRAINED_UNK_ID = 0, 1, 2
 TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)))
 TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with

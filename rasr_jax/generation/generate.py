@@ -95,15 +95,8 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
                       stop_iteration=jnp.zeros((rows,), jnp.int32))
 
   def critique(model, state):
-    """Critic pass over `x <draft> y(k)` from the cache of x -> (Critique, draft validity
-    [B, Y])."""
-    y_valid = jnp.arange(n)[None] < state.length[:, None]
-    valid = jnp.concatenate([jnp.ones((rows, 1), bool), y_valid], axis=1)
-    hidden, _ = model.cached_hidden_states(steps.draft_segment(model, state.draft, ids),
-                                           x_cache,
-                                           valid=valid,
-                                           layers=layers)
-    return model.critic(hidden_x, hidden[:, 1:], progress, prompt_valid, y_valid), y_valid
+    return steps.critique_cached(model, hidden_x, x_cache, state, progress, prompt_valid, ids,
+                                 layers)
 
   def refine_draft(model, state, y_valid, crit):
     """Decodes y(k + 1) after `x <draft> y(k)+flags <critique> c(k) <refine>` -> Decoded."""

@@ -67,7 +67,7 @@ class Critic(nnx.Module):
     scores = jax.nn.sigmoid(both @ self.score_w[...] + self.score_b[...])  # [B, C]
     token_errors = jax.nn.sigmoid(hy @ self.token_u[...] + self.token_b[...])  # [B, Y]
     features = jnp.broadcast_to(progress_features(progress), (hx.shape[0], NUM_PROGRESS_FEATURES))
-    weight_in = jnp.concatenate([embed_x, features], axis=-1)  # [B, D + 4]
+    weight_in = jnp.concatenate([embed_x, features], axis=-1)  # [B, D + NUM_PROGRESS_FEATURES]
     weights = jax.nn.softmax(weight_in @ self.weight_w[...] + self.weight_b[...], axis=-1)
     return Critique(embed_x=embed_x,
                     embed_y=embed_y,

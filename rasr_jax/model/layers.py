@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rasr_jax import sharding
+
 
 def param(rngs, init, shape, names, dtype):
   """A parameter initialised by `init` and annotated with logical axis `names`."""
@@ -12,7 +14,11 @@ def param(rngs, init, shape, names, dtype):
 
 
 def constrain(x, names):
-  """Sharding constraint by logical names; a no-op outside a mesh with rules."""
+  """Sharding constraint by logical names; a no-op outside a mesh with rules. A name without a
+  rule in sharding.LOGICAL_RULES raises (flax would replicate it silently)."""
+  for name in names:
+    if name is not None:
+      sharding.mesh_axes(name)
   return nn.with_logical_constraint(x, names)
 
 

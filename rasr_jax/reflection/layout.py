@@ -75,7 +75,7 @@ class Layout:
     return jnp.asarray(mask[None, None])
 
   def aligned_query_mask(self, i):
-    """[1, 1, S + 1] bool: the cache slots visible to the query predicting y*_i (aligned)."""
+    """[1, 1, cache_slots] bool: the cache slots visible to the query predicting y*_i (aligned)."""
     lo, hi = self.aligned_hidden(i)
     slots = jnp.arange(self.cache_slots)
     return ~((slots >= lo) & (slots < hi))[None, None]

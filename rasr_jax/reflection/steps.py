@@ -1,6 +1,7 @@
 """The steps of one draft-critique-refine iteration, shared by training and generation.
 
-critique: the critic pass over `x <draft> y(k)` gives c(k); decide: the controller's stop
+critique: the critic pass over `x <draft> y(k)` gives c(k) (whole in training, from the cache of
+x in generation); decide: the controller's stop
 probability and which rows stop; refine: the prefix `<draft> y(k)+flags <critique> c(k) <refine>`
 after which y(k+1) is predicted (teacher-forced in training, decoded in generation); accept: the
 refined drafts replace the drafts of the rows still active.
@@ -40,6 +41,27 @@ def critique(model, x_emb, draft, progress, ids: SpecialIds):
   live = model.critic(hx, hy, progress)
   frozen = model.critic(jax.lax.stop_gradient(hx), jax.lax.stop_gradient(hy), progress)
   return live, frozen
+
+
+def critique_cached(model,
+                    hidden_x,
+                    x_cache,
+                    state: LoopState,
+                    progress,
+                    prompt_valid,
+                    ids: SpecialIds,
+                    layers=None):
+  """Critic pass over `x <draft> y(k)` continuing from the KV cache of x (generation) ->
+  (Critique, draft validity [B, Y] bool). hidden_x [B, P, D] and prompt_valid [B, P] are x's;
+  draft padding past `state.length` is never attended and left out of the critic's means."""
+  rows, target_len = state.draft.shape
+  y_valid = jnp.arange(target_len)[None] < state.length[:, None]
+  valid = jnp.concatenate([jnp.ones((rows, 1), bool), y_valid], axis=1)
+  hidden, _ = model.cached_hidden_states(draft_segment(model, state.draft, ids),
+                                         x_cache,
+                                         valid=valid,
+                                         layers=layers)
+  return model.critic(hidden_x, hidden[:, 1:], progress, prompt_valid, y_valid), y_valid
 
 
 def decide(model, critique_k, state: LoopState, tau, stopping):

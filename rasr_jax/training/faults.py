@@ -2,10 +2,11 @@
 
   RASR_FAULTS="nan_at_step=3,crash_in_save=5:commit"
 
-- nan_at_step=N: the update that produces step N sees NaN loss and gradients (its parameters
-  are poisoned for that one call and restored after it).
+- nan_at_step=N: the update that produces step N sees NaN loss and gradients (through the
+  step's gradient hook).
 - crash_after_step=N: the process dies right after step N's update, metrics and checkpoint
-  request, when step N + 1's batch is read (N < train.steps).
+  request, when step N + 1's batch is read: only when this process ran step N and goes on
+  (N < train.steps, no stop at N).
 - crash_in_data_read=N: the process dies inside the read of step N's batch (the data iterator
   has advanced, the batch has not reached the step).
 - crash_in_save=N:PHASE: the process dies in a named phase of step N's checkpoint save:
@@ -16,9 +17,9 @@
 - stop_after_save=N: once step N's checkpoint is complete and listed, the process stops itself
   (SIGSTOP) until a SIGCONT: a test can change the world at a known point of the run.
 
-Every crash is os._exit: no cleanup, no flush, as abrupt as SIGKILL. The faults wrap the step
-function, the data iterator and the checkpointer from outside (`instrument_*`); unset, nothing
-is wrapped and nothing is compiled in.
+Every crash is os._exit: no cleanup, no flush, as abrupt as SIGKILL. The faults reach the run
+from outside: the data iterator and the checkpointer are wrapped (`instrument_*`), the step gets
+a gradient hook and the checkpointer a commit hook; unset, nothing is wrapped or compiled in.
 """
 
 import dataclasses
@@ -79,28 +80,27 @@ def crash_now():
   os._exit(CRASH_EXIT_CODE)  # no cleanup, no flush: as abrupt as SIGKILL
 
 
-def instrument_step(train_step, faults: Faults):
-  """train_step(state, tokens), poisoned at `nan_at_step`: that call sees NaN parameters, hence
-  NaN loss and gradients; the step's own non-finite rule must drop the update."""
+def grad_hook(faults: Faults):
+  """The train step's gradient hook for `nan_at_step` (None without it): the loss and gradients
+  of the update that makes that step become NaN; the step's own rule must drop the update."""
   if faults.nan_at_step is None:
-    return train_step
+    return None
 
-  def poisoned_step(state, tokens):
-    hit = state.step + 1 == faults.nan_at_step
-    poisoned = jax.tree.map(lambda p: jnp.where(hit, p * jnp.nan, p), state.params)
-    new_state, metrics = train_step(state.replace(params=poisoned), tokens)
-    params = jax.tree.map(lambda new, old: jnp.where(hit, old, new), new_state.params, state.params)
-    return new_state.replace(params=params), metrics
+  def poison(step, loss, grads):
+    factor = jnp.where(step == faults.nan_at_step, jnp.nan, 1.0)
+    return loss * factor, jax.tree.map(lambda g: g * factor, grads)
 
-  return poisoned_step
+  return poison
 
 
 class _CrashingData:
   """A data iterator that dies when step `crash_in_data_read`'s batch, or the batch after
-  step `crash_after_step`, has been read; its state is the wrapped iterator's."""
+  step `crash_after_step` (run by this process), has been read; its state is the wrapped
+  iterator's."""
 
   def __init__(self, iterator, faults: Faults, next_step: int):
-    self._iterator, self._faults, self._next_step = iterator, faults, next_step
+    self._iterator, self._faults = iterator, faults
+    self._first_step = self._next_step = next_step
 
   def __iter__(self):
     return self
@@ -108,7 +108,9 @@ class _CrashingData:
   def __next__(self):
     batch, step = next(self._iterator), self._next_step
     self._next_step += 1
-    if step in (self._faults.crash_in_data_read, (self._faults.crash_after_step or -1) + 1):
+    after = self._faults.crash_after_step
+    if step == self._faults.crash_in_data_read or (after is not None and step == after + 1
+                                                   and after >= self._first_step):
       crash_now()
     return batch
 

@@ -204,8 +204,9 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
     start = 0
 
   tx = optim.make_optimizer(config.train, abstract.params)
-  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids)
-  step_fn = train_step.jit_train_step(faults_lib.instrument_step(step, faults), shardings, mesh)
+  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids,
+                                    faults_lib.grad_hook(faults))
+  step_fn = train_step.jit_train_step(step, shardings, mesh)
   held_out = sources.load_held_out(config.data, config.seed)
   evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)
               if held_out is not None and config.train.eval_batches else None)

@@ -94,13 +94,13 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
   return loss_fn
 
 
-def _micro_batches(tokens, steps):
-  """[B, T + 1] -> [steps, B / steps, T + 1], micro-batch i taking rows i, steps + i, ...
+def _micro_batches(tokens, accum):
+  """[B, T + 1] -> [accum, B / accum, T + 1], micro-batch i taking rows i, accum + i, ...
 
   Every data-parallel shard keeps contributing to every micro-batch, so nothing moves.
   """
   b = tokens.shape[0]
-  micro = tokens.reshape(b // steps, steps, -1).swapaxes(0, 1)
+  micro = tokens.reshape(b // accum, accum, -1).swapaxes(0, 1)
   return jax.lax.with_sharding_constraint(micro,
                                           jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
 
@@ -117,13 +117,15 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
   return jnp.where(reflect.stopping_enabled(progress, cfg), moved, tau)
 
 
-def make_train_step(graphdef, config, tx, special_ids=None):
+def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None):
   """train_step(state, tokens) -> (state, metrics).
 
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
   bit-identical, the step advances (its batch is consumed), `skipped` counts it, and
   metrics["finite"] is False (train.nan_policy=stop makes the loop end there).
+  `grad_hook(step, loss, grads) -> (loss, grads)`, when given, transforms the loss and gradients
+  of the update that makes `step`, before anything reads them (fault injection uses it).
   """
   accum = config.train.grad_accum_steps
   loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum)
@@ -151,6 +153,8 @@ def make_train_step(graphdef, config, tx, special_ids=None):
           lambda s: jnp.zeros(s.shape, s.dtype),
           jax.eval_shape(grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
+    if grad_hook is not None:
+      loss, grads = grad_hook(state.step + 1, loss, grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     norms = optim.group_norms(grads)

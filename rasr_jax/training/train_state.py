@@ -35,19 +35,23 @@ def _abstract_split(config):
   return nnx.split(model, nnx.Param)
 
 
-def param_axis_names(config):
-  """[(path, logical axis names, shape)] of every parameter of the model of `config`."""
-  _, state = _abstract_split(config)
+def _axis_names(state):
+  """[(path, logical axis names, shape)] of every parameter in an nnx.State."""
   return [(path, var.get_metadata().get("out_sharding")
            or (None,) * var.get_value().ndim, var.get_value().shape)
           for path, var in nnx.to_flat_state(state)]
+
+
+def param_axis_names(config):
+  """[(path, logical axis names, shape)] of every parameter of the model of `config`."""
+  return _axis_names(_abstract_split(config)[1])
 
 
 def abstract_model(config):
   """(graphdef, abstract params, param PartitionSpecs); allocates nothing."""
   graphdef, state = _abstract_split(config)
   specs = {}
-  for path, names, _ in param_axis_names(config):
+  for path, names, _ in _axis_names(state):
     node = specs
     for key in path[:-1]:
       node = node.setdefault(key, {})
