@@ -208,6 +208,33 @@ def test_bundled_answer_extraction_on_hand_made_outputs():
   assert not tasks.check(facts, f"answer: {other}").correct
 
 
+def test_self_refine_scores_the_answer_its_prompt_elicits():
+  """A fake model answers every prompt with a bare answer; the improved drafts (after
+  "improved answer:") are read as answers, the first draft (after the question) is not."""
+  example = tasks.Example("logic", "hand", "who is the shortest? a) amy b) ben c) cal d) dan",
+                          "so dan is the shortest. answer: d")
+
+  def run(prompts, reflect, max_new_tokens, stop):
+    del reflect, max_new_tokens, stop
+    texts = [
+        "c" if p == example.question else
+        "the answer is wrong." if p.endswith(methods.SELF_REFINE_FEEDBACK) else " d"
+        for p in prompts
+    ]
+    return [{"text": t, "num_tokens": 1} for t in texts]
+
+  answers = [methods.Answer([run([example.question], "off", 8, ())[0]["text"]], 0, 1)]
+  methods._self_refine(answers, [example.question], run, 8, ())
+  ans = answers[0]
+  assert ans.drafts[:2] == ["c", " d"] and ans.after_answer_prompt[:2] == [False, True]
+  assert len(ans.after_answer_prompt) == len(ans.drafts)
+  correct = [
+      tasks.check(example, d, after_answer_prompt=a).correct
+      for d, a in zip(ans.drafts, ans.after_answer_prompt)
+  ]
+  assert correct[:2] == [False, True]
+
+
 def test_self_refine_stop_rule_and_learned_stop():
   assert methods.says_correct("the answer is correct.")
   assert not methods.says_correct("this is incorrect") and not methods.says_correct("not correct")

@@ -12,6 +12,7 @@ from rasr_jax.tasks import (
     Example,
     bundled_corpus,
     check,
+    elicited_answer,
     final_answer,
     generate,
 )
@@ -233,6 +234,25 @@ def test_logic_and_facts_check_by_hand():
   )
   assert check(facts, "mia has a cat. answer: False") == CheckResult(True, 0, 0, 2, 1)
   assert check(facts, "answer: true").correct is False
+
+
+def test_a_draft_after_an_answer_prompt_is_its_answer():
+  """Self-Refine asks "improved answer:"; a model that continues it with the bare answer has
+  answered. Without the flag the same draft has no answer (the artefact that scored 0 %)."""
+  logic = Example("logic", "hand-3", "who is the shortest? a) amy b) ben c) cal d) dan",
+                  "so dan is the shortest. answer: d")
+  facts = Example("facts", "hand-4", "facts: mia has a cat. statement: mia has a dog. true or "
+                  "false?", "the facts say mia has a cat. answer: false")
+  for example, right, wrong in ((TOM, " 14", " 15"), (logic, " d) dan", " (c)"), (facts, " False.",
+                                                                                  " true")):
+    assert check(example, right, after_answer_prompt=True).correct
+    assert not check(example, right).correct
+    assert not check(example, wrong, after_answer_prompt=True).correct
+  assert elicited_answer("arithmetic", " #### 1,024 apples") == "1024"
+  assert elicited_answer("arithmetic", "12 + 2 = 14. #### 14") == "14"  # its own marker wins
+  assert elicited_answer("logic", "not sure. answer: b") == "b"
+  assert elicited_answer("logic", "not sure") is None
+  assert elicited_answer("facts", "maybe") is None
 
 
 def test_final_answer_by_hand():

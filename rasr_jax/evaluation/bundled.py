@@ -42,7 +42,10 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
                            batch_size=batch_size)
   items, records = [], []
   for example, ans in zip(examples, answers):
-    correct = [tasks.check(example, draft).correct for draft in ans.drafts]
+    correct = [
+        tasks.check(example, draft, after_answer_prompt=after).correct
+        for draft, after in zip(ans.drafts, ans.after_answer_prompt)
+    ]
     items.append(report.item(ans, correct))
     records.append(
         report.sample(ans,

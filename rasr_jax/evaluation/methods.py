@@ -35,6 +35,13 @@ class Answer:
   generated_tokens: int  # every token decoded for this answer (feedback included)
   confidence: list | None = None  # the critic's `factual` score of each draft (RASR)
   feedback: list = dataclasses.field(default_factory=list)  # Self-Refine's feedback texts
+  # Per draft: its prompt ended in `answer:` (Self-Refine's improved answers), so the answer the
+  # draft starts with is its answer.
+  after_answer_prompt: list = dataclasses.field(default_factory=list)
+
+  def __post_init__(self):
+    if not self.after_answer_prompt:  # drafts of the question itself
+      self.after_answer_prompt = [False] * len(self.drafts)
 
   @property
   def final(self):
@@ -119,6 +126,7 @@ def _self_refine(answers, prompts, run, max_new_tokens, stop):
     improved = run(asks, "off", max_new_tokens, (*stop, SELF_REFINE_FEEDBACK.strip()))
     for i, ask, record in zip(still, asks, improved):
       answers[i].drafts.append(record["text"])
+      answers[i].after_answer_prompt.append(True)
       answers[i].stop = len(answers[i].drafts) - 1
       answers[i].generated_tokens += record["num_tokens"]
       histories[i] = f"{ask} {record['text']}"

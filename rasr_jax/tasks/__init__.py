@@ -10,7 +10,10 @@ Formats (all lowercase ASCII):
 """
 
 from .base import TASKS, CheckResult, Example
-from .checks import check, final_answer
+from .checks import check, elicited_answer, final_answer
 from .corpus import bundled_corpus, generate
 
-__all__ = ["TASKS", "CheckResult", "Example", "bundled_corpus", "check", "final_answer", "generate"]
+__all__ = [
+    "TASKS", "CheckResult", "Example", "bundled_corpus", "check", "elicited_answer", "final_answer",
+    "generate"
+]

@@ -8,6 +8,12 @@ from .base import TASKS, CheckResult, Example
 _HASH_ANSWER = re.compile(r"####\s*(-?\d[\d,]*)")
 _LETTER_ANSWER = re.compile(r"answer\s*:\s*\(?([a-d])\b", re.I)
 _BOOL_ANSWER = re.compile(r"answer\s*:\s*(true|false)\b", re.I)
+# The answer a draft starts with, for a draft that continues a prompt ending in `answer:`.
+_LEADING_ANSWER = {
+    "arithmetic": re.compile(r"\s*(?:####\s*)?(-?\d[\d,]*)"),
+    "logic": re.compile(r"\s*\(?([a-d])\b", re.I),
+    "facts": re.compile(r"\s*(true|false)\b", re.I),
+}
 # A run of integers joined by + - *, optionally followed by `= r`; a step is a run with an
 # operator and a result. Matching every run (not only those before "=") keeps the scan linear in
 # the draft length.
@@ -75,12 +81,28 @@ def _mentions(task: str, draft: str) -> set[str]:
   return set(_WORD.findall(draft.lower()))
 
 
-def check(example: Example, draft: str) -> CheckResult:
+def elicited_answer(task: str, draft: str) -> str | None:
+  """The answer of a draft that continues a prompt ending in `answer:` (Self-Refine's "improved
+  answer:"): its own final answer when it writes one, else the answer it starts with (a number,
+  a letter a-d, true or false)."""
+  own = final_answer(task, draft)
+  if own is not None:
+    return own
+  leading = _LEADING_ANSWER[task].match(draft)
+  if leading is None:
+    return None
+  value = leading.group(1)
+  return _normalize_number(value) if task == "arithmetic" else value.lower()
+
+
+def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:
   """Score `draft` against `example`; any string draft is accepted, ValueError for filler
-  examples."""
+  examples. `after_answer_prompt`: the draft continues a prompt ending in `answer:`, so the
+  answer it starts with counts (`elicited_answer`)."""
   _require_verifiable(example.task)
   expected = final_answer(example.task, example.answer)
-  correct = expected is not None and final_answer(example.task, draft) == expected
+  read = elicited_answer if after_answer_prompt else final_answer
+  correct = expected is not None and read(example.task, draft) == expected
   steps_total, steps_right = _steps(draft) if example.task == "arithmetic" else (0, 0)
   wanted = _QUANTITIES[example.task](example.question)
   mentioned = _mentions(example.task, draft)
