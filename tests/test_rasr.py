@@ -181,6 +181,31 @@ def test_ablation_switches(overrides):
     assert float(metrics["loss/reflect"]) == 0 and float(metrics["loss/controller"]) == 0
 
 
+def test_reflection_windows_are_aligned_and_uniform():
+  """x and y* are one contiguous window of a row; the teacher-forced y(0) reads the standard
+  pass's logits at exactly the positions that predict y* (an off-by-one returns shifted tokens);
+  every window offset is equally likely, the last one included (dynamic_slice would clamp an
+  offset past the end onto it, doubling its count)."""
+  config = make_config()
+  cfg = dataclasses.replace(config.reflect, draft_temperature=0.0, draft_mode="teacher_forced")
+  batch, length, rows = 8, config.data.seq_len + 1, 4
+  p, y = cfg.prompt_len, cfg.target_len
+  # Token t of row b is b * 40 + t: a window's first token names its row and offset.
+  tokens = jnp.arange(batch)[:, None] * 40 + jnp.arange(length)[None]  # [B, T + 1]
+  logits = 10.0 * jax.nn.one_hot(tokens[:, 1:], config.model.vocab_size)  # predicts t + 1
+  windows = jax.jit(
+      jax.vmap(lambda key: train_step.reflection_windows(tokens, logits, rows, cfg, key)))
+  x, y_star, draft0 = windows(jax.random.split(jax.random.key(0), 1000))  # [1000, B, P] ...
+  base = (jnp.arange(rows) * (batch // rows) * 40)[None, :, None]  # rows spread over the batch
+  offsets = x[..., :1] - base  # [1000, B, 1]
+  np.testing.assert_array_equal(x, base + offsets + jnp.arange(p))
+  np.testing.assert_array_equal(y_star, base + offsets + p + jnp.arange(y))
+  np.testing.assert_array_equal(draft0, y_star)
+  counts = np.bincount(np.asarray(offsets).ravel(), minlength=length - (p + y) + 1)
+  assert len(counts) == length - (p + y) + 1 and counts.min() > 0.7 * counts.mean()
+  assert counts.max() < 1.3 * counts.mean()
+
+
 def test_decode_matches_greedy_full_forward(rasr):
   """The in-step decoder picks, token by token, the argmax of a full causal forward pass."""
   config, mesh, state, _, graphdef, _ = rasr

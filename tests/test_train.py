@@ -154,6 +154,47 @@ def test_sharded_training_equals_single_device(straight_run, tmp_path):
     assert np.linalg.norm(x - y) <= 1e-5 * np.linalg.norm(y)
 
 
+# Every layout of 8 devices as (data, fsdp, tensor) that the SMALL shapes allow (tensor divides
+# the 2 kv heads).
+MESHES_OF_8 = ((8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2), (1, 4, 2))
+
+
+@pytest.mark.parametrize("mesh, draft_mode", [
+    pytest.param(mesh,
+                 mode,
+                 id=f"{'x'.join(map(str, mesh))}-{mode}",
+                 marks=() if (mesh, mode) == ((2, 2, 2), "autoregressive") else pytest.mark.slow)
+    for mesh in MESHES_OF_8
+    for mode in ("teacher_forced", "autoregressive")
+])
+def test_rasr_with_the_fewest_rows_on_a_mesh_of_8_equals_one_device(mesh, draft_mode, tmp_path):
+  """R = 3 with one reflection row per data-parallel shard (the fewest validation accepts), on
+  8 fake devices through the CLI, against one device in this process: the same losses."""
+  data, fsdp, tensor = mesh
+  overrides = {
+      "train.steps": 4,
+      "reflect.iterations": 3,
+      "reflect.draft_mode": draft_mode,
+      "reflect.rows": data * fsdp
+  }
+  reference = str(tmp_path / "one_device")
+  loop.train(make_config(**overrides), reference)
+  sharded = str(tmp_path / "sharded")
+  result = run_main(sharded,
+                    devices=8,
+                    **overrides,
+                    **{
+                        "mesh.data": data,
+                        "mesh.fsdp": fsdp,
+                        "mesh.tensor": tensor
+                    })
+  assert result.returncode == 0, result.stderr[-3000:]
+  got, want = losses(sharded), losses(reference)
+  assert sorted(got) == sorted(want) == [1, 2, 3, 4]
+  for step in want:
+    assert got[step] == pytest.approx(want[step], rel=1e-5)
+
+
 def test_checkpoint_of_another_model_is_refused(straight_run, tmp_path):
   reference, _ = straight_run
   import shutil
