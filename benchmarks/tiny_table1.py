@@ -21,8 +21,6 @@ import sys
 
 from absl import app, flags
 
-from configs import tiny
-
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/tiny_table1", "Where runs and results go.")
 _SEEDS = flags.DEFINE_string(
     "seeds", "0,1,2", "Comma-separated config seeds (at least 3 for "
@@ -65,10 +63,8 @@ def run_seed(seed, training):
     overrides.append(f"--config.train.steps={_STEPS.value}")
   results_path = os.path.join(workdir, "eval", "results.json")
   if not os.path.exists(results_path):
-    set_steps = [s.split("=", 1)[1] for s in _SET.value if s.startswith("train.steps=")]
-    steps = _STEPS.value or (set_steps and int(set_steps[-1])) or tiny.get_config().train.steps
-    if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps))):
-      _main(f"--workdir={workdir}", *overrides)  # resumes an interrupted run
+    # Resumes an interrupted run; a finished one resumes at its last step and does nothing.
+    _main(f"--workdir={workdir}", *overrides)
     _main(f"--workdir={workdir}", "--mode=eval", *overrides, f"--eval_methods={METHODS[training]}",
           f"--eval_tasks={','.join(TASKS)},perplexity", f"--eval_limit={_LIMIT.value}",
           f"--eval_output={os.path.join(workdir, 'eval')}", "--batch_size=32")

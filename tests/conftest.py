@@ -92,16 +92,25 @@ def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
                         timeout=timeout)
 
 
-def run_python(code, devices=1, timeout=300):
-  """Runs Python `code` in a fresh process with `devices` fake CPU devices; returns stdout."""
-  result = subprocess.run([sys.executable, "-c", code],
+def run_checked(argv, devices=1, timeout=300, env=None):
+  """Runs `argv` from the repository with `devices` fake CPU devices (and extra environment
+  variables `env`); fails the test with its stderr unless it exits 0; returns stdout."""
+  result = subprocess.run(argv,
                           cwd=REPO,
-                          env=subprocess_env(devices),
+                          env={
+                              **subprocess_env(devices),
+                              **(env or {})
+                          },
                           capture_output=True,
                           text=True,
                           timeout=timeout)
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
+
+
+def run_python(code, devices=1, timeout=300):
+  """Runs Python `code` in a fresh process with `devices` fake CPU devices; returns stdout."""
+  return run_checked([sys.executable, "-c", code], devices, timeout)
 
 
 def losses(workdir):

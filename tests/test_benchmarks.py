@@ -2,27 +2,19 @@
 
 import json
 import os
-import subprocess
 import sys
 
-from conftest import REPO, SMALL, subprocess_env
+from conftest import REPO, SMALL, cli_args, run_checked
 
-# The SMALL test shapes, as overrides of a benchmark's --config.
-SMALL_FLAGS = [f"--config.{k}={v}" for k, v in SMALL.items()]
+SMALL_FLAGS = cli_args()  # the SMALL test shapes, as overrides of a benchmark's --config
 
 
-def _run(script, *args, timeout=600):
+def _run(script, *args):
   """stdout of `python benchmarks/SCRIPT args`; fails the test with its stderr otherwise."""
-  env = dict(subprocess_env(), PYTHONPATH=os.pathsep.join([REPO, os.path.join(REPO, "benchmarks")]))
-  result = subprocess.run(
-      [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=timeout)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return result.stdout
+  benchmarks = os.path.join(REPO, "benchmarks")
+  return run_checked([sys.executable, os.path.join(benchmarks, script), *args],
+                     timeout=600,
+                     env={"PYTHONPATH": os.pathsep.join([REPO, benchmarks])})
 
 
 def _json(stdout):

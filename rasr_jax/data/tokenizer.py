@@ -22,7 +22,7 @@ MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
 # compile check and the benchmarks build the step with them when no tokenizer is at hand.
 _TRAINED_PAD_ID, _TRAINED_EOS_ID, _TRAINED_UNK_ID = 0, 1, 2
 TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)))
-TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with
+_TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with
 
 
 class TokenizerError(ValueError):
@@ -125,9 +125,14 @@ def train(texts, vocab_size: int) -> Tokenizer:
   return Tokenizer(buf.getvalue())
 
 
+def workdir_path(workdir: str) -> str:
+  """Where a work directory keeps the tokenizer its checkpoints were trained with."""
+  return os.path.join(workdir, _TOKENIZER_FILE)
+
+
 def existing(workdir: str, configured: str, model_vocab_size: int):
   """The work directory's tokenizer, else the configured path's (`data.tokenizer`), else None."""
-  own = os.path.join(workdir, TOKENIZER_FILE)
+  own = workdir_path(workdir)
   if os.path.exists(own):
     return load(own, model_vocab_size)
   if configured:

@@ -43,7 +43,7 @@ def prepare_tokenizer(config, workdir, corpus):
 
   In a multi-process run process 0 trains and saves it; the others wait, then load it.
   """
-  own = os.path.join(workdir, tok_lib.TOKENIZER_FILE)
+  own = tok_lib.workdir_path(workdir)
   if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
     if jax.process_index() == 0 and not os.path.exists(own):
       _train_tokenizer(config, corpus).save(own)
