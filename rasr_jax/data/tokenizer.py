@@ -10,8 +10,10 @@ import hashlib
 import io
 import os
 
+import numpy as np
 import sentencepiece as spm
 
+from rasr_jax.reflection.answers import PieceBytes
 from rasr_jax.reflection.layout import SpecialIds
 
 PAD, EOS, DRAFT, CRITIQUE, REFINE = "<pad>", "<eos>", "<draft>", "<critique>", "<refine>"
@@ -85,6 +87,25 @@ class Tokenizer:
     """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger
     model vocabulary) are dropped."""
     return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
+
+  def piece_bytes(self, model_vocab_size: int) -> PieceBytes:
+    """The bytes each of `model_vocab_size` ids adds to decoded text (ids `decode` drops, and
+    control pieces, add none), for reading answers on device."""
+    surfaces = [b""] * model_vocab_size
+    for index in range(min(self.vocab_size, model_vocab_size)):
+      if self._sp.is_control(index):
+        continue
+      if self._sp.is_byte(index):
+        surfaces[index] = bytes([int(self._sp.id_to_piece(index)[3:-1], 16)])
+      elif self._sp.is_unknown(index):
+        surfaces[index] = self._sp.decode([index]).encode()  # " \u2047 " (sentencepiece's)
+      else:
+        surfaces[index] = self._sp.id_to_piece(index).replace("\u2581", " ").encode()
+    width = max(1, max(map(len, surfaces)))
+    table = np.zeros((model_vocab_size, width), np.uint8)
+    for index, surface in enumerate(surfaces):
+      table[index, :len(surface)] = np.frombuffer(surface, np.uint8)
+    return PieceBytes(table, np.asarray([len(s) for s in surfaces], np.int32))
 
   def save(self, path: str):
     tmp = path + ".tmp"

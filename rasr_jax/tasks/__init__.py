@@ -10,10 +10,10 @@ Formats (all lowercase ASCII):
 """
 
 from .base import TASKS, CheckResult, Example
-from .checks import check, elicited_answer, final_answer
+from .checks import CHECKERS, TASK_CHECKERS, check, elicited_answer, final_answer, read_answer
 from .corpus import bundled_corpus, generate
 
 __all__ = [
-    "TASKS", "CheckResult", "Example", "bundled_corpus", "check", "elicited_answer", "final_answer",
-    "generate"
+    "CHECKERS", "TASKS", "TASK_CHECKERS", "CheckResult", "Example", "bundled_corpus", "check",
+    "elicited_answer", "final_answer", "generate", "read_answer"
 ]

@@ -1,4 +1,12 @@
-"""Scoring a free-form draft against a verifiable example."""
+"""Scoring a free-form draft against a verifiable example.
+
+Every answer is read by one of the CHECKERS: `final_answer` (the number after the last `####`,
+the GSM8K convention; commas and leading zeros dropped), `choice` (the letter of the last
+`answer: <a-d>`), `true_false` (the last `answer: true|false`) and `exact` (the whole text,
+whitespace-normalised). The bundled tasks use the first three (TASK_CHECKERS); a user's
+question/answer files name theirs (`data.qa_checker`). `rasr_jax/reflection/answers.py` reads
+the same answers from token ids on device.
+"""
 
 import re
 
@@ -27,10 +35,28 @@ _QUANTITIES = {
     "facts": facts.quantities,
 }
 
+CHECKERS = ("exact", "final_answer", "choice", "true_false")
+TASK_CHECKERS = {"arithmetic": "final_answer", "logic": "choice", "facts": "true_false"}
+_PATTERNS = {"final_answer": _HASH_ANSWER, "choice": _LETTER_ANSWER, "true_false": _BOOL_ANSWER}
+
 
 def _require_verifiable(task: str) -> None:
   if task not in TASKS:
     raise ValueError(f"task {task!r} has no checkable answer; expected one of {TASKS}")
+
+
+def read_answer(checker: str, text: str) -> str | None:
+  """The answer `checker` (one of CHECKERS) reads in `text`, normalised, or None if it finds
+  none: `final_answer` "14" (commas and leading zeros dropped), `choice` "c", `true_false`
+  "true", `exact` the whitespace-normalised text (None when empty)."""
+  if checker == "exact":
+    return " ".join(text.split()) or None
+  if checker not in _PATTERNS:
+    raise ValueError(f"unknown checker {checker!r}; expected one of {CHECKERS}")
+  found = _PATTERNS[checker].findall(text)
+  if not found:
+    return None
+  return _normalize_number(found[-1]) if checker == "final_answer" else found[-1].lower()
 
 
 def _normalize_number(text: str) -> str:
@@ -46,11 +72,7 @@ def final_answer(task: str, text: str) -> str | None:
   facts: `answer: true|false`. Raises ValueError for a task that is not verifiable.
   """
   _require_verifiable(task)
-  if task == "arithmetic":
-    found = _HASH_ANSWER.findall(text)
-    return _normalize_number(found[-1]) if found else None
-  found = (_LETTER_ANSWER if task == "logic" else _BOOL_ANSWER).findall(text)
-  return found[-1].lower() if found else None
+  return read_answer(TASK_CHECKERS[task], text)
 
 
 def _evaluate(expression: str) -> int:
