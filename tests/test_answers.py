@@ -1,4 +1,4 @@
-"""The on-device answer reader (reflection/answers.py) against the host checkers (tasks/checks.py)."""
+"""The on-device answer reader (reflection/answers.py) against the host checkers."""
 
 import random
 
