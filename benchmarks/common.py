@@ -1,20 +1,56 @@
-"""Timing shared by the benchmark scripts (no flags here)."""
+"""Timing and batches shared by the benchmark scripts (no flags here)."""
 
 import statistics
 import time
 
 import jax
+import numpy as np
+
+from rasr_jax import sharding
+from rasr_jax.data import qa, sources
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.reflection.rows import ReflectRows
+
+TOKENIZER_DOCS = 5000  # bundled documents the benchmark tokenizer is trained on
+
+
+def bundled_tokenizer(config):
+  """A tokenizer trained on the bundled tasks, for `config`'s vocabulary."""
+  corpus = sources.load_corpus(config.data, config.seed)
+  return tok_lib.train(corpus.documents[:TOKENIZER_DOCS], config.model.vocab_size)
+
+
+def batch_and_pieces(config, mesh, tokenizer):
+  """((tokens [B, T + 1], question/answer ReflectRows or None), PieceBytes or None): random
+  tokens (the same for every config of one shape), and the run's question/answer rows of the
+  bundled tasks encoded as training encodes them when `config` (mesh resolved) reflects on
+  them."""
+  rows, seq = config.train.batch_size, config.data.seq_len
+  tokens = np.random.RandomState(0).randint(6, config.model.vocab_size, (rows, seq + 1))
+  put = lambda array: jax.device_put(np.asarray(array), sharding.batch_sharding(mesh))
+  r = config.reflect
+  if not r.qa_rows:
+    return (put(tokens.astype(np.int32)), None), None
+  records = qa.load(config.data, config.seed)
+  pieces = tokenizer.piece_bytes(config.model.vocab_size)
+  arrays, _ = qa.encode(records[:4 * r.qa_rows],
+                        tokenizer,
+                        prompt_len=r.prompt_len,
+                        target_len=r.target_len,
+                        reference_width=pieces.text_bytes(r.target_len))
+  qa_rows = ReflectRows(**{name: put(a[:r.qa_rows]) for name, a in arrays.items()})
+  return (put(tokens.astype(np.int32)), qa_rows), pieces
 
 
 def time_steps(step_fn, state, batch, steps):
-  """Median seconds per call of `step_fn(state, batch)` over `steps` calls after two warm-ups."""
+  """Median seconds per call of `step_fn(state, *batch)` over `steps` calls after two warm-ups."""
   for _ in range(2):
-    state, out = step_fn(state, batch)
+    state, out = step_fn(state, *batch)
   jax.block_until_ready(out)
   times = []
   for _ in range(steps):
     start = time.perf_counter()
-    state, out = step_fn(state, batch)
+    state, out = step_fn(state, *batch)
     jax.block_until_ready(out)
     times.append(time.perf_counter() - start)
   return statistics.median(times), state
@@ -36,17 +72,18 @@ def interleaved_call_medians(calls, rounds):
   return {name: statistics.median(values) for name, values in times.items()}
 
 
-def interleaved_medians(runs, batch, rounds):
+def interleaved_medians(runs, rounds):
   """{name: median seconds per step} of train steps timed in turn (see interleaved_call_medians).
 
-  `runs` maps a name to (step_fn, state); each run carries its own state from step to step.
+  `runs` maps a name to (step_fn, state, batch); each run carries its own state from step to
+  step and calls step_fn(state, *batch).
   """
 
-  def stepper(step_fn, state):
+  def stepper(step_fn, state, batch):
     holder = {"state": state}
 
     def call():
-      holder["state"], out = step_fn(holder["state"], batch)
+      holder["state"], out = step_fn(holder["state"], *batch)
       return out
 
     return call

@@ -13,31 +13,27 @@ import json
 import platform
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import interleaved_medians
+from common import batch_and_pieces, bundled_tokenizer, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
-from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.training import optim, train_state
 from rasr_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds (after 2 warm-up steps per variant).")
 
-IDS = tok_lib.TRAINED_MARKER_IDS
 
-
-def compiled_step(config, mesh):
-  """(jitted train step, fresh state) for `config`."""
+def compiled_step(config, mesh, tokenizer):
+  """(jitted train step, fresh state, batch) for `config`."""
   graphdef, abstract, _ = train_state.abstract_state(config)
   state, shardings = train_state.init_state(config, mesh)
   tx = optim.make_optimizer(config.train, abstract.params)
-  step_fn = train_step.jit_train_step(train_step.make_train_step(graphdef, config, tx, IDS),
-                                      shardings, mesh)
-  return step_fn, state
+  batch, pieces = batch_and_pieces(config, mesh, tokenizer)
+  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids, pieces=pieces)
+  return train_step.jit_train_step(step, shardings, mesh), state, batch
 
 
 def main(argv):
@@ -45,8 +41,7 @@ def main(argv):
   base = config_lib.load(_CONFIG.value)
   mesh = sharding.make_mesh(config_lib.resolve_mesh(base, jax.device_count()).mesh)
   rows, seq = base.train.batch_size, base.data.seq_len
-  tokens = np.random.RandomState(0).randint(6, base.model.vocab_size, (rows, seq + 1))
-  tokens = jax.device_put(tokens.astype(np.int32), sharding.batch_sharding(mesh))
+  tokenizer = bundled_tokenizer(base)
 
   def variant(**reflect):  # validated and resolved like a run of it (reflection rows included)
     changed = dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
@@ -60,9 +55,10 @@ def main(argv):
   }
   r = variants["default"].reflect
   with sharding.activate(mesh):
-    times = interleaved_medians({
-        name: compiled_step(c, mesh) for name, c in variants.items()
-    }, tokens, _STEPS.value)
+    times = interleaved_medians(
+        {
+            name: compiled_step(c, mesh, tokenizer) for name, c in variants.items()
+        }, _STEPS.value)
   standard = times.pop("standard")
   print(
       json.dumps(
@@ -80,7 +76,8 @@ def main(argv):
                   "batch": rows,
                   "prompt_len": r.prompt_len,
                   "target_len": r.target_len,
-                  "draft_mode": r.draft_mode
+                  "draft_mode": r.draft_mode,
+                  "source": r.source
               },
               "shape": {
                   "d_model": base.model.d_model,

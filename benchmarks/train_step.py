@@ -11,14 +11,12 @@ import json
 import platform
 
 import jax
-import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import time_steps
+from common import batch_and_pieces, bundled_tokenizer, time_steps
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
-from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.training import flops as flops_lib
 from rasr_jax.training import optim, train_state
 from rasr_jax.training import step as train_step
@@ -34,13 +32,14 @@ def main(argv):
   graphdef, abstract, _ = train_state.abstract_state(config)
   state, shardings = train_state.init_state(config, mesh)
   tx = optim.make_optimizer(config.train, abstract.params)
+  tokenizer = bundled_tokenizer(config)
+  batch, pieces = batch_and_pieces(config, mesh, tokenizer)
   step_fn = train_step.jit_train_step(
-      train_step.make_train_step(graphdef, config, tx, tok_lib.TRAINED_MARKER_IDS), shardings, mesh)
+      train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids, pieces=pieces),
+      shardings, mesh)
   rows, seq = config.train.batch_size, config.data.seq_len
-  tokens = np.random.RandomState(0).randint(0, config.model.vocab_size, (rows, seq + 1))
-  tokens = jax.device_put(tokens.astype(np.int32), sharding.batch_sharding(mesh))
   with sharding.activate(mesh):
-    median, _ = time_steps(step_fn, state, tokens, _STEPS.value)
+    median, _ = time_steps(step_fn, state, batch, _STEPS.value)
   on_cpu = jax.devices()[0].platform == "cpu"
   peak = flops_lib.measure_matmul_peak(2048) if on_cpu else flops_lib.peak_flops_per_device(0.0)
   flops = flops_lib.flops_per_step(config)

@@ -35,6 +35,12 @@ def get_config():
   c.data.files = ""  # comma-separated globs of .txt / .jsonl files when source=files
   c.data.text_field = "text"  # JSONL field that holds the document text
   c.data.eval_files = ""  # held-out globs (source=files); bundled data holds out another seed
+  # Question/answer data (.jsonl with `prompt` and `answer`): reflection rows, and documents of
+  # the corpus too. The checker reads answers: exact | final_answer (#### N) | choice
+  # (answer: <a-d>) | true_false (answer: true|false). Bundled data brings its own.
+  c.data.qa_files = ""
+  c.data.qa_checker = "exact"
+  c.data.qa_eval_files = ""  # held-out question/answer files: --mode=eval --eval_tasks=qa
   c.data.bundled_examples = 20000  # number of generated task documents when source=bundled
   c.data.seq_len = 128  # tokens per training row T (packed)
   c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
@@ -74,11 +80,16 @@ def get_config():
 
   c.reflect = config_dict.ConfigDict()  # RASR (design/RASR.md); off = standard pretraining
   c.reflect.enabled = False  # add the critic, the controller and R refinement iterations
+  # Where reflection rows come from: qa (question/answer rows: bundled tasks or data.qa_files) |
+  # text (windows of the packed corpus) | mixed (half each).
+  c.reflect.source = "qa"
   c.reflect.iterations = 3  # R: draft-critique-refine iterations per step (0 = critic only)
   c.reflect.rows = 0  # rows of the global batch that reflect (0 = batch/8, at least one per shard)
-  c.reflect.prompt_len = 64  # P: tokens of the prompt x in a reflection window
-  c.reflect.target_len = 32  # Y: tokens of the target y* (and of every draft)
-  c.reflect.draft_mode = "teacher_forced"  # teacher_forced (cheap, aligned mask) | autoregressive
+  c.reflect.prompt_len = 128  # P: tokens of the prompt x (RASR.md §10)
+  c.reflect.target_len = 64  # Y: tokens of the target y* (and the most of every draft)
+  # autoregressive (drafts decoded from x, as at inference) | teacher_forced (sampled from the
+  # standard pass's logits under an aligned mask: a control that cannot beat the standard pass)
+  c.reflect.draft_mode = "autoregressive"
   c.reflect.draft_temperature = 0.0  # sampling temperature of drafts (0 = argmax)
   c.reflect.critic_dims = "factual,logic,relevance"  # critic dimensions (any non-empty subset)
   c.reflect.alpha = 0.6  # weight of L_standard

@@ -29,6 +29,11 @@ def get_scaled_config(*, num_layers, d_model, num_heads, num_kv_heads, head_dim,
   c.train.controller_lr = 5e-5
   c.reflect.enabled = True  # section 6.1: alpha 0.6, beta 0.3, gamma 0.1, R = 3
   c.reflect.iterations = 3
+  # Pretraining text alone: reflection on text windows with teacher-forced drafts (the cheap
+  # control). With question/answer files (data.qa_files) set reflect.source=qa (or mixed) and
+  # reflect.draft_mode=autoregressive.
+  c.reflect.source = "text"
+  c.reflect.draft_mode = "teacher_forced"
   c.reflect.alpha = 0.6
   c.reflect.beta = 0.3
   c.reflect.gamma = 0.1

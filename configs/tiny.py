@@ -28,7 +28,7 @@ def get_config():
   c.checkpoint.every_steps = 100
   c.train.log_every_steps = 10
   c.reflect.enabled = True
-  c.reflect.prompt_len = 48
-  c.reflect.target_len = 24
+  c.reflect.prompt_len = 72  # the bundled questions (a longer one keeps its last 72 tokens)
+  c.reflect.target_len = 64  # the bundled answers and <eos>
   c.reflect.rows = 4
   return c

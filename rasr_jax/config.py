@@ -39,6 +39,9 @@ class DataConfig:
   files: str
   text_field: str
   eval_files: str
+  qa_files: str
+  qa_checker: str
+  qa_eval_files: str
   bundled_examples: int
   seq_len: int
   tokenizer: str
@@ -74,6 +77,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class ReflectConfig:
   enabled: bool
+  source: str
   iterations: int
   rows: int
   prompt_len: int
@@ -100,6 +104,18 @@ class ReflectConfig:
   @property
   def num_dims(self):
     return len(self.dim_names)
+
+  @property
+  def qa_rows(self):
+    """Question/answer rows per global batch (all with source=qa, half with mixed)."""
+    if not self.enabled:
+      return 0
+    return {"qa": self.rows, "mixed": self.rows // 2, "text": 0}[self.source]
+
+  @property
+  def text_rows(self):
+    """Text-window rows per global batch."""
+    return self.rows - self.qa_rows if self.enabled else 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +152,8 @@ DTYPES = ("float32", "bfloat16")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
+REFLECT_SOURCES = ("qa", "text", "mixed")
+QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")  # tasks.CHECKERS
 CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
@@ -162,6 +180,8 @@ _CHOICES = {
     "data.source": DATA_SOURCES,
     "data.invalid_utf8": UTF8_POLICIES,
     "reflect.draft_mode": DRAFT_MODES,
+    "reflect.source": REFLECT_SOURCES,
+    "data.qa_checker": QA_CHECKERS,
     "train.nan_policy": NAN_POLICIES
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
@@ -248,7 +268,13 @@ def _check_rules(c):
   if not all(dims) or len(set(dims)) != len(dims) or not set(dims) <= set(CRITIC_DIMS):
     _fail("reflect.critic_dims", r.critic_dims,
           f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
-  if r.enabled and r.prompt_len + r.target_len > c.data.seq_len + 1:
+  if r.enabled and r.source != "text" and c.data.source == "files" and not c.data.qa_files:
+    _fail(
+        "reflect.source", r.source, "needs question/answer data: set data.qa_files, use "
+        "data.source=bundled, or set reflect.source=text")
+  if c.data.qa_eval_files and not c.data.qa_files:
+    _fail("data.qa_eval_files", c.data.qa_eval_files, "needs data.qa_files (its training split)")
+  if r.enabled and r.text_rows and r.prompt_len + r.target_len > c.data.seq_len + 1:
     _fail(
         "reflect.prompt_len", r.prompt_len, f"plus reflect.target_len={r.target_len} must "
         f"fit in a row of data.seq_len + 1 = {c.data.seq_len + 1} tokens")
@@ -312,11 +338,12 @@ def _resolve_reflect_rows(config, batch_shards, batch_names):
   r, t = config.reflect, config.train
   if not r.enabled:  # no reflection rows to place
     return r
-  unit = batch_shards * t.grad_accum_steps
+  unit = batch_shards * t.grad_accum_steps * (2 if r.source == "mixed" else 1)
   rows = r.rows or max(-(-t.batch_size // 8 // unit) * unit, unit)
+  halves = "2*" if r.source == "mixed" else ""  # mixed: as many text as question/answer rows
   if rows % unit or rows > t.batch_size:
     _fail(
-        "reflect.rows", r.rows, f"must be a multiple of {batch_names}*"
+        "reflect.rows", r.rows, f"must be a multiple of {halves}{batch_names}*"
         f"train.grad_accum_steps={unit} and at most train.batch_size={t.batch_size}")
   return dataclasses.replace(r, rows=rows)
 

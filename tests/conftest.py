@@ -44,6 +44,17 @@ SMALL = {
     "reflect.target_len": 8,
     "reflect.rows": 4,
     "reflect.stop_budget": 1.5,
+    # Text windows with teacher-forced drafts: the cheapest reflection; tests of question/answer
+    # rows and free-running drafts add QA.
+    "reflect.source": "text",
+    "reflect.draft_mode": "teacher_forced",
+}
+# Question/answer rows of the bundled tasks (those whose answers fit Y: logic and facts) with
+# drafts decoded free-running, the defaults of configs/tiny.py at small shapes.
+QA = {
+    "reflect.source": "qa",
+    "reflect.draft_mode": "autoregressive",
+    "reflect.target_len": 24,
 }
 
 
@@ -116,6 +127,30 @@ def run_python(code, devices=1, timeout=300):
 def losses(workdir):
   from rasr_jax.training.metrics import read_records
   return {r["step"]: r["loss"] for r in read_records(workdir)}
+
+
+def restored_params(workdir, config):
+  """Parameters of the newest checkpoint in `workdir` as numpy arrays (1-device mesh)."""
+  import jax
+  import numpy as np
+
+  from rasr_jax import config as config_lib
+  from rasr_jax import sharding
+  from rasr_jax.training import checkpoint, train_state
+  config = config_lib.resolve_mesh(config, 1)
+  mesh = sharding.make_mesh(config.mesh)
+  _, abstract, specs = train_state.abstract_state(config)
+  _, state = checkpoint.restore_latest(workdir, config, abstract,
+                                       train_state.to_shardings(specs, mesh))
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
+
+
+def params_hash(workdir, config):
+  import hashlib
+  digest = hashlib.sha256()
+  for leaf in restored_params(workdir, config):
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
 
 
 def logged_steps(workdir):

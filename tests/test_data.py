@@ -115,7 +115,7 @@ def _stream(num_docs,
   it = pipeline.ResumableIterator(ds)
   if state is not None:
     it.set_state(state)
-  return it, [next(it) for _ in range(batches)]
+  return it, [next(it)["tokens"] for _ in range(batches)]
 
 
 def test_pipeline_shapes_and_exactly_once_per_epoch():
@@ -144,7 +144,7 @@ def test_global_batches_do_not_depend_on_the_process_count():
 def test_pipeline_resumes_exactly_across_an_epoch_boundary():
   it, _ = _stream(10, 0, 1, batches=2)
   state = it.get_state()
-  want = [next(it) for _ in range(4)]  # crosses the end of epoch 1 (10 docs = 20 tokens)
+  want = [next(it)["tokens"] for _ in range(4)]  # crosses the end of epoch 1 (10 docs = 20 tokens)
   _, got = _stream(10, 0, 1, batches=4, state=state)
   for a, b in zip(want, got):
     np.testing.assert_array_equal(a, b)
@@ -159,7 +159,7 @@ def test_exactly_once_per_epoch_across_five_interruptions():
   got, state = [], None
   for cut in (0, 1, 2, 3, 5, 6):
     it, _ = _stream(16, 0, 1, batches=0, state=state)
-    got += [next(it) for _ in range(cut - len(got))]
+    got += [next(it)["tokens"] for _ in range(cut - len(got))]
     state = it.get_state()  # JSON bytes, what the checkpoint stores
   for a, b in zip(want, got, strict=True):
     np.testing.assert_array_equal(a, b)
@@ -213,3 +213,39 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer, corpus
   config = make_config(**{"data.tokenizer": path, "model.vocab_size": 256})
   with pytest.raises(tok_lib.TokenizerError, match="exceed config.model.vocab_size=256"):
     loop.prepare_tokenizer(config, str(tmp_path / "work"), corpus)
+
+
+def _qa_stream(state=None, batches=0):
+  records = 6  # 2 rows a batch: an epoch of records every 3 batches
+  qa_arrays = {"checker": np.arange(records, dtype=np.int32), "prompt": np.ones((records, 3))}
+  ds = pipeline.make_dataset([str(i) for i in range(16)],
+                             _OneTokenPerDoc(),
+                             seq_len=7,
+                             global_batch=2,
+                             seed=3,
+                             streams=1,
+                             qa=qa_arrays,
+                             qa_rows=2)
+  it = pipeline.ResumableIterator(ds)
+  if state is not None:
+    it.set_state(state)
+  return it, [next(it) for _ in range(batches)]
+
+
+def test_question_answer_rows_resume_exactly_and_come_once_per_epoch():
+  """The question/answer stream lives in the same iterator state as the documents: resuming
+  from the JSON state at any batch continues both exactly; every record comes once an epoch."""
+  _, want = _qa_stream(batches=7)
+  got, state = [], None
+  for cut in (0, 1, 3, 4, 7):
+    it, _ = _qa_stream(state)
+    got += [next(it) for _ in range(cut - len(got))]
+    state = it.get_state()
+  for a, b in zip(want, got, strict=True):
+    np.testing.assert_array_equal(a["tokens"], b["tokens"])
+    np.testing.assert_array_equal(a["qa"]["checker"], b["qa"]["checker"])
+    assert a["qa"]["prompt"].shape == (2, 3)
+  ids = [int(i) for b in got for i in b["qa"]["checker"]]
+  for epoch in range(2):
+    assert sorted(ids[6 * epoch:6 * (epoch + 1)]) == list(range(6))
+  assert ids[:6] != list(range(6))  # shuffled

@@ -14,7 +14,7 @@ from flax import nnx
 from conftest import make_config, run_main
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate, inference
-from rasr_jax.model import sampling
+from rasr_jax.model import decoding, sampling
 from rasr_jax.reflection import steps
 from rasr_jax.reflection.layout import Layout
 from rasr_jax.training import losses, train_state
@@ -203,37 +203,59 @@ def test_per_example_stopping_leaves_stopped_rows_unchanged(rasr_model):
 
 @pytest.mark.parametrize("draft_mode", ["teacher_forced", "autoregressive"])
 def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode):
-  """Greedy y(1) from the cached generator equals the argmax of the training-time refine pass
-  teacher-forced on y(1) itself, with the mask of the draft mode (aligned or causal): the
-  generator sees exactly what the refine pass was trained to see."""
+  """For drafts y(0) of every length 1..Y, ended by `<eos>` or not, after left-padded prompts:
+  greedy y(1) from the cached generator equals the argmax of the training-time refine pass
+  teacher-forced on y(1) itself (through y(1)'s `<eos>`), with the mask of the draft mode, and
+  the generator's critic scores equal the training critic pass's: generation sees exactly what
+  the refine pass was trained to see."""
   config = make_config(**{"reflect.draft_mode": draft_mode})
   graphdef, params = _split(config)
   r = config.reflect
-  prompt = RNG.randint(6, 512, (2, r.prompt_len))
-  out = _run(graphdef,
-             params,
-             prompt,
-             progress=0.5,
-             max_new_tokens=r.target_len,
-             eos_id=None,
-             reflect="fixed",
-             iterations=1,
-             aligned=draft_mode == "teacher_forced")
-  model = nnx.merge(graphdef, params)
-  x_emb = model.embed_tokens(jnp.asarray(prompt))
-  draft, refined = jnp.asarray(out.drafts[0]), out.drafts[1]
-  live, _ = steps.critique(model, x_emb, draft, 0.5, IDS)
-  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
-  logits = steps.refine_logits(model,
-                               x_emb,
-                               draft,
-                               live,
-                               jnp.asarray(refined),
-                               IDS,
-                               layout,
-                               aligned=draft_mode == "teacher_forced")
-  np.testing.assert_array_equal(np.argmax(logits, -1), refined)
-  np.testing.assert_allclose(out.scores[0], live.scores, rtol=1e-5, atol=1e-6)
+  y, p = r.target_len, r.prompt_len
+  lengths = np.concatenate([np.arange(1, y + 1), np.arange(1, y + 1)])  # [B]
+  with_eos = np.arange(2 * y) < y
+  draft = RNG.randint(6, 512, (2 * y, y)).astype(np.int32)
+  draft[np.arange(y)[None] >= lengths[:, None]] = IDS.pad
+  ended = with_eos & (lengths < y)
+  draft[ended, lengths[ended]] = IDS.eos
+  prompt = RNG.randint(6, 512, (2 * y, p)).astype(np.int32)
+  prompt_valid = np.arange(p)[None] >= RNG.randint(0, p - 1, (2 * y, 1))  # left padding
+  prompt[~prompt_valid] = IDS.pad
+  opts = generate.GenerateOptions(max_new_tokens=y,
+                                  eos_id=IDS.eos,
+                                  reflect="fixed",
+                                  iterations=1,
+                                  aligned=draft_mode == "teacher_forced")
+
+  @jax.jit
+  def both(params):
+    keys = jax.random.split(jax.random.key(0), 2 * y)
+    first = decoding.Decoded(tokens=jnp.asarray(draft), lengths=jnp.asarray(lengths, jnp.int32))
+    out = generate.generate(graphdef,
+                            params,
+                            jnp.asarray(prompt),
+                            jnp.asarray(prompt_valid),
+                            keys,
+                            jnp.float32(0.5),
+                            0.5,
+                            options=opts,
+                            ids=IDS,
+                            first=first)
+    model = nnx.merge(graphdef, params)
+    x_emb = model.embed_tokens(jnp.asarray(prompt))
+    draft_valid = jnp.arange(y)[None] < first.lengths[:, None]
+    live, _ = steps.critique(model, x_emb, prompt_valid, first.tokens, draft_valid, 0.5, IDS)
+    logits = steps.refine_logits(model, x_emb, prompt_valid,
+                                 first.tokens, draft_valid, live, out.drafts[1], IDS,
+                                 Layout(p, y, r.num_dims), draft_mode == "teacher_forced")
+    return out, jnp.argmax(logits, -1), live.scores
+
+  out, argmax, scores = jax.device_get(both(params))
+  refined, refined_len = out.drafts[1], out.lengths[1]
+  for row in range(2 * y):
+    upto = min(refined_len[row] + 1, y)  # the refined tokens and the <eos> that ends them
+    np.testing.assert_array_equal(argmax[row, :upto], refined[row, :upto], err_msg=f"row {row}")
+  np.testing.assert_allclose(out.scores[0], scores, rtol=1e-5, atol=1e-6)
 
 
 def _generate_cli(workdir, *extra, devices=1, **overrides):

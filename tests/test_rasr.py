@@ -1,6 +1,7 @@
 """RASR: gradient routing, the leak rule, masking of stopped examples, losses and oracles."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from rasr_jax import sharding, tasks
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import heads
 from rasr_jax.reflection import quality, steps
+from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection.layout import Layout
 from rasr_jax.training import losses, optim, reflect, train_state
 from rasr_jax.training import step as train_step
@@ -48,7 +50,7 @@ def routing_grads(rasr):
 
   @jax.jit
   def grads(params, progress):
-    args = (tokens, n, jax.random.key(1), jnp.float32(0.5), progress)
+    args = (tokens, None, n, jax.random.key(1), jnp.float32(0.5), progress)
     combined = jax.grad(lambda p: loss_fn(p, *args)[0])(params)
     terms = {
         name: jax.grad(lambda p, name=name: loss_fn(p, *args)[1][name])(params)
@@ -96,46 +98,69 @@ def _refine_inputs(config, graphdef, params, rows=2):
   return model, x, y_star, draft
 
 
+def _all_valid(rows, length):
+  return jnp.ones((rows, length), bool)
+
+
 def test_teacher_forced_refine_logits_do_not_leak(rasr):
-  """Refine logits at i ignore draft tokens and flags at > i and y*_j for j >= i (§3)."""
+  """At every position i, the refine logits predicting y*_i ignore draft tokens and flags at
+  > i, y*_j for j >= i, and the critique soft tokens (§3)."""
   config, mesh, state, _, graphdef, _ = rasr
   r = config.reflect
   layout = Layout(r.prompt_len, r.target_len, r.num_dims)
   model, x, y_star, draft = _refine_inputs(config, graphdef, state.params)
-  live, _ = steps.critique(model, model.embed_tokens(x), draft, 0.5, IDS)
-  i = r.target_len // 2
+  valid_x, valid_y = _all_valid(2, r.prompt_len), _all_valid(2, r.target_len)
+  live, _ = steps.critique(model, model.embed_tokens(x), valid_x, draft, valid_y, 0.5, IDS)
 
-  def logits(aligned, draft=draft, errors=live.token_errors, y_star=y_star):
-    critique = live.replace(token_errors=errors)
-    return steps.refine_logits(model, model.embed_tokens(x), draft, critique, y_star, IDS, layout,
-                               aligned)
+  @functools.partial(jax.jit, static_argnums=0)
+  def jitted(aligned, params, draft, errors, scores, y_star):
+    model = nnx.merge(graphdef, params)
+    critique = live.replace(token_errors=errors, scores=scores, critique=jnp.sum(scores, -1))
+    return steps.refine_logits(model, model.embed_tokens(x), valid_x, draft, valid_y, critique,
+                               y_star, IDS, layout, aligned)
 
-  changed_draft = draft.at[:, i + 1:].set((draft[:, i + 1:] + 7) % 100 + 6)
-  changed_errors = live.token_errors.at[:, i + 1:].set(1.0 - live.token_errors[:, i + 1:])
-  changed_target = y_star.at[:, i:].set((y_star[:, i:] + 11) % 100 + 6)
-  base = logits(True)
-  for kwargs in (dict(draft=changed_draft), dict(errors=changed_errors),
-                 dict(y_star=changed_target)):
-    np.testing.assert_array_equal(logits(True, **kwargs)[:, :i + 1], base[:, :i + 1])
-  # Without the aligned mask the draft after i does leak into position i: the test can fail.
-  assert not np.allclose(logits(False, draft=changed_draft)[:, :i + 1], logits(False)[:, :i + 1])
+  logits = lambda aligned, *args: jitted(aligned, state.params, *args)
+
+  base_args = (draft, live.token_errors, live.scores, y_star)
+
+  def changes(i):  # what the query predicting y*_i may not read
+    return [
+        (draft.at[:, i + 1:].set((draft[:, i + 1:] + 7) % 100 + 6), *base_args[1:]),
+        (draft, live.token_errors.at[:, i + 1:].set(1.0 - live.token_errors[:, i + 1:]),
+         *base_args[2:]),
+        (*base_args[:2], 1.0 - live.scores, y_star),
+        (*base_args[:3], y_star.at[:, i:].set((y_star[:, i:] + 11) % 100 + 6)),
+    ]
+
+  base = logits(True, *base_args)
+  for i in range(r.target_len):
+    for args in changes(i):
+      np.testing.assert_array_equal(logits(True, *args)[:, :i + 1], base[:, :i + 1])
+  # Without the aligned mask the later draft and the critique do reach y*_0: the test can fail.
+  unaligned = logits(False, *base_args)
+  for args in changes(0)[:3]:
+    assert not np.allclose(logits(False, *args)[:, :1], unaligned[:, :1])
 
 
-def test_stopped_examples_are_frozen_and_masked(rasr):
+def test_stopped_rows_keep_their_draft_and_the_refiner_trains_on_every_row(rasr):
+  """A stopped row carries its draft unchanged to the end; L_reflection is the mean over every
+  row, stopped or not (§7.4)."""
   config, mesh, state, _, graphdef, _ = rasr
   r = config.reflect
   model, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
+  rows = rows_lib.text_rows(x, y_star, 0)
   cfg = dataclasses.replace(r, learned_stopping=True, stop_warmup=0.0)
   run = lambda tau: reflect.iterate(graphdef,
                                     state.params,
-                                    x,
-                                    y_star,
+                                    rows,
                                     draft,
+                                    jnp.full((8,), r.target_len, jnp.int32),
                                     tau=tau,
                                     progress=jnp.float32(0.5),
                                     key=jax.random.key(0),
                                     cfg=cfg,
-                                    ids=IDS)
+                                    ids=IDS,
+                                    pieces=None)
   _, probe = run(jnp.float32(1.0))  # nothing stops: read the controller's probabilities
   tau = jnp.median(probe["stop_prob"][0])  # about half the rows stop at k = 0
   final, out = run(tau)
@@ -147,8 +172,32 @@ def test_stopped_examples_are_frozen_and_masked(rasr):
     for row in np.flatnonzero(~active[k]):
       np.testing.assert_array_equal(drafts[k + 1, row], drafts[k, row])
       assert not active[k:, row].any()  # once stopped, always stopped
-  expected = np.mean(np.asarray(out["row_loss"]) * active, axis=1)
-  np.testing.assert_allclose(np.asarray(out["reflect"]), expected, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(out["reflect"]),
+                             np.mean(np.asarray(out["row_loss"]), axis=1),
+                             rtol=1e-6)
+
+
+def test_refiner_gets_gradient_when_every_row_stopped(rasr):
+  """With every row stopped at k = 0 (tau = 0 after the warm-up) L_reflection still trains the
+  refiner and its feedback embeddings (no stop deadlock)."""
+  config, mesh, state, _, graphdef, tokens = rasr
+  cfg = dataclasses.replace(config, reflect=dataclasses.replace(config.reflect, stop_warmup=0.0))
+  loss_fn = train_step.make_loss_fn(graphdef, cfg, IDS)
+  n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+
+  def reflect_term(params):  # tau = 0: every row stops; progress 1: the last step
+    _, metrics = loss_fn(params, tokens, None, n, jax.random.key(1), jnp.float32(0.0),
+                         jnp.float32(1.0))
+    return metrics["loss/reflect"], metrics
+
+  grads, metrics = jax.jit(jax.grad(reflect_term, has_aux=True))(state.params)
+  assert float(metrics["reflect/stop_rate_k0"]) == 1.0
+  assert float(metrics["reflect/mean_iterations"]) == 0.0
+  for k in range(config.reflect.iterations):
+    assert float(metrics[f"loss/reflect_k{k}"]) > 0
+  # The flag embedding (the critique tokens are hidden from teacher-forced refine passes).
+  assert float(jnp.max(jnp.abs(jax.tree.leaves(grads["feedback"]["flag"])[0]))) > 0
+  assert float(optim.group_norms(grads)["generator"]) > 0
 
 
 @pytest.mark.parametrize("overrides", [{
@@ -170,7 +219,7 @@ def test_ablation_switches(overrides):
   config, mesh, state, _, graphdef, tokens = _setup(**overrides)
   loss_fn = jax.jit(train_step.make_loss_fn(graphdef, config, IDS))
   with sharding.activate(mesh):
-    _, metrics = loss_fn(state.params, tokens, jnp.float32(tokens.size), jax.random.key(0),
+    _, metrics = loss_fn(state.params, tokens, None, jnp.float32(tokens.size), jax.random.key(0),
                          jnp.float32(0.5), jnp.float32(1.0))
   k = config.reflect.iterations
   assert f"quality/q_k{k}" in metrics and np.isfinite(float(metrics["loss/critic"]))
@@ -207,15 +256,23 @@ def test_reflection_windows_are_aligned_and_uniform():
 
 
 def test_decode_matches_greedy_full_forward(rasr):
-  """The in-step decoder picks, token by token, the argmax of a full causal forward pass."""
+  """The in-step decoder picks, token by token, the argmax of a full causal forward pass; a
+  left-padded prompt decodes exactly as the same prompt alone."""
   config, mesh, state, _, graphdef, _ = rasr
   model, x, _, _ = _refine_inputs(config, graphdef, state.params)
-  got = steps.decode_after(graphdef, state.params, model.embed_tokens(x), 5, 0.0, jax.random.key(0))
+  no_eos = dataclasses.replace(IDS, eos=-1)
+  got = steps.decode_after(graphdef, state.params, model.embed_tokens(x), _all_valid(2, x.shape[1]),
+                           5, 0.0, jax.random.key(0), no_eos).tokens
   tokens = x
   for _ in range(5):
     logits, _ = model(tokens)
     tokens = jnp.concatenate([tokens, jnp.argmax(logits[:, -1], -1)[:, None].astype(jnp.int32)], 1)
   np.testing.assert_array_equal(got, tokens[:, x.shape[1]:])
+  padded = jnp.concatenate([jnp.zeros((2, 3), jnp.int32), x], axis=1)
+  valid = jnp.concatenate([jnp.zeros((2, 3), bool), _all_valid(2, x.shape[1])], axis=1)
+  again = steps.decode_after(graphdef, state.params, model.embed_tokens(padded), valid, 5, 0.0,
+                             jax.random.key(0), no_eos).tokens
+  np.testing.assert_array_equal(again, got)
 
 
 def test_reflection_off_equals_the_standard_step():
@@ -239,7 +296,8 @@ def test_reflection_off_equals_the_standard_step():
 
   with sharding.activate(mesh):
     want_loss, want_params = jax.jit(standard_step)(state.params, state.opt_state, tokens)
-    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, config, tx))(state, tokens)
+    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, config, tx))(state, tokens,
+                                                                                   None)
   np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-6)
   for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_params)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
@@ -291,7 +349,8 @@ def test_loss_terms_by_hand():
                             token_errors=jnp.asarray([[0.5, 0.5]]),
                             weights=jnp.asarray([[0.25, 0.75]]),
                             critique=jnp.asarray([0.875]))
-  loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]))
+  loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]),
+                                   jnp.asarray([[True, True]]))
   assert float(parts["critic/loss_scores"]) == pytest.approx(0.125)  # (0.25 + 0) / 2
   assert float(parts["critic/loss_tokens"]) == pytest.approx(np.log(2), rel=1e-5)
   assert float(parts["critic/loss_scalar"]) == pytest.approx(0.125**2)
@@ -304,9 +363,17 @@ def test_loss_terms_by_hand():
   assert float(losses.controller_loss(jnp.asarray([0.5]),
                                       jnp.asarray([1.0]))) == pytest.approx(np.log(2), rel=1e-5)
   logits = jnp.log(jnp.asarray([[[0.25, 0.75], [0.5, 0.5]]]))
-  np.testing.assert_allclose(losses.reflection_row_losses(logits, jnp.asarray([[1, 0]])),
+  np.testing.assert_allclose(losses.reflection_row_losses(logits, jnp.asarray([[1, 0]]),
+                                                          jnp.asarray([[True, True]])),
                              [(-np.log(0.75) - np.log(0.5)) / 2],
                              rtol=1e-6)
+  np.testing.assert_allclose(  # padding after y*'s <eos> is not scored
+      losses.reflection_row_losses(logits, jnp.asarray([[1, 0]]), jnp.asarray([[True, False]])),
+      [-np.log(0.75)],
+      rtol=1e-6)
+  _, masked = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[1.0, 0.0]]),
+                                 jnp.asarray([[True, False]]))
+  assert float(masked["critic/loss_tokens"]) == pytest.approx(np.log(2), rel=1e-5)
 
 
 def test_describe_reports_three_groups():

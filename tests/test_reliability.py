@@ -76,8 +76,8 @@ def test_a_non_finite_update_is_dropped_inside_the_step():
                                        (config.train.batch_size, config.data.seq_len + 1)),
       jnp.int32)
   with sharding.activate(mesh):
-    after, metrics = step(state, tokens)
-    later, later_metrics = step(*step(after, tokens)[:1], tokens)
+    after, metrics = step(state, tokens, None)
+    later, later_metrics = step(step(after, tokens, None)[0], tokens, None)
   assert not bool(metrics["finite"]) and int(after.skipped) == 1 and int(after.step) == 1
   for before, kept in zip(jax.tree.leaves((state.params, state.opt_state, state.tau)),
                           jax.tree.leaves((after.params, after.opt_state, after.tau))):
@@ -251,9 +251,9 @@ def test_restored_state_matches_a_fresh_one_and_compiles_nothing_new(straight_ru
                                        (config.train.batch_size, config.data.seq_len + 1)),
       jnp.int32)
   with sharding.activate(mesh):
-    jax.block_until_ready(step(fresh, tokens))
+    jax.block_until_ready(step(fresh, tokens, None))
     compiled = step._cache_size()
-    jax.block_until_ready(step(restored, tokens))
+    jax.block_until_ready(step(restored, tokens, None))
   assert step._cache_size() == compiled == 1
 
 

@@ -7,11 +7,17 @@ in the next row); it fills B / S rows of every batch. Process p of n reads strea
 p S / n .. (p + 1) S / n, so each epoch visits every document exactly once across processes,
 and the global batch does not depend on how many processes read it. The iterator's state is
 small JSON and is checkpointed.
+
+With question/answer rows (`qa_rows` per global batch) each stream also shuffles the encoded
+records (`data/qa.py`), takes every S-th and fills qa_rows / S of them per batch; a batch is then
+{"tokens": [rows, seq_len + 1], "qa": {field: [qa rows, ...]}}, else {"tokens": ...}. Both
+parts live in the one iterator state, so resume is exact for both.
 """
 
 import json
 
 import grain
+import jax
 import numpy as np
 
 from rasr_jax.data.sources import DataError
@@ -27,20 +33,44 @@ class _Tokenize(grain.transforms.Map):
     return {"tokens": np.asarray(ids, np.int32)}
 
 
-def _tokens_only(row):
-  return row["tokens"]
+class _Records:
+  """Encoded question/answer rows ({field: [n, ...]}) as a sequence of per-row dicts."""
+
+  def __init__(self, arrays):
+    self._arrays = arrays
+
+  def __len__(self):
+    return len(self._arrays["checker"])
+
+  def __getitem__(self, index):
+    return {name: array[index] for name, array in self._arrays.items()}
 
 
-def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count):
-  """Stream `index` of `count`: [rows, seq_len + 1] batches from every count-th document."""
+QA_SEED_OFFSET = 1  # the records' shuffle seed differs from the documents'
+
+
+def _with_qa(parts):
+  tokens, qa = parts
+  return {"tokens": tokens["tokens"], "qa": qa}
+
+
+def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_rows):
+  """Stream `index` of `count`: batches of [rows, seq_len + 1] tokens from every count-th
+  document, and of `qa_rows` question/answer rows from every count-th record of `qa`."""
   ds = (grain.MapDataset.source(documents).shuffle(seed=seed)[index::count].repeat(None).map(
       _Tokenize(tokenizer)).to_iter_dataset())
   ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-  return ds.map(_tokens_only).batch(rows, drop_remainder=True)
+  ds = ds.batch(rows, drop_remainder=True)
+  if not qa_rows:
+    return ds
+  records = (grain.MapDataset.source(
+      _Records(qa)).shuffle(seed=seed + QA_SEED_OFFSET)[index::count].repeat(None).batch(
+          qa_rows, drop_remainder=True).to_iter_dataset())
+  return grain.experimental.ZipIterDataset([ds, records]).map(_with_qa)
 
 
 def _side_by_side(batches):
-  return np.concatenate(batches, axis=0)
+  return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *batches)
 
 
 def make_dataset(documents,
@@ -52,13 +82,23 @@ def make_dataset(documents,
                  streams,
                  process_index=0,
                  process_count=1,
-                 num_workers=0):
-  """An IterDataset of this process's [global_batch / process_count, seq_len + 1] int32 rows."""
+                 num_workers=0,
+                 qa=None,
+                 qa_rows=0):
+  """An IterDataset of this process's batches: {"tokens": [global_batch / process_count,
+  seq_len + 1] int32} and, with `qa_rows` question/answer rows per global batch from the
+  encoded records `qa`, "qa": {field: [qa_rows / process_count, ...]}."""
   if streams % process_count or global_batch % streams:
     raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
                     f"processes and divide the batch of {global_batch}")
   if len(documents) < streams:
     raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
+  if qa_rows and qa_rows % streams:
+    raise DataError(f"{qa_rows} question/answer rows per batch cannot be split over {streams} "
+                    "data streams (set data.streams to a divisor)")
+  if qa_rows and len(qa["checker"]) < qa_rows:
+    raise DataError(f"{len(qa['checker'])} question/answer records cannot fill {qa_rows} "
+                    "reflection rows per batch")
   per_process = streams // process_count
   first = process_index * per_process
   parts = [
@@ -68,7 +108,9 @@ def make_dataset(documents,
               rows=global_batch // streams,
               seed=seed,
               index=s,
-              count=streams) for s in range(first, first + per_process)
+              count=streams,
+              qa=qa,
+              qa_rows=qa_rows // streams) for s in range(first, first + per_process)
   ]
   ds = parts[0] if per_process == 1 else grain.experimental.ZipIterDataset(parts).map(_side_by_side)
   if num_workers:

@@ -57,20 +57,32 @@ def _bundled(num_examples, seed):
   return Corpus(docs, digest.hexdigest())
 
 
-def expand_globs(patterns: str) -> list[str]:
+def expand_globs(patterns: str, field="data.files", extensions=(".txt", ".jsonl")) -> list[str]:
+  """The files that comma-separated globs `patterns` (config `field`) match."""
   if not patterns.strip():
-    raise DataError("config.data.files is empty but config.data.source='files'")
+    raise DataError(f"config.{field} is empty but config.data.source='files'")
   paths = []
   for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
     matched = sorted(
         p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
     if not matched:
-      raise DataError(f"data file glob {pattern!r} matches no file")
+      raise DataError(f"config.{field} glob {pattern!r} matches no file")
     paths.extend(matched)
   for path in paths:
-    if not path.endswith((".txt", ".jsonl")):
-      raise DataError(f"data file {path}: unsupported extension (expected .txt or .jsonl)")
+    if not path.endswith(extensions):
+      raise DataError(f"config.{field} file {path}: unsupported extension (expected "
+                      f"{' or '.join(extensions)})")
   return paths
+
+
+def joined(corpus: Corpus, documents, label: str) -> Corpus:
+  """`corpus` with more `documents` (from the source named `label`) after its own."""
+  digest = hashlib.sha256(corpus.fingerprint.encode() + label.encode())
+  for doc in documents:
+    digest.update(doc.encode())
+  return dataclasses.replace(corpus,
+                             documents=corpus.documents + list(documents),
+                             fingerprint=digest.hexdigest())
 
 
 def _decode(path, raw, policy):

@@ -23,7 +23,9 @@ MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
 # TRAINED_MARKER_IDS hold for tokenizers made by `train` only (tests/test_data.py checks it); the
 # compile check and the benchmarks build the step with them when no tokenizer is at hand.
 _TRAINED_PAD_ID, _TRAINED_EOS_ID, _TRAINED_UNK_ID = 0, 1, 2
-TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)))
+TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)),
+                                eos=_TRAINED_EOS_ID,
+                                pad=_TRAINED_PAD_ID)
 _TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with
 
 
@@ -69,8 +71,8 @@ class Tokenizer:
 
   @property
   def marker_ids(self) -> SpecialIds:
-    """The ids of `<draft>`, `<critique>` and `<refine>` in the refine-sequence layout."""
-    return SpecialIds(*(self.special_ids[t] for t in MARKERS))
+    """The ids of `<draft>`, `<critique>`, `<refine>`, `<eos>` and padding."""
+    return SpecialIds(*(self.special_ids[t] for t in MARKERS), eos=self.eos_id, pad=self.pad_id)
 
   @property
   def vocab_size(self) -> int:
@@ -82,6 +84,10 @@ class Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text, out_type=int)
+
+  def encode_prompt(self, text: str) -> list[int]:
+    """A prompt as the model reads one: `<eos>` (the end of whatever came before) + the text."""
+    return [self.eos_id] + self.encode(text)
 
   def decode(self, ids) -> str:
     """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger

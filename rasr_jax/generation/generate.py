@@ -59,10 +59,21 @@ class Generation:
   stop_iteration: jax.Array  # [B] int32: index of the final draft (refinements applied)
 
 
-def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
-             options: GenerateOptions, ids: SpecialIds):
+def generate(graphdef,
+             params,
+             prompt,
+             prompt_valid,
+             keys,
+             tau,
+             progress,
+             *,
+             options: GenerateOptions,
+             ids: SpecialIds,
+             first: decoding.Decoded | None = None):
   """prompt [B, P] int32 left-padded, prompt_valid [B, P] bool, keys [B] PRNG keys, tau and
-  progress [] float -> Generation. Row b's draft k is drawn with keys fold_in(keys[b], k)."""
+  progress [] float -> Generation. Row b's draft k is drawn with keys fold_in(keys[b], k).
+  `first`: the drafts y(0) to start from ([B, Y] tokens, padding after their lengths) instead
+  of decoding them."""
   model = nnx.merge(graphdef, params)
   rows, prompt_slots = prompt.shape
   n, k_total = options.max_new_tokens, options.iterations if options.reflect != "off" else 0
@@ -84,8 +95,9 @@ def generate(graphdef, params, prompt, prompt_valid, keys, tau, progress, *,
                                                  model.init_cache(rows, size),
                                                  valid=prompt_valid,
                                                  layers=layers)
-  first = decoding.decode(graphdef, params, x_cache,
-                          model.logits(hidden_x[:, -1:])[:, 0], draft_keys(0), **decode_kw)
+  if first is None:
+    first = decoding.decode(graphdef, params, x_cache,
+                            model.logits(hidden_x[:, -1:])[:, 0], draft_keys(0), **decode_kw)
   if not k_total:
     return Generation(drafts=first.tokens[None],
                       lengths=first.lengths[None],

@@ -16,6 +16,7 @@ import sys
 
 import jax
 import numpy as np
+from absl import logging
 
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
@@ -113,9 +114,6 @@ class InferenceModel:
     rows = _round_up(batch_size, self._rows_multiple)
     return rows, [(i, items[i:i + rows]) for i in range(0, len(items), rows)]
 
-  def _encode(self, text):
-    return [self.tokenizer.eos_id] + self.tokenizer.encode(text)
-
   def _put(self, array):
     return jax.device_put(array, self._batch_sharding)
 
@@ -159,13 +157,18 @@ class InferenceModel:
               reflect="auto",
               iterations=None):
     """GenerateOptions for this model; reflect `auto` is `learned` (or `fixed` when the model
-    was trained without learned stopping) for a RASR model and `off` otherwise."""
+    was trained without learned stopping) for a RASR model and `off` otherwise. Drafts that
+    will be refined are at most the reflect.target_len tokens the model was trained with."""
     r = self.config.reflect
     if reflect == "auto":
       reflect = ("learned" if r.learned_stopping else "fixed") if r.enabled else "off"
     if reflect != "off" and not r.enabled:
       raise config_lib.ConfigError(f"reflect={reflect} needs a model with reflection heads "
                                    "(config.reflect.enabled=False)")
+    if reflect != "off" and max_new_tokens > r.target_len:
+      logging.info("drafts of at most reflect.target_len=%d tokens (the trained length), not %d",
+                   r.target_len, max_new_tokens)
+      max_new_tokens = r.target_len
     stop_sequences = tuple(filter(None, (self._stop_tokens(s) for s in stop if s)))
     return gen_lib.GenerateOptions(max_new_tokens=max_new_tokens,
                                    sampling_params=sampling.SamplingParams(
@@ -198,7 +201,7 @@ class InferenceModel:
     results = []
     with sharding.activate(self.mesh):
       for start, chunk in batches:
-        encoded = [self._encode(p) for p in chunk]
+        encoded = [self.tokenizer.encode_prompt(p) for p in chunk]
         if max_prompt_tokens:
           encoded = [ids[-max_prompt_tokens:] for ids in encoded]
         width = _round_up(max(map(len, encoded)), LENGTH_BUCKET)
@@ -258,7 +261,7 @@ class InferenceModel:
 
   def score(self, texts, batch_size=8):
     """One dict per text: its token ids, their log-probabilities (natural log) and the sum."""
-    encoded = [self._encode(t) for t in texts]
+    encoded = [self.tokenizer.encode_prompt(t) for t in texts]
     records = []
     for text, ids, (logprobs, greedy) in zip(texts, encoded, self.score_tokens(encoded,
                                                                                batch_size)):

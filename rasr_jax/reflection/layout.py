@@ -19,10 +19,13 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class SpecialIds:
-  """Token ids of the layout markers; the tokenizer builds them (`Tokenizer.marker_ids`)."""
+  """Token ids of the layout markers and of `<eos>` and padding; the tokenizer builds them
+  (`Tokenizer.marker_ids`)."""
   draft: int
   critique: int
   refine: int
+  eos: int
+  pad: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +82,15 @@ class Layout:
     lo, hi = self.aligned_hidden(i)
     slots = jnp.arange(self.cache_slots)
     return ~((slots >= lo) & (slots < hi))[None, None]
+
+  def refine_valid(self, prompt_valid, draft_valid):
+    """[B, S] bool: the positions of the teacher-forced refine pass that hold tokens."""
+    rows = draft_valid.shape[0]
+    return jnp.concatenate(
+        [prompt_valid,
+         self.prefix_valid(draft_valid),
+         jnp.ones((rows, self.target_len - 1), bool)],
+        axis=1)
 
   def prefix_valid(self, draft_valid):
     """draft_valid [B, Y] bool -> [B, prefix_len] bool: which refine-prefix slots hold tokens

@@ -1,13 +1,16 @@
 """TrueQuality oracles (RASR.md §5): the targets of L_critic and of the controller.
 
-`text_quality` is a jnp function of token ids, used inside the jitted step. `task_quality`
-scores a decoded draft of a bundled verifiable task with the task's checker; it runs on the host
-(evaluation, generation reports), since the checkers read text.
+`row_quality` is what the jitted step uses: `text_quality` (token overlap) for text windows and
+`answer_quality` for question/answer rows, both jnp functions of token ids. `task_quality`
+scores a decoded draft of a bundled verifiable task with the task's checker on the host
+(evaluation, generation reports).
 """
 
 import jax.numpy as jnp
 
 from rasr_jax import tasks
+from rasr_jax.reflection import answers
+from rasr_jax.reflection.rows import ReflectRows
 
 DIMENSIONS = ("factual", "logic", "relevance")
 
@@ -29,6 +32,50 @@ def text_quality(draft, target):
   relevance = jnp.sum(rank <= in_target, axis=-1) / y
   quality = jnp.stack([factual, logic, relevance], axis=-1).astype(jnp.float32)
   return quality, (~right).astype(jnp.float32)
+
+
+def _overlap(draft, draft_valid, target, target_valid):
+  """Multiset overlap [B] of the valid tokens of draft [B, Y] and target [B, Y]: the i-th
+  occurrence of a token in the draft counts if the target has at least i of it."""
+  same_draft = (draft[:, :, None] == draft[:, None, :]) & draft_valid[:, None, :]  # [B, Y, Y]
+  rank = jnp.sum(jnp.tril(same_draft), axis=-1)  # occurrences of draft_i in draft_<=i
+  in_target = jnp.sum((draft[:, :, None] == target[:, None, :]) & target_valid[:, None, :], -1)
+  return jnp.sum((rank <= in_target) & draft_valid, axis=-1)
+
+
+def answer_quality(draft, length, rows: ReflectRows, pieces: answers.PieceBytes):
+  """Question/answer rows: draft [B, Y], length [B] -> (quality [B, 3], labels [B, Y], label
+  mask [B, Y]).
+
+  factual: the checker reads the reference's answer in the draft (on device, `answers.correct`);
+  logic: the length of the draft's prefix that follows the reference answer token by token,
+  over the reference's length (how far the draft's reasoning follows the worked solution);
+  relevance: unigram F1 between the draft's and the reference answer's tokens; labels: 1 where
+  a draft token differs from the reference's at its position (draft positions only).
+  """
+  positions = jnp.arange(draft.shape[1])[None]
+  draft_valid = positions < length[:, None]
+  answer_valid = rows.answer_valid
+  answer_len = jnp.sum(answer_valid, axis=1)
+  wrong = draft != rows.target
+  factual = answers.correct(draft, length, rows.checker, rows.reference, rows.reference_len, pieces)
+  follows = jnp.cumprod(~wrong & draft_valid & answer_valid, axis=1)
+  logic = jnp.sum(follows, axis=1) / jnp.maximum(answer_len, 1)
+  relevance = 2 * _overlap(draft, draft_valid, rows.target, answer_valid) / jnp.maximum(
+      length + answer_len, 1)
+  quality = jnp.stack([factual, logic, relevance], axis=-1).astype(jnp.float32)
+  return quality, wrong.astype(jnp.float32), draft_valid
+
+
+def row_quality(draft, length, rows: ReflectRows, pieces):
+  """Each row's oracle: `answer_quality` for question/answer rows, `text_quality` for text
+  windows -> (quality [B, 3], labels [B, Y], label mask [B, Y])."""
+  text_q, text_labels = text_quality(draft, rows.target)
+  if pieces is None:  # text windows only
+    return text_q, text_labels, jnp.ones(draft.shape, bool)
+  qa_q, qa_labels, qa_mask = answer_quality(draft, length, rows, pieces)
+  text = (rows.checker == answers.TEXT)[:, None]
+  return (jnp.where(text, text_q, qa_q), jnp.where(text, text_labels, qa_labels), text | qa_mask)
 
 
 def select(quality, dim_names):

@@ -28,18 +28,34 @@ def draft_segment(model, draft, ids: SpecialIds):
                          axis=1)
 
 
-def critique(model, x_emb, draft, progress, ids: SpecialIds):
-  """Critic pass over `x <draft> y(k)` (full drafts, no cache) -> (live critique, critique of
-  stop-gradient states).
+def padded_attention(valid):
+  """valid [B, S] bool -> (positions [B, S], mask [B, 1, S, S]) of an uncached pass in which
+  padding is never attended and takes no rotary position, exactly as in a KV cache
+  (`Transformer.cached_hidden_states`)."""
+  positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
+  length = valid.shape[1]
+  causal = jnp.tril(jnp.ones((length, length), bool))
+  mask = causal[None] & (valid[:, None, :] | jnp.eye(length, dtype=bool)[None])
+  return positions, mask[:, None]
+
+
+def critique(model, x_emb, prompt_valid, draft, draft_valid, progress, ids: SpecialIds):
+  """Critic pass over `x <draft> y(k)` (no cache) -> (live critique, critique of stop-gradient
+  states). x_emb [B, P, D] with prompt_valid [B, P]; draft [B, Y] with draft_valid [B, Y].
 
   The live critique feeds the refine pass (L_reflection reaches psi and phi through it); the
   other trains the critic (L_critic reaches phi only).
   """
-  prompt_len = x_emb.shape[1]
-  hidden = model.hidden_states(jnp.concatenate([x_emb, draft_segment(model, draft, ids)], axis=1))
+  prompt_len, rows = x_emb.shape[1], x_emb.shape[0]
+  valid = jnp.concatenate([prompt_valid, jnp.ones((rows, 1), bool), draft_valid], axis=1)
+  positions, mask = padded_attention(valid)
+  hidden = model.hidden_states(jnp.concatenate([x_emb, draft_segment(model, draft, ids)], axis=1),
+                               positions=positions,
+                               mask=mask)
   hx, hy = hidden[:, :prompt_len], hidden[:, prompt_len + 1:]  # [B, P, D], [B, Y, D]
-  live = model.critic(hx, hy, progress)
-  frozen = model.critic(jax.lax.stop_gradient(hx), jax.lax.stop_gradient(hy), progress)
+  live = model.critic(hx, hy, progress, prompt_valid, draft_valid)
+  frozen = model.critic(jax.lax.stop_gradient(hx), jax.lax.stop_gradient(hy), progress,
+                        prompt_valid, draft_valid)
   return live, frozen
 
 
@@ -94,37 +110,54 @@ def refine_prefix(model, draft, critique_k, ids: SpecialIds):
                          axis=1)
 
 
-def refine_logits(model, x_emb, draft, critique_k, y_star, ids: SpecialIds, layout: Layout,
-                  aligned: bool):
+def refine_logits(model, x_emb, prompt_valid, draft, draft_valid, critique_k, y_star,
+                  ids: SpecialIds, layout: Layout, aligned: bool):
   """The refine pass teacher-forced on y* [B, Y] -> logits [B, Y, V] of the positions that
-  predict y*, under the aligned mask when `aligned` (teacher-forced drafts)."""
+  predict y*, under the aligned mask when `aligned` (teacher-forced drafts). Prompt and draft
+  padding are never attended and take no position, as in generation."""
   seq = jnp.concatenate(
       [x_emb,
        refine_prefix(model, draft, critique_k, ids),
        model.embed_tokens(y_star[:, :-1])],
       axis=1)  # [B, S, D]
-  hidden = model.hidden_states(seq, mask=layout.refine_mask(aligned))
+  positions, mask = padded_attention(layout.refine_valid(prompt_valid, draft_valid))
+  if aligned:
+    mask &= layout.refine_mask(True)
+  hidden = model.hidden_states(seq, positions=positions, mask=mask)
   return model.logits(hidden[:, -layout.target_len:])
 
 
-def decode_after(graphdef, params, prefix, steps, temperature, key):
-  """Free-running decoding of `steps` tokens after prefix embeddings [B, T, D] -> [B, steps].
+def decode_after(graphdef,
+                 params,
+                 prefix,
+                 prefix_valid,
+                 steps,
+                 temperature,
+                 key,
+                 ids: SpecialIds,
+                 done=None) -> decoding.Decoded:
+  """Free-running decoding of up to `steps` tokens after prefix embeddings [B, T, D] (valid
+  [B, T]), each row ending at `<eos>`, as generation decodes -> Decoded.
 
-  One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
-  flows through the sampled tokens.
+  One prefill of the prefix into a KV cache, then one cached trunk call per token; rows in
+  `done` [B] get padding. No gradient flows through the sampled tokens.
   """
   params, prefix = jax.lax.stop_gradient((params, prefix))
   rows, length, _ = prefix.shape
   model = nnx.merge(graphdef, params)
-  hidden, cache = model.cached_hidden_states(prefix, model.init_cache(rows, length + steps))
-  decoded = decoding.decode(graphdef,
-                            params,
-                            cache,
-                            model.logits(hidden[:, -1:])[:, 0],
-                            jax.random.split(key, rows),
-                            steps=steps,
-                            sampling_params=sampling.SamplingParams(temperature))
-  return decoded.tokens
+  hidden, cache = model.cached_hidden_states(prefix,
+                                             model.init_cache(rows, length + steps),
+                                             valid=prefix_valid)
+  return decoding.decode(graphdef,
+                         params,
+                         cache,
+                         model.logits(hidden[:, -1:])[:, 0],
+                         jax.random.split(key, rows),
+                         steps=steps,
+                         sampling_params=sampling.SamplingParams(temperature),
+                         pad_id=ids.pad,
+                         eos_id=ids.eos,
+                         done=done)
 
 
 def accept(state: LoopState, draft, length) -> LoopState:

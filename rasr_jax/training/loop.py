@@ -18,8 +18,9 @@ from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
-from rasr_jax.data import pipeline, sources
+from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import faults as faults_lib
 from rasr_jax.training import flops, optim, train_state
@@ -70,8 +71,9 @@ def run_metadata(config, state, tokenizer, corpus):
   }
 
 
-def _dataset(config, documents, tokenizer, num_workers=0):
-  """This process's rows of every global batch: [local batch, seq_len + 1] tokens."""
+def _dataset(config, documents, qa_arrays, tokenizer, num_workers=0):
+  """This process's batches: {"tokens": [local batch, seq_len + 1]} and, with question/answer
+  rows, "qa" (see pipeline.make_dataset)."""
   return pipeline.make_dataset(documents,
                                tokenizer,
                                seq_len=config.data.seq_len,
@@ -80,22 +82,49 @@ def _dataset(config, documents, tokenizer, num_workers=0):
                                streams=config.data.streams or jax.process_count(),
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
-                               num_workers=num_workers)
+                               num_workers=num_workers,
+                               qa=qa_arrays,
+                               qa_rows=config.reflect.qa_rows)
+
+
+def _encode_qa(config, records, tokenizer, pieces):
+  """The encoded question/answer rows the run reflects on, or None (none needed or none held)."""
+  r = config.reflect
+  if not r.qa_rows or records is None:
+    return None
+  arrays, left_out = qa.encode(records,
+                               tokenizer,
+                               prompt_len=r.prompt_len,
+                               target_len=r.target_len,
+                               reference_width=pieces.text_bytes(r.target_len))
+  if left_out:
+    logging.warning(
+        "%d of %d bundled question/answer examples have answers longer than "
+        "reflect.target_len - 1 = %d tokens and are left out", left_out, len(records),
+        r.target_len - 1)
+  return arrays
 
 
 def _global_batch(local, batch_sharding):
-  """Per-process rows -> one global [B, T + 1] array split over the data axes."""
-  return jax.make_array_from_process_local_data(batch_sharding, np.asarray(local, np.int32))
+  """Per-process rows -> (tokens [B, T + 1], question/answer ReflectRows or None), global arrays
+  split over the data axes."""
+
+  def put(array):
+    return jax.make_array_from_process_local_data(batch_sharding, np.asarray(array))
+
+  rows = ReflectRows(**{k: put(v) for k, v in local["qa"].items()}) if "qa" in local else None
+  return put(local["tokens"]), rows
 
 
 class _HeldOutEval:
   """Mean training metrics on held-out batches (the same batches and windows every time)."""
 
-  def __init__(self, config, documents, tokenizer, graphdef, shardings, mesh):
+  def __init__(self, config, documents, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
-    self._make_data = lambda: _dataset(config, documents, tokenizer)
-    self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids),
-                         in_shardings=(shardings, sharding.batch_sharding(mesh), None),
+    self._make_data = lambda: _dataset(config, documents, qa_arrays, tokenizer)
+    batch = sharding.batch_sharding(mesh)
+    self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids, pieces),
+                         in_shardings=(shardings, batch, batch, None),
                          out_shardings=sharding.replicated(mesh))
     self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
     self._batch_sharding = sharding.batch_sharding(mesh)
@@ -103,8 +132,9 @@ class _HeldOutEval:
   def __call__(self, state):
     totals = {}
     for index, local in zip(range(self._batches), self._make_data()):
-      tokens = _global_batch(local, self._batch_sharding)
-      metrics = jax.device_get(self._step(state, tokens, jax.random.fold_in(self._key, index)))
+      tokens, rows = _global_batch(local, self._batch_sharding)
+      metrics = jax.device_get(self._step(state, tokens, rows, jax.random.fold_in(self._key,
+                                                                                  index)))
       for key, value in metrics.items():
         totals[key] = totals.get(key, 0.0) + float(value) / self._batches
     return {f"eval/{key}": value for key, value in totals.items()}
@@ -142,6 +172,22 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
+def _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh):
+  """The held-out evaluation, or None (no eval batches, no held-out documents, or no held-out
+  question/answer records for a run that reflects on them)."""
+  held_out = sources.load_held_out(config.data, config.seed)
+  if held_out is None or not config.train.eval_batches:
+    return None
+  qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
+  if config.reflect.qa_rows and qa_arrays is None:
+    logging.warning(
+        "no held-out evaluation: reflect.source=%s needs held-out question/answer "
+        "records (data.qa_eval_files)", config.reflect.source)
+    return None
+  return _HeldOutEval(config, held_out.documents, qa_arrays, tokenizer, pieces, graphdef, shardings,
+                      mesh)
+
+
 def _format_eta(seconds):
   minutes, seconds = divmod(int(seconds), 60)
   hours, minutes = divmod(minutes, 60)
@@ -156,7 +202,7 @@ class Run:
   mesh: jax.sharding.Mesh
   state: train_state.TrainState  # restored, or freshly initialised
   start: int  # the step the state is at
-  step_fn: Callable  # jitted train_step(state, tokens) -> (state, metrics)
+  step_fn: Callable  # jitted train_step(state, tokens, qa) -> (state, metrics)
   data: Iterator  # this process's batches from step `start` + 1 on
   checkpointer: ckpt_lib.Checkpointer
   meta: dict  # the checkpoint metadata of this run
@@ -173,10 +219,15 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                  "checkpoint.async_save=True")
   os.makedirs(workdir, exist_ok=True)
   corpus = sources.load_corpus(config.data, config.seed)
+  qa_records = qa.load(config.data, config.seed)
+  if config.data.qa_files:  # a user's question/answer records are documents too
+    corpus = sources.joined(corpus, [r.document() for r in qa_records], "qa_files")
   if corpus.replaced_utf8_errors:
     logging.warning("replaced %d invalid UTF-8 sequences in the data files",
                     corpus.replaced_utf8_errors)
   tokenizer = prepare_tokenizer(config, workdir, corpus)
+  pieces = tokenizer.piece_bytes(config.model.vocab_size)
+  qa_arrays = _encode_qa(config, qa_records, tokenizer, pieces)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
@@ -187,7 +238,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                        config.checkpoint,
                                        on_commit=faults_lib.on_commit(faults))
   data = pipeline.ResumableIterator(
-      _dataset(config, corpus.documents, tokenizer, config.data.num_workers))
+      _dataset(config, corpus.documents, qa_arrays, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:
@@ -204,12 +255,14 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
     start = 0
 
   tx = optim.make_optimizer(config.train, abstract.params)
-  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids,
-                                    faults_lib.grad_hook(faults))
+  step = train_step.make_train_step(graphdef,
+                                    config,
+                                    tx,
+                                    tokenizer.marker_ids,
+                                    faults_lib.grad_hook(faults),
+                                    pieces=pieces)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
-  held_out = sources.load_held_out(config.data, config.seed)
-  evaluate = (_HeldOutEval(config, held_out.documents, tokenizer, graphdef, shardings, mesh)
-              if held_out is not None and config.train.eval_batches else None)
+  evaluate = _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh)
   writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   writer.truncate_after(start)
   return Run(config=config,
@@ -249,7 +302,7 @@ def loop(run: Run, *, stop_at_step=None):
       for step in range(start, end):
         local = next(run.data)
         done = step + 1
-        state, metrics = run.step_fn(state, _global_batch(local, batch_sharding))
+        state, metrics = run.step_fn(state, *_global_batch(local, batch_sharding))
         if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
           raise NonFiniteError(f"non-finite loss or gradients at step {done} "
                                "(train.nan_policy=stop); that update was dropped and no "

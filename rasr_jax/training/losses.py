@@ -22,18 +22,24 @@ def binary_cross_entropy(prob, target, eps=1e-6):
   return -(target * jnp.log(prob) + (1.0 - target) * jnp.log1p(-prob))
 
 
-def reflection_row_losses(refine_logits, target):
-  """Teacher-forced refine logits [B, Y, V] vs y* [B, Y] -> mean cross-entropy per row [B]."""
-  return jnp.mean(token_cross_entropy(refine_logits, target), axis=-1)
+def reflection_row_losses(refine_logits, target, target_valid):
+  """Teacher-forced refine logits [B, Y, V] vs y* [B, Y] -> mean cross-entropy per row [B] over
+  the valid target positions [B, Y]."""
+  weights = target_valid.astype(jnp.float32)
+  total = jnp.sum(token_cross_entropy(refine_logits, target) * weights, axis=-1)
+  return total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
 
 
-def critic_loss(critique, quality, labels):
+def critic_loss(critique, quality, labels, label_mask):
   """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged.
 
-  critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y].
+  critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y] over
+  the draft positions in label_mask [B, Y].
   """
   scores = jnp.mean((critique.scores - quality)**2)
-  tokens = jnp.mean(binary_cross_entropy(critique.token_errors, labels))
+  weights = label_mask.astype(jnp.float32)
+  tokens = jnp.sum(binary_cross_entropy(critique.token_errors, labels) * weights) / jnp.maximum(
+      jnp.sum(weights), 1.0)
   scalar = jnp.mean((critique.critique - jnp.sum(critique.weights * quality, axis=-1))**2)
   return scores + tokens + scalar, {
       "critic/loss_scores": scores,

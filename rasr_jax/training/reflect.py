@@ -3,11 +3,13 @@
 For each iteration k (one `lax.scan` over `LoopState`): the critic pass over `x <draft> y(k)`
 gives the critique; the controller decides whether to stop; the refine pass over
 `x <draft> y(k) <critique> c(k) <refine> y*` (teacher-forced on y*) gives loss_k and the next
-draft. Stopped rows keep their draft and contribute nothing to later losses.
+draft. L_reflection sums loss_k over every row, stopped or not (§7.4): stopping decides which
+draft a row carries on with, never whether the refiner learns. The controller judges y(k)
+before it is refined (§6), and its target asks whether the refinement it could veto helped.
 
 Gradient routing (§7.5) comes from where gradients are stopped: the critic loss reads the
 critic heads applied to stop-gradient hidden states (so it trains phi only), the controller
-reads stop-gradient critiques (so its loss trains xi only), and the active mask is a constant.
+reads stop-gradient critiques (so its loss trains xi only), and drafts are constants.
 """
 
 import jax
@@ -15,27 +17,30 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rasr_jax.model import sampling
-from rasr_jax.reflection import quality, steps
+from rasr_jax.reflection import answers, quality, steps
 from rasr_jax.reflection import state as loop_state
 from rasr_jax.reflection.layout import Layout, SpecialIds
+from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import losses
 
 
 def stopping_enabled(progress, cfg):
   """Learned stopping acts once `reflect.stop_warmup` of training has passed.
 
-  Before that every row refines R times while the controller learns: early on refining cannot
-  help yet, so a controller obeyed from step 0 would stop everything and the refiner would
-  never train.
+  Before that every row refines R times while the controller learns what refining gains.
   """
   return cfg.learned_stopping & (progress >= cfg.stop_warmup)
 
 
-def _critic_terms(draft, y_star, frozen, dim_names):
+def _draft_valid(state: loop_state.LoopState):
+  return jnp.arange(state.draft.shape[1])[None] < state.length[:, None]  # [B, Y]
+
+
+def _critic_terms(draft, length, rows, frozen, dim_names, pieces):
   """TrueQuality of a draft and L_critic of its critique -> (q_all, q, loss, parts, calibration)."""
-  q_all, labels = quality.text_quality(draft, y_star)  # [B, 3], [B, Y]
+  q_all, labels, label_mask = quality.row_quality(draft, length, rows, pieces)  # [B, 3], [B, Y]
   q = quality.select(q_all, dim_names)  # [B, C]
-  loss, parts = losses.critic_loss(frozen, q, labels)
+  loss, parts = losses.critic_loss(frozen, q, labels, label_mask)
   return q_all, q, loss, parts, jnp.mean(jnp.abs(frozen.scores - q))
 
 
@@ -43,11 +48,18 @@ def _weighted(quality_dims, weights):
   return jnp.sum(jax.lax.stop_gradient(weights) * quality_dims, axis=-1)
 
 
-def iterate(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids: SpecialIds):
+def _answer_rate(q_all, rows):
+  """Mean factual quality (the answer is right) over question/answer rows (0 if none)."""
+  qa = (rows.checker != answers.TEXT).astype(jnp.float32)
+  return jnp.sum(q_all[:, 0] * qa) / jnp.maximum(jnp.sum(qa), 1.0)
+
+
+def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
+            ids: SpecialIds, pieces):
   """The `lax.scan` over R >= 1 iterations -> (final LoopState, per-iteration outputs).
 
-  Outputs are stacked on a leading [R] axis. The model is merged inside the scan body, as nnx
-  requires.
+  draft0 [B, Y] with lengths length0 [B]. Outputs are stacked on a leading [R] axis. The model
+  is merged inside the scan body, as nnx requires.
   """
   layout = Layout(cfg.prompt_len, cfg.target_len, cfg.num_dims)
   aligned = cfg.draft_mode == "teacher_forced"
@@ -55,62 +67,80 @@ def iterate(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids
 
   def iteration(state: loop_state.LoopState, _):
     draft, k = state.draft, state.iteration
+    draft_valid = _draft_valid(state)
     model = nnx.merge(graphdef, params)
-    x_emb = model.embed_tokens(x)
-    live, frozen = steps.critique(model, x_emb, draft, progress, ids)
-    q_all, q, critic_loss, critic_parts, calibration = _critic_terms(draft, y_star, frozen,
-                                                                     cfg.dim_names)
+    x_emb = model.embed_tokens(rows.prompt)
+    live, frozen = steps.critique(model, x_emb, rows.prompt_valid, draft, draft_valid, progress,
+                                  ids)
+    q_all, q, critic_loss, critic_parts, calibration = _critic_terms(draft, state.length, rows,
+                                                                     frozen, cfg.dim_names, pieces)
     stop_prob, stop = steps.decide(model, jax.lax.stop_gradient(frozen), state, tau, stopping)
     state = steps.stop_rows(state, stop)
-    logits = steps.refine_logits(model, x_emb, draft, live, y_star, ids, layout, aligned)
-    row_loss = losses.reflection_row_losses(logits, y_star)  # [B]
+    logits = steps.refine_logits(model, x_emb, rows.prompt_valid, draft, draft_valid, live,
+                                 rows.target, ids, layout, aligned)
+    row_loss = losses.reflection_row_losses(logits, rows.target, rows.target_valid)  # [B]
     draft_key = jax.random.fold_in(key, k)
     if aligned:  # y(k+1)_i read y*_<i only
       candidate = sampling.sample(jax.lax.stop_gradient(logits), draft_key,
                                   sampling.SamplingParams(cfg.draft_temperature))
+      candidate_len = state.length
     else:  # free-running after `x <draft> y(k) <critique> c(k) <refine>`, as at inference
       prefix = jnp.concatenate([x_emb, steps.refine_prefix(model, draft, live, ids)], axis=1)
-      candidate = steps.decode_after(graphdef, params, prefix, cfg.target_len,
-                                     cfg.draft_temperature, draft_key)
-    q_next = quality.select(quality.text_quality(candidate, y_star)[0], cfg.dim_names)
+      prefix_valid = jnp.concatenate([rows.prompt_valid, layout.prefix_valid(draft_valid)], 1)
+      # Every row is refined, stopped or not: the controller's target asks what refining gains.
+      decoded = steps.decode_after(graphdef, params, prefix, prefix_valid, cfg.target_len,
+                                   cfg.draft_temperature, draft_key, ids)
+      candidate, candidate_len = decoded.tokens, decoded.lengths
+    q_next_all = quality.row_quality(candidate, candidate_len, rows, pieces)[0]
+    q_next = quality.select(q_next_all, cfg.dim_names)
     target = losses.controller_targets(_weighted(q, frozen.weights),
                                        _weighted(q_next, frozen.weights), cfg.quality_target,
                                        cfg.min_gain)
-    active_f = jax.lax.stop_gradient(state.active.astype(jnp.float32))
+    right, right_next = q_all[:, 0] > 0.5, q_next_all[:, 0] > 0.5
+    qa = rows.checker != answers.TEXT
+    qa_rows = jnp.maximum(jnp.sum(qa), 1)
     out = dict(
-        reflect=jnp.mean(active_f * row_loss),
+        reflect=jnp.mean(row_loss),
         critic=critic_loss,
         controller=losses.controller_loss(stop_prob, target),
         stop_rate=jnp.mean(stop.astype(jnp.float32)),
         quality=jnp.mean(q_all),
+        answer_rate=_answer_rate(q_all, rows),
+        wrong_to_right=jnp.sum(qa & ~right & right_next) / qa_rows,
+        right_to_wrong=jnp.sum(qa & right & ~right_next) / qa_rows,
         calibration=calibration,
         **critic_parts,
         # Per row, for metrics and tests: [B] or [B, Y].
         row_loss=row_loss,
-        active=active_f,
+        active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
         draft=draft)
-    return steps.accept(state, candidate, state.length), out
+    return steps.accept(state, candidate, candidate_len), out
 
-  return jax.lax.scan(iteration, loop_state.start(draft0), length=cfg.iterations)
+  return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
 
 
-def reflect(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids: SpecialIds):
+def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
+            ids: SpecialIds, pieces):
   """Runs the R iterations; returns ({"reflect", "critic", "controller"} losses, metrics).
 
-  The model is `nnx.merge(graphdef, params)`; x [B, P], y_star [B, Y], draft0 [B, Y] int;
-  tau, progress [] float; cfg: ReflectConfig.
+  The model is `nnx.merge(graphdef, params)`; rows: the reflection sub-batch; draft0 [B, Y]
+  int with lengths length0 [B]; tau, progress [] float; cfg: ReflectConfig; pieces: the
+  tokenizer's PieceBytes (None for text windows only).
   """
   k_total = cfg.iterations
   if k_total == 0:  # critics only: the critic judges y(0); nothing is refined
     model = nnx.merge(graphdef, params)
-    _, frozen = steps.critique(model, model.embed_tokens(x), draft0, progress, ids)
-    q_all, _, critic_loss, critic_parts, calibration = _critic_terms(draft0, y_star, frozen,
-                                                                     cfg.dim_names)
+    draft_valid = jnp.arange(draft0.shape[1])[None] < length0[:, None]
+    _, frozen = steps.critique(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft0,
+                               draft_valid, progress, ids)
+    q_all, _, critic_loss, critic_parts, calibration = _critic_terms(draft0, length0, rows, frozen,
+                                                                     cfg.dim_names, pieces)
     zero = jnp.zeros((), jnp.float32)
     metrics = {
         "reflect/mean_iterations": zero,
         "quality/q_k0": jnp.mean(q_all),
+        "reflect/acc_k0": _answer_rate(q_all, rows),
         "critic/calibration_error": calibration,
         **critic_parts
     }
@@ -118,19 +148,21 @@ def reflect(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids
 
   final, out = iterate(graphdef,
                        params,
-                       x,
-                       y_star,
+                       rows,
                        draft0,
+                       length0,
                        tau=tau,
                        progress=progress,
                        key=key,
                        cfg=cfg,
-                       ids=ids)
-  final_quality = jnp.mean(quality.text_quality(final.draft, y_star)[0])
+                       ids=ids,
+                       pieces=pieces)
+  final_quality = quality.row_quality(final.draft, final.length, rows, pieces)[0]
   metrics = {
       "reflect/mean_iterations": jnp.mean(final.refinements.astype(jnp.float32)),
       "critic/calibration_error": jnp.mean(out["calibration"]),
-      f"quality/q_k{k_total}": final_quality
+      f"quality/q_k{k_total}": jnp.mean(final_quality),
+      "reflect/acc_final": _answer_rate(final_quality, rows),
   }
   for name in ("critic/loss_scores", "critic/loss_tokens", "critic/loss_scalar"):
     metrics[name] = jnp.mean(out[name])
@@ -138,6 +170,9 @@ def reflect(graphdef, params, x, y_star, draft0, *, tau, progress, key, cfg, ids
     metrics[f"loss/reflect_k{k}"] = jnp.mean(out["row_loss"][k])
     metrics[f"reflect/stop_rate_k{k}"] = out["stop_rate"][k]
     metrics[f"quality/q_k{k}"] = out["quality"][k]
+    metrics[f"reflect/acc_k{k}"] = out["answer_rate"][k]
+    metrics[f"reflect/wrong_to_right_k{k}"] = out["wrong_to_right"][k]
+    metrics[f"reflect/right_to_wrong_k{k}"] = out["right_to_wrong"][k]
   terms = {
       "reflect": jnp.sum(out["reflect"]),
       "critic": jnp.mean(out["critic"]),

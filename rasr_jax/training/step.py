@@ -14,7 +14,9 @@ from flax import nnx
 
 from rasr_jax import sharding
 from rasr_jax.model import sampling
+from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import steps
+from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import losses, optim, reflect
 
 TAU_RANGE = (0.05, 0.95)
@@ -48,37 +50,79 @@ def reflection_windows(tokens, logits, rows, cfg, key):
   return window[:, :p], window[:, p:], draft0
 
 
-def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
-  """loss_fn(params, tokens, normalizer, key, tau, progress) -> (total, metrics).
+def teacher_forced_answer_drafts(model, qa: ReflectRows, cfg, key):
+  """y(0) [B, Y] of question/answer rows in teacher_forced mode: y(0)_j sampled from a standard
+  pass over `x y*` at the position that predicts y*_j; lengths [B] = the answers' (§3)."""
+  tokens = jnp.concatenate([qa.prompt, qa.target[:, :-1]], axis=1)  # [B, P + Y - 1]
+  valid = jnp.concatenate([qa.prompt_valid, jnp.ones(qa.target[:, :-1].shape, bool)], axis=1)
+  positions, mask = steps.padded_attention(valid)
+  logits, _ = model(tokens, positions=positions, mask=mask)
+  draft = sampling.sample(jax.lax.stop_gradient(logits[:, cfg.prompt_len - 1:]), key,
+                          sampling.SamplingParams(cfg.draft_temperature))
+  return draft, jnp.sum(qa.answer_valid, axis=1).astype(jnp.int32)
 
-  The LM term is a token sum over `normalizer`; reflection terms are means, scaled by
-  1 / micro_batches so that summing over micro-batches averages them.
+
+def reflection_rows(graphdef, params, tokens, logits, qa, cfg, key, ids, micro_batches=1):
+  """The reflection sub-batch (RASR.md §2) and its first drafts -> (ReflectRows, y(0) [B, Y],
+  lengths [B]): text windows of the packed rows, the question/answer rows `qa`, or both
+  (`reflect.source`); y(0) teacher-forced or decoded from x alone (`reflect.draft_mode`)."""
+  window_key, draft_key = jax.random.split(key)
+  model = nnx.merge(graphdef, params)
+  parts, drafts = [], []
+  text_count = cfg.text_rows // micro_batches
+  if text_count:
+    x, y_star, draft0 = reflection_windows(tokens, logits, text_count, cfg, window_key)
+    width = 0 if qa is None else qa.reference.shape[1]
+    parts.append(rows_lib.text_rows(x, y_star, width))
+    drafts.append((draft0, jnp.full((text_count,), cfg.target_len, jnp.int32)))
+  if cfg.qa_rows:
+    if qa is None:
+      raise ValueError(f"reflect.source={cfg.source} needs question/answer rows in the batch")
+    parts.append(qa)
+    if cfg.draft_mode == "teacher_forced":
+      drafts.append(teacher_forced_answer_drafts(model, qa, cfg, draft_key))
+  rows = rows_lib.concat(parts)
+  if cfg.draft_mode == "teacher_forced":
+    draft0 = jnp.concatenate([d for d, _ in drafts], axis=0)
+    return rows, draft0, jnp.concatenate([n for _, n in drafts], axis=0)
+  decoded = steps.decode_after(graphdef, params, model.embed_tokens(rows.prompt), rows.prompt_valid,
+                               cfg.target_len, cfg.draft_temperature, draft_key, ids)
+  return rows, decoded.tokens, decoded.lengths
+
+
+def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
+  """loss_fn(params, tokens, qa, normalizer, key, tau, progress) -> (total, metrics).
+
+  tokens [B, T + 1] packed rows; qa: question/answer ReflectRows (None without them). The LM
+  term is a token sum over `normalizer`; reflection terms are means, scaled by
+  1 / micro_batches so that summing over micro-batches averages them. `pieces`: the tokenizer's
+  PieceBytes, needed to read answers of question/answer rows.
   """
   r = config.reflect
-  rows = r.rows // micro_batches
+  if r.enabled and r.qa_rows and pieces is None:
+    raise ValueError(f"reflect.source={r.source} reads answers: make_loss_fn needs `pieces`")
 
-  def loss_fn(params, tokens, normalizer, key, tau, progress):
+  def loss_fn(params, tokens, qa, normalizer, key, tau, progress):
     inputs, targets, weights = _split_batch(tokens)
     model = nnx.merge(graphdef, params)
     logits, _ = model(inputs)
     lm = losses.lm_loss_sum(logits, targets, weights) / normalizer
     if not r.enabled:
       return lm, {"loss/lm": lm}
-    window_key, draft_key, reflect_key = jax.random.split(key, 3)
-    x, y_star, draft0 = reflection_windows(tokens, logits, rows, r, window_key)
-    if draft0 is None:  # autoregressive: y(0) decoded from x alone
-      draft0 = steps.decode_after(graphdef, params, model.embed_tokens(x), r.target_len,
-                                  r.draft_temperature, draft_key)
+    rows_key, reflect_key = jax.random.split(key)
+    rows, draft0, length0 = reflection_rows(graphdef, params, tokens, logits, qa, r, rows_key,
+                                            special_ids, micro_batches)
     terms, metrics = reflect.reflect(graphdef,
                                      params,
-                                     x,
-                                     y_star,
+                                     rows,
                                      draft0,
+                                     length0,
                                      tau=tau,
                                      progress=progress,
                                      key=reflect_key,
                                      cfg=r,
-                                     ids=special_ids)
+                                     ids=special_ids,
+                                     pieces=pieces if r.qa_rows else None)
     scale = 1.0 / micro_batches
     total = (r.alpha * lm + scale *
              (r.beta * terms["reflect"] + r.gamma * terms["critic"] + terms["controller"]))
@@ -94,15 +138,18 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1):
   return loss_fn
 
 
-def _micro_batches(tokens, accum):
-  """[B, T + 1] -> [accum, B / accum, T + 1], micro-batch i taking rows i, accum + i, ...
+def _micro_batches(batch, accum):
+  """Every [B, ...] leaf -> [accum, B / accum, ...], micro-batch i taking rows i, accum + i, ...
 
   Every data-parallel shard keeps contributing to every micro-batch, so nothing moves.
   """
-  b = tokens.shape[0]
-  micro = tokens.reshape(b // accum, accum, -1).swapaxes(0, 1)
-  return jax.lax.with_sharding_constraint(micro,
-                                          jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+
+  def split(leaf):
+    micro = leaf.reshape(leaf.shape[0] // accum, accum, *leaf.shape[1:]).swapaxes(0, 1)
+    return jax.lax.with_sharding_constraint(micro,
+                                            jax.sharding.PartitionSpec(None, sharding.BATCH_AXES))
+
+  return jax.tree.map(split, batch)
 
 
 def adapt_tau(tau, mean_iterations, progress, cfg):
@@ -117,9 +164,11 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
   return jnp.where(reflect.stopping_enabled(progress, cfg), moved, tau)
 
 
-def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None):
-  """train_step(state, tokens) -> (state, metrics).
+def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, pieces=None):
+  """train_step(state, tokens, qa) -> (state, metrics).
 
+  tokens [B, T + 1] packed rows; qa: the batch's question/answer ReflectRows (reflect.source qa
+  or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers.
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
   bit-identical, the step advances (its batch is consumed), `skipped` counts it, and
@@ -128,30 +177,31 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None):
   of the update that makes `step`, before anything reads them (fault injection uses it).
   """
   accum = config.train.grad_accum_steps
-  loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum)
+  loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum, pieces=pieces)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   schedules = {
       g: optim.schedule(config.train, lr) for g, lr in optim.group_peak_lrs(config.train).items()
   }
 
-  def train_step(state, tokens):
+  def train_step(state, tokens, qa):
     normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     progress = state.step.astype(jnp.float32) / config.train.steps
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, tokens, normalizer, key, state.tau, progress)
+      (loss, aux), grads = grad_fn(state.params, tokens, qa, normalizer, key, state.tau, progress)
     else:
 
       def micro_step(carry, inputs):
-        index, micro_tokens = inputs
-        out = grad_fn(state.params, micro_tokens, normalizer, jax.random.fold_in(key, index),
-                      state.tau, progress)
+        index, (micro_tokens, micro_qa) = inputs
+        out = grad_fn(state.params, micro_tokens, micro_qa, normalizer,
+                      jax.random.fold_in(key, index), state.tau, progress)
         return jax.tree.map(jnp.add, carry, out), None
 
-      micro = _micro_batches(tokens, accum)  # [accum, B / accum, T + 1]
+      micro = _micro_batches((tokens, qa), accum)  # [accum, B / accum, ...]
+      first = jax.tree.map(lambda leaf: leaf[0], micro)
       zeros = jax.tree.map(
           lambda s: jnp.zeros(s.shape, s.dtype),
-          jax.eval_shape(grad_fn, state.params, micro[0], normalizer, key, state.tau, progress))
+          jax.eval_shape(grad_fn, state.params, *first, normalizer, key, state.tau, progress))
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
     if grad_hook is not None:
       loss, grads = grad_hook(state.step + 1, loss, grads)
@@ -188,22 +238,24 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None):
   return train_step
 
 
-def make_eval_step(graphdef, config, special_ids=None):
-  """eval_step(state, tokens, key) -> metrics: the training loss terms, no update."""
-  loss_fn = make_loss_fn(graphdef, config, special_ids)
+def make_eval_step(graphdef, config, special_ids=None, pieces=None):
+  """eval_step(state, tokens, qa, key) -> metrics: the training loss terms, no update."""
+  loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces)
 
-  def eval_step(state, tokens, key):
+  def eval_step(state, tokens, qa, key):
     normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
     progress = state.step.astype(jnp.float32) / config.train.steps
-    loss, metrics = loss_fn(state.params, tokens, normalizer, key, state.tau, progress)
+    loss, metrics = loss_fn(state.params, tokens, qa, normalizer, key, state.tau, progress)
     return dict(metrics, loss=loss)
 
   return eval_step
 
 
 def jit_train_step(train_step, state_shardings, mesh):
-  """The step compiled for `mesh`: state sharded and donated, tokens split over data axes."""
+  """The step compiled for `mesh`: state sharded and donated, tokens and question/answer rows
+  split over the data axes."""
+  batch = sharding.batch_sharding(mesh)
   return jax.jit(train_step,
-                 in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                 in_shardings=(state_shardings, batch, batch),
                  out_shardings=(state_shardings, sharding.replicated(mesh)),
                  donate_argnums=0)

@@ -1,0 +1,133 @@
+"""Question/answer records (RASR.md §2) and their reflection rows.
+
+Records come from the bundled tasks' verifiable examples (the training seed's, the same
+examples the corpus holds; evaluation never scores a question training saw) or from the user's
+`data.qa_files`: `.jsonl` lines with string fields `prompt` and `answer`, read by
+`data.qa_checker`. A row is x = `<eos>` + prompt, left-padded to P (a longer prompt keeps its
+last P tokens, as generation does), and y* = answer + `<eos>`, right-padded to Y, with the
+answer the checker reads in the reference (`reflection.answers.reference_bytes`).
+
+A user's record that is not an object with both fields, has an empty answer, an answer the
+checker finds nothing in, an answer longer than Y - 1 tokens, or invalid UTF-8 is a `DataError`
+naming the file and line. A bundled example whose answer does not fit Y is left out (counted).
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+
+from rasr_jax import tasks
+from rasr_jax.data import sources
+from rasr_jax.data.sources import DataError
+from rasr_jax.reflection import answers
+
+FIELDS = ("prompt", "answer")
+ROW_FIELDS = ("prompt", "prompt_valid", "target", "target_valid", "checker", "reference",
+              "reference_len")  # the fields of reflection.rows.ReflectRows
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  prompt: str
+  answer: str
+  checker: str  # one of tasks.CHECKERS
+  origin: str  # "path line N", or the bundled example's uid
+  bundled: bool = False
+
+  def document(self):
+    """The record as a corpus document (the bundled tasks' format: question, newline, answer)."""
+    return f"{self.prompt}\n{self.answer}"
+
+
+def _bundled(seed, count):
+  return [
+      Record(ex.question, ex.answer, tasks.TASK_CHECKERS[ex.task], ex.uid, bundled=True)
+      for ex in tasks.bundled_corpus(seed, count)
+      if ex.task in tasks.TASKS
+  ]
+
+
+def _read_file(path, checker):
+  with open(path, "rb") as f:
+    raw = f.read()
+  if not raw.strip():
+    raise DataError(f"question/answer file {path}: empty")
+  records = []
+  for number, line in enumerate(raw.split(b"\n"), 1):
+    if not line.strip():
+      continue
+    where = f"question/answer file {path} line {number}"
+    try:
+      record = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError as e:
+      raise DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line") from None
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where}: not JSON ({e.msg})") from None
+    if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in FIELDS):
+      raise DataError(f"{where}: expected an object with string fields 'prompt' and 'answer'")
+    if not record["answer"].strip():
+      raise DataError(f"{where}: the answer is empty")
+    if tasks.read_answer(checker, record["answer"]) is None:
+      raise DataError(f"{where}: data.qa_checker={checker} finds no answer in {record['answer']!r}")
+    records.append(Record(record["prompt"], record["answer"], checker, f"{path} line {number}"))
+  return records
+
+
+def _files(patterns, checker):
+  paths = sources.expand_globs(patterns, "data.qa_files", (".jsonl",))
+  return [record for path in paths for record in _read_file(path, checker)]
+
+
+def load(data_cfg, seed):
+  """The training question/answer records: data.qa_files, else the bundled tasks'."""
+  if data_cfg.qa_files:
+    return _files(data_cfg.qa_files, data_cfg.qa_checker)
+  if data_cfg.source == "bundled":
+    return _bundled(seed, data_cfg.bundled_examples)
+  return []
+
+
+def load_held_out(data_cfg, seed):
+  """Held-out records: data.qa_eval_files, the bundled held-out seed's, or None."""
+  if data_cfg.qa_eval_files:
+    return _files(data_cfg.qa_eval_files, data_cfg.qa_checker)
+  if data_cfg.source == "bundled" and not data_cfg.qa_files:
+    count = min(data_cfg.bundled_examples, sources.HELD_OUT_BUNDLED_EXAMPLES)
+    return _bundled(seed + sources.HELD_OUT_SEED_OFFSET, count)
+  return None
+
+
+def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
+  """Records -> ({field: [n, ...] array} of ROW_FIELDS, bundled examples left out).
+
+  Raises DataError for a user's answer longer than target_len - 1 tokens."""
+  n = len(records)
+  arrays = {
+      "prompt": np.full((n, prompt_len), tokenizer.pad_id, np.int32),
+      "prompt_valid": np.zeros((n, prompt_len), bool),
+      "target": np.full((n, target_len), tokenizer.pad_id, np.int32),
+      "target_valid": np.zeros((n, target_len), bool),
+      "checker": np.zeros((n,), np.int32),
+      "reference": np.zeros((n, reference_width), np.uint8),
+      "reference_len": np.zeros((n,), np.int32),
+  }
+  kept = 0
+  for record in records:
+    target = tokenizer.encode(record.answer) + [tokenizer.eos_id]
+    if len(target) > target_len:
+      if record.bundled:
+        continue
+      raise DataError(f"question/answer file {record.origin}: the answer has {len(target) - 1} "
+                      f"tokens, more than reflect.target_len - 1 = {target_len - 1}")
+    prompt = tokenizer.encode_prompt(record.prompt)[-prompt_len:]
+    row = kept
+    arrays["prompt"][row, prompt_len - len(prompt):] = prompt
+    arrays["prompt_valid"][row, prompt_len - len(prompt):] = True
+    arrays["target"][row, :len(target)] = target
+    arrays["target_valid"][row, :len(target)] = True
+    arrays["checker"][row] = answers.CHECKER_IDS[record.checker]
+    reference, size = answers.reference_bytes(record.checker, record.answer, reference_width)
+    arrays["reference"][row], arrays["reference_len"][row] = reference, size
+    kept += 1
+  return {name: array[:kept] for name, array in arrays.items()}, n - kept

@@ -1,0 +1,142 @@
+"""Question/answer reflection rows: encoding, user files and their errors, training on them
+(metrics, resume, a sharded mesh)."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import QA, losses, make_config, params_hash, run_main
+from rasr_jax.data import qa
+from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.data.sources import DataError
+from rasr_jax.reflection import answers
+from rasr_jax.training import loop
+from rasr_jax.training.metrics import read_records
+
+STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  return tok_lib.train(["what is two plus two?\n#### 4", "is the sky blue? answer: true"] * 50,
+                       300)
+
+
+def _write(path, lines):
+  path.write_bytes(b"\n".join(lines) + b"\n")
+  return str(path)
+
+
+def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
+  records = [qa.Record("what is two plus two?", "#### 4", "final_answer", "t line 1")]
+  arrays, left_out = qa.encode(records, tokenizer, prompt_len=12, target_len=6, reference_width=8)
+  prompt = tokenizer.encode_prompt("what is two plus two?")
+  target = tokenizer.encode("#### 4") + [tokenizer.eos_id]
+  assert left_out == 0 and prompt[0] == tokenizer.eos_id
+  np.testing.assert_array_equal(arrays["prompt"][0, -len(prompt):], prompt)
+  assert arrays["prompt_valid"][0].tolist() == [False] * (12 - len(prompt)) + [True] * len(prompt)
+  np.testing.assert_array_equal(arrays["target"][0, :len(target)], target)
+  assert arrays["target_valid"][0].sum() == len(target)
+  assert arrays["checker"][0] == answers.CHECKER_IDS["final_answer"]
+  assert bytes(arrays["reference"][0, :arrays["reference_len"][0]]) == b"4"
+
+
+@pytest.mark.parametrize("line, message", [
+    (b'{"prompt": "q"}', "line 2: expected an object with string fields 'prompt' and 'answer'"),
+    (b'{"prompt": "q", "answer": "  "}', "line 2: the answer is empty"),
+    (b'{"prompt": "q", "answer": "no marker"}', "line 2: data.qa_checker=final_answer finds no"),
+    (b'{"prompt": "q", "answer": "#### 4 \xff"}', "line 2: invalid UTF-8 at byte 34 of the line"),
+    (b'[1, 2]', "line 2: expected an object"),
+    (b'{"prompt": "q", "answer": "' + b"#### 4 " * 20 + b'"}', "line 2: the answer has"),
+])
+def test_a_malformed_record_names_its_file_and_line(tmp_path, tokenizer, line, message):
+  path = _write(tmp_path / "qa.jsonl", [b'{"prompt": "q", "answer": "#### 4"}', line])
+  cfg = make_config(**{"data.qa_files": path, "data.qa_checker": "final_answer", **QA}).data
+  with pytest.raises(DataError, match=message) as error:
+    records = qa.load(cfg, 0)
+    qa.encode(records, tokenizer, prompt_len=8, target_len=8, reference_width=8)
+  assert path in str(error.value)
+
+
+def test_a_malformed_qa_file_is_one_error_line_at_start_up(tmp_path):
+  path = _write(tmp_path / "qa.jsonl", [b'{"prompt": "q", "answer": "a"}', b'{"prompt": "q"}'])
+  workdir = tmp_path / "run"
+  result = run_main(str(workdir), **{"data.qa_files": path, **QA})
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and f"{path} line 2" in last
+  assert "Traceback" not in result.stderr and not (workdir / "checkpoints").exists()
+
+
+@pytest.fixture(scope="module")
+def qa_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("qa"))
+  config = make_config(**{"train.steps": STEPS, "reflect.stop_warmup": 0.0, **QA})
+  loop.train(config, workdir)
+  return workdir, config
+
+
+def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
+  workdir, config = qa_run
+  records = read_records(workdir)
+  last = records[-1]
+  assert last["step"] == STEPS
+  for k in range(config.reflect.iterations):
+    assert last[f"loss/reflect_k{k}"] > 0  # the refiner trains to the last step
+    for name in ("acc", "wrong_to_right", "right_to_wrong", "stop_rate"):
+      assert 0 <= last[f"reflect/{name}_k{k}"] <= 1
+  assert 0 <= last["reflect/acc_final"] <= 1
+  assert "eval/reflect/acc_k0" in last
+
+
+def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):
+  reference, config = qa_run
+  workdir = str(tmp_path)
+  loop.train(config, workdir, stop_at_step=STEPS // 2)
+  assert max(losses(workdir)) == STEPS // 2
+  loop.train(config, workdir)
+  assert losses(workdir) == losses(reference)
+  assert params_hash(workdir, config) == params_hash(reference, config)
+
+
+def test_user_qa_files_train_and_join_the_corpus(tmp_path):
+  lines = [
+      json.dumps({
+          "prompt": f"what is {a} plus {b}?",
+          "answer": f"{a} + {b} = {a + b}. #### {a + b}"
+      }).encode() for a in range(8) for b in range(8)
+  ]
+  path = _write(tmp_path / "train.jsonl", lines)
+  config = make_config(
+      **{
+          "train.steps": 2,
+          "data.qa_files": path,
+          "data.qa_checker": "final_answer",
+          "train.eval_batches": 0,
+          **QA
+      })
+  loop.train(config, str(tmp_path / "run"))
+  assert read_records(str(tmp_path / "run"))[-1]["step"] == 2
+
+
+def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
+  """R = 3 with free-running drafts on question/answer rows, one row per data shard of a
+  (2, 2, 2) mesh of 8 fake devices through the CLI, against one device: the same losses."""
+  reference, config = qa_run
+  assert config.reflect.rows == 4 and jax.device_count() == 1
+  result = run_main(str(tmp_path),
+                    devices=8,
+                    **{
+                        "train.steps": STEPS,
+                        "reflect.stop_warmup": 0.0,
+                        **QA, "mesh.data": 2,
+                        "mesh.fsdp": 2,
+                        "mesh.tensor": 2
+                    })
+  assert result.returncode == 0, result.stderr[-3000:]
+  got, want = losses(str(tmp_path)), losses(reference)
+  assert sorted(got) == sorted(want)
+  for step in want:
+    assert got[step] == pytest.approx(want[step], rel=1e-5)
