@@ -20,18 +20,18 @@ def tokenizer():
 
 def _variants(example, rng):
   """Drafts of `example`'s answer: right, wrong, malformed (as text); truncation comes later."""
-  answer = example.answer
-  head, _, tail = answer.rpartition("####" if example.task == "arithmetic" else "answer:")
-  marker = "####" if example.task == "arithmetic" else "answer:"
+  answer, checker = example.answer, tasks.TASK_CHECKERS[example.task]
+  marker = "####" if checker == "final_answer" else "answer:"
+  head, _, tail = answer.rpartition(marker)
   others = {
-      "arithmetic": [
+      "final_answer": [
           str(rng.randint(0, 999)), "0" + tail.strip(),
           tail.strip()[:1] + "," + tail.strip()[1:], "-" + tail.strip(), "", "x"
       ],
-      "logic": ["a", "b", "c", "d", "(" + tail.strip() + ")",
-                tail.strip().upper(), "e", "cab"],
-      "facts": ["true", "false", "True", "FALSE", "truest", "falsey", "maybe"],
-  }[example.task]
+      "choice": ["a", "b", "c", "d", "(" + tail.strip() + ")",
+                 tail.strip().upper(), "e", "cab"],
+      "true_false": ["true", "false", "True", "FALSE", "truest", "falsey", "maybe"],
+  }[checker]
   drafts = [answer, answer + ".", answer + " and more", head, head + marker, answer.upper()]
   for other in others:
     drafts += [

@@ -269,8 +269,19 @@ def test_iteration_report_counts_transitions_and_calibration():
   assert bins[0.0]["count"] == 4 and bins[0.0]["accuracy"] == 0
   assert bins[0.9]["count"] == 3 and bins[0.9]["accuracy"] == 1
   assert r["calibration"]["ece"] == pytest.approx(0.05, abs=1e-4)
+  assert r["critic_auroc"] == 1.0  # every right draft scored above every wrong one
+  assert r["stop_rate_per_iteration"] == [
+      pytest.approx(2 / 3, abs=1e-4),
+      pytest.approx(1 / 3, abs=1e-4), 0
+  ]
   low, high = r["accuracy_ci95"]
   assert low < 2 / 3 < high
+
+
+def test_auroc_by_hand():
+  assert report.auroc([0.9, 0.2, 0.6, 0.6], [True, False, True, False]) == pytest.approx(0.875)
+  assert report.auroc([0.1, 0.9], [True, False]) == 0.0
+  assert report.auroc([0.5, 0.7], [True, True]) is None
 
 
 # --- the adapter over a trained checkpoint ----------------------------------------------------

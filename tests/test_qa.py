@@ -12,6 +12,7 @@ from rasr_jax.data import qa
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.sources import DataError
 from rasr_jax.reflection import answers
+from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.training import loop
 from rasr_jax.training.metrics import read_records
 
@@ -20,8 +21,7 @@ STEPS = 6
 
 @pytest.fixture(scope="module")
 def tokenizer():
-  return tok_lib.train(["what is two plus two?\n#### 4", "is the sky blue? answer: true"] * 50,
-                       300)
+  return tok_lib.train(["what is two plus two?\n#### 4", "is the sky blue? answer: true"] * 50, 300)
 
 
 def _write(path, lines):
@@ -41,6 +41,7 @@ def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
   assert arrays["target_valid"][0].sum() == len(target)
   assert arrays["checker"][0] == answers.CHECKER_IDS["final_answer"]
   assert bytes(arrays["reference"][0, :arrays["reference_len"][0]]) == b"4"
+  assert rows_lib.QA_TASKS[arrays["task"][0]] == "qa"
 
 
 @pytest.mark.parametrize("line, message", [
@@ -88,7 +89,11 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
     for name in ("acc", "wrong_to_right", "right_to_wrong", "stop_rate"):
       assert 0 <= last[f"reflect/{name}_k{k}"] <= 1
   assert 0 <= last["reflect/acc_final"] <= 1
-  assert "eval/reflect/acc_k0" in last
+  for task in ("logic", "facts"):  # the bundled tasks whose answers fit Y = 24
+    for k in range(config.reflect.iterations + 1):
+      assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
+    assert last[f"eval/rows/{task}"] > 0
+  assert last["eval/rows/arithmetic"] == 0
 
 
 def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):

@@ -4,6 +4,7 @@ import dataclasses
 import itertools
 import re
 
+import numpy as np
 import pytest
 
 from rasr_jax.tasks import (
@@ -48,7 +49,7 @@ def test_bundled_corpus():
   assert corpus == bundled_corpus(0, 2000)
   assert corpus != bundled_corpus(1, 2000)
   counts = {task: sum(ex.task == task for ex in corpus) for task in ALL}
-  assert counts == {"arithmetic": 600, "logic": 500, "facts": 500, "filler": 400}
+  assert counts == {"arithmetic": 500, "logic": 400, "facts": 400, "probe": 400, "filler": 300}
   assert [ex.task for ex in corpus[:50]] != sorted(ex.task for ex in corpus[:50])  # shuffled
 
   custom = bundled_corpus(5, 7, {"logic": 2.0, "filler": 1.0})
@@ -310,3 +311,18 @@ def test_garbage_drafts_never_raise(task):
 def test_check_rejects_filler():
   with pytest.raises(ValueError, match="filler"):
     check(generate("filler", 0, 1)[0], "anything")
+
+
+def test_probe_states_its_end_first_then_the_path():
+  from rasr_jax.tasks import probe
+  for index in range(50):
+    start, moves = probe.walk(3, index)
+    states = list(np.cumsum([start] + moves)[1:])
+    assert all(0 <= s <= 99 for s in states) and len(moves) == probe.STEPS
+    first, last = probe.make(3, index), probe.make(3, index, end_first=False)
+    path = "path " + " ".join(map(str, states[:-1]))
+    assert first.answer == f"#### {states[-1]} {path}"
+    assert last.answer == f"{path} #### {states[-1]}" and last.question == first.question
+    assert check(first, first.answer).correct and check(last, last.answer).correct
+    assert check(first, f"#### {states[-1] + 1} {path}").correct is False
+    assert probe.quantities(first.question) == list(dict.fromkeys(map(str, states)))

@@ -21,10 +21,10 @@ from rasr_jax import tasks
 from rasr_jax.data import sources
 from rasr_jax.data.sources import DataError
 from rasr_jax.reflection import answers
+from rasr_jax.reflection import rows as rows_lib
 
 FIELDS = ("prompt", "answer")
-ROW_FIELDS = ("prompt", "prompt_valid", "target", "target_valid", "checker", "reference",
-              "reference_len")  # the fields of reflection.rows.ReflectRows
+USER_TASK = "qa"  # the task name of a user's records (reflection.rows.QA_TASKS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,7 +33,7 @@ class Record:
   answer: str
   checker: str  # one of tasks.CHECKERS
   origin: str  # "path line N", or the bundled example's uid
-  bundled: bool = False
+  task: str = USER_TASK  # a bundled task's name, or USER_TASK
 
   def document(self):
     """The record as a corpus document (the bundled tasks' format: question, newline, answer)."""
@@ -42,7 +42,7 @@ class Record:
 
 def _bundled(seed, count):
   return [
-      Record(ex.question, ex.answer, tasks.TASK_CHECKERS[ex.task], ex.uid, bundled=True)
+      Record(ex.question, ex.answer, tasks.TASK_CHECKERS[ex.task], ex.uid, ex.task)
       for ex in tasks.bundled_corpus(seed, count)
       if ex.task in tasks.TASKS
   ]
@@ -99,7 +99,8 @@ def load_held_out(data_cfg, seed):
 
 
 def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
-  """Records -> ({field: [n, ...] array} of ROW_FIELDS, bundled examples left out).
+  """Records -> ({field of reflection.rows.ReflectRows: [n, ...] array}, bundled examples left
+  out).
 
   Raises DataError for a user's answer longer than target_len - 1 tokens."""
   n = len(records)
@@ -111,12 +112,13 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
       "checker": np.zeros((n,), np.int32),
       "reference": np.zeros((n, reference_width), np.uint8),
       "reference_len": np.zeros((n,), np.int32),
+      "task": np.zeros((n,), np.int32),
   }
   kept = 0
   for record in records:
     target = tokenizer.encode(record.answer) + [tokenizer.eos_id]
     if len(target) > target_len:
-      if record.bundled:
+      if record.task != USER_TASK:
         continue
       raise DataError(f"question/answer file {record.origin}: the answer has {len(target) - 1} "
                       f"tokens, more than reflect.target_len - 1 = {target_len - 1}")
@@ -129,5 +131,6 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
     arrays["checker"][row] = answers.CHECKER_IDS[record.checker]
     reference, size = answers.reference_bytes(record.checker, record.answer, reference_width)
     arrays["reference"][row], arrays["reference_len"][row] = reference, size
+    arrays["task"][row] = rows_lib.QA_TASKS.index(record.task)
     kept += 1
   return {name: array[:kept] for name, array in arrays.items()}, n - kept

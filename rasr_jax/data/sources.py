@@ -14,7 +14,7 @@ import os
 
 from rasr_jax import tasks
 
-BUNDLED_FORMAT_VERSION = "1"
+BUNDLED_FORMAT_VERSION = "2"
 
 
 class DataError(ValueError):

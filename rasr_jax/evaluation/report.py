@@ -72,6 +72,18 @@ def calibration(confidence, correct, bins=CALIBRATION_BINS):
   return {"bins": table, "ece": round(error / max(len(confidence), 1), 4)}
 
 
+def auroc(scores, positive):
+  """Area under the ROC curve of `scores` separating positive from negative outcomes (the
+  probability that a random positive scores above a random negative, ties half); None when
+  either class is absent."""
+  scores, positive = np.asarray(scores, float), np.asarray(positive, bool)
+  pos, neg = scores[positive], scores[~positive]
+  if not len(pos) or not len(neg):
+    return None
+  above = (pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()
+  return float(above / (len(pos) * len(neg)))
+
+
 def iteration_report(items):
   """Accuracy of every draft and of the answer given, mean iterations, transitions, compute,
   and (when the items carry critic confidences) calibration over every draft."""
@@ -85,11 +97,17 @@ def iteration_report(items):
       "accuracy_ci95": [round(x, 4) for x in wilson_interval(int(final.sum()), n)],
       "accuracy_per_iteration": [round(float(a), 4) for a in correct.mean(axis=0)],
       "mean_iterations": round(float(stops.mean()), 4),
+      "stop_rate_per_iteration": [
+          round(float(x), 4) for x in np.bincount(stops, minlength=correct.shape[1]) / n
+      ],
       "wrong_to_right": [int(x) for x in (~correct[:, :-1] & correct[:, 1:]).sum(axis=0)],
       "right_to_wrong": [int(x) for x in (correct[:, :-1] & ~correct[:, 1:]).sum(axis=0)],
       "mean_generated_tokens": round(float(np.mean([it["generated_tokens"] for it in items])), 2),
   }
   if items[0].get("confidence") is not None:
-    report["calibration"] = calibration(np.concatenate([it["confidence"] for it in items]),
-                                        np.concatenate([it["correct"] for it in items]))
+    confidence = np.concatenate([it["confidence"] for it in items])
+    outcomes = np.concatenate([it["correct"] for it in items])
+    report["calibration"] = calibration(confidence, outcomes)
+    area = auroc(confidence, outcomes)  # does the critic tell right answers from wrong ones?
+    report["critic_auroc"] = None if area is None else round(area, 4)
   return report

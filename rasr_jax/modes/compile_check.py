@@ -37,6 +37,7 @@ def _abstract_rows(r, reference_width, batch_sharding):
       "checker": ((), "int32"),
       "reference": ((reference_width,), "uint8"),
       "reference_len": ((), "int32"),
+      "task": ((), "int32"),
   }
   return ReflectRows(
       **{

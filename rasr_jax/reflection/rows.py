@@ -9,7 +9,12 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from rasr_jax import tasks
 from rasr_jax.reflection import answers
+
+# Row tasks (ReflectRows.task indexes them): the bundled tasks, then a user's question/answer
+# files; text windows have task -1.
+QA_TASKS = (*tasks.TASKS, "qa")
 
 
 @flax.struct.dataclass
@@ -21,6 +26,7 @@ class ReflectRows:
   checker: jax.Array  # [B] int32: answers.CHECKER_IDS, or answers.TEXT
   reference: jax.Array  # [B, N] uint8: the answer the checker reads in the reference
   reference_len: jax.Array  # [B] int32
+  task: jax.Array  # [B] int32: index into QA_TASKS, -1 for a text window
 
   @property
   def answer_valid(self):
@@ -40,7 +46,8 @@ def text_rows(prompt, target, reference_width):
                      target_valid=jnp.ones(target.shape, bool),
                      checker=jnp.full((rows,), answers.TEXT, jnp.int32),
                      reference=jnp.zeros((rows, reference_width), jnp.uint8),
-                     reference_len=jnp.zeros((rows,), jnp.int32))
+                     reference_len=jnp.zeros((rows,), jnp.int32),
+                     task=jnp.full((rows,), -1, jnp.int32))
 
 
 def concat(parts):

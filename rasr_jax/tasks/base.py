@@ -2,7 +2,7 @@
 
 import dataclasses
 
-TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts")
+TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts", "probe")
 """The verifiable tasks; "filler" is generated too but has no answer to check."""
 
 ALL_TASKS: tuple[str, ...] = TASKS + ("filler",)

@@ -10,15 +10,17 @@ the same answers from token ids on device.
 
 import re
 
-from . import arithmetic, facts, logic
+from . import arithmetic, facts, logic, probe
 from .base import TASKS, CheckResult, Example
 
 _HASH_ANSWER = re.compile(r"####\s*(-?\d[\d,]*)")
 _LETTER_ANSWER = re.compile(r"answer\s*:\s*\(?([a-d])\b", re.I)
 _BOOL_ANSWER = re.compile(r"answer\s*:\s*(true|false)\b", re.I)
 # The answer a draft starts with, for a draft that continues a prompt ending in `answer:`.
+_LEADING_NUMBER = re.compile(r"\s*(?:####\s*)?(-?\d[\d,]*)")
 _LEADING_ANSWER = {
-    "arithmetic": re.compile(r"\s*(?:####\s*)?(-?\d[\d,]*)"),
+    "arithmetic": _LEADING_NUMBER,
+    "probe": _LEADING_NUMBER,
     "logic": re.compile(r"\s*\(?([a-d])\b", re.I),
     "facts": re.compile(r"\s*(true|false)\b", re.I),
 }
@@ -33,10 +35,16 @@ _QUANTITIES = {
     "arithmetic": arithmetic.quantities,
     "logic": logic.quantities,
     "facts": facts.quantities,
+    "probe": probe.quantities,
 }
 
 CHECKERS = ("exact", "final_answer", "choice", "true_false")
-TASK_CHECKERS = {"arithmetic": "final_answer", "logic": "choice", "facts": "true_false"}
+TASK_CHECKERS = {
+    "arithmetic": "final_answer",
+    "logic": "choice",
+    "facts": "true_false",
+    "probe": "final_answer"
+}
 _PATTERNS = {"final_answer": _HASH_ANSWER, "choice": _LETTER_ANSWER, "true_false": _BOOL_ANSWER}
 
 
@@ -97,8 +105,8 @@ def _steps(draft: str) -> tuple[int, int]:
 
 
 def _mentions(task: str, draft: str) -> set[str]:
-  """The numbers (arithmetic) or lowercase words (logic, facts) of a draft."""
-  if task == "arithmetic":
+  """The numbers (arithmetic, probe) or lowercase words (logic, facts) of a draft."""
+  if task in ("arithmetic", "probe"):
     return set(arithmetic.quantities(draft))
   return set(_WORD.findall(draft.lower()))
 
@@ -114,7 +122,7 @@ def elicited_answer(task: str, draft: str) -> str | None:
   if leading is None:
     return None
   value = leading.group(1)
-  return _normalize_number(value) if task == "arithmetic" else value.lower()
+  return _normalize_number(value) if TASK_CHECKERS[task] == "final_answer" else value.lower()
 
 
 def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:

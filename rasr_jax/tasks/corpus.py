@@ -2,16 +2,17 @@
 
 import random
 
-from . import arithmetic, facts, filler, logic
+from . import arithmetic, facts, filler, logic, probe
 from .base import ALL_TASKS, Example
 
 _MAKERS = {
     "arithmetic": arithmetic.make,
     "logic": logic.make,
     "facts": facts.make,
+    "probe": probe.make,
     "filler": filler.make,
 }
-DEFAULT_MIX = {"arithmetic": 0.3, "logic": 0.25, "facts": 0.25, "filler": 0.2}
+DEFAULT_MIX = {"arithmetic": 0.25, "logic": 0.2, "facts": 0.2, "probe": 0.2, "filler": 0.15}
 
 
 def generate(task: str, seed: int, count: int) -> list[Example]:

@@ -18,6 +18,7 @@ from flax import nnx
 
 from rasr_jax.model import sampling
 from rasr_jax.reflection import answers, quality, steps
+from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import state as loop_state
 from rasr_jax.reflection.layout import Layout, SpecialIds
 from rasr_jax.reflection.rows import ReflectRows
@@ -52,6 +53,20 @@ def _answer_rate(q_all, rows):
   """Mean factual quality (the answer is right) over question/answer rows (0 if none)."""
   qa = (rows.checker != answers.TEXT).astype(jnp.float32)
   return jnp.sum(q_all[:, 0] * qa) / jnp.maximum(jnp.sum(qa), 1.0)
+
+
+def _per_task_accuracy(correct, rows):
+  """correct [R + 1, B] (factual quality of y(0) .. y(R)) -> {"acc_k{k}/<task>": accuracy of
+  y(k) over the rows of the task, "rows/<task>": their count} for every question/answer task
+  (accuracies 0 where a task has no rows; the held-out evaluation weights them by the count)."""
+  metrics = {}
+  for index, name in enumerate(rows_lib.QA_TASKS):
+    mine = (rows.task == index).astype(jnp.float32)
+    count = jnp.sum(mine)
+    metrics[f"rows/{name}"] = count
+    for k in range(correct.shape[0]):
+      metrics[f"acc_k{k}/{name}"] = jnp.sum(correct[k] * mine) / jnp.maximum(count, 1.0)
+  return metrics
 
 
 def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
@@ -111,6 +126,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         calibration=calibration,
         **critic_parts,
         # Per row, for metrics and tests: [B] or [B, Y].
+        correct=q_all[:, 0],
         row_loss=row_loss,
         active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
@@ -166,6 +182,9 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
   }
   for name in ("critic/loss_scores", "critic/loss_tokens", "critic/loss_scalar"):
     metrics[name] = jnp.mean(out[name])
+  if cfg.qa_rows:
+    metrics.update(
+        _per_task_accuracy(jnp.concatenate([out["correct"], final_quality[None, :, 0]]), rows))
   for k in range(k_total):
     metrics[f"loss/reflect_k{k}"] = jnp.mean(out["row_loss"][k])
     metrics[f"reflect/stop_rate_k{k}"] = out["stop_rate"][k]
