@@ -1,17 +1,36 @@
 """Timing and batches shared by the benchmark scripts (no flags here)."""
 
+import functools
+import importlib.util
 import statistics
 import time
 
 import jax
 import numpy as np
 
+from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.reflection.rows import ReflectRows
 
 TOKENIZER_DOCS = 5000  # bundled documents the benchmark tokenizer is trained on
+
+
+def load_config(path, settings):
+  """The config file at `path` with FIELD=VALUE `settings` applied (as `--config.FIELD=VALUE`
+  would), validated."""
+  spec = importlib.util.spec_from_file_location("benchmark_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for setting in settings:
+    field, value = setting.split("=", 1)
+    *parents, leaf = field.split(".")
+    node = functools.reduce(getattr, parents, config)
+    old = getattr(node, leaf)
+    setattr(node, leaf, value == "True" if isinstance(old, bool) else type(old)(value))
+  return config_lib.load(config)
 
 
 def bundled_tokenizer(config):

@@ -20,7 +20,7 @@ import sys
 
 from absl import app, flags
 
-from rasr_jax import config as config_lib
+from common import load_config
 from rasr_jax import tasks
 from rasr_jax.evaluation import report
 from rasr_jax.generation import inference
@@ -39,17 +39,17 @@ HELD_OUT_SEED = 7_777_777
 ORDERS = {"end_first": True, "end_last": False}
 
 
-def _overrides(data_file):
+def _settings(data_file):
+  """FIELD=VALUE settings of a standard run on the walks in `data_file`."""
   return [
-      f"--config.seed={_SEED.value}", "--config.reflect.enabled=False",
-      "--config.data.source=files", f"--config.data.files={data_file}",
-      "--config.train.eval_batches=0", *(f"--config.{s}" for s in _SET.value),
-      *([f"--config.train.steps={_STEPS.value}"] if _STEPS.value else [])
+      *_SET.value, f"seed={_SEED.value}", "reflect.enabled=False", "data.source=files",
+      f"data.files={data_file}", "train.eval_batches=0",
+      *([f"train.steps={_STEPS.value}"] if _STEPS.value else [])
   ]
 
 
 def _train(workdir, end_first):
-  """Trains (or resumes) a standard model on walks in one order; returns its overrides."""
+  """Trains (or resumes) a standard model on walks in one order; returns its settings."""
   os.makedirs(workdir, exist_ok=True)
   data_file = os.path.join(workdir, "walks.jsonl")
   if not os.path.exists(data_file):
@@ -58,24 +58,15 @@ def _train(workdir, end_first):
         example = probe.make(_SEED.value, index, end_first)
         f.write(json.dumps({"text": example.text()}) + "\n")
     os.replace(data_file + ".tmp", data_file)
-  overrides = _overrides(data_file)
+  settings = _settings(data_file)
   env = dict(os.environ, PYTHONPATH=REPO)
   cmd = [
       sys.executable, "-m", "rasr_jax.main", f"--config={os.path.join(REPO, _CONFIG.value)}",
-      f"--workdir={workdir}", *overrides
+      f"--workdir={workdir}", *(f"--config.{s}" for s in settings)
   ]
   print("+", " ".join(cmd[2:]), flush=True)
   subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
-  return overrides
-
-
-def _load_config(overrides):
-  """The run's config as main builds it from --config and the overrides."""
-  from ml_collections import config_flags
-  holder = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", os.path.join(REPO, _CONFIG.value), flag_values=holder)
-  holder([sys.argv[0], *overrides])
-  return config_lib.load(holder.config)
+  return settings
 
 
 def _path(text):
@@ -84,8 +75,9 @@ def _path(text):
   return after.split("####", 1)[0].split()
 
 
-def _score(workdir, overrides, end_first):
-  model = inference.InferenceModel(_load_config(overrides), workdir)
+def _score(workdir, settings, end_first):
+  model = inference.InferenceModel(load_config(os.path.join(REPO, _CONFIG.value), settings),
+                                   workdir)
   walks = [probe.walk(HELD_OUT_SEED, i) for i in range(_LIMIT.value)]
   examples = [probe.make(HELD_OUT_SEED, i, end_first) for i in range(_LIMIT.value)]
   options = model.options(max_new_tokens=48, reflect="off")

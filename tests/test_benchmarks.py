@@ -4,7 +4,7 @@ import json
 import os
 import sys
 
-from conftest import REPO, SMALL, cli_args, run_checked
+from conftest import QA, REPO, SMALL, cli_args, run_checked
 
 SMALL_FLAGS = cli_args()  # the SMALL test shapes, as overrides of a benchmark's --config
 
@@ -53,11 +53,15 @@ def test_decode_benchmark():
   assert {"shape", "versions", "device"} <= set(report)
 
 
-def test_tiny_table1_benchmark(tmp_path):
-  """Two trainings and their evaluations on the SMALL shapes (one seed: no intervals)."""
-  sets = [f"--set={k}={v}" for k, v in SMALL.items()]
-  table = _run("tiny_table1.py", f"--workdir={tmp_path}", "--seeds=0", "--limit=2", *sets)
-  with open(tmp_path / "table1.json") as f:
+def test_evidence_benchmark(tmp_path):
+  """Four trainings and their evaluations on the SMALL shapes with question/answer rows (one
+  seed: no intervals); the equal-compute run takes more steps than the others."""
+  sets = [f"--set={k}={v}" for k, v in {**SMALL, **QA, "train.steps": 2}.items()]
+  table = _run("evidence.py", "--config=configs/tiny.py", f"--workdir={tmp_path}", "--seeds=0",
+               "--limit=2", *sets)
+  with open(tmp_path / "table.json") as f:
     summary = json.load(f)
-  assert {"seeds", "limit_per_task", "table", "per_seed"} <= set(summary)
-  assert summary["table"] in table and set(summary["per_seed"]) == {"standard", "rasr"}
+  assert {"seeds", "limit_per_task", "table", "per_seed", "flops_ratio"} <= set(summary)
+  assert summary["table"] in table
+  assert set(summary["per_seed"]) == {"standard_tokens", "standard_compute", "rasr", "rasr_teacher"}
+  assert summary["standard_compute_steps"] > summary["steps"] == 2

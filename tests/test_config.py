@@ -1,5 +1,6 @@
 """Configs load and validate; describe counts; each start-up rule exits 2 with one line."""
 
+import dataclasses
 import glob
 import importlib.util
 import json
@@ -95,3 +96,40 @@ def test_unknown_section_key_suggests_the_near_name():
   raw["train"]["stepz"] = raw["train"].pop("steps")
   with pytest.raises(config_lib.ConfigError, match="did you mean train.steps"):
     config_lib.load(raw)
+
+
+def test_flops_per_step_counts_every_reflection_pass():
+  """Standard FLOPs, plus per row and iteration a critic and a refine pass (forward and
+  backward), plus forward passes for drafts: free-running drafts decode Y tokens after a
+  prefill, teacher-forced drafts of question/answer rows read one standard pass over x y*."""
+  from rasr_jax.reflection.layout import Layout
+  from rasr_jax.training import flops
+  base = make_config(**{"reflect.source": "qa", "reflect.draft_mode": "autoregressive"})
+  m, r = base.model, base.reflect
+  rows = config_lib.resolve_mesh(base, 1).reflect.rows
+  standard = flops.flops_per_step(
+      dataclasses.replace(base, reflect=dataclasses.replace(r, enabled=False)))
+  assert standard == flops.flops_per_token(m, 32) * 8 * 32
+
+  def forward(tokens, context, head=True):  # 2 FLOPs per matmul weight, 4 per score
+    weights = flops.matmul_params(m) - (0 if head else m.d_model * m.vocab_size)
+    return tokens * (2 * weights + 4 * m.num_layers * m.num_heads * m.head_dim * context)
+
+  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
+  critic = 3 * forward(layout.critique_token, layout.critique_token, head=False)
+  refine = 3 * (forward(layout.length, layout.length, head=False) + forward(r.target_len, 0)
+                - forward(r.target_len, 0, head=False))
+  prefix = r.prompt_len + layout.prefix_len
+  drafts = (forward(r.prompt_len, r.prompt_len, False)
+            + forward(r.target_len, r.prompt_len + r.target_len) + r.iterations *
+            (forward(prefix, prefix, False) + forward(r.target_len, prefix + r.target_len)))
+  want = standard + rows * (r.iterations * (critic + refine) + drafts)
+  got = flops.flops_per_step(dataclasses.replace(base, reflect=dataclasses.replace(r, rows=rows)))
+  assert got == pytest.approx(want, rel=1e-9)
+  teacher = dataclasses.replace(r, rows=rows, draft_mode="teacher_forced")
+  want_teacher = (
+      standard + rows * r.iterations * (critic + refine)
+      + rows * forward(r.prompt_len + r.target_len - 1, r.prompt_len + r.target_len - 1))
+  assert flops.flops_per_step(dataclasses.replace(base,
+                                                  reflect=teacher)) == pytest.approx(want_teacher,
+                                                                                     rel=1e-9)

@@ -4,7 +4,6 @@ import dataclasses
 import itertools
 import re
 
-import numpy as np
 import pytest
 
 from rasr_jax.tasks import (
@@ -316,13 +315,17 @@ def test_check_rejects_filler():
 def test_probe_states_its_end_first_then_the_path():
   from rasr_jax.tasks import probe
   for index in range(50):
-    start, moves = probe.walk(3, index)
-    states = list(np.cumsum([start] + moves)[1:])
-    assert all(0 <= s <= 99 for s in states) and len(moves) == probe.STEPS
+    links, start = probe.walk(3, index)
+    assert sorted(links) == sorted(links.values()) == list(range(probe.NODES))
+    assert len({start, *probe.visited(links, start)}) == probe.HOPS + 1  # one cycle: no repeats
+    nodes, node = [], start
+    for _ in range(probe.HOPS):
+      node = links[node]
+      nodes.append(node)
     first, last = probe.make(3, index), probe.make(3, index, end_first=False)
-    path = "path " + " ".join(map(str, states[:-1]))
-    assert first.answer == f"#### {states[-1]} {path}"
-    assert last.answer == f"{path} #### {states[-1]}" and last.question == first.question
+    path = "path " + " ".join(map(str, nodes[:-1]))
+    assert first.answer == f"#### {nodes[-1]} {path}"
+    assert last.answer == f"{path} #### {nodes[-1]}" and last.question == first.question
     assert check(first, first.answer).correct and check(last, last.answer).correct
-    assert check(first, f"#### {states[-1] + 1} {path}").correct is False
-    assert probe.quantities(first.question) == list(dict.fromkeys(map(str, states)))
+    assert check(first, f"#### {(nodes[-1] + 1) % 10} {path}").correct is False
+    assert probe.quantities(first.question) == list(dict.fromkeys(map(str, nodes)))

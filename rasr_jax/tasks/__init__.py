@@ -6,8 +6,9 @@ Formats (all lowercase ASCII):
          answer is a reason then `answer: <letter>`.
   facts: question is `facts: ... statement: ... true or false?`;
          answer is `the facts say ... answer: true|false`.
-  probe: question is a walk `start at N. add a, take b, ... where do you end?`;
-         answer is `#### end path s1 .. s5` (the end first, then the states that reach it).
+  probe: question lists links `a to b, ...` (a permutation of 0..9) and asks where following
+         5 links from a start ends; answer is `#### end path n1 .. n4` (the end first, then
+         the nodes that reach it).
   filler: a paragraph stored as `question`, with `answer == ""`; not checkable.
 """
 

@@ -1,14 +1,16 @@
-"""The probe: a walk whose answer states its end first, then the states that reach it.
+"""The probe: follow links from node to node; the answer states where the walk ends first, then
+the nodes that reach it.
 
-  question: start at 7. add 4, take 2, add 9, take 5, add 3, take 6. where do you end?
-  answer:   #### 10 path 11 9 18 13 16
+  question: links: 3 to 7, 5 to 1, 7 to 2, ... start at 3 and follow 5 links. where do you end?
+  answer:   #### 4 path 7 2 9 0
 
-Stating the end first means summing every step in one left-to-right pass; the path after it is
-one addition per state, and the end is the last state plus the last step. A model that reads
-its own first attempt can take the end from the attempt's path, so a second look can help
-where a first look fails (RASR.md §12). Whether one pass really finds the end first hard is
-measured, not assumed: `benchmarks/probe_premise.py` trains standard models on this format and
-on the same answer with the end last (`path ... #### end`) and compares the end's accuracy.
+Stating the end first means following every link in one left-to-right pass (one lookup per
+link, composed HOPS deep); the path after it is one lookup per node, and the end is one lookup
+from the path's last node. A model that reads its own first attempt can take the end from the
+attempt's path, so a second look can help where a first look fails (RASR.md §12). Whether one
+pass really finds the end first hard is measured, not assumed: `benchmarks/probe_premise.py`
+trains standard models on this format and on the same answer with the end last
+(`path 7 2 9 0 #### 4`) and compares the end's accuracy.
 """
 
 import random
@@ -16,56 +18,57 @@ import re
 
 from .base import Example
 
-STEPS = 6  # additions and subtractions per walk
-_LIMIT = 99  # states stay in 0..99
+NODES = 10  # nodes 0..9; the links form one random cycle through all of them
+HOPS = 5  # links followed
+_LINK = re.compile(r"(\d+) to (\d+)")
 _START = re.compile(r"start at (\d+)")
-_MOVE = re.compile(r"(add|take) (\d+)")
 
 
-def walk(seed: int, index: int) -> tuple[int, list[int]]:
-  """(start, signed steps) of walk `index` of `seed`; every state stays in 0.._LIMIT."""
+def walk(seed: int, index: int) -> tuple[dict[int, int], int]:
+  """(links, start) of walk `index` of `seed`: one cycle through every node (so a walk never
+  revisits a node within NODES links), listed in a random order, and a start node."""
   rng = random.Random(f"probe:{seed}:{index}")
-  state = rng.randint(0, 30)
-  start, moves = state, []
-  for _ in range(STEPS):
-    ups = [d for d in range(1, 10) if state + d <= _LIMIT]
-    downs = [-d for d in range(1, 10) if state - d >= 0]
-    move = rng.choice(ups + downs)
-    moves.append(move)
-    state += move
-  return start, moves
+  order = list(range(NODES))
+  rng.shuffle(order)
+  cycle = {order[i]: order[(i + 1) % NODES] for i in range(NODES)}
+  sources = list(range(NODES))
+  rng.shuffle(sources)
+  return {s: cycle[s] for s in sources}, rng.randrange(NODES)
 
 
-def format_answer(start: int, moves: list[int], end_first: bool = True) -> str:
-  """`#### end path s1 .. s(n-1)` (end first), or `path s1 .. s(n-1) #### end`."""
-  states, state = [], start
-  for move in moves:
-    state += move
-    states.append(state)
-  path = "path " + " ".join(map(str, states[:-1]))
-  return f"#### {states[-1]} {path}" if end_first else f"{path} #### {states[-1]}"
+def visited(links: dict[int, int], start: int) -> list[int]:
+  """The node after each of the HOPS links."""
+  out, node = [], start
+  for _ in range(HOPS):
+    node = links[node]
+    out.append(node)
+  return out
 
 
-def question(start: int, moves: list[int]) -> str:
-  steps = ", ".join(f"add {m}" if m > 0 else f"take {-m}" for m in moves)
-  return f"start at {start}. {steps}. where do you end?"
+def format_answer(links, start, end_first: bool = True) -> str:
+  """`#### end path n1 .. n(HOPS-1)` (end first), or `path n1 .. n(HOPS-1) #### end`."""
+  nodes = visited(links, start)
+  path = "path " + " ".join(map(str, nodes[:-1]))
+  return f"#### {nodes[-1]} {path}" if end_first else f"{path} #### {nodes[-1]}"
+
+
+def question(links, start) -> str:
+  listed = ", ".join(f"{s} to {t}" for s, t in links.items())
+  return f"links: {listed}. start at {start} and follow {HOPS} links. where do you end?"
 
 
 def make(seed: int, index: int, end_first: bool = True) -> Example:
   """The probe example number `index` of `seed` (`end_first=False`: the end stated last)."""
-  start, moves = walk(seed, index)
-  return Example("probe", f"probe-{seed}-{index}", question(start, moves),
-                 format_answer(start, moves, end_first))
+  links, start = walk(seed, index)
+  return Example("probe", f"probe-{seed}-{index}", question(links, start),
+                 format_answer(links, start, end_first))
 
 
 def quantities(text: str) -> list[str]:
-  """The states a walk question's answer should state (every state after the start, in order,
-  distinct): what a draft's relevance is measured against."""
+  """The nodes a walk question's answer should state (every node after the start, distinct, in
+  order): what a draft's relevance is measured against."""
   start = _START.search(text)
-  if start is None:
+  links = {int(s): int(t) for s, t in _LINK.findall(text)}
+  if start is None or len(links) != NODES:
     return []
-  state, states = int(start.group(1)), []
-  for verb, size in _MOVE.findall(text):
-    state += int(size) if verb == "add" else -int(size)
-    states.append(str(state))
-  return list(dict.fromkeys(states))
+  return list(dict.fromkeys(map(str, visited(links, int(start.group(1))))))

@@ -40,24 +40,41 @@ def flops_per_token(model_cfg, seq_len, with_head=True) -> float:
   return 6 * (matmul_params(m) - head) + attention
 
 
+def _forward(model_cfg, tokens, context, with_head):
+  """Forward-only FLOPs of `tokens` tokens attending to `context` positions (a third of
+  training's forward + backward)."""
+  return tokens * flops_per_token(model_cfg, context, with_head) / 3
+
+
 def flops_per_step(config) -> float:
   """Training FLOPs of one step: the standard pass plus, with RASR, every reflection pass.
 
   Per reflecting row and iteration: a critic pass over P + 1 + Y tokens (no LM head) and a
   refine pass over the refine sequence (LM head on the Y target positions only); both are
-  differentiated, so each costs forward + backward.
+  differentiated, so each costs forward + backward. Drafts cost forward passes only:
+  free-running drafts a prefill and Y decoded tokens each (y(0) after x, y(k+1) after the
+  refine prefix; counted at Y tokens, the most a draft decodes), teacher-forced drafts of
+  question/answer rows one standard pass over `x y*` (text windows reuse the standard pass).
   """
   m, r = config.model, config.reflect
   seq = config.data.seq_len
   total = flops_per_token(m, seq) * config.train.batch_size * seq
-  if r.enabled:
-    layout = Layout(r.prompt_len, r.target_len, r.num_dims)
-    critic_len, refine_len = layout.critique_token, layout.length  # `x <draft> y`, whole
-    passes = critic_len * flops_per_token(m, critic_len, with_head=False)
-    if r.iterations:
-      passes = r.iterations * (passes + refine_len * flops_per_token(m, refine_len, False)
-                               + r.target_len * 6 * m.d_model * m.vocab_size)
-    total += r.rows * passes
+  if not r.enabled:
+    return total
+  p, y = r.prompt_len, r.target_len
+  layout = Layout(p, y, r.num_dims)
+  critic_len, refine_len = layout.critique_token, layout.length  # `x <draft> y`, whole
+  passes = critic_len * flops_per_token(m, critic_len, with_head=False)
+  if r.iterations:
+    passes = r.iterations * (passes + refine_len * flops_per_token(m, refine_len, False)
+                             + y * 6 * m.d_model * m.vocab_size)
+  if r.draft_mode == "autoregressive":
+    prefix = p + layout.prefix_len
+    passes += _forward(m, p, p, False) + _forward(m, y, p + y, True)  # y(0)
+    passes += r.iterations * (_forward(m, prefix, prefix, False) + _forward(m, y, prefix + y, True))
+  total += r.rows * passes
+  if r.draft_mode == "teacher_forced":
+    total += r.qa_rows * _forward(m, p + y - 1, p + y - 1, True)
   return total
 
 
