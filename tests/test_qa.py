@@ -89,11 +89,12 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
     for name in ("acc", "wrong_to_right", "right_to_wrong", "stop_rate"):
       assert 0 <= last[f"reflect/{name}_k{k}"] <= 1
   assert 0 <= last["reflect/acc_final"] <= 1
-  for task in ("logic", "facts"):  # the bundled tasks whose answers fit Y = 24
+  for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):
       assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
-    assert last[f"eval/rows/{task}"] > 0
-  assert last["eval/rows/arithmetic"] == 0
+  # Arithmetic answers are longer than Y = 24 tokens: only the other bundled tasks have rows.
+  assert last["eval/rows/arithmetic"] == last["eval/rows/qa"] == 0
+  assert sum(last[f"eval/rows/{task}"] for task in ("logic", "facts", "probe")) > 0
 
 
 def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):
@@ -145,3 +146,19 @@ def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
   assert sorted(got) == sorted(want)
   for step in want:
     assert got[step] == pytest.approx(want[step], rel=1e-5)
+
+
+def test_mixed_source_reflects_on_question_answer_rows_and_text_windows(tmp_path):
+  """reflect.source=mixed: half the rows are question/answer rows, half text windows."""
+  config = make_config(
+      **{
+          **QA,
+          "reflect.source": "mixed",
+          "train.steps": 2,
+          "train.eval_batches": 0,
+          "data.seq_len": 48,  # text windows of P + Y = 40 tokens
+      })
+  loop.train(config, str(tmp_path))
+  last = read_records(str(tmp_path))[-1]
+  assert last["step"] == 2 and last["loss/reflect_k0"] > 0
+  assert sum(last[f"rows/{task}"] for task in rows_lib.QA_TASKS) == 2  # of 4 rows
