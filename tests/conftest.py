@@ -153,6 +153,28 @@ def params_hash(workdir, config):
   return digest.hexdigest()
 
 
+def train_on_mesh(workdir, mesh, **overrides):
+  """`run_main` on a (data, fsdp, tensor) mesh of as many fake devices; fails on an error."""
+  data, fsdp, tensor = mesh
+  result = run_main(workdir,
+                    devices=data * fsdp * tensor,
+                    **overrides,
+                    **{
+                        "mesh.data": data,
+                        "mesh.fsdp": fsdp,
+                        "mesh.tensor": tensor
+                    })
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def assert_same_losses(workdir, reference, rel=1e-5):
+  """The two runs logged the same steps with the same losses (within `rel`)."""
+  got, want = losses(workdir), losses(reference)
+  assert sorted(got) == sorted(want)
+  for step in want:
+    assert got[step] == pytest.approx(want[step], rel=rel), step
+
+
 def logged_steps(workdir):
   """How many complete records WORKDIR/metrics.jsonl holds (0 before it exists)."""
   from rasr_jax.training.metrics import read_records

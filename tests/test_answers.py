@@ -118,3 +118,42 @@ def test_piece_bytes_rebuild_the_decoded_text(tokenizer):
     assert rebuilt.lstrip(" ") == decoded.lstrip(" "), (rebuilt, decoded)
     checked += 1
   assert checked > 40
+
+
+def test_answer_quality_by_hand(tokenizer):
+  """factual: the checker's answer; logic: the prefix that follows the reference, over its
+  length; relevance: unigram F1 with the reference answer; labels on the draft's tokens only."""
+  import jax.numpy as jnp
+
+  from rasr_jax.reflection import quality
+  from rasr_jax.reflection import rows as rows_lib
+  answer = tokenizer.encode("so ivy is the oldest. answer: c")
+  wrong = tokenizer.encode("so ivy is the oldest. answer: a")
+  short = answer[:3]
+  y = len(answer) + 2
+  pieces = tokenizer.piece_bytes(VOCAB)
+  width = pieces.text_bytes(y)
+  reference, size = answers.reference_bytes("choice", "so ivy is the oldest. answer: c", width)
+  target = np.zeros((y,), np.int32)
+  target[:len(answer) + 1] = answer + [tokenizer.eos_id]
+  drafts = [answer, wrong, short]
+  rows = rows_lib.ReflectRows(
+      prompt=jnp.zeros((3, 2), jnp.int32),
+      prompt_valid=jnp.ones((3, 2), bool),
+      target=jnp.asarray(np.stack([target] * 3)),
+      target_valid=jnp.asarray(np.stack([target > 0] * 3) | (np.arange(y) == len(answer))),
+      checker=jnp.full((3,), answers.CHECKER_IDS["choice"], jnp.int32),
+      reference=jnp.asarray(np.stack([reference] * 3)),
+      reference_len=jnp.full((3,), size, jnp.int32),
+      task=jnp.zeros((3,), jnp.int32))
+  draft = np.zeros((3, y), np.int32)
+  for row, ids in enumerate(drafts):
+    draft[row, :len(ids)] = ids
+  length = np.asarray([len(d) for d in drafts], np.int32)
+  q, labels, mask = jax.jit(lambda d, n: quality.answer_quality(d, n, rows, pieces))(draft, length)
+  n = len(answer)
+  np.testing.assert_allclose(q[:, 0], [1, 0, 0])  # factual
+  np.testing.assert_allclose(q[:, 1], [1, (n - 1) / n, 3 / n], rtol=1e-6)  # logic
+  np.testing.assert_allclose(q[:, 2], [1, 2 * (n - 1) / (2 * n), 2 * 3 / (3 + n)], rtol=1e-6)
+  np.testing.assert_array_equal(mask, np.arange(y)[None] < length[:, None])
+  assert labels[1, n - 1] == 1 and labels[1, :n - 1].sum() == 0

@@ -7,7 +7,15 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import QA, losses, make_config, params_hash, run_main
+from conftest import (
+    QA,
+    assert_same_losses,
+    losses,
+    make_config,
+    params_hash,
+    run_main,
+    train_on_mesh,
+)
 from rasr_jax.data import qa
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.sources import DataError
@@ -132,20 +140,12 @@ def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
   (2, 2, 2) mesh of 8 fake devices through the CLI, against one device: the same losses."""
   reference, config = qa_run
   assert config.reflect.rows == 4 and jax.device_count() == 1
-  result = run_main(str(tmp_path),
-                    devices=8,
-                    **{
-                        "train.steps": STEPS,
-                        "reflect.stop_warmup": 0.0,
-                        **QA, "mesh.data": 2,
-                        "mesh.fsdp": 2,
-                        "mesh.tensor": 2
-                    })
-  assert result.returncode == 0, result.stderr[-3000:]
-  got, want = losses(str(tmp_path)), losses(reference)
-  assert sorted(got) == sorted(want)
-  for step in want:
-    assert got[step] == pytest.approx(want[step], rel=1e-5)
+  train_on_mesh(str(tmp_path), (2, 2, 2), **{
+      "train.steps": STEPS,
+      "reflect.stop_warmup": 0.0,
+      **QA
+  })
+  assert_same_losses(str(tmp_path), reference)
 
 
 def test_mixed_source_reflects_on_question_answer_rows_and_text_windows(tmp_path):

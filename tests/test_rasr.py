@@ -12,7 +12,7 @@ from flax import nnx
 
 from conftest import make_config
 from rasr_jax import config as config_lib
-from rasr_jax import sharding, tasks
+from rasr_jax import sharding
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import heads
 from rasr_jax.reflection import quality, steps
@@ -327,19 +327,6 @@ def test_text_quality_by_hand():
   np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 1, 1, 1]])
   np.testing.assert_allclose(quality.select(q, ("relevance", "factual")),
                              [[0.75, 0.5], [0.75, 0.25]])
-
-
-def test_task_quality_by_hand():
-  example = tasks.Example(task="arithmetic",
-                          uid="t",
-                          question="tom has 12 apples. he buys 7 "
-                          "more and gives away 5. how many apples does tom have?",
-                          answer="12 + 7 = 19. 19 - 5 = 14. #### 14")
-  q, labels = quality.task_quality(example, "12 + 7 = 19. 19 - 5 = 15. #### 15", [1, 2, 3], [1, 9])
-  assert q == {"factual": 0.0, "logic": 0.5, "relevance": 1.0}
-  assert labels == [0.0, 1.0, 1.0]
-  q, _ = quality.task_quality(example, "12 + 7 = 19. #### 14")
-  assert q == {"factual": 1.0, "logic": 1.0, "relevance": pytest.approx(2 / 3)}
 
 
 def test_loss_terms_by_hand():

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import (
+    QA,
     REPO,
     STEPS,
+    assert_same_losses,
     logged_steps,
     losses,
     main_command,
@@ -22,6 +24,7 @@ from conftest import (
     restored_params,
     run_main,
     subprocess_env,
+    train_on_mesh,
 )
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
@@ -119,19 +122,8 @@ def test_sharded_training_equals_single_device(straight_run, tmp_path):
   reference, config = straight_run
   assert config.reflect.enabled
   workdir = str(tmp_path)
-  result = run_main(workdir,
-                    devices=8,
-                    **{
-                        "train.steps": STEPS,
-                        "mesh.data": 2,
-                        "mesh.fsdp": 2,
-                        "mesh.tensor": 2
-                    })
-  assert result.returncode == 0, result.stderr[-3000:]
-  got, want = losses(workdir), losses(reference)
-  assert sorted(got) == sorted(want)
-  for step in want:
-    assert got[step] == pytest.approx(want[step], rel=1e-5)
+  train_on_mesh(workdir, (2, 2, 2), **{"train.steps": STEPS})
+  assert_same_losses(workdir, reference)
   # Relative to each tensor's norm: Adam turns a 1e-10 gradient difference on a near-zero
   # gradient entry (an embedding row of a token that barely occurs) into an update difference
   # of up to lr * 1e-2 a step; measured: one such row of the embedding moves by 1e-4 over 8
@@ -146,7 +138,8 @@ MESHES_OF_8 = ((8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2),
 
 
 # Slow (14 runs, about 50 s each here): the default suite runs (2, 2, 2) with the fewest rows in
-# test_sharded_training_equals_single_device.
+# test_sharded_training_equals_single_device (teacher-forced text windows) and in
+# test_qa.py's test_question_answer_rows_on_a_mesh_of_8_equal_one_device (free-running drafts).
 @pytest.mark.slow
 @pytest.mark.parametrize("mesh, draft_mode", [
     pytest.param(mesh, mode, id=f"{'x'.join(map(str, mesh))}-{mode}")
@@ -156,29 +149,24 @@ MESHES_OF_8 = ((8, 1, 1), (4, 2, 1), (2, 4, 1), (1, 8, 1), (4, 1, 2), (2, 2, 2),
 def test_rasr_with_the_fewest_rows_on_a_mesh_of_8_equals_one_device(mesh, draft_mode, tmp_path):
   """R = 3 with one reflection row per data-parallel shard (the fewest validation accepts), on
   8 fake devices through the CLI, against one device in this process: the same losses."""
-  data, fsdp, tensor = mesh
+  data, fsdp, _ = mesh
   overrides = {
-      "train.steps": 4,
-      "reflect.iterations": 3,
-      "reflect.draft_mode": draft_mode,
-      "reflect.rows": data * fsdp
+      **(QA if draft_mode == "autoregressive" else {}),  # free-running: question/answer rows
+      "train.steps":
+          4,
+      "reflect.iterations":
+          3,
+      "reflect.draft_mode":
+          draft_mode,
+      "reflect.rows":
+          data * fsdp
   }
   reference = str(tmp_path / "one_device")
   loop.train(make_config(**overrides), reference)
   sharded = str(tmp_path / "sharded")
-  result = run_main(sharded,
-                    devices=8,
-                    **overrides,
-                    **{
-                        "mesh.data": data,
-                        "mesh.fsdp": fsdp,
-                        "mesh.tensor": tensor
-                    })
-  assert result.returncode == 0, result.stderr[-3000:]
-  got, want = losses(sharded), losses(reference)
-  assert sorted(got) == sorted(want) == [1, 2, 3, 4]
-  for step in want:
-    assert got[step] == pytest.approx(want[step], rel=1e-5)
+  train_on_mesh(sharded, mesh, **overrides)
+  assert sorted(losses(reference)) == [1, 2, 3, 4]
+  assert_same_losses(sharded, reference)
 
 
 def test_checkpoint_of_another_model_is_refused(straight_run, tmp_path):

@@ -1,14 +1,12 @@
 """TrueQuality oracles (RASR.md §5): the targets of L_critic and of the controller.
 
 `row_quality` is what the jitted step uses: `text_quality` (token overlap) for text windows and
-`answer_quality` for question/answer rows, both jnp functions of token ids. `task_quality`
-scores a decoded draft of a bundled verifiable task with the task's checker on the host
-(evaluation, generation reports).
+`answer_quality` for question/answer rows, both jnp functions of token ids. Evaluation checks
+decoded drafts with the host checkers of `rasr_jax/tasks` instead.
 """
 
 import jax.numpy as jnp
 
-from rasr_jax import tasks
 from rasr_jax.reflection import answers
 from rasr_jax.reflection.rows import ReflectRows
 
@@ -81,18 +79,3 @@ def row_quality(draft, length, rows: ReflectRows, pieces):
 def select(quality, dim_names):
   """Columns of a [..., 3] quality array for the configured critic dimensions."""
   return quality[..., [DIMENSIONS.index(name) for name in dim_names]]
-
-
-def task_quality(example, draft_text, draft_ids=(), target_ids=()):
-  """Quality of a decoded draft of a bundled task: ({dimension: value}, per-token labels).
-
-  factual: the final answer is right; logic: the fraction of the draft's checkable steps
-  (`a op b = c`) that are right (no steps: 1 if the answer is right, else 0); relevance: the
-  fraction of the question's quantities the draft uses; labels: [draft_t != target_t] over token
-  ids, positionwise (a missing position counts as wrong).
-  """
-  result = tasks.check(example, draft_text)
-  logic = (result.steps_right / result.steps_total if result.steps_total else float(result.correct))
-  relevance = (result.quantities_used / result.quantities_total if result.quantities_total else 1.0)
-  labels = [float(i >= len(target_ids) or d != target_ids[i]) for i, d in enumerate(draft_ids)]
-  return {"factual": float(result.correct), "logic": logic, "relevance": relevance}, labels
