@@ -1,8 +1,11 @@
-"""Every benchmark script runs: the smallest shapes, one timed round, its JSON keys checked."""
+"""Every benchmark script runs: the smallest shapes, one timed round, its JSON keys checked
+(the evidence benchmark behind --slow)."""
 
 import json
 import os
 import sys
+
+import pytest
 
 from conftest import QA, REPO, SMALL, cli_args, run_checked
 
@@ -53,6 +56,8 @@ def test_decode_benchmark():
   assert {"shape", "versions", "device"} <= set(report)
 
 
+# Slow (about 200 s here: four trainings and four evaluations).
+@pytest.mark.slow
 def test_evidence_benchmark(tmp_path):
   """Four trainings and their evaluations on the SMALL shapes with question/answer rows (one
   seed: no intervals); the equal-compute run takes more steps than the others."""

@@ -115,7 +115,9 @@ def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):
   assert params_hash(workdir, config) == params_hash(reference, config)
 
 
-def test_user_qa_files_train_and_join_the_corpus(tmp_path):
+def test_user_qa_files_feed_reflection_rows_and_join_the_corpus(tmp_path):
+  """A run on the bundled corpus with the user's question/answer file: its records are the
+  reflection rows of every batch (read by the file's checker) and documents of the corpus."""
   lines = [
       json.dumps({
           "prompt": f"what is {a} plus {b}?",
@@ -123,16 +125,16 @@ def test_user_qa_files_train_and_join_the_corpus(tmp_path):
       }).encode() for a in range(8) for b in range(8)
   ]
   path = _write(tmp_path / "train.jsonl", lines)
-  config = make_config(
-      **{
-          "train.steps": 2,
-          "data.qa_files": path,
-          "data.qa_checker": "final_answer",
-          "train.eval_batches": 0,
-          **QA
-      })
-  loop.train(config, str(tmp_path / "run"))
-  assert read_records(str(tmp_path / "run"))[-1]["step"] == 2
+  config = make_config(**{"data.qa_files": path, "data.qa_checker": "final_answer", **QA})
+  run = loop.setup(config, str(tmp_path / "run"))
+  batch = next(run.data)
+  assert batch["qa"]["prompt"].shape == (config.reflect.rows, config.reflect.prompt_len)
+  assert set(batch["qa"]["task"]) == {rows_lib.QA_TASKS.index("qa")}
+  assert set(batch["qa"]["checker"]) == {answers.CHECKER_IDS["final_answer"]}
+  bundled_only = loop.setup(make_config(**QA), str(tmp_path / "bundled"))
+  assert run.meta["data_fingerprint"] != bundled_only.meta["data_fingerprint"]
+  run.checkpointer.close()
+  bundled_only.checkpointer.close()
 
 
 def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
