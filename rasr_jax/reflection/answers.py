@@ -56,13 +56,7 @@ def draft_bytes(draft, length, pieces: PieceBytes):
   piece_len = table.shape[1]
   in_draft = jnp.arange(target_len)[None] < length[:, None]  # [B, Y]
   byte_valid = (jnp.arange(piece_len)[None, None] < lengths[draft][..., None]) & in_draft[..., None]
-  flat_valid = byte_valid.reshape(rows, -1)  # [B, N]
-  width = flat_valid.shape[1]
-  dest = jnp.where(flat_valid, jnp.cumsum(flat_valid, axis=1) - 1, width)
-  text = jnp.zeros((rows, width), jnp.int32)
-  text = jax.vmap(lambda t, d, v: t.at[d].set(v, mode="drop"))(text, dest,
-                                                               table[draft].reshape(rows, -1))
-  return text, jnp.sum(flat_valid, axis=1)
+  return _compact(table[draft].reshape(rows, -1), byte_valid.reshape(rows, -1))  # [B, N]
 
 
 def _at(text, index):
