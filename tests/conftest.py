@@ -175,6 +175,18 @@ def assert_same_losses(workdir, reference, rel=1e-5):
     assert got[step] == pytest.approx(want[step], rel=rel), step
 
 
+def assert_resume_is_bit_identical(config, reference, workdir):
+  """Training `config` in `workdir` cut at half its steps and resumed ends exactly as the
+  uninterrupted run in `reference`: the same losses and parameters, bit for bit."""
+  from rasr_jax.training import loop
+  half = config.train.steps // 2
+  loop.train(config, workdir, stop_at_step=half)
+  assert max(losses(workdir)) == half
+  loop.train(config, workdir)
+  assert losses(workdir) == losses(reference)
+  assert params_hash(workdir, config) == params_hash(reference, config)
+
+
 def logged_steps(workdir):
   """How many complete records WORKDIR/metrics.jsonl holds (0 before it exists)."""
   from rasr_jax.training.metrics import read_records

@@ -9,10 +9,9 @@ import pytest
 
 from conftest import (
     QA,
+    assert_resume_is_bit_identical,
     assert_same_losses,
-    losses,
     make_config,
-    params_hash,
     run_main,
     train_on_mesh,
 )
@@ -107,12 +106,7 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
 
 def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):
   reference, config = qa_run
-  workdir = str(tmp_path)
-  loop.train(config, workdir, stop_at_step=STEPS // 2)
-  assert max(losses(workdir)) == STEPS // 2
-  loop.train(config, workdir)
-  assert losses(workdir) == losses(reference)
-  assert params_hash(workdir, config) == params_hash(reference, config)
+  assert_resume_is_bit_identical(config, reference, str(tmp_path))
 
 
 def test_user_qa_files_feed_reflection_rows_and_join_the_corpus(tmp_path):

@@ -15,6 +15,7 @@ from conftest import (
     QA,
     REPO,
     STEPS,
+    assert_resume_is_bit_identical,
     assert_same_losses,
     logged_steps,
     losses,
@@ -76,12 +77,7 @@ def test_metrics_keys(straight_run):
 
 def test_resume_is_bit_identical(straight_run, tmp_path):
   reference, config = straight_run
-  workdir = str(tmp_path)
-  loop.train(config, workdir, stop_at_step=STEPS // 2)
-  assert max(losses(workdir)) == STEPS // 2
-  loop.train(config, workdir)
-  assert losses(workdir) == losses(reference)
-  assert params_hash(workdir, config) == params_hash(reference, config)
+  assert_resume_is_bit_identical(config, reference, str(tmp_path))
 
 
 def test_sigterm_saves_and_resumes_bit_identically(straight_run, tmp_path):
