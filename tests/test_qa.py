@@ -158,3 +158,22 @@ def test_mixed_source_reflects_on_question_answer_rows_and_text_windows(tmp_path
   last = read_records(str(tmp_path))[-1]
   assert last["step"] == 2 and last["loss/reflect_k0"] > 0
   assert sum(last[f"rows/{task}"] for task in rows_lib.QA_TASKS) == 2  # of 4 rows
+
+
+def test_held_out_task_accuracy_is_weighted_by_the_task_rows():
+  batches = [{
+      "loss": 1.0,
+      "acc_k0/logic": 1.0,
+      "rows/logic": 3.0
+  }, {
+      "loss": 3.0,
+      "acc_k0/logic": 0.0,
+      "rows/logic": 1.0
+  }, {
+      "loss": 2.0,
+      "acc_k0/logic": 0.0,
+      "rows/logic": 0.0
+  }]  # no logic rows: no weight
+  means = loop.mean_metrics(batches)
+  assert means["loss"] == 2.0 and means["rows/logic"] == pytest.approx(4 / 3)
+  assert means["acc_k0/logic"] == 0.75

@@ -130,14 +130,26 @@ class _HeldOutEval:
     self._batch_sharding = sharding.batch_sharding(mesh)
 
   def __call__(self, state):
-    totals = {}
+    metrics = []
     for index, local in zip(range(self._batches), self._make_data()):
       tokens, rows = _global_batch(local, self._batch_sharding)
-      metrics = jax.device_get(self._step(state, tokens, rows, jax.random.fold_in(self._key,
-                                                                                  index)))
-      for key, value in metrics.items():
-        totals[key] = totals.get(key, 0.0) + float(value) / self._batches
-    return {f"eval/{key}": value for key, value in totals.items()}
+      key = jax.random.fold_in(self._key, index)
+      metrics.append(jax.device_get(self._step(state, tokens, rows, key)))
+    return {f"eval/{name}": value for name, value in mean_metrics(metrics).items()}
+
+
+def mean_metrics(batches):
+  """Means over batches of each metric ({name: scalar} per batch); a task's accuracies
+  (`acc_k{k}/<task>`) are weighted by the task's rows in each batch (`rows/<task>`), so a batch
+  without the task counts for nothing."""
+  totals, weights = {}, {}
+  for metrics in batches:
+    for name, value in metrics.items():
+      task = name.split("/", 1)[1] if name.startswith("acc_k") else None
+      weight = float(metrics[f"rows/{task}"]) if task else 1.0
+      totals[name] = totals.get(name, 0.0) + float(value) * weight
+      weights[name] = weights.get(name, 0.0) + weight
+  return {name: totals[name] / max(weights[name], 1e-9) for name in totals}
 
 
 class _Preemption:
