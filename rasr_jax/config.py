@@ -153,7 +153,8 @@ REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
 REFLECT_SOURCES = ("qa", "text", "mixed")
-QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")  # tasks.CHECKERS
+QA_CHECKERS = ("exact", "final_answer", "choice", "true_false"
+              )  # tasks.CHECKERS (a test holds them equal)
 CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")

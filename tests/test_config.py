@@ -133,3 +133,9 @@ def test_flops_per_step_counts_every_reflection_pass():
   assert flops.flops_per_step(dataclasses.replace(base,
                                                   reflect=teacher)) == pytest.approx(want_teacher,
                                                                                      rel=1e-9)
+
+
+def test_config_names_the_checkers_the_tasks_have():
+  """config (the lowest floor) cannot import tasks, so it spells the checker names again."""
+  from rasr_jax import tasks
+  assert config_lib.QA_CHECKERS == tasks.CHECKERS

@@ -68,13 +68,13 @@ class Layout:
     tokens after i, the `<critique>` marker and the soft tokens (they pool the whole draft)."""
     return self.draft_start + i + 1, self.refine_token
 
-  def refine_mask(self, aligned: bool):
-    """[1, 1, S, S] bool attention mask of the teacher-forced refine pass (True = may attend)."""
-    mask = np.tril(np.ones((self.length, self.length), bool))
-    if aligned:
-      for i in range(self.target_len):
-        lo, hi = self.aligned_hidden(i)
-        mask[self.refine_token + i, lo:hi] = False
+  def aligned_mask(self):
+    """[1, 1, S, S] bool: the teacher-forced refine pass's aligned visibility (False where the
+    query predicting y*_i may not look, `aligned_hidden(i)`), to combine with its causal mask."""
+    mask = np.ones((self.length, self.length), bool)
+    for i in range(self.target_len):
+      lo, hi = self.aligned_hidden(i)
+      mask[self.refine_token + i, lo:hi] = False
     return jnp.asarray(mask[None, None])
 
   def aligned_query_mask(self, i):

@@ -122,25 +122,18 @@ def refine_logits(model, x_emb, prompt_valid, draft, draft_valid, critique_k, y_
       axis=1)  # [B, S, D]
   positions, mask = padded_attention(layout.refine_valid(prompt_valid, draft_valid))
   if aligned:
-    mask &= layout.refine_mask(True)
+    mask &= layout.aligned_mask()
   hidden = model.hidden_states(seq, positions=positions, mask=mask)
   return model.logits(hidden[:, -layout.target_len:])
 
 
-def decode_after(graphdef,
-                 params,
-                 prefix,
-                 prefix_valid,
-                 steps,
-                 temperature,
-                 key,
-                 ids: SpecialIds,
-                 done=None) -> decoding.Decoded:
+def decode_after(graphdef, params, prefix, prefix_valid, steps, temperature, key,
+                 ids: SpecialIds) -> decoding.Decoded:
   """Free-running decoding of up to `steps` tokens after prefix embeddings [B, T, D] (valid
   [B, T]), each row ending at `<eos>`, as generation decodes -> Decoded.
 
-  One prefill of the prefix into a KV cache, then one cached trunk call per token; rows in
-  `done` [B] get padding. No gradient flows through the sampled tokens.
+  One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
+  flows through the sampled tokens.
   """
   params, prefix = jax.lax.stop_gradient((params, prefix))
   rows, length, _ = prefix.shape
@@ -156,8 +149,7 @@ def decode_after(graphdef,
                          steps=steps,
                          sampling_params=sampling.SamplingParams(temperature),
                          pad_id=ids.pad,
-                         eos_id=ids.eos,
-                         done=done)
+                         eos_id=ids.eos)
 
 
 def accept(state: LoopState, draft, length) -> LoopState:

@@ -16,13 +16,12 @@ from .base import TASKS, CheckResult, Example
 _HASH_ANSWER = re.compile(r"####\s*(-?\d[\d,]*)")
 _LETTER_ANSWER = re.compile(r"answer\s*:\s*\(?([a-d])\b", re.I)
 _BOOL_ANSWER = re.compile(r"answer\s*:\s*(true|false)\b", re.I)
-# The answer a draft starts with, for a draft that continues a prompt ending in `answer:`.
-_LEADING_NUMBER = re.compile(r"\s*(?:####\s*)?(-?\d[\d,]*)")
+# The answer a draft starts with, by checker, for a draft that continues a prompt ending in
+# `answer:`.
 _LEADING_ANSWER = {
-    "arithmetic": _LEADING_NUMBER,
-    "probe": _LEADING_NUMBER,
-    "logic": re.compile(r"\s*\(?([a-d])\b", re.I),
-    "facts": re.compile(r"\s*(true|false)\b", re.I),
+    "final_answer": re.compile(r"\s*(?:####\s*)?(-?\d[\d,]*)"),
+    "choice": re.compile(r"\s*\(?([a-d])\b", re.I),
+    "true_false": re.compile(r"\s*(true|false)\b", re.I),
 }
 # A run of integers joined by + - *, optionally followed by `= r`; a step is a run with an
 # operator and a result. Matching every run (not only those before "=") keeps the scan linear in
@@ -62,9 +61,13 @@ def read_answer(checker: str, text: str) -> str | None:
   if checker not in _PATTERNS:
     raise ValueError(f"unknown checker {checker!r}; expected one of {CHECKERS}")
   found = _PATTERNS[checker].findall(text)
-  if not found:
-    return None
-  return _normalize_number(found[-1]) if checker == "final_answer" else found[-1].lower()
+  return _normalized(checker, found[-1]) if found else None
+
+
+def _normalized(checker: str, value: str) -> str:
+  """A read answer as checkers compare it: numbers without commas and leading zeros, the rest
+  lowercase."""
+  return _normalize_number(value) if checker == "final_answer" else value.lower()
 
 
 def _normalize_number(text: str) -> str:
@@ -105,8 +108,8 @@ def _steps(draft: str) -> tuple[int, int]:
 
 
 def _mentions(task: str, draft: str) -> set[str]:
-  """The numbers (arithmetic, probe) or lowercase words (logic, facts) of a draft."""
-  if task in ("arithmetic", "probe"):
+  """The numbers (tasks answered by a number) or lowercase words (the others) of a draft."""
+  if TASK_CHECKERS[task] == "final_answer":
     return set(arithmetic.quantities(draft))
   return set(_WORD.findall(draft.lower()))
 
@@ -118,11 +121,9 @@ def elicited_answer(task: str, draft: str) -> str | None:
   own = final_answer(task, draft)
   if own is not None:
     return own
-  leading = _LEADING_ANSWER[task].match(draft)
-  if leading is None:
-    return None
-  value = leading.group(1)
-  return _normalize_number(value) if TASK_CHECKERS[task] == "final_answer" else value.lower()
+  checker = TASK_CHECKERS[task]
+  leading = _LEADING_ANSWER[checker].match(draft)
+  return None if leading is None else _normalized(checker, leading.group(1))
 
 
 def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:

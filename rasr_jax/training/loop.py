@@ -190,12 +190,14 @@ def _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh):
   held_out = sources.load_held_out(config.data, config.seed)
   if held_out is None or not config.train.eval_batches:
     return None
-  qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
-  if config.reflect.qa_rows and qa_arrays is None:
-    logging.warning(
-        "no held-out evaluation: reflect.source=%s needs held-out question/answer "
-        "records (data.qa_eval_files)", config.reflect.source)
-    return None
+  qa_arrays = None
+  if config.reflect.qa_rows:
+    qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
+    if qa_arrays is None:
+      logging.warning(
+          "no held-out evaluation: reflect.source=%s needs held-out question/answer "
+          "records (data.qa_eval_files)", config.reflect.source)
+      return None
   return _HeldOutEval(config, held_out.documents, qa_arrays, tokenizer, pieces, graphdef, shardings,
                       mesh)
 
@@ -231,14 +233,16 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                  "checkpoint.async_save=True")
   os.makedirs(workdir, exist_ok=True)
   corpus = sources.load_corpus(config.data, config.seed)
-  qa_records = qa.load(config.data, config.seed)
+  needs_qa = config.data.qa_files or config.reflect.qa_rows
+  qa_records = qa.load(config.data, config.seed) if needs_qa else []
   if config.data.qa_files:  # a user's question/answer records are documents too
     corpus = sources.joined(corpus, [r.document() for r in qa_records], "qa_files")
   if corpus.replaced_utf8_errors:
     logging.warning("replaced %d invalid UTF-8 sequences in the data files",
                     corpus.replaced_utf8_errors)
   tokenizer = prepare_tokenizer(config, workdir, corpus)
-  pieces = tokenizer.piece_bytes(config.model.vocab_size)
+  # The bytes of every token, for reading answers of question/answer rows on device.
+  pieces = tokenizer.piece_bytes(config.model.vocab_size) if config.reflect.qa_rows else None
   qa_arrays = _encode_qa(config, qa_records, tokenizer, pieces)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
