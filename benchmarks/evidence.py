@@ -20,6 +20,7 @@ are reused, so an interrupted benchmark resumes. Not in CI.
 """
 
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -30,6 +31,7 @@ from absl import app, flags
 
 from common import load_config
 from rasr_jax import config as config_lib
+from rasr_jax.tasks import probe
 from rasr_jax.training import flops
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/evidence", "Where runs and results go.")
@@ -42,9 +44,16 @@ _STEPS = flags.DEFINE_integer("steps", None, "Override train.steps of the RASR r
 _SET = flags.DEFINE_multi_string(
     "set", [], "A config override FIELD=VALUE for every run "
     "(repeatable), e.g. --set=model.num_layers=2.")
+_PROBE_ONLY = flags.DEFINE_bool(
+    "probe_only", False, "Train and evaluate on the probe alone (sum first, as question/answer "
+    "files): does refinement learn to read its own draft where a second look can help?")
+_TRAININGS = flags.DEFINE_string("trainings", None,
+                                 "Comma-separated trainings to run, in order (default: all).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TASKS = ("arithmetic", "logic", "facts", "probe")
+BUNDLED_TASKS = ("arithmetic", "logic", "facts", "probe")
+PROBE_EXAMPLES = 60_000  # question/answer records, and as many further additions as text
+PROBE_HELD_OUT_SEED = 7_777_777
 TRAININGS = {  # name: (reflect overrides, eval methods)
     "standard_tokens": ({"enabled": False}, "standard"),
     "standard_compute": ({"enabled": False}, "standard"),
@@ -62,10 +71,52 @@ ROWS = (  # (row label, training, method)
 T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def _config():
-  """The RASR config with --set overrides (and --steps), validated, on one device."""
+def _tasks():
+  return ("qa",) if _PROBE_ONLY.value else BUNDLED_TASKS
+
+
+def _write_jsonl(path, records):
+  if not os.path.exists(path):
+    with open(path + ".tmp", "w") as f:
+      f.writelines(json.dumps(record) + "\n" for record in records)
+    os.replace(path + ".tmp", path)
+
+
+def _probe_settings():
+  """FIELD=VALUE settings that train on the probe alone (--probe_only), its files written once:
+  PROBE_EXAMPLES question/answer records (also documents), as many further additions as text
+  documents, and held-out additions whose questions training never saw (the `qa` evaluation
+  task and perplexity)."""
+  if not _PROBE_ONLY.value:
+    return []
+  folder = os.path.join(_WORKDIR.value, "probe_data")
+  os.makedirs(folder, exist_ok=True)
+  train = [probe.make(0, i) for i in range(2 * PROBE_EXAMPLES)]
+  seen = {ex.question for ex in train}
+  pool = (probe.make(PROBE_HELD_OUT_SEED, i) for i in itertools.count())
+  held_out = itertools.islice((ex for ex in pool if ex.question not in seen), _LIMIT.value)
+  files = {name: os.path.join(folder, f"{name}.jsonl") for name in ("qa", "text", "held_out")}
+  _write_jsonl(files["qa"], ({
+      "prompt": ex.question,
+      "answer": ex.answer
+  } for ex in train[:PROBE_EXAMPLES]))
+  _write_jsonl(files["text"], ({"text": ex.text()} for ex in train[PROBE_EXAMPLES:]))
+  _write_jsonl(files["held_out"], ({
+      "prompt": ex.question,
+      "answer": ex.answer,
+      "text": ex.text()
+  } for ex in held_out))
+  return [
+      "data.source=files", f"data.files={files['text']}", f"data.qa_files={files['qa']}",
+      "data.qa_checker=final_answer", f"data.qa_eval_files={files['held_out']}",
+      f"data.eval_files={files['held_out']}", "reflect.prompt_len=16", "reflect.target_len=36"
+  ]
+
+
+def _config(settings):
+  """The RASR config with `settings` (and --steps), validated, on one device."""
   steps = [f"train.steps={_STEPS.value}"] if _STEPS.value else []
-  config = load_config(os.path.join(REPO, _CONFIG.value), _SET.value + steps)
+  config = load_config(os.path.join(REPO, _CONFIG.value), settings + steps)
   return config_lib.resolve_mesh(config, 1)
 
 
@@ -86,12 +137,12 @@ def _main(*args):
   subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
-def run_seed(seed, training, steps):
+def run_seed(seed, training, steps, settings):
   """results.json of `training` at `seed` and `steps`, training and evaluating if needed."""
   workdir = os.path.join(_WORKDIR.value, f"{training}_seed{seed}")
   reflect, methods = TRAININGS[training]
   overrides = [
-      *(f"--config.{setting}" for setting in _SET.value), f"--config.seed={seed}",
+      *(f"--config.{setting}" for setting in settings), f"--config.seed={seed}",
       f"--config.train.steps={steps}", *(f"--config.reflect.{k}={v}" for k, v in reflect.items())
   ]
   results_path = os.path.join(workdir, "eval", "results.json")
@@ -99,7 +150,7 @@ def run_seed(seed, training, steps):
     # Resumes an interrupted run; a finished one resumes at its last step and does nothing.
     _main(f"--workdir={workdir}", *overrides)
     _main(f"--workdir={workdir}", "--mode=eval", *overrides, f"--eval_methods={methods}",
-          f"--eval_tasks={','.join(TASKS)},perplexity", f"--eval_limit={_LIMIT.value}",
+          f"--eval_tasks={','.join(_tasks())},perplexity", f"--eval_limit={_LIMIT.value}",
           f"--eval_output={os.path.join(workdir, 'eval')}", "--batch_size=32")
   with open(results_path) as f:
     return json.load(f)
@@ -115,18 +166,22 @@ def _mean_ci(values):
 
 def _mean_auroc(report):
   """The critic's AUROC averaged over the tasks that have one (None for standard runs)."""
-  values = [report[t]["critic_auroc"] for t in TASKS if report[t].get("critic_auroc") is not None]
+  values = [
+      report[t]["critic_auroc"] for t in _tasks() if report[t].get("critic_auroc") is not None
+  ]
   return statistics.fmean(values) if values else None
 
 
 def table(results):
   """Markdown: a row per (training, method); each cell mean +- 95 % half-interval over seeds."""
   header = [
-      "Run", *(f"{t} acc %" for t in TASKS), "perplexity (token)", "mean iterations",
+      "Run", *(f"{t} acc %" for t in _tasks()), "perplexity (token)", "mean iterations",
       "wrong->right", "right->wrong", "critic AUROC"
   ]
   lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
   for label, training, method in ROWS:
+    if training not in results:
+      continue
     per_seed = [r["methods"][method] for r in results[training]]
 
     def cell(values, scale=1.0, digits=1):
@@ -137,12 +192,12 @@ def table(results):
       return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
     def total(s, key):  # summed over tasks and iterations
-      return sum(sum(s[t].get(key, [])) for t in TASKS)
+      return sum(sum(s[t].get(key, [])) for t in _tasks())
 
-    cells = [cell([s[t]["accuracy"] for s in per_seed], 100) for t in TASKS]
+    cells = [cell([s[t]["accuracy"] for s in per_seed], 100) for t in _tasks()]
     cells.append(cell([s["perplexity"]["token_perplexity"] for s in per_seed], digits=3))
     cells.append(
-        cell([statistics.fmean(s[t]["mean_iterations"] for t in TASKS) for s in per_seed],
+        cell([statistics.fmean(s[t]["mean_iterations"] for t in _tasks()) for s in per_seed],
              digits=2))
     cells.append(cell([total(s, "wrong_to_right") for s in per_seed], digits=1))
     cells.append(cell([total(s, "right_to_wrong") for s in per_seed], digits=1))
@@ -153,19 +208,24 @@ def table(results):
 
 def main(argv):
   del argv
-  config = _config()
+  settings = _SET.value + _probe_settings()
+  config = _config(settings)
   seeds = [int(s) for s in _SEEDS.value.split(",")]
+  trainings = _TRAININGS.value.split(",") if _TRAININGS.value else list(TRAININGS)
+  if set(trainings) - set(TRAININGS):
+    raise app.UsageError(f"--trainings: expected some of {', '.join(TRAININGS)}")
   steps = config.train.steps
   matched, ratio = compute_matched_steps(config)
   steps_of = {"standard_compute": matched}
   results = {
-      training: [run_seed(seed, training, steps_of.get(training, steps)) for seed in seeds]
-      for training in TRAININGS
+      training: [
+          run_seed(seed, training, steps_of.get(training, steps), settings) for seed in seeds
+      ] for training in trainings
   }
   text = table(results)
   summary = {
       "config": _CONFIG.value,
-      "overrides": _SET.value,
+      "overrides": settings,
       "seeds": seeds,
       "steps": steps,
       "standard_compute_steps": matched,

@@ -63,8 +63,8 @@ _OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).
 # Evaluation (--mode=eval; see rasr_jax/evaluation/run.py).
 _EVAL_TASKS = flags.DEFINE_string(
     "eval_tasks", evaluation.DEFAULT_TASKS,
-    "Comma-separated: arithmetic, logic, facts, perplexity, gsm8k, truthfulqa_mc1, "
-    "truthfulqa_mc2, logiqa, hellaswag, mmlu.")
+    "Comma-separated: arithmetic, logic, facts, probe, qa (data.qa_eval_files), perplexity, "
+    "gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu.")
 _EVAL_METHODS = flags.DEFINE_string(
     "eval_methods", evaluation.DEFAULT_METHODS, "Comma-separated inference methods: standard, cot, "
     "self_refine, rasr (rasr = reflection on; standard = draft only).")
@@ -159,8 +159,10 @@ def main(argv):
   try:  # before jax and the other heavy libraries load: config errors come in a second
     config = config_lib.load(_CONFIG.value)
     if _MODE.value == "eval":
-      evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
+      task_names = evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
       evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")
+      if "qa" in task_names and not config.data.qa_eval_files:
+        raise config_lib.ConfigError("--eval_tasks=qa scores data.qa_eval_files, which is empty")
   except config_lib.ConfigError as e:
     _exit_bad_input(str(e))
   from rasr_jax import distributed

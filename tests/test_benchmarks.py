@@ -70,3 +70,24 @@ def test_evidence_benchmark(tmp_path):
   assert summary["table"] in table
   assert set(summary["per_seed"]) == {"standard_tokens", "standard_compute", "rasr", "rasr_teacher"}
   assert summary["standard_compute_steps"] > summary["steps"] == 2
+
+
+@pytest.mark.slow
+def test_evidence_benchmark_on_the_probe_alone(tmp_path):
+  """--probe_only: RASR and standard pretraining on the probe's question/answer files, scored by
+  the `qa` evaluation task on held-out additions training never saw."""
+  sets = [f"--set={k}={v}" for k, v in {**SMALL, "train.steps": 2}.items()]
+  _run("evidence.py", "--config=configs/tiny.py", f"--workdir={tmp_path}", "--seeds=0", "--limit=2",
+       "--probe_only", "--trainings=rasr,standard_tokens", *sets)
+  with open(tmp_path / "table.json") as f:
+    summary = json.load(f)
+  assert set(summary["per_seed"]) == {"rasr", "standard_tokens"}
+  rasr = summary["per_seed"]["rasr"][0]["rasr"]["qa"]
+  assert len(rasr["accuracy_per_iteration"]) == 4  # y(0) .. y(3) of configs/tiny.py
+  held_out = [json.loads(line) for line in open(tmp_path / "probe_data" / "held_out.jsonl")]
+  training = {json.loads(line)["prompt"] for line in open(tmp_path / "probe_data" / "qa.jsonl")}
+  training |= {
+      json.loads(line)["text"].split("\n")[0]
+      for line in open(tmp_path / "probe_data" / "text.jsonl")
+  }
+  assert len(held_out) == 2 and not training & {r["prompt"] for r in held_out}

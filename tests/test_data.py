@@ -174,9 +174,11 @@ def _data_cfg(tmp_path, pattern, **kw):
 
 def test_files_txt_and_jsonl(tmp_path):
   (tmp_path / "a.txt").write_text("first line\n\nsecond line\n")
-  (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n{"text": "another"}\n')
+  # A JSON string may hold a raw line separator (U+2028): it is not a line break of the file.
+  (tmp_path / "b.jsonl").write_text('{"text": "json doc"}\n{"text": "an\u2028other"}\n',
+                                    encoding="utf-8")
   corpus = sources.load_corpus(_data_cfg(tmp_path, "*"), seed=0)
-  assert corpus.documents == ["first line", "second line", "json doc", "another"]
+  assert corpus.documents == ["first line", "second line", "json doc", "an\u2028other"]
   (tmp_path / "a.txt").write_text("first line changed\n")
   assert sources.load_corpus(_data_cfg(tmp_path, "*"), seed=0).fingerprint != corpus.fingerprint
 

@@ -3,6 +3,7 @@ extraction, the per-iteration report, and --mode=eval end to end."""
 
 import bz2
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from conftest import run_main
 from rasr_jax import config as config_lib
 from rasr_jax import tasks
 from rasr_jax.data import sources
-from rasr_jax.evaluation import benchmark_data, harness, methods, report
+from rasr_jax.evaluation import benchmark_data, bundled, harness, methods, report
 from rasr_jax.evaluation import run as eval_run
 from rasr_jax.generation import inference
 
@@ -208,6 +209,21 @@ def test_bundled_answer_extraction_on_hand_made_outputs():
   assert not tasks.check(facts, f"answer: {other}").correct
 
 
+def test_a_user_checker_reads_the_answer_of_a_hand_made_draft():
+  right = tasks.answer_is_right
+  assert right("final_answer", "so #### 1,024", "#### 1024") and right(
+      "final_answer", "#### 7", " 7", after_answer_prompt=True)
+  assert not right("final_answer", "#### 7",
+                   " 7")  # a bare number is an answer only after `answer:`
+  assert not right("final_answer", "no answer here", "no answer here")  # nothing to compare with
+  assert right("choice", "answer: b",
+               "because ... answer: (B)") and not right("choice", "answer: b", "answer: c")
+  assert right("true_false", "answer: false", " false.", after_answer_prompt=True)
+  assert right("exact", "Paris  is the capital", "paris is the capital") is False  # case counts
+  assert right("exact", "Paris is the capital", " Paris is\nthe capital ")
+  assert right("exact", "Paris", "Paris", after_answer_prompt=True)
+
+
 def test_self_refine_scores_the_answer_its_prompt_elicits():
   """A fake model answers every prompt with a bare answer; the improved drafts (after
   "improved answer:") are read as answers, the first draft (after the question) is not."""
@@ -385,10 +401,47 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   assert refined["mean_iterations"] == np.mean([len(r["drafts"]) - 1 for r in records])
 
 
+def test_the_qa_task_scores_a_users_held_out_file_as_the_bundled_task_it_holds(trained, tmp_path):
+  """Held-out probe items written as a user's question/answer file: `qa` decodes and scores
+  them exactly as the bundled `probe` task does, per iteration."""
+  workdir, config, _, _ = trained
+  examples = bundled.held_out_examples(config, "probe", 3)
+  path = tmp_path / "held_out.jsonl"
+  path.write_text("".join(
+      json.dumps({
+          "prompt": ex.question,
+          "answer": ex.answer
+      }) + "\n" for ex in examples))
+  config = dataclasses.replace(config,
+                               data=dataclasses.replace(config.data,
+                                                        qa_eval_files=str(path),
+                                                        qa_checker="final_answer"))
+  results = eval_run.evaluate(config,
+                              workdir,
+                              task_list="probe,qa",
+                              method_list="rasr",
+                              limit=3,
+                              output_dir=str(tmp_path / "out"),
+                              max_new_tokens=8,
+                              batch_size=4)["methods"]["rasr"]
+  assert results["qa"] == results["probe"]
+  samples = {
+      task: [
+          json.loads(line)
+          for line in (tmp_path / "out" / "samples" / "rasr" / f"{task}.jsonl").open()
+      ] for task in ("probe", "qa")
+  }
+  assert [s["drafts"] for s in samples["qa"]] == [s["drafts"] for s in samples["probe"]]
+  assert len(samples["qa"]) == 3 and all(len(s["drafts"]) > 1 for s in samples["qa"])
+
+
 def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_config):
   result = run_main(str(tmp_path), "--mode=eval", "--eval_tasks=arithmetic,gsm9k")
   assert result.returncode == 2 and "Traceback" not in result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith("error: --eval_tasks: unknown ['gsm9k']")
+  result = run_main(str(tmp_path), "--mode=eval", "--eval_tasks=qa")
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+      "error: --eval_tasks=qa scores data.qa_eval_files, which is empty")
   # Checked before any checkpoint is read (there is none here).
   with pytest.raises(config_lib.ConfigError, match="pass --benchmarks_dir"):
     eval_run.evaluate(small_config(), str(tmp_path), task_list="arithmetic,mmlu")

@@ -4,6 +4,7 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,9 +19,10 @@ from conftest import (
 from rasr_jax.data import qa
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.sources import DataError
+from rasr_jax.evaluation import report
 from rasr_jax.reflection import answers
 from rasr_jax.reflection import rows as rows_lib
-from rasr_jax.training import loop
+from rasr_jax.training import loop, reflect
 from rasr_jax.training.metrics import read_records
 
 STEPS = 6
@@ -57,6 +59,7 @@ def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
     (b'{"prompt": "q", "answer": "no marker"}', "line 2: data.qa_checker=final_answer finds no"),
     (b'{"prompt": "q", "answer": "#### 4 \xff"}', "line 2: invalid UTF-8 at byte 34 of the line"),
     (b'[1, 2]', "line 2: expected an object"),
+    (b'{"prompt": "q",', "line 2: not JSON"),
     (b'{"prompt": "q", "answer": "' + b"#### 4 " * 20 + b'"}', "line 2: the answer has"),
 ])
 def test_a_malformed_record_names_its_file_and_line(tmp_path, tokenizer, line, message):
@@ -96,6 +99,7 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
     for name in ("acc", "wrong_to_right", "right_to_wrong", "stop_rate"):
       assert 0 <= last[f"reflect/{name}_k{k}"] <= 1
   assert 0 <= last["reflect/acc_final"] <= 1
+  assert 0 <= last["critic/auroc"] <= 1 and 0 <= last["eval/critic/auroc"] <= 1
   for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):
       assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
@@ -177,3 +181,36 @@ def test_held_out_task_accuracy_is_weighted_by_the_task_rows():
   means = loop.mean_metrics(batches)
   assert means["loss"] == 2.0 and means["rows/logic"] == pytest.approx(4 / 3)
   assert means["acc_k0/logic"] == 0.75
+
+
+def test_critic_auroc_on_device_equals_the_evaluation_report():
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    n = int(rng.integers(2, 40))
+    scores = rng.integers(0, 5, n) / 4  # ties on purpose
+    correct = (rng.random(n) < 0.5).astype(np.float32)
+    qa_row = rng.random(n) < 0.8
+    area, pairs = reflect.critic_auroc(jnp.asarray(scores), jnp.asarray(correct),
+                                       jnp.asarray(qa_row))
+    expected = report.auroc(scores[qa_row], correct[qa_row] > 0.5)
+    right = int(np.sum(correct[qa_row] > 0.5))
+    assert float(pairs) == right * (int(qa_row.sum()) - right)
+    assert float(area) == pytest.approx(0.5 if expected is None else expected, abs=1e-6)
+  # Text windows are not answers: a perfectly ordered pair among QA rows stays perfect.
+  area, pairs = reflect.critic_auroc(jnp.array([0.9, 0.1, 0.0]), jnp.array([1.0, 0.0, 1.0]),
+                                     jnp.array([True, True, False]))
+  assert float(area) == 1.0 and float(pairs) == 1.0
+
+
+def test_held_out_critic_auroc_is_weighted_by_its_pairs():
+  batches = [{
+      "critic/auroc": 1.0,
+      "critic/auroc_pairs": 3.0
+  }, {
+      "critic/auroc": 0.5,
+      "critic/auroc_pairs": 0.0
+  }, {
+      "critic/auroc": 0.0,
+      "critic/auroc_pairs": 1.0
+  }]
+  assert loop.mean_metrics(batches)["critic/auroc"] == 0.75

@@ -312,20 +312,25 @@ def test_check_rejects_filler():
     check(generate("filler", 0, 1)[0], "anything")
 
 
-def test_probe_states_its_end_first_then_the_path():
+def test_probe_states_its_sum_first_then_the_column_steps():
   from rasr_jax.tasks import probe
-  for index in range(50):
-    links, start = probe.walk(3, index)
-    assert sorted(links) == sorted(links.values()) == list(range(probe.NODES))
-    assert len({start, *probe.visited(links, start)}) == probe.HOPS + 1  # one cycle: no repeats
-    nodes, node = [], start
-    for _ in range(probe.HOPS):
-      node = links[node]
-      nodes.append(node)
-    first, last = probe.make(3, index), probe.make(3, index, end_first=False)
-    path = "path " + " ".join(map(str, nodes[:-1]))
-    assert first.answer == f"#### {nodes[-1]} {path}"
-    assert last.answer == f"{path} #### {nodes[-1]}" and last.question == first.question
+  for index in range(200):
+    a, b = probe.operands(3, index)
+    assert 100 <= a <= 999 and 100 <= b <= 999
+    first, last = probe.make(3, index), probe.make(3, index, sum_first=False)
+    steps = first.answer.split(" steps ")[1].split()
+    # Column k: the k-th digits from the right, the carry out of column k-1, and their sum.
+    carry = 0
+    for k, step in enumerate(steps):
+      digits = (a // 10**k % 10, b // 10**k % 10)
+      assert step == f"{digits[0]}+{digits[1]}+{carry}={sum(digits) + carry:02d}"
+      carry = (sum(digits) + carry) // 10
+    # The sum reads off the steps: the last step's two digits, then the others' units.
+    read_off = steps[-1][-2:] + "".join(step[-1] for step in reversed(steps[:-1]))
+    assert int(read_off) == a + b
+    assert first.answer == f"#### {a + b} steps {' '.join(steps)}"
+    assert last.answer == f"steps {' '.join(steps)} #### {a + b}"
+    assert first.question == last.question == f"what is {a} + {b}?"
     assert check(first, first.answer).correct and check(last, last.answer).correct
-    assert check(first, f"#### {(nodes[-1] + 1) % 10} {path}").correct is False
-    assert probe.quantities(first.question) == list(dict.fromkeys(map(str, nodes)))
+    assert check(first, f"#### {a + b + 1} steps {' '.join(steps)}").correct is False
+    assert probe.quantities(first.question)[0] == str(a + b)

@@ -13,7 +13,6 @@ naming the file and line. A bundled example whose answer does not fit Y is left 
 """
 
 import dataclasses
-import json
 
 import numpy as np
 
@@ -53,17 +52,15 @@ def _read_file(path, checker):
     raw = f.read()
   if not raw.strip():
     raise DataError(f"question/answer file {path}: empty")
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    number, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+    raise DataError(f"question/answer file {path} line {number}: invalid UTF-8 at byte "
+                    f"{e.start - line_start} of the line") from None
   records = []
-  for number, line in enumerate(raw.split(b"\n"), 1):
-    if not line.strip():
-      continue
+  for number, record in sources.json_lines(text, f"question/answer file {path}"):
     where = f"question/answer file {path} line {number}"
-    try:
-      record = json.loads(line.decode("utf-8"))
-    except UnicodeDecodeError as e:
-      raise DataError(f"{where}: invalid UTF-8 at byte {e.start} of the line") from None
-    except json.JSONDecodeError as e:
-      raise DataError(f"{where}: not JSON ({e.msg})") from None
     if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in FIELDS):
       raise DataError(f"{where}: expected an object with string fields 'prompt' and 'answer'")
     if not record["answer"].strip():

@@ -14,7 +14,7 @@ import os
 
 from rasr_jax import tasks
 
-BUNDLED_FORMAT_VERSION = "2"
+BUNDLED_FORMAT_VERSION = "3"
 
 
 class DataError(ValueError):
@@ -101,19 +101,28 @@ def _nonempty_lines(text):
   return [(number, line) for number, line in enumerate(text.splitlines(), 1) if line.strip()]
 
 
+def json_lines(text, where):
+  """[(line number, object)] of every non-blank line of a .jsonl text (lines end at "\\n" only:
+  JSON strings may hold U+2028 and other breaks `str.splitlines` splits at); DataError
+  "`where` line N: not JSON (...)" for a line that is not JSON."""
+  records = []
+  for number, line in enumerate(text.split("\n"), 1):
+    if not line.strip():
+      continue
+    try:
+      records.append((number, json.loads(line)))
+    except json.JSONDecodeError as e:
+      raise DataError(f"{where} line {number}: not JSON ({e.msg})") from None
+  return records
+
+
 def _documents(path, text, text_field):
   """[(line number, document)]. .txt: one document per non-empty line. .jsonl: one object per
   line, text in `text_field`."""
   if path.endswith(".txt"):
     return _nonempty_lines(text)
   docs = []
-  for number, line in enumerate(text.splitlines(), 1):
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as e:
-      raise DataError(f"data file {path} line {number}: not JSON ({e.msg})") from None
+  for number, record in json_lines(text, f"data file {path}"):
     if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
       raise DataError(f"data file {path} line {number}: expected an object with a string "
                       f"field {text_field!r} (config.data.text_field)")

@@ -1,21 +1,34 @@
-"""The bundled verifiable tasks as evaluation tasks: held-out seeds, scored by their checkers.
+"""Generative evaluation tasks scored by a checker: the bundled verifiable tasks and `qa`, the
+user's held-out question/answer records.
 
-Items come from the held-out seed of training's own evaluation (`seed + HELD_OUT_SEED_OFFSET`);
-any item whose question also occurs in the training corpus is dropped, so no score rests on a
-memorised question. Chain-of-thought prompts put COT_SHOTS worked examples of the same task
-(from a third seed) before the question, in the training format: question, newline, answer.
+Bundled items come from the held-out seed of training's own evaluation
+(`seed + HELD_OUT_SEED_OFFSET`); any item whose question also occurs in the training corpus is
+dropped, so no score rests on a memorised question. `qa` items are the first records of
+`data.qa_eval_files` (the user keeps them apart from training), read by `data.qa_checker`.
+Chain-of-thought prompts put COT_SHOTS worked examples of the same task (from a third seed; for
+`qa` the first records of `data.qa_files`) before the question, in the training format:
+question, newline, answer.
 """
 
 from rasr_jax import tasks
-from rasr_jax.data import sources
+from rasr_jax.data import qa, sources
 from rasr_jax.evaluation import methods, report
 
 COT_SEED_OFFSET = 2_000_003
 COT_SHOTS = 2
+QA_TASK = qa.USER_TASK
+
+
+def _records_as_examples(records):
+  return [tasks.Example(QA_TASK, r.origin, r.prompt, r.answer) for r in records]
 
 
 def held_out_examples(config, task, count):
   """Up to `count` held-out examples of `task` whose questions training never saw."""
+  if task == QA_TASK:
+    if not config.data.qa_eval_files:
+      raise sources.DataError("the qa evaluation task needs data.qa_eval_files")
+    return _records_as_examples(qa.load_held_out(config.data, config.seed)[:count])
   seen = set()
   if config.data.source == "bundled":
     seen = {ex.question for ex in tasks.bundled_corpus(config.seed, config.data.bundled_examples)}
@@ -23,19 +36,30 @@ def held_out_examples(config, task, count):
   return [ex for ex in pool if ex.question not in seen][:count]
 
 
-def prompt(example, method, config):
-  """The text the model continues: the question, after worked examples for `cot`."""
+def _shots(config, task):
+  """The worked examples `cot` puts before a question of `task`."""
+  if task != QA_TASK:
+    return tasks.generate(task, config.seed + COT_SEED_OFFSET, COT_SHOTS)
+  if not config.data.qa_files:
+    raise sources.DataError("cot on the qa task takes its worked examples from data.qa_files")
+  return _records_as_examples(qa.load(config.data, config.seed)[:COT_SHOTS])
+
+
+def prompts(examples, task, method, config):
+  """The texts the model continues: the questions, after worked examples for `cot`."""
   if method != "cot":
-    return example.question
-  shots = tasks.generate(example.task, config.seed + COT_SEED_OFFSET, COT_SHOTS)
-  return "\n\n".join([shot.text() for shot in shots] + [example.question])
+    return [ex.question for ex in examples]
+  worked = [shot.text() for shot in _shots(config, task)]
+  return ["\n\n".join(worked + [ex.question]) for ex in examples]
 
 
 def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
   """(items for `report.iteration_report`, their records): every draft checked by the task's
   checker."""
   examples = held_out_examples(model.config, task, count)
-  answers = methods.answer(model, [prompt(ex, method, model.config) for ex in examples],
+  checker = model.config.data.qa_checker if task == QA_TASK else tasks.TASK_CHECKERS[task]
+  answers = methods.answer(model,
+                           prompts(examples, task, method, model.config),
                            method,
                            max_new_tokens=max_new_tokens,
                            seed=seed,
@@ -43,7 +67,7 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
   items, records = [], []
   for example, ans in zip(examples, answers):
     correct = [
-        tasks.check(example, draft, after_answer_prompt=after).correct
+        tasks.answer_is_right(checker, example.answer, draft, after_answer_prompt=after)
         for draft, after in zip(ans.drafts, ans.after_answer_prompt)
     ]
     items.append(report.item(ans, correct))

@@ -1,7 +1,10 @@
 """`--mode=eval`: a checkpoint, a task list, inference methods -> results.json, table.md, PNGs.
 
 Tasks:
-  arithmetic, logic, facts  the bundled verifiable tasks (held-out seed), scored by their checkers
+  arithmetic, logic, facts, probe
+                            the bundled verifiable tasks (held-out seed), scored by their checkers
+  qa                        the user's held-out question/answer records (data.qa_eval_files),
+                            scored by data.qa_checker
   perplexity                held-out documents (the bundled held-out seed, or data.eval_files):
                             per token of the project's tokenizer, per byte and per word
   gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu
@@ -51,6 +54,7 @@ TABLE_COLUMNS = (
     ("MMLU", "mmlu", "acc,none"),
     ("Perplexity (token)", "perplexity", "token_perplexity"),
     *((f"{t} (bundled)", t, "accuracy") for t in BUNDLED_TASKS),
+    ("qa (data.qa_eval_files)", bundled.QA_TASK, "accuracy"),
 )
 PERCENT = {GSM8K_METRIC, "acc,none", "acc_norm,none", "accuracy"}
 
@@ -101,8 +105,8 @@ class Evaluation:
     os.makedirs(self.out_dir, exist_ok=True)
     for task in self.task_names:
       logging.info("evaluating %s", task)
-      if task in BUNDLED_TASKS:
-        self._bundled(task)
+      if task in BUNDLED_TASKS or task == bundled.QA_TASK:
+        self._checked(task)
       elif task == "perplexity":
         self._same_for_all(
             task, perplexity(self._lm("standard"), self._held_out_texts(), self.model.tokenizer))
@@ -125,7 +129,7 @@ class Evaluation:
       raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
     return held_out.documents[:self.limit]
 
-  def _bundled(self, task):
+  def _checked(self, task):
     for method in self.method_names:
       items, records = bundled.evaluate(self.model,
                                         task,

@@ -118,22 +118,35 @@ def elicited_answer(task: str, draft: str) -> str | None:
   """The answer of a draft that continues a prompt ending in `answer:` (Self-Refine's "improved
   answer:"): its own final answer when it writes one, else the answer it starts with (a number,
   a letter a-d, true or false)."""
-  own = final_answer(task, draft)
-  if own is not None:
+  _require_verifiable(task)
+  return _elicited(TASK_CHECKERS[task], draft)
+
+
+def _elicited(checker: str, draft: str) -> str | None:
+  own = read_answer(checker, draft)
+  if own is not None or checker not in _LEADING_ANSWER:  # `exact` reads the whole draft
     return own
-  checker = TASK_CHECKERS[task]
   leading = _LEADING_ANSWER[checker].match(draft)
   return None if leading is None else _normalized(checker, leading.group(1))
 
 
+def answer_is_right(checker: str,
+                    reference: str,
+                    draft: str,
+                    after_answer_prompt: bool = False) -> bool:
+  """Whether `checker` reads the same answer in `draft` as in the `reference` answer (and finds
+  one). `after_answer_prompt`: the draft continues a prompt ending in `answer:`, so the answer it
+  starts with counts (`elicited_answer`)."""
+  expected = read_answer(checker, reference)
+  read = _elicited(checker, draft) if after_answer_prompt else read_answer(checker, draft)
+  return expected is not None and read == expected
+
+
 def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:
   """Score `draft` against `example`; any string draft is accepted, ValueError for filler
-  examples. `after_answer_prompt`: the draft continues a prompt ending in `answer:`, so the
-  answer it starts with counts (`elicited_answer`)."""
+  examples. `after_answer_prompt`: as in `answer_is_right`."""
   _require_verifiable(example.task)
-  expected = final_answer(example.task, example.answer)
-  read = elicited_answer if after_answer_prompt else final_answer
-  correct = expected is not None and read(example.task, draft) == expected
+  correct = answer_is_right(TASK_CHECKERS[example.task], example.answer, draft, after_answer_prompt)
   steps_total, steps_right = _steps(draft) if example.task == "arithmetic" else (0, 0)
   wanted = _QUANTITIES[example.task](example.question)
   mentioned = _mentions(example.task, draft)

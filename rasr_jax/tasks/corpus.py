@@ -1,5 +1,6 @@
 """Deterministic generation of task examples and the bundled pretraining mix."""
 
+import functools
 import random
 
 from . import arithmetic, facts, filler, logic, probe
@@ -48,6 +49,12 @@ def bundled_corpus(seed: int,
     raise ValueError(f"mix weights must be non-negative with a positive sum, got {mix}")
   if num_examples < 0:
     raise ValueError(f"num_examples must be non-negative, got {num_examples}")
-  examples = [ex for task, n in _split(num_examples, mix).items() for ex in generate(task, seed, n)]
+  return list(_mixed(seed, num_examples, tuple(mix.items())))
+
+
+@functools.lru_cache(maxsize=4)  # the corpus, the reflection rows and evaluation read one mix
+def _mixed(seed: int, num_examples: int, mix: tuple[tuple[str, float], ...]) -> tuple[Example]:
+  counts = _split(num_examples, dict(mix))
+  examples = [ex for task, n in counts.items() for ex in generate(task, seed, n)]
   random.Random(f"corpus:{seed}").shuffle(examples)
-  return examples
+  return tuple(examples)

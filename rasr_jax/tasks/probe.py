@@ -1,74 +1,81 @@
-"""The probe: follow links from node to node; the answer states where the walk ends first, then
-the nodes that reach it.
+"""The probe: add two 3-digit numbers; the answer states the sum first, then the column steps
+that reach it, least significant column first.
 
-  question: links: 3 to 7, 5 to 1, 7 to 2, ... start at 3 and follow 5 links. where do you end?
-  answer:   #### 4 path 7 2 9 0
+  question: what is 347 + 589?
+  answer:   #### 936 steps 7+9+0=16 4+8+1=13 3+5+1=09
 
-Stating the end first means following every link in one left-to-right pass (one lookup per
-link, composed HOPS deep); the path after it is one lookup per node, and the end is one lookup
-from the path's last node. A model that reads its own first attempt can take the end from the
-attempt's path, so a second look can help where a first look fails (RASR.md §12). Whether one
-pass really finds the end first hard is measured, not assumed: `benchmarks/probe_premise.py`
-trains standard models on this format and on the same answer with the end last
-(`path 7 2 9 0 #### 4`) and compares the end's accuracy.
+Stating the sum first means resolving every carry, most significant digit first, before any is
+written: one left-to-right pass must chain the columns' carries. Each step after it is a
+one-digit sum of two digits read from the question and the carry written in the step before,
+and the sum is read off the steps (the last step's two digits, then the units of the others,
+last to first). A model that reads its own first attempt can take the sum from the attempt's
+steps, so a second look can help where a first look fails (RASR.md §12). The steps are not the
+sum's digits in another order: a draft with the wrong sum can still hold the right steps.
+Whether one pass really finds the sum first hard is measured, not assumed:
+`benchmarks/probe_premise.py` trains standard models on this format and on the same answer with
+the sum last (`steps 7+9+0=16 4+8+1=13 3+5+1=09 #### 936`) and compares the sum's accuracy.
 """
 
 import random
 import re
+from typing import NamedTuple
 
 from .base import Example
 
-NODES = 10  # nodes 0..9; the links form one random cycle through all of them
-HOPS = 5  # links followed
-_LINK = re.compile(r"(\d+) to (\d+)")
-_START = re.compile(r"start at (\d+)")
+DIGITS = 3  # operands from 10**(DIGITS-1) to 10**DIGITS - 1
+_OPERANDS = re.compile(r"what is (\d+) \+ (\d+)\?")
 
 
-def walk(seed: int, index: int) -> tuple[dict[int, int], int]:
-  """(links, start) of walk `index` of `seed`: one cycle through every node (so a walk never
-  revisits a node within NODES links), listed in a random order, and a start node."""
+class Column(NamedTuple):
+  """One column of the written addition: its two digits, the carry in, and their sum (0..19)."""
+  top: int
+  bottom: int
+  carry: int
+  total: int
+
+  def text(self) -> str:
+    return f"{self.top}+{self.bottom}+{self.carry}={self.total:02d}"
+
+
+def operands(seed: int, index: int) -> tuple[int, int]:
+  """The two numbers of probe example `index` of `seed`."""
   rng = random.Random(f"probe:{seed}:{index}")
-  order = list(range(NODES))
-  rng.shuffle(order)
-  cycle = {order[i]: order[(i + 1) % NODES] for i in range(NODES)}
-  sources = list(range(NODES))
-  rng.shuffle(sources)
-  return {s: cycle[s] for s in sources}, rng.randrange(NODES)
+  low, high = 10**(DIGITS - 1), 10**DIGITS - 1
+  return rng.randint(low, high), rng.randint(low, high)
 
 
-def visited(links: dict[int, int], start: int) -> list[int]:
-  """The node after each of the HOPS links."""
-  out, node = [], start
-  for _ in range(HOPS):
-    node = links[node]
-    out.append(node)
+def columns(a: int, b: int) -> list[Column]:
+  """The columns of a + b, least significant first."""
+  out, carry = [], 0
+  for place in range(DIGITS):
+    top, bottom = a // 10**place % 10, b // 10**place % 10
+    out.append(Column(top, bottom, carry, top + bottom + carry))
+    carry = out[-1].total // 10
   return out
 
 
-def format_answer(links, start, end_first: bool = True) -> str:
-  """`#### end path n1 .. n(HOPS-1)` (end first), or `path n1 .. n(HOPS-1) #### end`."""
-  nodes = visited(links, start)
-  path = "path " + " ".join(map(str, nodes[:-1]))
-  return f"#### {nodes[-1]} {path}" if end_first else f"{path} #### {nodes[-1]}"
+def format_answer(a: int, b: int, sum_first: bool = True) -> str:
+  """`#### sum steps c1 .. c3` (sum first), or `steps c1 .. c3 #### sum`."""
+  steps = "steps " + " ".join(column.text() for column in columns(a, b))
+  return f"#### {a + b} {steps}" if sum_first else f"{steps} #### {a + b}"
 
 
-def question(links, start) -> str:
-  listed = ", ".join(f"{s} to {t}" for s, t in links.items())
-  return f"links: {listed}. start at {start} and follow {HOPS} links. where do you end?"
+def question(a: int, b: int) -> str:
+  return f"what is {a} + {b}?"
 
 
-def make(seed: int, index: int, end_first: bool = True) -> Example:
-  """The probe example number `index` of `seed` (`end_first=False`: the end stated last)."""
-  links, start = walk(seed, index)
-  return Example("probe", f"probe-{seed}-{index}", question(links, start),
-                 format_answer(links, start, end_first))
+def make(seed: int, index: int, sum_first: bool = True) -> Example:
+  """The probe example number `index` of `seed` (`sum_first=False`: the sum stated last)."""
+  a, b = operands(seed, index)
+  return Example("probe", f"probe-{seed}-{index}", question(a, b), format_answer(a, b, sum_first))
 
 
 def quantities(text: str) -> list[str]:
-  """The nodes a walk question's answer should state (every node after the start, distinct, in
-  order): what a draft's relevance is measured against."""
-  start = _START.search(text)
-  links = {int(s): int(t) for s, t in _LINK.findall(text)}
-  if start is None or len(links) != NODES:
+  """The numbers a probe question's answer should state (the sum, then each column's total, as
+  `final_answer` drafts are read: without leading zeros): what a draft's relevance is measured
+  against."""
+  found = _OPERANDS.search(text)
+  if found is None:
     return []
-  return list(dict.fromkeys(map(str, visited(links, int(start.group(1))))))
+  a, b = int(found.group(1)), int(found.group(2))
+  return list(dict.fromkeys(str(n) for n in [a + b, *(c.total for c in columns(a, b))]))

@@ -138,15 +138,22 @@ class _HeldOutEval:
     return {f"eval/{name}": value for name, value in mean_metrics(metrics).items()}
 
 
+def _weight_name(name):
+  """The metric that counts what `name` is a mean over, or None for plain means."""
+  if name.startswith("acc_k"):
+    return f"rows/{name.split('/', 1)[1]}"
+  return "critic/auroc_pairs" if name == "critic/auroc" else None
+
+
 def mean_metrics(batches):
   """Means over batches of each metric ({name: scalar} per batch); a task's accuracies
-  (`acc_k{k}/<task>`) are weighted by the task's rows in each batch (`rows/<task>`), so a batch
-  without the task counts for nothing."""
+  (`acc_k{k}/<task>`) are weighted by the task's rows in each batch (`rows/<task>`) and the
+  critic's AUROC by its (right, wrong) pairs, so a batch without any counts for nothing."""
   totals, weights = {}, {}
   for metrics in batches:
     for name, value in metrics.items():
-      task = name.split("/", 1)[1] if name.startswith("acc_k") else None
-      weight = float(metrics[f"rows/{task}"]) if task else 1.0
+      weight_name = _weight_name(name)
+      weight = float(metrics[weight_name]) if weight_name else 1.0
       totals[name] = totals.get(name, 0.0) + float(value) * weight
       weights[name] = weights.get(name, 0.0) + weight
   return {name: totals[name] / max(weights[name], 1e-9) for name in totals}

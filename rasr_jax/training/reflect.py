@@ -55,6 +55,13 @@ def _answer_rate(q_all, rows):
   return jnp.sum(q_all[:, 0] * qa) / jnp.maximum(jnp.sum(qa), 1.0)
 
 
+def _factual_score(scores, dim_names):
+  """The critic's factual score [B] of scores [B, C] (zeros when `factual` is not a dimension)."""
+  if "factual" not in dim_names:
+    return jnp.zeros(scores.shape[:1], scores.dtype)
+  return scores[:, dim_names.index("factual")]
+
+
 def _per_task_accuracy(correct, rows):
   """correct [R + 1, B] (factual quality of y(0) .. y(R)) -> {"acc_k{k}/<task>": accuracy of
   y(k) over the rows of the task, "rows/<task>": their count} for every question/answer task
@@ -67,6 +74,19 @@ def _per_task_accuracy(correct, rows):
     for k in range(correct.shape[0]):
       metrics[f"acc_k{k}/{name}"] = jnp.sum(correct[k] * mine) / jnp.maximum(count, 1.0)
   return metrics
+
+
+def critic_auroc(scores, correct, qa):
+  """scores, correct [N] (the critic's factual score, the answer's correctness), qa [N] bool ->
+  (AUROC, pairs): the fraction of (right, wrong) answer pairs among question/answer rows that
+  the critic orders right (ties half), and how many pairs there are (AUROC 0.5 when none; the
+  held-out evaluation weights each batch's AUROC by its pairs)."""
+  right, wrong = qa & (correct > 0.5), qa & (correct <= 0.5)
+  above = (scores[:, None] > scores[None, :]) + 0.5 * (scores[:, None] == scores[None, :])
+  pair = right[:, None] & wrong[None, :]  # [N, N]
+  pairs = jnp.sum(pair)
+  concordant = jnp.sum(jnp.where(pair, above, 0.0))
+  return jnp.where(pairs > 0, concordant / jnp.maximum(pairs, 1), 0.5), pairs.astype(jnp.float32)
 
 
 def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
@@ -127,6 +147,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         **critic_parts,
         # Per row, for metrics and tests: [B] or [B, Y].
         correct=q_all[:, 0],
+        factual_score=_factual_score(frozen.scores, cfg.dim_names),
         row_loss=row_loss,
         active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
@@ -182,6 +203,10 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
   }
   for name in ("critic/loss_scores", "critic/loss_tokens", "critic/loss_scalar"):
     metrics[name] = jnp.mean(out[name])
+  if cfg.qa_rows and "factual" in cfg.dim_names:  # over every draft the critic judged
+    qa = jnp.broadcast_to(rows.checker != answers.TEXT, out["correct"].shape).reshape(-1)
+    metrics["critic/auroc"], metrics["critic/auroc_pairs"] = critic_auroc(
+        out["factual_score"].reshape(-1), out["correct"].reshape(-1), qa)
   if cfg.qa_rows:
     metrics.update(
         _per_task_accuracy(jnp.concatenate([out["correct"], final_quality[None, :, 0]]), rows))
