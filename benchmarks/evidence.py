@@ -17,6 +17,10 @@ AUROC. The table gives each figure's mean over the seeds and a 95 % t-interval (
 of freedom); table.json keeps every seed's report and the eval directories keep the PNG plots
 of accuracy per iteration. Runs are subprocesses of `python -m rasr_jax.main`; finished runs
 are reused, so an interrupted benchmark resumes. Not in CI.
+
+--probe_only trains every run on the probe alone (its additions as question/answer files) and
+scores held-out additions (the `qa` task); it also reports, per draft, how often every column
+step is right.
 """
 
 import dataclasses
@@ -137,9 +141,13 @@ def _main(*args):
   subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
 
 
+def _run_dir(seed, training):
+  return os.path.join(_WORKDIR.value, f"{training}_seed{seed}")
+
+
 def run_seed(seed, training, steps, settings):
   """results.json of `training` at `seed` and `steps`, training and evaluating if needed."""
-  workdir = os.path.join(_WORKDIR.value, f"{training}_seed{seed}")
+  workdir = _run_dir(seed, training)
   reflect, methods = TRAININGS[training]
   overrides = [
       *(f"--config.{setting}" for setting in settings), f"--config.seed={seed}",
@@ -154,6 +162,22 @@ def run_seed(seed, training, steps, settings):
           f"--eval_output={os.path.join(workdir, 'eval')}", "--batch_size=32")
   with open(results_path) as f:
     return json.load(f)
+
+
+def steps_right(seed, training, method):
+  """--probe_only: per draft y(k), the fraction of held-out additions whose draft writes every
+  column step right (what a refinement can read the sum from)."""
+  path = os.path.join(_run_dir(seed, training), "eval", "samples", method, "qa.jsonl")
+  with open(path) as f:
+    samples = [json.loads(line) for line in f]
+  reference = [probe.read_steps(s["reference"]) for s in samples]
+  return [
+      statistics.fmean(
+          probe.read_steps(s["drafts"][k]) == want
+          for s, want in zip(samples, reference)
+          if len(s["drafts"]) > k)
+      for k in range(max(len(s["drafts"]) for s in samples))
+  ]
 
 
 def _mean_ci(values):
@@ -236,11 +260,20 @@ def main(argv):
           t: [r["methods"] for r in rs] for t, rs in results.items()
       }
   }
+  if _PROBE_ONLY.value:
+    summary["steps_right_per_draft"] = {
+        t: {
+            m: [steps_right(seed, t, m) for seed in seeds] for m in TRAININGS[t][1].split(",")
+        } for t in trainings
+    }
   with open(os.path.join(_WORKDIR.value, "table.json"), "w") as f:
     json.dump(summary, f, indent=2)
   print(f"steps {steps}; equal compute: {matched} standard steps (RASR / standard FLOPs "
         f"{ratio:.2f})")
   print(text)
+  for training, by_method in summary.get("steps_right_per_draft", {}).items():
+    for method, per_seed in by_method.items():
+      print(f"steps all right, {training} {method}, per draft y(k), per seed: {per_seed}")
 
 
 if __name__ == "__main__":

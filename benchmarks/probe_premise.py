@@ -72,12 +72,6 @@ def _train(workdir, sum_first):
   return settings
 
 
-def _steps(text):
-  """The steps after `steps` in a decoded answer, as strings (up to a `####`)."""
-  after = text.split("steps", 1)[1] if "steps" in text else ""
-  return after.split("####", 1)[0].split()
-
-
 def _score(workdir, settings, sum_first):
   model = inference.InferenceModel(load_config(os.path.join(REPO, _CONFIG.value), settings),
                                    workdir)
@@ -89,7 +83,7 @@ def _score(workdir, settings, sum_first):
   sum_right, steps_right = [], []
   for example, out in zip(examples, outputs):
     sum_right.append(tasks.check(example, out["text"]).correct)
-    steps_right.append(_steps(out["text"]) == _steps(example.answer))
+    steps_right.append(probe.read_steps(out["text"]) == probe.read_steps(example.answer))
   n = len(examples)
   result = {
       "sum_accuracy": sum(sum_right) / n,

@@ -76,7 +76,8 @@ def test_evidence_benchmark(tmp_path):
 def test_evidence_benchmark_on_the_probe_alone(tmp_path):
   """--probe_only: RASR and standard pretraining on the probe's question/answer files, scored by
   the `qa` evaluation task on held-out additions training never saw."""
-  sets = [f"--set={k}={v}" for k, v in {**SMALL, "train.steps": 2}.items()]
+  shapes = {**SMALL, "train.steps": 2, "data.seq_len": 64}  # rows hold P + Y = 16 + 36 tokens
+  sets = [f"--set={k}={v}" for k, v in shapes.items()]
   _run("evidence.py", "--config=configs/tiny.py", f"--workdir={tmp_path}", "--seeds=0", "--limit=2",
        "--probe_only", "--trainings=rasr,standard_tokens", *sets)
   with open(tmp_path / "table.json") as f:
@@ -84,6 +85,10 @@ def test_evidence_benchmark_on_the_probe_alone(tmp_path):
   assert set(summary["per_seed"]) == {"rasr", "standard_tokens"}
   rasr = summary["per_seed"]["rasr"][0]["rasr"]["qa"]
   assert len(rasr["accuracy_per_iteration"]) == 4  # y(0) .. y(3) of configs/tiny.py
+  steps_right = summary["steps_right_per_draft"]
+  assert len(steps_right["rasr"]["rasr"][0]) == 4 and len(
+      steps_right["standard_tokens"]["standard"][0]) == 1
+  assert all(0 <= f <= 1 for f in steps_right["rasr"]["standard"][0])
   held_out = [json.loads(line) for line in open(tmp_path / "probe_data" / "held_out.jsonl")]
   training = {json.loads(line)["prompt"] for line in open(tmp_path / "probe_data" / "qa.jsonl")}
   training |= {

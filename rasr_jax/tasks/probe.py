@@ -70,6 +70,12 @@ def make(seed: int, index: int, sum_first: bool = True) -> Example:
   return Example("probe", f"probe-{seed}-{index}", question(a, b), format_answer(a, b, sum_first))
 
 
+def read_steps(text: str) -> list[str]:
+  """The steps a probe answer or draft writes after `steps` (up to a `####`), as strings."""
+  after = text.split("steps", 1)[1] if "steps" in text else ""
+  return after.split("####", 1)[0].split()
+
+
 def quantities(text: str) -> list[str]:
   """The numbers a probe question's answer should state (the sum, then each column's total, as
   `final_answer` drafts are read: without leading zeros): what a draft's relevance is measured
