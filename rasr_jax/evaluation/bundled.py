@@ -25,9 +25,7 @@ def _records_as_examples(records):
 
 def held_out_examples(config, task, count):
   """Up to `count` held-out examples of `task` whose questions training never saw."""
-  if task == QA_TASK:
-    if not config.data.qa_eval_files:
-      raise sources.DataError("the qa evaluation task needs data.qa_eval_files")
+  if task == QA_TASK:  # run.evaluate checks that data.qa_eval_files is set
     return _records_as_examples(qa.load_held_out(config.data, config.seed)[:count])
   seen = set()
   if config.data.source == "bundled":
@@ -40,8 +38,6 @@ def _shots(config, task):
   """The worked examples `cot` puts before a question of `task`."""
   if task != QA_TASK:
     return tasks.generate(task, config.seed + COT_SEED_OFFSET, COT_SHOTS)
-  if not config.data.qa_files:
-    raise sources.DataError("cot on the qa task takes its worked examples from data.qa_files")
   return _records_as_examples(qa.load(config.data, config.seed)[:COT_SHOTS])
 
 

@@ -255,11 +255,13 @@ def evaluate(config,
              batch_size=8,
              seed=0):
   """--mode=eval: returns the results dict (also written to output_dir/results.json). Names,
-  limits and benchmark files are checked before the checkpoint is loaded."""
+  limits, the qa task's files and benchmark files are checked before the checkpoint is loaded."""
   task_names = parse_list(task_list, ALL_TASKS, "tasks")
   method_names = parse_list(method_list, methods.METHODS, "methods")
   if limit < 1:
     raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
+  if bundled.QA_TASK in task_names and not config.data.qa_eval_files:  # (then qa_files is set)
+    raise config_lib.ConfigError("--eval_tasks=qa scores data.qa_eval_files, which is empty")
   tasks_dir = prepare_benchmarks(
       task_names, benchmarks_dir,
       os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data"))

@@ -55,13 +55,6 @@ def _answer_rate(q_all, rows):
   return jnp.sum(q_all[:, 0] * qa) / jnp.maximum(jnp.sum(qa), 1.0)
 
 
-def _factual_score(scores, dim_names):
-  """The critic's factual score [B] of scores [B, C] (zeros when `factual` is not a dimension)."""
-  if "factual" not in dim_names:
-    return jnp.zeros(scores.shape[:1], scores.dtype)
-  return scores[:, dim_names.index("factual")]
-
-
 def _per_task_accuracy(correct, rows):
   """correct [R + 1, B] (factual quality of y(0) .. y(R)) -> {"acc_k{k}/<task>": accuracy of
   y(k) over the rows of the task, "rows/<task>": their count} for every question/answer task
@@ -147,11 +140,12 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         **critic_parts,
         # Per row, for metrics and tests: [B] or [B, Y].
         correct=q_all[:, 0],
-        factual_score=_factual_score(frozen.scores, cfg.dim_names),
         row_loss=row_loss,
         active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
         draft=draft)
+    if "factual" in cfg.dim_names:  # for the critic's AUROC
+      out["factual_score"] = frozen.scores[:, cfg.dim_names.index("factual")]
     return steps.accept(state, candidate, candidate_len), out
 
   return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
