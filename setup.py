@@ -22,7 +22,7 @@ setuptools.setup(
         "ml-collections>=1.1.0",
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",
-        "safetensors>=0.4",
+        "safetensors>=0.4.1",  # safe_open(framework="np") reads bfloat16 from 0.4.1
         "ml_dtypes",
         "numpy",
     ],

@@ -23,6 +23,17 @@ def get_config():
   c.model.head_dim = 32  # per-head width H
   c.model.mlp_dim = 384  # SwiGLU hidden width F
   c.model.rope_theta = 10000.0  # rotary base frequency
+  # Rotary frequency scaling, as HF configs name it: default | linear (all frequencies / factor)
+  # | llama3 (long wavelengths / factor, short ones kept, a blend between; the wavelength bounds
+  # are rope_original_max_positions / rope_low_freq_factor and / rope_high_freq_factor).
+  c.model.rope_type = "default"
+  c.model.rope_factor = 1.0
+  c.model.rope_low_freq_factor = 1.0
+  c.model.rope_high_freq_factor = 4.0
+  c.model.rope_original_max_positions = 8192
+  # Context length the model was made for (written as max_position_embeddings on export);
+  # 0 = data.seq_len.
+  c.model.max_positions = 0
   c.model.norm_eps = 1e-5  # RMSNorm epsilon
   c.model.init_std = 0.02  # stddev of the normal initialiser for weight matrices
   c.model.tie_embeddings = False  # share the input embedding with the LM head

@@ -25,6 +25,12 @@ class ModelConfig:
   head_dim: int
   mlp_dim: int
   rope_theta: float
+  rope_type: str
+  rope_factor: float
+  rope_low_freq_factor: float
+  rope_high_freq_factor: float
+  rope_original_max_positions: int
+  max_positions: int
   norm_eps: float
   init_std: float
   tie_embeddings: bool
@@ -149,6 +155,7 @@ class Config:
 
 
 DTYPES = ("float32", "bfloat16")
+ROPE_TYPES = ("default", "linear", "llama3")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
@@ -162,22 +169,24 @@ NAN_POLICIES = ("stop", "skip")
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
              "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
-             "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
+             "model.rope_factor", "model.rope_original_max_positions", "model.norm_eps",
+             "model.init_std", "data.bundled_examples", "data.seq_len",
              "data.tokenizer_sample_docs", "train.steps", "train.batch_size",
              "train.grad_accum_steps", "train.lr", "train.eps", "train.log_every_steps",
              "checkpoint.every_steps", "checkpoint.max_to_keep", "reflect.prompt_len",
              "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
              "train.controller_lr", "mesh.dcn_data")
-_NON_NEGATIVE = ("data.num_workers", "data.streams", "data.max_document_chars",
-                 "train.warmup_steps", "train.weight_decay", "train.grad_clip",
-                 "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
-                 "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
-                 "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
-                 "reflect.min_gain")
+_NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
+                 "data.streams", "data.max_document_chars", "train.warmup_steps",
+                 "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
+                 "train.eval_batches", "train.peak_flops_per_device", "reflect.iterations",
+                 "reflect.rows", "reflect.draft_temperature", "reflect.alpha", "reflect.beta",
+                 "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain")
 _CHOICES = {
     "model.param_dtype": DTYPES,
     "model.dtype": DTYPES,
     "model.remat_policy": REMAT_POLICIES,
+    "model.rope_type": ROPE_TYPES,
     "data.source": DATA_SOURCES,
     "data.invalid_utf8": UTF8_POLICIES,
     "reflect.draft_mode": DRAFT_MODES,
@@ -259,6 +268,11 @@ def _check_rules(c):
   if m.num_heads % m.num_kv_heads:
     _fail("model.num_heads", m.num_heads,
           f"must be divisible by model.num_kv_heads={m.num_kv_heads}")
+  if m.head_dim % 2:
+    _fail("model.head_dim", m.head_dim, "must be even (rotary positions rotate pairs)")
+  if m.rope_type == "llama3" and m.rope_high_freq_factor <= m.rope_low_freq_factor:
+    _fail("model.rope_high_freq_factor", m.rope_high_freq_factor,
+          f"must exceed model.rope_low_freq_factor={m.rope_low_freq_factor} (llama3 rope)")
   if c.data.streams and c.train.batch_size % c.data.streams:
     _fail("data.streams", c.data.streams, f"must divide train.batch_size={c.train.batch_size}")
   if c.train.batch_size % c.train.grad_accum_steps:

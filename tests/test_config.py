@@ -78,6 +78,8 @@ def test_mesh_fill_and_product():
     ("data.source", "web", "must be one of bundled, files"),
     ("train.b2", 1.5, "must be in [0, 1]"),
     ("mesh.tensor", 0, "-1 to fill"),
+    ("model.rope_type", "yarn", "must be one of default, linear, llama3"),
+    ("model.head_dim", 33, "must be even"),
 ])
 def test_rules_in_python(key, value, words):
   """Config files can hold any Python value; the dataclass conversion checks it."""
@@ -88,6 +90,17 @@ def test_rules_in_python(key, value, words):
   with pytest.raises(config_lib.ConfigError, match=f"config.{key}=") as error:
     config_lib.load(raw)
   assert words in str(error.value)
+
+
+def test_llama3_rope_needs_its_frequency_band():
+  config = {
+      "model.rope_type": "llama3",
+      "model.rope_low_freq_factor": 4.0,
+      "model.rope_high_freq_factor": 4.0
+  }
+  with pytest.raises(config_lib.ConfigError, match="rope_high_freq_factor=4.0: must exceed"):
+    make_config(**config)
+  make_config(**{**config, "model.rope_type": "linear"})  # the band is llama3's alone
 
 
 def test_unknown_section_key_suggests_the_near_name():

@@ -93,8 +93,8 @@ class _OneTokenPerDoc:
   """Document i (the string 'i') encodes to the single token i + 2; <eos> is 1."""
   eos_id = 1
 
-  def encode(self, text):
-    return [int(text) + 2]
+  def encode_document(self, text):
+    return [int(text) + 2, self.eos_id]
 
 
 def _stream(num_docs,

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,7 @@ from rasr_jax import config as config_lib
 from rasr_jax.interop import hf
 from rasr_jax.training import checkpoint, loop, train_state
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -36,6 +39,18 @@ def _save_hf(directory, **overrides):
   return model
 
 
+def _hf_logits(model, ids):
+  with torch.no_grad():
+    return model(torch.as_tensor(ids)).logits.numpy()
+
+
+def _imported_logits(workdir, ids):
+  config = config_lib.load(hf._workdir_config(workdir))
+  _, abstract, _ = train_state.abstract_model(config)
+  params = checkpoint.restore_params(checkpoint.imported_params_dir(workdir), abstract)
+  return _our_logits(config, params, ids)
+
+
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
   """(HF model, config, work directory): a sharded safetensors checkpoint, imported."""
@@ -56,7 +71,7 @@ def _our_logits(config, params, ids):
 def test_imported_model_gives_the_hf_logits(imported):
   model, config, workdir = imported
   _, abstract, _ = train_state.abstract_model(config)
-  params = checkpoint.restore_params(os.path.join(workdir, hf.IMPORTED_PARAMS), abstract)
+  params = checkpoint.restore_params(checkpoint.imported_params_dir(workdir), abstract)
   assert set(params) >= {"critic", "controller", "feedback"}  # fresh heads beside the trunk
   ids = np.random.RandomState(0).randint(0, SHAPE["vocab_size"], (2, 13))
   with torch.no_grad():
@@ -95,7 +110,7 @@ def test_every_bad_tensor_is_named(tmp_path):
   assert "model.layers.1.mlp.up_proj.weight: missing" in message
   assert "model.layers.2.self_attn.k_proj.weight: shape [8, 64], expected [32, 64]" in message
   assert "model.extra.weight: unexpected" in message
-  assert not os.path.exists(tmp_path / "w" / hf.IMPORTED_PARAMS)
+  assert not os.path.exists(checkpoint.imported_params_dir(str(tmp_path / "w")))
 
 
 def _plain_sentencepiece(path):
@@ -133,7 +148,7 @@ def test_training_starts_from_imported_parameters(tmp_path):
       "reflect.target_len": 8,
       "mesh.fsdp": 1,
       "data.tokenizer": _plain_sentencepiece(tmp_path / "user"),
-      "init_from": os.path.join(workdir, hf.IMPORTED_PARAMS)
+      "init_from": checkpoint.imported_params_dir(workdir)
   }.items():
     node = cd
     *parents, leaf = key.split(".")
@@ -157,3 +172,188 @@ def test_bfloat16_tensors_are_read_exactly(tmp_path):
   st_torch.save_file({"w": want}, str(tmp_path / "model.safetensors"))
   got = hf.SafetensorsReader(str(tmp_path)).get("w")
   np.testing.assert_array_equal(got.astype(np.float32), want.float().numpy())
+
+
+LLAMA3_ROPE = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 64  # so that positions < 256 reach every band
+}
+
+
+def _legacy_layout(hf_dir):
+  """Rewrites a transformers 5 config.json (`rope_parameters`) in the transformers 4 layout
+  (top-level rope_theta and rope_scaling), which both versions load alike."""
+  path = os.path.join(hf_dir, "config.json")
+  with open(path) as f:
+    cfg = json.load(f)
+  rope = cfg.pop("rope_parameters")
+  cfg["rope_theta"] = rope.pop("rope_theta")
+  cfg["rope_scaling"] = None if rope["rope_type"] == "default" else {
+      "type" if rope["rope_type"] == "linear" else "rope_type": rope.pop("rope_type"),
+      **rope
+  }
+  with open(path, "w") as f:
+    json.dump(cfg, f)
+
+
+ROPE_VARIANTS = {
+    "theta": dict(rope_theta=1e5),
+    "llama3": dict(rope_theta=5e5, rope_scaling=LLAMA3_ROPE),
+    "linear": dict(rope_theta=1e4, rope_scaling={
+        "rope_type": "linear",
+        "factor": 4.0
+    }),
+}
+
+
+@pytest.mark.parametrize("layout", ["rope_parameters", "legacy"])
+@pytest.mark.parametrize("variant", sorted(ROPE_VARIANTS))
+def test_every_rope_layout_imports_to_the_hf_logits(tmp_path, variant, layout):
+  """Rope settings are read from transformers 5's rope_parameters and from the top-level
+  rope_theta / rope_scaling of transformers 4 (the importer once read only a top-level
+  rope_theta, and imported theta 1e5 as 1e4 without a word)."""
+  hf_dir = str(tmp_path / "hf")
+  model = _save_hf(hf_dir, **ROPE_VARIANTS[variant])
+  if layout == "legacy":
+    _legacy_layout(hf_dir)
+    model = transformers.LlamaForCausalLM.from_pretrained(hf_dir).eval()
+  from configs import tiny
+  hf.import_checkpoint(hf_dir, str(tmp_path / "w"), tiny.get_config())
+  ids = np.random.RandomState(1).randint(0, SHAPE["vocab_size"], (1, 200))
+  np.testing.assert_allclose(_imported_logits(str(tmp_path / "w"), ids),
+                             _hf_logits(model, ids),
+                             atol=1e-4)
+
+
+def test_tied_embeddings_import_and_export(tmp_path):
+  model = _save_hf(str(tmp_path / "hf"), tie_word_embeddings=True)
+  from configs import tiny
+  config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+  assert config.model.tie_embeddings
+  ids = np.random.RandomState(2).randint(0, SHAPE["vocab_size"], (2, 11))
+  np.testing.assert_allclose(_imported_logits(str(tmp_path / "w"), ids),
+                             _hf_logits(model, ids),
+                             atol=1e-4)
+  hf.export_checkpoint(str(tmp_path / "w"), str(tmp_path / "out"), config)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  np.testing.assert_allclose(_hf_logits(reloaded, ids), _hf_logits(model, ids), atol=1e-5)
+
+
+def test_export_config_is_the_models(tmp_path):
+  """The exported config.json keeps the rope scaling and max_position_embeddings, so
+  AutoModelForCausalLM gives the original logits (it was once 2.1 off)."""
+  model = _save_hf(str(tmp_path / "hf"), rope_theta=5e5, rope_scaling=LLAMA3_ROPE)
+  from configs import tiny
+  config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+  hf.export_checkpoint(str(tmp_path / "w"), str(tmp_path / "out"), config)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  assert reloaded.config.max_position_embeddings == SHAPE["max_position_embeddings"]
+  assert reloaded.config.rope_parameters == model.config.rope_parameters
+  ids = np.random.RandomState(3).randint(0, SHAPE["vocab_size"], (1, 200))
+  np.testing.assert_allclose(_hf_logits(reloaded, ids), _hf_logits(model, ids), atol=1e-5)
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "yarn", "factor": 2.0}, {"type": "dynamic"}])
+def test_an_unsupported_rope_type_is_refused_by_name(tmp_path, rope):
+  _save_hf(str(tmp_path / "hf"))
+  path = tmp_path / "hf" / "config.json"
+  cfg = json.loads(path.read_text())
+  cfg.pop("rope_parameters", None)
+  cfg["rope_scaling"] = rope
+  path.write_text(json.dumps(cfg))
+  from configs import tiny
+  with pytest.raises(hf.ConversionError, match=f"rope_type '{list(rope.values())[0]}'"):
+    hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_the_import_cli_refuses_with_one_error_line(tmp_path):
+  _save_hf(str(tmp_path / "hf"))
+  path = tmp_path / "hf" / "config.json"
+  path.write_text(
+      json.dumps({
+          **json.loads(path.read_text()), "rope_parameters": {
+              "rope_type": "longrope",
+              "rope_theta": 1e4
+          }
+      }))
+  cli = subprocess.run([
+      sys.executable, "-m", "rasr_jax.interop.hf", "import", f"--hf_dir={tmp_path}/hf",
+      f"--workdir={tmp_path}/w"
+  ],
+                       capture_output=True,
+                       text=True,
+                       cwd=REPO)
+  assert cli.returncode == 2
+  assert cli.stderr.strip().splitlines()[-1].startswith("error: unsupported HF config: rope_type "
+                                                        "'longrope'")
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_full_vocabulary_grows_for_the_markers(tmp_path):
+  """A tokenizer that fills the model's vocabulary and lacks the markers: the import appends
+  three ids whose embedding rows (and head columns) are the mean of the others; the original
+  ids' logits are unchanged."""
+  sp_path = _plain_sentencepiece(tmp_path / "user")
+  import sentencepiece as spm
+  pieces = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
+  model = _save_hf(str(tmp_path / "hf"), vocab_size=pieces)
+  os.replace(sp_path, tmp_path / "hf" / hf.HF_SENTENCEPIECE)
+  from configs import tiny
+  config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+  assert config.model.vocab_size == pieces + 3
+  _, abstract, _ = train_state.abstract_model(config)
+  params = checkpoint.restore_params(checkpoint.imported_params_dir(str(tmp_path / "w")), abstract)
+  embed = np.asarray(params["embed"])
+  np.testing.assert_allclose(embed[pieces:],
+                             np.repeat(embed[:pieces].mean(0, keepdims=True), 3, 0),
+                             atol=1e-6)
+  ids = np.random.RandomState(4).randint(0, pieces, (1, 9))
+  got = _imported_logits(str(tmp_path / "w"), ids)
+  np.testing.assert_allclose(got[..., :pieces], _hf_logits(model, ids), atol=1e-4)
+
+
+def test_an_import_generates_as_transformers_does(tmp_path):
+  """With no training step, generation (in process and through the CLI) reads the imported
+  parameters and the copied tokenizer, starts the prompt with the model's bos, and greedy text
+  equals transformers' generate (a Llama 3.1-style rope)."""
+  from rasr_jax.generation import inference
+  sp_path = _plain_sentencepiece(tmp_path / "user")
+  import sentencepiece as spm
+  pieces = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
+  model = _save_hf(
+      str(tmp_path / "hf"),
+      vocab_size=pieces + 3,  # + the markers: every id decodes
+      rope_theta=5e5,
+      rope_scaling=LLAMA3_ROPE)
+  os.replace(sp_path, tmp_path / "hf" / hf.HF_SENTENCEPIECE)
+  from configs import tiny
+  workdir = str(tmp_path / "w")
+  config = hf.import_checkpoint(str(tmp_path / "hf"), workdir, tiny.get_config())
+  assert os.path.isfile(os.path.join(workdir, "tokenizer.model"))
+  served = inference.InferenceModel(config, workdir)
+  prompt = "x = 3 + 4, so x is"
+  ids = served.tokenizer.encode_prompt(prompt)
+  assert ids[0] == served.tokenizer.bos_id != served.tokenizer.eos_id
+  (got,) = served.generate([prompt], served.options(max_new_tokens=12, reflect="off"))
+  with torch.no_grad():
+    out = model.generate(torch.as_tensor([ids]),
+                         max_new_tokens=12,
+                         do_sample=False,
+                         eos_token_id=served.tokenizer.eos_id,
+                         pad_token_id=served.tokenizer.pad_id)
+  want = out[0, len(ids):].tolist()
+  assert got["num_tokens"] == len(want) and max(want) < pieces
+  assert got["text"] == served.tokenizer.decode(want)
+  cli = subprocess.run([
+      sys.executable, "-m", "rasr_jax.main", "--mode=generate", f"--config={workdir}/config.py",
+      f"--workdir={workdir}", f"--prompt={prompt}", "--reflect=off", "--max_new_tokens=12"
+  ],
+                       capture_output=True,
+                       text=True,
+                       check=True,
+                       cwd=REPO)
+  assert json.loads(cli.stdout.splitlines()[-1])["text"] == got["text"]

@@ -41,12 +41,12 @@ def test_causal_masking(model_cfg):
   assert not np.allclose(a[:, 7:], b[:, 7:])
 
 
-def _reference_attention(x, wq, wk, wv, wo, theta):
+def _reference_attention(x, wq, wk, wv, wo, frequencies):
   """Plain multi-head attention in numpy-like jnp, rotary included."""
   t = x.shape[1]
   pos = jnp.broadcast_to(jnp.arange(t), x.shape[:2])
-  q = layers.rotary(jnp.einsum("btd,dnh->btnh", x, wq), pos, theta)
-  k = layers.rotary(jnp.einsum("btd,dnh->btnh", x, wk), pos, theta)
+  q = layers.rotary(jnp.einsum("btd,dnh->btnh", x, wq), pos, frequencies)
+  k = layers.rotary(jnp.einsum("btd,dnh->btnh", x, wk), pos, frequencies)
   v = jnp.einsum("btd,dnh->btnh", x, wv)
   scores = jnp.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(q.shape[-1])
   scores = jnp.where(jnp.tril(jnp.ones((t, t), bool)), scores, -jnp.inf)
@@ -61,7 +61,7 @@ def test_mha_matches_reference(model_cfg):
   pos = jnp.broadcast_to(jnp.arange(10), (2, 10))
   got = attn(x, pos, None)
   want = _reference_attention(x, attn.wq[...], attn.wk[...], attn.wv[...], attn.wo[...],
-                              cfg.rope_theta)
+                              layers.rope_frequencies(cfg))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

@@ -30,7 +30,7 @@ from conftest import (
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.training import checkpoint, loop, train_state
-from rasr_jax.training.metrics import read_records
+from rasr_jax.training.metrics import MetricWriter, read_records
 
 
 def test_loss_falls(straight_run):
@@ -57,6 +57,39 @@ def _tensorboard_tags(logdir):
         f.read(4)
         tags.update(v.tag for v in event_pb2.Event.FromString(data).summary.value)
   return tags
+
+
+def _tensorboard_steps(logdir, tag):
+  """The steps of `tag` TensorBoard shows: files in the order written, and a session START at
+  step s (a resume's purge_step) drops the events at steps >= s written before it."""
+  from tensorboardX.proto import event_pb2
+  steps = []
+  for name in sorted(os.listdir(logdir), key=lambda n: os.path.getmtime(os.path.join(logdir, n))):
+    with open(os.path.join(logdir, name), "rb") as f:
+      while header := f.read(12):
+        event = event_pb2.Event.FromString(f.read(struct.unpack("<Q", header[:8])[0]))
+        f.read(4)
+        if event.session_log.status == event_pb2.SessionLog.START:
+          steps = [s for s in steps if s < event.step]
+        steps += [event.step for v in event.summary.value if v.tag == tag]
+  return steps
+
+
+def test_a_resumed_writer_drops_the_replayed_steps(tmp_path):
+  """Steps 1-4 written, the run resumes from step 2: metrics.jsonl and TensorBoard each hold
+  steps 1-4 once (without purge_step TensorBoard showed 3 and 4 twice)."""
+  first = MetricWriter(str(tmp_path))
+  for step in range(1, 5):
+    first.write(step, {"loss": float(step)})
+  first.close()
+  time.sleep(1.1)  # event files are named by the second they start in
+  resumed = MetricWriter(str(tmp_path), start_step=2)
+  for step in range(3, 5):
+    resumed.write(step, {"loss": 10.0 + step})
+  resumed.close()
+  assert [(r["step"], r["loss"]) for r in read_records(str(tmp_path))] == [(1, 1.0), (2, 2.0),
+                                                                           (3, 13.0), (4, 14.0)]
+  assert _tensorboard_steps(str(tmp_path / "tensorboard"), "loss") == [1, 2, 3, 4]
 
 
 def test_metrics_keys(straight_run):

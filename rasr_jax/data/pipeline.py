@@ -29,7 +29,7 @@ class _Tokenize(grain.transforms.Map):
     self._tokenizer = tokenizer
 
   def map(self, text):
-    ids = self._tokenizer.encode(text) + [self._tokenizer.eos_id]
+    ids = self._tokenizer.encode_document(text)
     return {"tokens": np.asarray(ids, np.int32)}
 
 

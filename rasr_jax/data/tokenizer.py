@@ -9,6 +9,7 @@ last three ids of the model's vocabulary when it is that much larger than the to
 import hashlib
 import io
 import os
+import sys
 
 import numpy as np
 import sentencepiece as spm
@@ -51,7 +52,9 @@ class Tokenizer:
       ids[PAD] = ids[EOS]
     missing_markers = [t for t in MARKERS if ids[t] is None]
     spare = (model_vocab_size or 0) - self.vocab_size
-    if missing_markers and spare >= len(MARKERS):  # ids the tokenizer never produces
+    # True when the markers take the model vocabulary's last ids, which the tokenizer lacks.
+    self.markers_past_pieces = bool(missing_markers) and spare >= len(MARKERS)
+    if self.markers_past_pieces:
       ids.update(zip(MARKERS, range(model_vocab_size - len(MARKERS), model_vocab_size)))
     missing = [t for t in SPECIAL_TOKENS if ids[t] is None]
     if missing:
@@ -63,6 +66,11 @@ class Tokenizer:
     self.special_ids = ids
     self.pad_id = ids[PAD]
     self.eos_id = ids[EOS]
+    # A model with a beginning-of-sequence piece (Llama's <s>) starts every document and prompt
+    # with it; the project's own tokenizers have none, and a prompt starts with <eos>, the end
+    # of whatever came before.
+    bos = self._sp.bos_id()
+    self.bos_id = bos if 0 <= bos < self.vocab_size else None
 
   def _piece_id(self, piece):
     """The id of `piece`, or None when the model does not have it."""
@@ -85,9 +93,22 @@ class Tokenizer:
   def encode(self, text: str) -> list[int]:
     return self._sp.encode(text, out_type=int)
 
+  def encode_document(self, text: str) -> list[int]:
+    """A training document: [bos] (when the model has one) + the text + `<eos>`."""
+    return self._bos() + self.encode(text) + [self.eos_id]
+
   def encode_prompt(self, text: str) -> list[int]:
-    """A prompt as the model reads one: `<eos>` (the end of whatever came before) + the text."""
-    return [self.eos_id] + self.encode(text)
+    """A prompt as the model reads one: bos + the text when the model has a bos, else `<eos>`
+    (the end of whatever came before) + the text."""
+    return (self._bos() or [self.eos_id]) + self.encode(text)
+
+  def _bos(self):
+    return [] if self.bos_id is None else [self.bos_id]
+
+  @property
+  def hf_token_ids(self) -> dict:
+    """bos / eos / pad ids as an HF config names them (bos: the id a prompt starts with)."""
+    return {"bos": self.encode_prompt("")[0], "eos": self.eos_id, "pad": self.pad_id}
 
   def decode(self, ids) -> str:
     """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger
@@ -118,6 +139,16 @@ class Tokenizer:
     with open(tmp, "wb") as f:
       f.write(self.proto)
     os.replace(tmp, path)
+
+
+def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
+  """The smallest model vocabulary >= `model_vocab_size` in which the tokenizer at
+  `tokenizer_path` has ids for the markers: its own pieces, else the vocabulary's last three ids,
+  which must lie past the tokenizer's pieces."""
+  tokenizer = load(tokenizer_path, model_vocab_size=sys.maxsize)  # room for any markers
+  if not tokenizer.markers_past_pieces:
+    return model_vocab_size
+  return max(model_vocab_size, tokenizer.vocab_size + len(MARKERS))
 
 
 def load(path: str, model_vocab_size=None) -> Tokenizer:

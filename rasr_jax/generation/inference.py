@@ -36,11 +36,14 @@ def _round_up(value, multiple):
 
 def _locate_checkpoint(workdir, checkpoint):
   """(checkpoints directory, step): `checkpoint` is a step directory or a checkpoints
-  directory (newest step); default the newest step under the workdir."""
+  directory (newest step); default the newest step under the workdir. (None, None) when the
+  default has no checkpoints but the workdir holds imported parameters."""
   path = os.path.abspath(checkpoint or ckpt_lib.checkpoint_dir(workdir))
   name = os.path.basename(path)
   directory, step = (os.path.dirname(path), int(name)) if name.isdigit() else (path, None)
   if not os.path.isdir(path):
+    if not checkpoint and os.path.isdir(ckpt_lib.imported_params_dir(workdir)):
+      return None, None
     raise ckpt_lib.CheckpointError(f"no checkpoint at {path}"
                                    + ("" if checkpoint else " (train first, or pass --checkpoint)"))
   return directory, step
@@ -97,11 +100,15 @@ class InferenceModel:
     self.mesh = sharding.make_mesh(self.config.mesh)
     self.graphdef, abstract_params, specs = train_state.abstract_model(self.config)
     self.param_shardings = train_state.to_shardings(specs, self.mesh)
-    restored = _restore(self.config, directory, step, self.tokenizer,
-                        ckpt_lib.with_shardings(abstract_params, self.param_shardings),
-                        sharding.replicated(self.mesh))
-    self.step = int(restored["step"])
-    self.params, self.tau = restored["params"], restored["tau"]
+    abstract_params = ckpt_lib.with_shardings(abstract_params, self.param_shardings)
+    if directory is None:  # imported parameters: no training step yet, tau at its start
+      self.step, self.tau = 0, np.float32(self.config.reflect.tau)
+      self.params = ckpt_lib.restore_params(ckpt_lib.imported_params_dir(workdir), abstract_params)
+    else:
+      restored = _restore(self.config, directory, step, self.tokenizer, abstract_params,
+                          sharding.replicated(self.mesh))
+      self.step = int(restored["step"])
+      self.params, self.tau = restored["params"], restored["tau"]
     self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
     self.ids = self.tokenizer.marker_ids
     self._batch_sharding = sharding.batch_sharding(self.mesh)

@@ -6,13 +6,18 @@
 `import` reads `config.json` and `*.safetensors` (a sharded index included; never pickle, never
 remote code), checks every tensor against the model the config describes (each missing,
 unexpected or misshapen tensor is listed), and writes W/config.py (the given config with the
-HF model's shape), W/imported_params (an orbax checkpoint of the parameters; critic, controller
-and feedback heads freshly initialised) and W/import.json. Training starts from it with
+HF model's shape and rope settings, from either config layout transformers writes),
+W/imported_params (an orbax checkpoint of the parameters; critic, controller and feedback heads
+freshly initialised), W/import.json and W/tokenizer.model (the model's sentencepiece tokenizer,
+when it has one; the vocabulary grows when the markers need ids it lacks). Generation, scoring
+and evaluation run on W as it is; training starts from it with
 `--config=W/config.py --config.init_from=W/imported_params`.
 
-`export` writes `config.json` and `model.safetensors` that `LlamaForCausalLM.from_pretrained`
-loads, from the newest checkpoint of W (or W/imported_params), and `rasr_heads.safetensors`
-with the critic, controller and feedback parameters under their rasr_jax names.
+`export` writes `config.json` (the model's rope settings, positions and token ids),
+`generation_config.json`, `model.safetensors` that `AutoModelForCausalLM.from_pretrained` loads
+and the tokenizer, from the newest checkpoint of W (or W/imported_params), and
+`rasr_heads.safetensors` with the critic, controller and feedback parameters under their
+rasr_jax names.
 
 Tensors move one name at a time; the stacked [layers, ...] arrays are assembled from, or cut
 into, per-layer tensors, so the model is held in host memory once.
@@ -22,23 +27,23 @@ import dataclasses
 import glob
 import json
 import os
-import struct
 import sys
 
 import jax
 import ml_dtypes
 import numpy as np
+import safetensors
 from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 from safetensors import numpy as st_numpy
 
 from rasr_jax import config as config_lib
+from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import rasr_model
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import train_state
 
-IMPORTED_PARAMS = "imported_params"
 HEADS_FILE = "rasr_heads.safetensors"
 HEAD_GROUPS = ("critic", "controller", "feedback")
 # Buffers some HF versions save that carry no parameters.
@@ -82,6 +87,7 @@ class Mapping:
   path: tuple  # rasr_jax parameter path; per-layer ones are stacked on a leading axis
   to_ours: object
   to_hf: object
+  vocab_axis: int | None = None  # our axis over the vocabulary (grown with mean rows)
 
   @property
   def per_layer(self):
@@ -90,7 +96,7 @@ class Mapping:
 
 # The one table of names and transposes.
 TABLE = (
-    Mapping("model.embed_tokens.weight", ("embed",), _same, _same),
+    Mapping("model.embed_tokens.weight", ("embed",), _same, _same, vocab_axis=0),
     Mapping("model.layers.{i}.self_attn.q_proj.weight", ("blocks", "attn", "wq"), _q_in, _q_out),
     Mapping("model.layers.{i}.self_attn.k_proj.weight", ("blocks", "attn", "wk"), _q_in, _q_out),
     Mapping("model.layers.{i}.self_attn.v_proj.weight", ("blocks", "attn", "wv"), _q_in, _q_out),
@@ -106,8 +112,59 @@ TABLE = (
     Mapping("model.layers.{i}.mlp.down_proj.weight", ("blocks", "mlp", "w_down"), _transposed,
             _transposed),
     Mapping("model.norm.weight", ("final_norm", "scale"), _same, _same),
-    Mapping("lm_head.weight", ("lm_head",), _transposed, _transposed),  # absent when tied
+    Mapping("lm_head.weight", ("lm_head",), _transposed, _transposed,
+            vocab_axis=1),  # absent when tied
 )
+
+# HF rope_type -> the fields its parameters go to (model.rope_*); other types are refused.
+_ROPE_FIELDS = {
+    "default": {},
+    "linear": {
+        "factor": "rope_factor"
+    },
+    "llama3": {
+        "factor": "rope_factor",
+        "low_freq_factor": "rope_low_freq_factor",
+        "high_freq_factor": "rope_high_freq_factor",
+        "original_max_position_embeddings": "rope_original_max_positions",
+    },
+}
+
+
+def _rope_fields(hf_config, problems):
+  """config.model rope fields from either layout transformers writes: transformers 5's
+  `rope_parameters` (rope_theta inside), or a top-level `rope_theta` beside `rope_scaling`
+  (`type` or `rope_type`; null for plain rotary positions)."""
+  top_theta = hf_config.get("rope_theta")
+  if isinstance(hf_config.get("rope_parameters"), dict):
+    rope = dict(hf_config["rope_parameters"])
+    inner_theta = rope.get("rope_theta")
+    if top_theta is not None and inner_theta is not None and float(top_theta) != float(inner_theta):
+      problems.append(f"rope_theta {top_theta} disagrees with rope_parameters.rope_theta "
+                      f"{inner_theta}")
+  elif hf_config.get("rope_parameters") is not None:
+    problems.append(f"rope_parameters {hf_config['rope_parameters']!r} (one dict expected; "
+                    "per-layer-type rope is not supported)")
+    return {}
+  else:
+    rope = dict(hf_config.get("rope_scaling") or {})
+  theta = rope.get("rope_theta", top_theta if top_theta is not None else 10000.0)
+  rope_type = rope.get("rope_type", rope.get("type", "default"))
+  fields = {"rope_theta": float(theta), "rope_type": rope_type}
+  if rope_type not in _ROPE_FIELDS:
+    problems.append(f"rope_type {rope_type!r} (supported: {', '.join(_ROPE_FIELDS)})")
+    return fields
+  for key, field in _ROPE_FIELDS[rope_type].items():
+    if key not in rope:
+      problems.append(f"{rope_type} rope without {key}")
+    else:
+      fields[field] = rope[key]
+  partial = hf_config.get("partial_rotary_factor", rope.get("partial_rotary_factor", 1.0))
+  if partial != 1.0:
+    problems.append(f"partial_rotary_factor {partial} (every channel pair is rotated here)")
+  if rope.get("attention_factor", 1.0) != 1.0:
+    problems.append(f"rope attention_factor {rope['attention_factor']} (not supported)")
+  return fields
 
 
 def model_fields(hf_config):
@@ -115,13 +172,12 @@ def model_fields(hf_config):
   problems = []
   if hf_config.get("model_type") != "llama":
     problems.append(f"model_type {hf_config.get('model_type')!r} (only 'llama')")
-  if hf_config.get("rope_scaling"):
-    problems.append(f"rope_scaling {hf_config['rope_scaling']} (only plain rotary positions)")
   for key in ("attention_bias", "mlp_bias"):
     if hf_config.get(key):
       problems.append(f"{key}=true (no biases)")
   if hf_config.get("hidden_act", "silu") != "silu":
     problems.append(f"hidden_act {hf_config['hidden_act']!r} (only silu)")
+  rope = _rope_fields(hf_config, problems)
   if problems:
     raise ConversionError("unsupported HF config: " + "; ".join(problems))
   heads = hf_config["num_attention_heads"]
@@ -133,51 +189,50 @@ def model_fields(hf_config):
       "num_kv_heads": hf_config.get("num_key_value_heads") or heads,
       "head_dim": hf_config.get("head_dim") or hf_config["hidden_size"] // heads,
       "mlp_dim": hf_config["intermediate_size"],
-      "rope_theta": float(hf_config.get("rope_theta", 10000.0)),
+      **rope,
+      "max_positions": int(hf_config.get("max_position_embeddings") or 0),
       "norm_eps": float(hf_config.get("rms_norm_eps", 1e-6)),
       "tie_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
   }
 
 
-# safetensors dtype names -> numpy (ml_dtypes for bfloat16, which numpy lacks).
-_DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
-
-
-def _safetensors_header(path):
-  """(byte offset of the data, {name: {"dtype", "shape", "data_offsets"}}) of one file."""
-  with open(path, "rb") as f:
-    size = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(size))
-  header.pop("__metadata__", None)
-  return 8 + size, header
+INDEX_FILE = "model.safetensors.index.json"
 
 
 class SafetensorsReader:
-  """Tensors by name from the safetensors files of an HF directory (sharded or not), read
-  straight from the files' headers and bytes (bfloat16 included), one tensor at a time."""
+  """Tensors by name from the safetensors files of an HF directory, one tensor at a time: the
+  files the index's `weight_map` names when there is an index, else every `*.safetensors`."""
 
   def __init__(self, hf_dir):
-    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    index = os.path.join(hf_dir, INDEX_FILE)
+    if os.path.isfile(index):
+      try:
+        with open(index) as f:
+          weight_map = json.load(f)["weight_map"]
+      except (ValueError, KeyError, TypeError) as e:
+        raise ConversionError(f"{index}: not a safetensors index ({e!r})") from None
+      files = sorted({os.path.join(hf_dir, name) for name in weight_map.values()})
+    else:
+      files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
     if not files:
       raise ConversionError(f"{hf_dir}: no *.safetensors files (pickle checkpoints are not "
                             "read)")
     self._where = {}
     for path in files:
       try:
-        start, header = _safetensors_header(path)
-      except (OSError, ValueError, struct.error) as e:
-        raise ConversionError(f"{path}: not a safetensors file ({e})") from None
-      for name, info in header.items():
-        self._where[name] = (path, start, info)
+        with safetensors.safe_open(path, framework="np") as f:
+          names = list(f.keys())
+      except (OSError, safetensors.SafetensorError) as e:
+        raise ConversionError(f"{path}: not a readable safetensors file ({e})") from None
+      self._where.update((name, path) for name in names)
     self.names = frozenset(self._where)
 
   def get(self, name):
-    path, start, info = self._where[name]
-    if info["dtype"] not in _DTYPES:
-      raise ConversionError(f"{name}: dtype {info['dtype']} is not a float type")
-    begin, end = info["data_offsets"]
-    raw = np.memmap(path, dtype=np.uint8, mode="r", offset=start + begin, shape=(end - begin,))
-    return np.array(raw.view(_DTYPES[info["dtype"]]).reshape(info["shape"]))
+    with safetensors.safe_open(self._where[name], framework="np") as f:
+      tensor = f.get_tensor(name)
+    if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype != ml_dtypes.bfloat16:
+      raise ConversionError(f"{name}: dtype {tensor.dtype} is not a float type")
+    return tensor
 
 
 def _get_path(tree, path):
@@ -194,6 +249,16 @@ def _set_path(tree, path, value):
 
 def _mappings(model_cfg):
   return [m for m in TABLE if not (m.path == ("lm_head",) and model_cfg.tie_embeddings)]
+
+
+def _grow_vocab(array, axis, shape):
+  """`array` with rows of its mean appended along the vocabulary `axis` up to `shape` (the
+  markers' ids past a full vocabulary); unchanged when there is nothing to grow."""
+  if axis is None or array.ndim != len(shape) or not 0 < array.shape[axis] < shape[axis]:
+    return array
+  mean = array.astype(np.float64).mean(axis=axis, keepdims=True).astype(array.dtype)
+  extra = np.repeat(mean, shape[axis] - array.shape[axis], axis=axis)
+  return np.concatenate([array, extra], axis=axis)
 
 
 def hf_to_params(reader, config):
@@ -216,7 +281,7 @@ def hf_to_params(reader, config):
       used.add(name)
       tensor = reader.get(name)
       try:
-        converted = mapping.to_ours(tensor, m)
+        converted = _grow_vocab(mapping.to_ours(tensor, m), mapping.vocab_axis, layer_shape)
       except ValueError:
         converted = None
       if converted is None or converted.shape != layer_shape:
@@ -254,8 +319,13 @@ def _config_file(config_dict, source):
           "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
 
 
+HF_SENTENCEPIECE = "tokenizer.model"  # where an HF directory keeps a sentencepiece tokenizer
+
+
 def import_checkpoint(hf_dir, workdir, base_config):
-  """HF Llama directory -> W/config.py, W/imported_params, W/import.json; returns the Config."""
+  """HF Llama directory -> W/config.py, W/imported_params, W/import.json, and W/tokenizer.model
+  (the model's sentencepiece tokenizer, when it has one; config.data.tokenizer names it).
+  Returns the Config."""
   config_path = os.path.join(hf_dir, "config.json")
   if not os.path.isfile(config_path):
     raise ConversionError(f"{hf_dir}: no config.json")
@@ -264,14 +334,21 @@ def import_checkpoint(hf_dir, workdir, base_config):
   cd = base_config.copy_and_resolve_references()
   for key, value in model_fields(hf_config).items():
     setattr(cd.model, key, value)
+  tokenizer, tokenizer_path = None, os.path.join(hf_dir, HF_SENTENCEPIECE)
+  if os.path.isfile(tokenizer_path):  # grown when the markers need ids the model lacks
+    cd.model.vocab_size = tok_lib.vocab_for_markers(tokenizer_path, cd.model.vocab_size)
+    tokenizer = tok_lib.load(tokenizer_path, cd.model.vocab_size)
+    cd.data.tokenizer = tok_lib.workdir_path(os.path.abspath(workdir))
   config = config_lib.load(cd)
   params = hf_to_params(SafetensorsReader(hf_dir), config)
   params.update(fresh_heads(config))
-  target = os.path.join(os.path.abspath(workdir), IMPORTED_PARAMS)
+  target = os.path.abspath(ckpt_lib.imported_params_dir(workdir))
   if os.path.exists(target):
     raise ConversionError(f"{target} exists; import into a new work directory")
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.save_params(target, params)
+  if tokenizer is not None:
+    tokenizer.save(tok_lib.workdir_path(workdir))
   with open(os.path.join(workdir, "config.py"), "w") as f:
     f.write(_config_file(cd, os.path.abspath(hf_dir)))
   with open(os.path.join(workdir, "import.json"), "w") as f:
@@ -279,6 +356,10 @@ def import_checkpoint(hf_dir, workdir, base_config):
         {
             "hf_dir": os.path.abspath(hf_dir),
             "hf_config": hf_config,
+            "vocab_size": {
+                "hf": hf_config["vocab_size"],
+                "grown_to": config.model.vocab_size
+            },
             "params": ckpt_lib.param_signature(params)
         },
         f,
@@ -298,10 +379,26 @@ def _newest_params(workdir, config):
         return checkpointer.restore_fields(step, {"params": abstract})["params"]
     finally:
       checkpointer.close()
-  return ckpt_lib.restore_params(os.path.join(workdir, IMPORTED_PARAMS), abstract)
+  return ckpt_lib.restore_params(ckpt_lib.imported_params_dir(workdir), abstract)
 
 
-def hf_config_of(config, eos_id=1, pad_id=0):
+def _rope_config(m):
+  """The model's rope settings as both layouts transformers reads: top-level `rope_theta` and
+  `rope_scaling` (transformers 4) and `rope_parameters` (transformers 5), equal in content."""
+  scaling = {"rope_type": m.rope_type}
+  for key, field in _ROPE_FIELDS[m.rope_type].items():
+    scaling[key] = getattr(m, field)
+  return {
+      "rope_theta": m.rope_theta,
+      "rope_scaling": scaling if m.rope_type != "default" else None,
+      "rope_parameters": {
+          **scaling, "rope_theta": m.rope_theta
+      },
+  }
+
+
+def hf_config_of(config, token_ids):
+  """An HF Llama config.json dict of `config`'s model; `token_ids` maps bos/eos/pad to ids."""
   m = config.model
   return {
       "architectures": ["LlamaForCausalLM"],
@@ -314,22 +411,26 @@ def hf_config_of(config, eos_id=1, pad_id=0):
       "num_key_value_heads": m.num_kv_heads,
       "head_dim": m.head_dim,
       "intermediate_size": m.mlp_dim,
-      "rope_theta": m.rope_theta,
+      **_rope_config(m),
       "rms_norm_eps": m.norm_eps,
       "tie_word_embeddings": m.tie_embeddings,
-      "max_position_embeddings": config.data.seq_len,
+      "max_position_embeddings": m.max_positions or config.data.seq_len,
       "attention_bias": False,
       "mlp_bias": False,
       "torch_dtype": m.param_dtype,
-      "eos_token_id": eos_id,
-      "pad_token_id": pad_id,
-      "bos_token_id": eos_id,
+      **{
+          f"{name}_token_id": token_ids.get(name) for name in ("bos", "eos", "pad")
+      },
   }
 
 
 def export_checkpoint(workdir, out_dir, config):
-  """W's newest parameters -> out_dir/{config.json, model.safetensors, rasr_heads.safetensors}."""
+  """W's newest parameters -> out_dir/{config.json, generation_config.json, model.safetensors,
+  rasr_heads.safetensors} and the work directory's tokenizer (tokenizer.model) when it has one,
+  whose bos / eos / pad ids the configs carry."""
   params = jax.tree.map(np.asarray, _newest_params(workdir, config))
+  tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
+  token_ids = tokenizer.hf_token_ids if tokenizer is not None else {}
   tensors = {}
   for mapping in _mappings(config.model):
     value = _get_path(params, mapping.path)
@@ -348,8 +449,14 @@ def export_checkpoint(workdir, out_dir, config):
   }
   if heads:
     st_numpy.save_file(heads, os.path.join(out_dir, HEADS_FILE))
+  if tokenizer is not None:
+    tokenizer.save(os.path.join(out_dir, HF_SENTENCEPIECE))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
-    json.dump(hf_config_of(config), f, indent=2)
+    json.dump(hf_config_of(config, token_ids), f, indent=2)
+  with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
+    json.dump({f"{name}_token_id": token_ids.get(name) for name in ("bos", "eos", "pad")},
+              f,
+              indent=2)
 
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -382,7 +489,7 @@ def main(argv):
       if not _HF_DIR.value:
         raise ConversionError("--hf_dir is required")
       config = import_checkpoint(_HF_DIR.value, _WORKDIR.value, _CONFIG.value or base.get_config())
-      print(f"imported {_HF_DIR.value} -> {_WORKDIR.value}/{IMPORTED_PARAMS} "
+      print(f"imported {_HF_DIR.value} -> {ckpt_lib.imported_params_dir(_WORKDIR.value)} "
             f"({config.model.num_layers} layers, d_model {config.model.d_model})")
     else:
       if not _OUT.value:
@@ -390,7 +497,8 @@ def main(argv):
       config = config_lib.load(_CONFIG.value or _workdir_config(_WORKDIR.value))
       export_checkpoint(_WORKDIR.value, _OUT.value, config)
       print(f"exported {_WORKDIR.value} -> {_OUT.value}")
-  except (ConversionError, config_lib.ConfigError, ckpt_lib.CheckpointError) as e:
+  except (ConversionError, config_lib.ConfigError, ckpt_lib.CheckpointError,
+          tok_lib.TokenizerError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from rasr_jax import sharding
@@ -35,10 +36,31 @@ class RMSNorm(nnx.Module):
     return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def rotary(x, positions, theta):
-  """Rotates pairs (i, i + H/2) of x [B, T, N, H] by angle position * theta^(-2i/H)."""
+def rope_frequencies(cfg):
+  """Angular frequency of each rotated pair i < H/2 for ModelConfig `cfg` -> float64 [H/2].
+
+  default: theta^(-2i/H). linear: default / factor. llama3: default for wavelengths shorter
+  than original_max_positions / high_freq_factor, default / factor for wavelengths longer than
+  original_max_positions / low_freq_factor, and a smooth blend of the two in between.
+  """
+  half = cfg.head_dim // 2
+  freq = cfg.rope_theta**(-np.arange(half, dtype=np.float64) / half)
+  if cfg.rope_type == "linear":
+    return freq / cfg.rope_factor
+  if cfg.rope_type == "llama3":
+    wavelength = 2 * np.pi / freq
+    # 1 where the wavelength is short (kept), 0 where long (divided by factor), linear between.
+    keep = (cfg.rope_original_max_positions / wavelength
+            - cfg.rope_low_freq_factor) / (cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+    keep = np.clip(keep, 0.0, 1.0)
+    return keep * freq + (1.0 - keep) * freq / cfg.rope_factor
+  return freq
+
+
+def rotary(x, positions, frequencies):
+  """Rotates pairs (i, i + H/2) of x [B, T, N, H] by angle position * frequencies[i] ([H/2])."""
   half = x.shape[-1] // 2
-  freq = theta**(-jnp.arange(half, dtype=jnp.float32) / half)  # [H/2]
+  freq = jnp.asarray(frequencies, jnp.float32)  # [H/2]
   angle = positions[..., None].astype(jnp.float32) * freq  # [B, T, H/2]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]  # [B, T, 1, H/2]
   x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
@@ -56,7 +78,7 @@ class Attention(nnx.Module):
     self.wk = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.wv = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.wo = param(rngs, init, (n, h, d), ("heads", "head_dim", "embed"), pd)
-    self.rope_theta = cfg.rope_theta
+    self.cfg = cfg
 
   def _project(self, x, positions):
     """x [B, T, D] -> rotated q [B, T, N, H], rotated k [B, T, K, H], v [B, T, K, H]."""
@@ -64,7 +86,8 @@ class Attention(nnx.Module):
     q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))
     k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))
     v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))
-    return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta), v
+    freq = rope_frequencies(self.cfg)
+    return rotary(q, positions, freq), rotary(k, positions, freq), v
 
   def _output(self, out):  # [B, T, N, H] -> [B, T, D]
     out = constrain(out, ("act_batch", "act_length", "act_heads", None))

@@ -223,6 +223,11 @@ def checkpoint_dir(workdir):
   return os.path.join(workdir, "checkpoints")
 
 
+def imported_params_dir(workdir):
+  """Where `python -m rasr_jax.interop.hf import` writes a model's parameters (`save_params`)."""
+  return os.path.join(workdir, "imported_params")
+
+
 def check_writable(directory):
   """Raises CheckpointError unless a step directory can be created in `directory` (at start-up:
   orbax would otherwise fail the first save only after its 300 s signal timeout)."""

@@ -286,8 +286,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                     pieces=pieces)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
   evaluate = _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh)
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  writer.truncate_after(start)
+  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=start)
   return Run(config=config,
              workdir=workdir,
              mesh=mesh,
@@ -299,6 +298,16 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
              meta=meta,
              evaluate=evaluate,
              writer=writer)
+
+
+def _compile(step_fn, state, batch):
+  """`step_fn` compiled for these inputs (the persistent cache serves a repeat), with a log line
+  of the time it took."""
+  logging.info("compiling the training step ...")
+  begin = time.perf_counter()
+  compiled = step_fn.lower(state, *batch).compile()
+  logging.info("compiling the training step (%.1f s)", time.perf_counter() - begin)
+  return compiled
 
 
 def loop(run: Run, *, stop_at_step=None):
@@ -319,13 +328,20 @@ def loop(run: Run, *, stop_at_step=None):
   if end < total:
     logging.warning("SIGTERM before step %d; stopping at the restored step %d", start + 1, start)
   finished = False
-  window_start, window_steps = time.perf_counter(), 0
+  step_fn, window_steps = run.step_fn, 0
   try:
     with sharding.activate(run.mesh):
       for step in range(start, end):
         local = next(run.data)
         done = step + 1
-        state, metrics = run.step_fn(state, *_global_batch(local, batch_sharding))
+        batch = _global_batch(local, batch_sharding)
+        if step == start:
+          step_fn = _compile(run.step_fn, state, batch)
+          window_start = time.perf_counter()
+        state, metrics = step_fn(state, *batch)
+        if step == start:
+          jax.block_until_ready(metrics)
+          logging.info("first step: %.2f s", time.perf_counter() - window_start)
         if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
           raise NonFiniteError(f"non-finite loss or gradients at step {done} "
                                "(train.nan_policy=stop); that update was dropped and no "

@@ -5,20 +5,25 @@ import os
 
 
 class MetricWriter:
-  """Writes one record per logged step to tensorboard and to metrics.jsonl (process 0 only)."""
+  """Writes one record per logged step to tensorboard and to metrics.jsonl (process 0 only).
 
-  def __init__(self, workdir, enabled=True):
+  A run resumed at `start_step` first drops the records beyond it (written before a crash, then
+  lost with the state) from both, so replayed steps are not shown twice.
+  """
+
+  def __init__(self, workdir, enabled=True, start_step=0):
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = None
     if enabled:  # imported here: tensorboardX loads torch when installed (2 s of start-up)
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      self._truncate_after(start_step)
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
+                               purge_step=start_step + 1 if start_step else None)
 
-  def truncate_after(self, step):
-    """Drops records beyond `step` (written before a crash, then lost with the state) and a
-    last line torn by a kill."""
-    if not self.enabled or not os.path.exists(self.path):
+  def _truncate_after(self, step):
+    """Drops the metrics.jsonl records beyond `step` and a last line torn by a kill."""
+    if not os.path.exists(self.path):
       return
     kept = [line for line in _complete_lines(self.path) if json.loads(line)["step"] <= step]
     tmp = self.path + ".tmp"
