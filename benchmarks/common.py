@@ -10,7 +10,7 @@ import numpy as np
 
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
-from rasr_jax.data import qa, sources
+from rasr_jax.data import packing, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.reflection.rows import ReflectRows
 
@@ -40,16 +40,18 @@ def bundled_tokenizer(config):
 
 
 def batch_and_pieces(config, mesh, tokenizer):
-  """((tokens [B, T + 1], question/answer ReflectRows or None), PieceBytes or None): random
-  tokens (the same for every config of one shape), and the run's question/answer rows of the
-  bundled tasks encoded as training encodes them when `config` (mesh resolved) reflects on
-  them."""
+  """((PackedRows, question/answer ReflectRows or None), PieceBytes or None): random tokens
+  (the same for every config of one shape; each row one document), and the run's
+  question/answer rows of the bundled tasks encoded as training encodes them when `config`
+  (mesh resolved) reflects on them."""
   rows, seq = config.train.batch_size, config.data.seq_len
   tokens = np.random.RandomState(0).randint(6, config.model.vocab_size, (rows, seq + 1))
   put = lambda array: jax.device_put(np.asarray(array), sharding.batch_sharding(mesh))
+  packed = jax.tree.map(put,
+                        packing.whole_rows(tokens.astype(np.int32), config.data.document_masking))
   r = config.reflect
   if not r.qa_rows:
-    return (put(tokens.astype(np.int32)), None), None
+    return (packed, None), None
   records = qa.load(config.data, config.seed)
   pieces = tokenizer.piece_bytes(config.model.vocab_size)
   arrays, _ = qa.encode(records[:4 * r.qa_rows],
@@ -58,7 +60,7 @@ def batch_and_pieces(config, mesh, tokenizer):
                         target_len=r.target_len,
                         reference_width=pieces.text_bytes(r.target_len))
   qa_rows = ReflectRows(**{name: put(a[:r.qa_rows]) for name, a in arrays.items()})
-  return (put(tokens.astype(np.int32)), qa_rows), pieces
+  return (packed, qa_rows), pieces
 
 
 def time_steps(step_fn, state, batch, steps):

@@ -56,6 +56,9 @@ def get_config():
   c.data.seq_len = 128  # tokens per training row T (packed)
   c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
   c.data.tokenizer_sample_docs = 50000  # documents the tokenizer trainer reads at most
+  # Packed rows: a token attends only to its own document, positions restart per document, and
+  # no target is predicted across a document boundary (False: plain causal rows).
+  c.data.document_masking = True
   c.data.invalid_utf8 = "error"  # policy for invalid UTF-8 in files: error | replace
   # A file document longer than this is refused at start-up, naming file and line: usually a
   # .txt without line breaks or a broken JSONL field (0 = no limit). Documents longer than a

@@ -52,6 +52,7 @@ class DataConfig:
   seq_len: int
   tokenizer: str
   tokenizer_sample_docs: int
+  document_masking: bool
   invalid_utf8: str
   max_document_chars: int
   num_workers: int

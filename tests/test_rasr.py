@@ -14,6 +14,7 @@ from conftest import make_config
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.model import heads
 from rasr_jax.reflection import quality, steps
 from rasr_jax.reflection import rows as rows_lib
@@ -50,7 +51,7 @@ def routing_grads(rasr):
 
   @jax.jit
   def grads(params, progress):
-    args = (tokens, None, n, jax.random.key(1), jnp.float32(0.5), progress)
+    args = (PackedRows(tokens), None, n, jax.random.key(1), jnp.float32(0.5), progress)
     combined = jax.grad(lambda p: loss_fn(p, *args)[0])(params)
     terms = {
         name: jax.grad(lambda p, name=name: loss_fn(p, *args)[1][name])(params)
@@ -186,7 +187,7 @@ def test_refiner_gets_gradient_when_every_row_stopped(rasr):
   n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
 
   def reflect_term(params):  # tau = 0: every row stops; progress 1: the last step
-    _, metrics = loss_fn(params, tokens, None, n, jax.random.key(1), jnp.float32(0.0),
+    _, metrics = loss_fn(params, PackedRows(tokens), None, n, jax.random.key(1), jnp.float32(0.0),
                          jnp.float32(1.0))
     return metrics["loss/reflect"], metrics
 
@@ -219,8 +220,8 @@ def test_ablation_switches(overrides):
   config, mesh, state, _, graphdef, tokens = _setup(**overrides)
   loss_fn = jax.jit(train_step.make_loss_fn(graphdef, config, IDS))
   with sharding.activate(mesh):
-    _, metrics = loss_fn(state.params, tokens, None, jnp.float32(tokens.size), jax.random.key(0),
-                         jnp.float32(0.5), jnp.float32(1.0))
+    _, metrics = loss_fn(state.params, PackedRows(tokens), None, jnp.float32(tokens.size),
+                         jax.random.key(0), jnp.float32(0.5), jnp.float32(1.0))
   k = config.reflect.iterations
   assert f"quality/q_k{k}" in metrics and np.isfinite(float(metrics["loss/critic"]))
   assert ("loss/reflect_k0" in metrics) == (k > 0)
@@ -296,8 +297,8 @@ def test_reflection_off_equals_the_standard_step():
 
   with sharding.activate(mesh):
     want_loss, want_params = jax.jit(standard_step)(state.params, state.opt_state, tokens)
-    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, config, tx))(state, tokens,
-                                                                                   None)
+    new_state, metrics = jax.jit(train_step.make_train_step(graphdef, config,
+                                                            tx))(state, PackedRows(tokens), None)
   np.testing.assert_allclose(float(metrics["loss"]), float(want_loss), rtol=1e-6)
   for got, want in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(want_params)):
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

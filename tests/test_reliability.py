@@ -32,6 +32,7 @@ from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import faults, loop, optim, train_state
 from rasr_jax.training import step as train_step
@@ -71,10 +72,11 @@ def test_a_non_finite_update_is_dropped_inside_the_step():
                                  config,
                                  tx,
                                  grad_hook=faults.grad_hook(faults.Faults(nan_at_step=1))))
-  tokens = jnp.asarray(
-      np.random.RandomState(0).randint(6, config.model.vocab_size,
-                                       (config.train.batch_size, config.data.seq_len + 1)),
-      jnp.int32)
+  tokens = PackedRows(
+      jnp.asarray(
+          np.random.RandomState(0).randint(6, config.model.vocab_size,
+                                           (config.train.batch_size, config.data.seq_len + 1)),
+          jnp.int32))
   with sharding.activate(mesh):
     after, metrics = step(state, tokens, None)
     later, later_metrics = step(step(after, tokens, None)[0], tokens, None)
@@ -246,10 +248,11 @@ def test_restored_state_matches_a_fresh_one_and_compiles_nothing_new(straight_ru
       train_step.make_train_step(graphdef, config,
                                  optim.make_optimizer(config.train, abstract.params),
                                  tokenizer.marker_ids), shardings, mesh)
-  tokens = jnp.asarray(
-      np.random.RandomState(0).randint(6, config.model.vocab_size,
-                                       (config.train.batch_size, config.data.seq_len + 1)),
-      jnp.int32)
+  tokens = PackedRows(
+      jnp.asarray(
+          np.random.RandomState(0).randint(6, config.model.vocab_size,
+                                           (config.train.batch_size, config.data.seq_len + 1)),
+          jnp.int32))
   with sharding.activate(mesh):
     jax.block_until_ready(step(fresh, tokens, None))
     compiled = step._cache_size()

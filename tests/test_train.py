@@ -29,6 +29,7 @@ from conftest import (
 )
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.training import checkpoint, loop, train_state
 from rasr_jax.training.metrics import MetricWriter, read_records
 
@@ -230,7 +231,7 @@ def test_gradient_accumulation_equals_one_batch():
     step = jax.jit(train_step.make_train_step(graphdef, config, tx))
     with sharding.activate(mesh):
       for _ in range(2):  # the first update has learning rate 0 (warm-up starts at 0)
-        state, metrics = step(state, tokens, None)
+        state, metrics = step(state, PackedRows(tokens), None)
     results.append((metrics, jax.tree.leaves(state.params)))
   (m1, p1), (m2, p2) = results
   assert float(m2["loss"]) == pytest.approx(float(m1["loss"]), rel=1e-6)

@@ -3,15 +3,17 @@
 The global batch of B rows comes from S row streams (`data.streams`). Stream s shuffles the
 documents with the seed, takes every S-th (from s), tokenizes them (each ending in `<eos>`),
 concatenates them and cuts rows of seq_len + 1 tokens (a document longer than a row continues
-in the next row); it fills B / S rows of every batch. Process p of n reads streams
+in the next row), each token with the segment id of its document in the row (grain's); it
+fills B / S rows of every batch. Process p of n reads streams
 p S / n .. (p + 1) S / n, so each epoch visits every document exactly once across processes,
 and the global batch does not depend on how many processes read it. The iterator's state is
 small JSON and is checkpointed.
 
 With question/answer rows (`qa_rows` per global batch) each stream also shuffles the encoded
 records (`data/qa.py`), takes every S-th and fills qa_rows / S of them per batch; a batch is then
-{"tokens": [rows, seq_len + 1], "qa": {field: [qa rows, ...]}}, else {"tokens": ...}. Both
-parts live in the one iterator state, so resume is exact for both.
+{"tokens": [rows, seq_len + 1], "segment_ids": [rows, seq_len + 1], "qa": {field: [qa rows,
+...]}}, else without "qa". Both parts live in the one iterator state, so resume is exact for
+both.
 """
 
 import json
@@ -49,9 +51,14 @@ class _Records:
 QA_SEED_OFFSET = 1  # the records' shuffle seed differs from the documents'
 
 
+def _packed(row):
+  """A packed row: its tokens and which document each is from (grain's segment ids)."""
+  return {"tokens": row["tokens"], "segment_ids": row["tokens_segment_ids"]}
+
+
 def _with_qa(parts):
-  tokens, qa = parts
-  return {"tokens": tokens["tokens"], "qa": qa}
+  packed, qa = parts
+  return {**packed, "qa": qa}
 
 
 def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_rows):
@@ -60,7 +67,7 @@ def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_r
   ds = (grain.MapDataset.source(documents).shuffle(seed=seed)[index::count].repeat(None).map(
       _Tokenize(tokenizer)).to_iter_dataset())
   ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
-  ds = ds.batch(rows, drop_remainder=True)
+  ds = ds.map(_packed).batch(rows, drop_remainder=True)
   if not qa_rows:
     return ds
   records = (grain.MapDataset.source(
@@ -86,8 +93,9 @@ def make_dataset(documents,
                  qa=None,
                  qa_rows=0):
   """An IterDataset of this process's batches: {"tokens": [global_batch / process_count,
-  seq_len + 1] int32} and, with `qa_rows` question/answer rows per global batch from the
-  encoded records `qa`, "qa": {field: [qa_rows / process_count, ...]}."""
+  seq_len + 1] int32, "segment_ids": the same shape (see packing.PackedRows)} and, with
+  `qa_rows` question/answer rows per global batch from the encoded records `qa`, "qa": {field:
+  [qa_rows / process_count, ...]}."""
   if streams % process_count or global_batch % streams:
     raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
                     f"processes and divide the batch of {global_batch}")

@@ -94,21 +94,24 @@ class Tokenizer:
     return self._sp.encode(text, out_type=int)
 
   def encode_document(self, text: str) -> list[int]:
-    """A training document: [bos] (when the model has one) + the text + `<eos>`."""
-    return self._bos() + self.encode(text) + [self.eos_id]
+    """A training document: the text as a prompt starts (see `encode_prompt`) + `<eos>`, so that
+    under document masking a prompt's first token is what every document's was."""
+    return self.encode_prompt(text) + [self.eos_id]
 
   def encode_prompt(self, text: str) -> list[int]:
-    """A prompt as the model reads one: bos + the text when the model has a bos, else `<eos>`
-    (the end of whatever came before) + the text."""
-    return (self._bos() or [self.eos_id]) + self.encode(text)
+    """A prompt as the model reads one: `start_id` + the text."""
+    return [self.start_id] + self.encode(text)
 
-  def _bos(self):
-    return [] if self.bos_id is None else [self.bos_id]
+  @property
+  def start_id(self) -> int:
+    """The id every document and prompt starts with: the model's bos when it has one (Llama's
+    `<s>`), else `<eos>` (the end of whatever came before)."""
+    return self.eos_id if self.bos_id is None else self.bos_id
 
   @property
   def hf_token_ids(self) -> dict:
     """bos / eos / pad ids as an HF config names them (bos: the id a prompt starts with)."""
-    return {"bos": self.encode_prompt("")[0], "eos": self.eos_id, "pad": self.pad_id}
+    return {"bos": self.start_id, "eos": self.eos_id, "pad": self.pad_id}
 
   def decode(self, ids) -> str:
     """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger

@@ -2,8 +2,9 @@
 
 `RasrLM` implements lm-eval's `loglikelihood` (through `TemplateLM`, which moves a context's
 trailing spaces onto the continuation), `loglikelihood_rolling` and `generate_until`, batched,
-results in request order. Every sequence is read after an `<eos>`, as `--mode=score` reads texts
-(the empty-context case of `TemplateLM` gives the same: `<eos>` is its prefix token). Contexts
+results in request order. Every sequence is read after the tokenizer's start token (its bos, or
+`<eos>`), as `--mode=score` reads texts (the empty-context case of `TemplateLM` gives the same:
+the start token is its prefix token). Contexts
 are left-truncated to the model's `data.seq_len` tokens.
 
 `generate_until` answers with one of the methods of `methods.py`. For `rasr` every draft is
@@ -49,6 +50,10 @@ class RasrLM(TemplateLM):
     return self.model.tokenizer.eos_id
 
   @property
+  def prefix_token_id(self):  # what an empty context is read after
+    return self.model.tokenizer.start_id
+
+  @property
   def max_length(self):
     return self.model.config.data.seq_len
 
@@ -57,9 +62,10 @@ class RasrLM(TemplateLM):
     return self.model.tokenizer.encode(string)
 
   def _encode_pair(self, context, continuation):
-    """A non-empty context is read after `<eos>` too, like every document in training."""
+    """A non-empty context is read after the start token too, like every document in
+    training."""
     context_ids, continuation_ids = super()._encode_pair(context, continuation)
-    return [self.eot_token_id] + context_ids, continuation_ids
+    return [self.prefix_token_id] + context_ids, continuation_ids
 
   def _loglikelihood_tokens(self, requests, disable_tqdm=False, **kwargs):
     """requests: ((context, continuation), context ids, continuation ids) -> (sum of the
@@ -83,13 +89,13 @@ class RasrLM(TemplateLM):
 
   def rolling_logprobs(self, texts):
     """Total log-likelihood of each text: windows of `max_length` tokens, every token predicted
-    once, the first after `<eos>`."""
+    once, the first after the start token."""
     windows, owners = [], []
     for index, text in enumerate(texts):
       for context, target in map(
           lm_utils.make_disjoint_window,
           lm_utils.get_rolling_token_windows(self.tok_encode(text),
-                                             prefix_token=self.eot_token_id,
+                                             prefix_token=self.prefix_token_id,
                                              max_seq_len=self.max_length,
                                              context_len=1)):
         windows.append(((text, ""), context, target))

@@ -14,6 +14,7 @@ import numpy as np
 
 from rasr_jax import sharding
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.modes import describe
 from rasr_jax.reflection import answers
 from rasr_jax.reflection.rows import ReflectRows
@@ -65,10 +66,11 @@ def compile_report(config):
   tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1),
                                 "int32",
                                 sharding=batch)
+  packed = PackedRows(tokens, tokens if config.data.document_masking else None)
   qa_rows = _abstract_rows(config.reflect, pieces.text_bytes(config.reflect.target_len), batch)
   start = time.perf_counter()
   with sharding.activate(mesh):
-    compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), tokens,
+    compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), packed,
                              qa_rows).compile()
   seconds = time.perf_counter() - start
   memory = compiled.memory_analysis()

@@ -20,6 +20,7 @@ from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import faults as faults_lib
@@ -105,15 +106,16 @@ def _encode_qa(config, records, tokenizer, pieces):
   return arrays
 
 
-def _global_batch(local, batch_sharding):
-  """Per-process rows -> (tokens [B, T + 1], question/answer ReflectRows or None), global arrays
-  split over the data axes."""
+def _global_batch(local, batch_sharding, document_masking):
+  """Per-process rows -> (PackedRows, question/answer ReflectRows or None), global arrays split
+  over the data axes; the segment ids only with `document_masking`."""
 
   def put(array):
     return jax.make_array_from_process_local_data(batch_sharding, np.asarray(array))
 
   rows = ReflectRows(**{k: put(v) for k, v in local["qa"].items()}) if "qa" in local else None
-  return put(local["tokens"]), rows
+  segment_ids = put(local["segment_ids"]) if document_masking else None
+  return PackedRows(put(local["tokens"]), segment_ids), rows
 
 
 class _HeldOutEval:
@@ -128,13 +130,14 @@ class _HeldOutEval:
                          out_shardings=sharding.replicated(mesh))
     self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
     self._batch_sharding = sharding.batch_sharding(mesh)
+    self._document_masking = config.data.document_masking
 
   def __call__(self, state):
     metrics = []
     for index, local in zip(range(self._batches), self._make_data()):
-      tokens, rows = _global_batch(local, self._batch_sharding)
+      packed, rows = _global_batch(local, self._batch_sharding, self._document_masking)
       key = jax.random.fold_in(self._key, index)
-      metrics.append(jax.device_get(self._step(state, tokens, rows, key)))
+      metrics.append(jax.device_get(self._step(state, packed, rows, key)))
     return {f"eval/{name}": value for name, value in mean_metrics(metrics).items()}
 
 
@@ -334,7 +337,7 @@ def loop(run: Run, *, stop_at_step=None):
       for step in range(start, end):
         local = next(run.data)
         done = step + 1
-        batch = _global_batch(local, batch_sharding)
+        batch = _global_batch(local, batch_sharding, config.data.document_masking)
         if step == start:
           step_fn = _compile(run.step_fn, state, batch)
           window_start = time.perf_counter()

@@ -1,4 +1,4 @@
-"""train_step(state, tokens) -> (state, metrics): the loss terms summed, one optimizer update.
+"""train_step(state, rows, qa) -> (state, metrics): the loss terms summed, one optimizer update.
 
 Standard pretraining is the LM loss alone. With `reflect.enabled` the total is
 alpha L_standard + beta L_reflection + gamma L_critic + L_controller, whose single gradient
@@ -13,6 +13,8 @@ import optax
 from flax import nnx
 
 from rasr_jax import sharding
+from rasr_jax.data import packing
+from rasr_jax.data.packing import PackedRows
 from rasr_jax.model import sampling
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import steps
@@ -20,12 +22,6 @@ from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import losses, optim, reflect
 
 TAU_RANGE = (0.05, 0.95)
-
-
-def _split_batch(tokens):
-  """tokens [B, T + 1] -> inputs [B, T], targets [B, T], weights [B, T]."""
-  inputs, targets = tokens[:, :-1], tokens[:, 1:]
-  return inputs, targets, jnp.ones(targets.shape, jnp.float32)
 
 
 def reflection_windows(tokens, logits, rows, cfg, key):
@@ -91,10 +87,10 @@ def reflection_rows(graphdef, params, tokens, logits, qa, cfg, key, ids, micro_b
 
 
 def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
-  """loss_fn(params, tokens, qa, normalizer, key, tau, progress) -> (total, metrics).
+  """loss_fn(params, rows, qa, normalizer, key, tau, progress) -> (total, metrics).
 
-  tokens [B, T + 1] packed rows; qa: question/answer ReflectRows (None without them). The LM
-  term is a token sum over `normalizer`; reflection terms are means, scaled by
+  rows: PackedRows; qa: question/answer ReflectRows (None without them). The LM term is a sum
+  over the counted targets, divided by `normalizer`; reflection terms are means, scaled by
   1 / micro_batches so that summing over micro-batches averages them. `pieces`: the tokenizer's
   PieceBytes, needed to read answers of question/answer rows.
   """
@@ -102,19 +98,19 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
   if r.enabled and r.qa_rows and pieces is None:
     raise ValueError(f"reflect.source={r.source} reads answers: make_loss_fn needs `pieces`")
 
-  def loss_fn(params, tokens, qa, normalizer, key, tau, progress):
-    inputs, targets, weights = _split_batch(tokens)
+  def loss_fn(params, rows: PackedRows, qa, normalizer, key, tau, progress):
+    inputs, targets, weights, positions, mask = packing.inputs_and_targets(rows)
     model = nnx.merge(graphdef, params)
-    logits, _ = model(inputs)
+    logits, _ = model(inputs, positions=positions, mask=mask)
     lm = losses.lm_loss_sum(logits, targets, weights) / normalizer
     if not r.enabled:
       return lm, {"loss/lm": lm}
     rows_key, reflect_key = jax.random.split(key)
-    rows, draft0, length0 = reflection_rows(graphdef, params, tokens, logits, qa, r, rows_key,
-                                            special_ids, micro_batches)
+    reflect_rows, draft0, length0 = reflection_rows(graphdef, params, rows.tokens, logits, qa, r,
+                                                    rows_key, special_ids, micro_batches)
     terms, metrics = reflect.reflect(graphdef,
                                      params,
-                                     rows,
+                                     reflect_rows,
                                      draft0,
                                      length0,
                                      tau=tau,
@@ -165,9 +161,9 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
 
 
 def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, pieces=None):
-  """train_step(state, tokens, qa) -> (state, metrics).
+  """train_step(state, rows, qa) -> (state, metrics).
 
-  tokens [B, T + 1] packed rows; qa: the batch's question/answer ReflectRows (reflect.source qa
+  rows: the batch's PackedRows; qa: the batch's question/answer ReflectRows (reflect.source qa
   or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers.
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
@@ -183,21 +179,21 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, piec
       g: optim.schedule(config.train, lr) for g, lr in optim.group_peak_lrs(config.train).items()
   }
 
-  def train_step(state, tokens, qa):
-    normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+  def train_step(state, rows: PackedRows, qa):
+    normalizer = packing.target_count(rows)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     progress = state.step.astype(jnp.float32) / config.train.steps
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, tokens, qa, normalizer, key, state.tau, progress)
+      (loss, aux), grads = grad_fn(state.params, rows, qa, normalizer, key, state.tau, progress)
     else:
 
       def micro_step(carry, inputs):
-        index, (micro_tokens, micro_qa) = inputs
-        out = grad_fn(state.params, micro_tokens, micro_qa, normalizer,
+        index, (micro_rows, micro_qa) = inputs
+        out = grad_fn(state.params, micro_rows, micro_qa, normalizer,
                       jax.random.fold_in(key, index), state.tau, progress)
         return jax.tree.map(jnp.add, carry, out), None
 
-      micro = _micro_batches((tokens, qa), accum)  # [accum, B / accum, ...]
+      micro = _micro_batches((rows, qa), accum)  # [accum, B / accum, ...]
       first = jax.tree.map(lambda leaf: leaf[0], micro)
       zeros = jax.tree.map(
           lambda s: jnp.zeros(s.shape, s.dtype),
@@ -239,20 +235,20 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, piec
 
 
 def make_eval_step(graphdef, config, special_ids=None, pieces=None):
-  """eval_step(state, tokens, qa, key) -> metrics: the training loss terms, no update."""
+  """eval_step(state, rows, qa, key) -> metrics: the training loss terms, no update."""
   loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces)
 
-  def eval_step(state, tokens, qa, key):
-    normalizer = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+  def eval_step(state, rows: PackedRows, qa, key):
+    normalizer = packing.target_count(rows)
     progress = state.step.astype(jnp.float32) / config.train.steps
-    loss, metrics = loss_fn(state.params, tokens, qa, normalizer, key, state.tau, progress)
+    loss, metrics = loss_fn(state.params, rows, qa, normalizer, key, state.tau, progress)
     return dict(metrics, loss=loss)
 
   return eval_step
 
 
 def jit_train_step(train_step, state_shardings, mesh):
-  """The step compiled for `mesh`: state sharded and donated, tokens and question/answer rows
+  """The step compiled for `mesh`: state sharded and donated, packed and question/answer rows
   split over the data axes."""
   batch = sharding.batch_sharding(mesh)
   return jax.jit(train_step,

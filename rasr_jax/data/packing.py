@@ -1,0 +1,52 @@
+"""Packed rows: documents laid end to end in rows of T + 1 tokens, and what their segment ids
+mean to the model.
+
+With document masking (`data.document_masking`), a token attends only to earlier tokens of its
+own document, positions restart at 0 where a document starts, and no target is predicted across
+a document boundary; a row then gives each token the same logits as its document run alone.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+
+@struct.dataclass
+class PackedRows:
+  """A batch of packed rows."""
+  tokens: jax.Array  # [B, T + 1] int32
+  # [B, T + 1] int32: which document of the row each token is from (1, 2, ... in row order; a
+  # document cut by the row's end continues as segment 1 of the next row); None = no masking.
+  segment_ids: jax.Array | None = None
+
+
+def whole_rows(tokens, document_masking):
+  """Rows that are each one document (synthetic batches: benchmarks, compile checks)."""
+  return PackedRows(tokens, np.ones(tokens.shape, np.int32) if document_masking else None)
+
+
+def inputs_and_targets(rows: PackedRows):
+  """-> inputs [B, T], targets [B, T], weights [B, T] float32 (0 for a target in another
+  document than its input), positions [B, T] or None, mask [B, 1, T, T] bool or None (None:
+  plain causal attention over the whole row)."""
+  inputs, targets = rows.tokens[:, :-1], rows.tokens[:, 1:]
+  if rows.segment_ids is None:
+    return inputs, targets, jnp.ones(targets.shape, jnp.float32), None, None
+  segments, target_segments = rows.segment_ids[:, :-1], rows.segment_ids[:, 1:]
+  weights = (segments == target_segments).astype(jnp.float32)
+  index = jnp.arange(segments.shape[1])
+  starts = jnp.concatenate(
+      [jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+  first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)  # [B, T] where each document starts
+  same = segments[:, :, None] == segments[:, None, :]  # [B, T, T]
+  mask = (same & (index[:, None] >= index[None, :]))[:, None]  # [B, 1, T, T]
+  return inputs, targets, weights, index - first, mask
+
+
+def target_count(rows: PackedRows):
+  """The number of targets the LM loss counts ([] float32): B T without document masking."""
+  tokens = rows.tokens
+  if rows.segment_ids is None:
+    return jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+  return jnp.sum(rows.segment_ids[:, 1:] == rows.segment_ids[:, :-1]).astype(jnp.float32)
