@@ -39,5 +39,10 @@ setuptools.setup(
             "matplotlib>=3.8", *LINT
         ],
     },
-    entry_points={"console_scripts": ["rasr_jax=rasr_jax.main:run"]},
+    entry_points={
+        "console_scripts": [
+            "rasr_jax=rasr_jax.main:run",
+            "rasr-lm-eval=rasr_jax.evaluation.lm_eval_cli:main",
+        ]
+    },
 )

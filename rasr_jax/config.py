@@ -7,6 +7,7 @@ missing keys, wrong types, non-positive sizes and rates and inconsistent shapes,
 
 import dataclasses
 import difflib
+import json
 import math
 import typing
 
@@ -300,6 +301,29 @@ def _check_rules(c):
       _fail(f"mesh.{axis}", size, "must be > 0, or -1 to fill with the remaining devices")
   if sum(size == -1 for size in sizes.values()) > 1:
     _fail("mesh", sizes, "at most one axis may be -1")
+
+
+def config_file(path):
+  """The ConfigDict of a config file (`get_config()` of a Python file, as --config reads it; the
+  file runs as code, so only trusted files)."""
+  namespace = {}
+  try:
+    with open(path) as f:
+      exec(compile(f.read(), path, "exec"), namespace)
+    return namespace["get_config"]()
+  except (OSError, SyntaxError, KeyError) as e:
+    raise ConfigError(f"config file {path}: cannot read a get_config() from it ({e!r})") from None
+
+
+def write_config_file(path, config_dict, what):
+  """A config file that `config_file` (and --config) reads back as `config_dict` (a ConfigDict
+  or a plain nested dict), held as JSON; `what` says in its docstring whose config it is."""
+  raw = config_dict.to_dict() if hasattr(config_dict, "to_dict") else config_dict
+  text = json.dumps(raw, indent=2, sort_keys=True)
+  with open(path, "w") as f:
+    f.write(f'"""Config of {what}."""\n\nimport json\n\nfrom ml_collections import config_dict\n\n'
+            f"_CONFIG = r'''\n{text}\n'''\n\n\ndef get_config():\n"
+            "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
 
 
 def load(config_dict):

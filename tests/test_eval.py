@@ -8,6 +8,8 @@ import json
 import math
 import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,7 @@ from flax import nnx
 from lm_eval.api.instance import Instance
 from lm_eval.api.model import TemplateLM
 
-from conftest import run_main
+from conftest import REPO, run_main
 from rasr_jax import config as config_lib
 from rasr_jax import tasks
 from rasr_jax.data import sources
@@ -454,3 +456,32 @@ def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_c
                       str(tmp_path),
                       task_list="mmlu",
                       benchmarks_dir=str(only_gsm8k))
+
+
+def test_lm_eval_cli_runs_the_registered_model(trained, prepared, tmp_path):
+  """lm-eval's own command line (through the module that registers `rasr`) scores a task from
+  --include_path as the adapter does in process, and writes lm-eval's results layout."""
+  workdir, config, _, lm = trained
+  config_path = str(tmp_path / "config.py")
+  config_lib.write_config_file(config_path, config_lib.to_dict(config), "the test run")
+  tasks_dir = tmp_path / "tasks"
+  tasks_dir.mkdir()
+  yaml = pathlib.Path(prepared, "logiqa.yaml").read_text()
+  (tasks_dir / "rasr_cli_logiqa.yaml").write_text(
+      yaml.replace("task: logiqa", "task: rasr_cli_logiqa"))
+  subprocess.run([
+      sys.executable, "-m", "rasr_jax.evaluation.lm_eval_cli", "run", "--model", "rasr",
+      "--model_args", f"workdir={workdir},config={config_path}", "--tasks", "rasr_cli_logiqa",
+      "--include_path",
+      str(tasks_dir), "--batch_size", "4", "--output_path",
+      str(tmp_path / "out")
+  ],
+                 check=True,
+                 cwd=REPO,
+                 capture_output=True,
+                 timeout=600)
+  (results_file,) = pathlib.Path(tmp_path / "out").rglob("results_*.json")
+  got = json.loads(results_file.read_text())["results"]["rasr_cli_logiqa"]
+  want, _ = harness.evaluate_tasks(lm, ["logiqa"], prepared)
+  assert got["acc,none"] == want["logiqa"]["acc,none"]
+  assert got["acc_norm,none"] == want["logiqa"]["acc_norm,none"]

@@ -12,27 +12,38 @@ decoded once and cached; `pick` chooses which one is returned (`None`: the answe
 learned stop, `k`: y(k)), so lm-eval can score y(0), y(1), ... with its own filters and metrics
 without decoding again.
 
+The adapter is registered with lm-eval as `rasr`, so that lm-eval's own CLI runs it:
+`python -m rasr_jax.evaluation.lm_eval_cli --model rasr --model_args workdir=W,config=FILE`
+(see that module).
+
 lm-eval is an optional extra: `pip install -e .[eval]`.
 """
 
 import os
 
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # never download: tasks read local files
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import lm_eval
 import numpy as np
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
 from lm_eval.tasks import TaskManager
 
+from rasr_jax import config as config_lib
 from rasr_jax.evaluation import methods
+from rasr_jax.generation import inference
 
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generate_until
 
 
+@register_model("rasr")
 class RasrLM(TemplateLM):
-  """lm-eval's model interface over an `inference.InferenceModel`."""
+  """lm-eval's model interface over an `inference.InferenceModel`.
+
+  lm-eval builds it from `--model_args`: workdir (required), config (a config file; default
+  WORKDIR/config.py, which `import` writes), checkpoint (a step or checkpoints directory;
+  default the newest, else the imported parameters), method (standard | cot | self_refine |
+  rasr), seed; and its own `--batch_size` (an int; `auto` is read as 8).
+  """
 
   def __init__(self, model, *, method="standard", batch_size=8, seed=0):
     super().__init__()
@@ -44,6 +55,24 @@ class RasrLM(TemplateLM):
     self.seed = seed
     self.pick = None  # rasr: None = the learned stop's answer, k = draft y(k)
     self.answers = {}  # (context, generation settings) -> methods.Answer
+
+  @classmethod
+  def create_from_arg_string(cls, arg_string, additional_config=None):
+    return cls.create_from_arg_obj(lm_utils.simple_parse_args_string(arg_string), additional_config)
+
+  @classmethod
+  def create_from_arg_obj(cls, arg_dict, additional_config=None):
+    args = {**{k: v for k, v in (additional_config or {}).items() if v is not None}, **arg_dict}
+    workdir = args.get("workdir")
+    if not workdir:
+      raise ValueError("--model_args needs workdir=DIR (and config=FILE unless DIR/config.py)")
+    config = config_lib.load(
+        config_lib.config_file(args.get("config") or os.path.join(workdir, "config.py")))
+    batch_size = args.get("batch_size", 8)
+    return cls(inference.InferenceModel(config, workdir, args.get("checkpoint")),
+               method=args.get("method", "standard"),
+               batch_size=int(batch_size) if str(batch_size).isdigit() else 8,
+               seed=int(args.get("seed", 0)))
 
   @property
   def eot_token_id(self):

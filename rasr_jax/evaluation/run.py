@@ -34,7 +34,6 @@ from rasr_jax.evaluation import (
     HARNESS_TASKS,
     benchmark_data,
     bundled,
-    harness,
     methods,
     parse_list,
     plots,
@@ -117,7 +116,7 @@ class Evaluation:
     return self._write()
 
   def _lm(self, method):
-    return harness.RasrLM(self.model, method=method, batch_size=self.batch_size, seed=self.seed)
+    return _harness().RasrLM(self.model, method=method, batch_size=self.batch_size, seed=self.seed)
 
   def _same_for_all(self, task, scores):
     for method in self.method_names:
@@ -147,7 +146,7 @@ class Evaluation:
     inference.write_jsonl(records, os.path.join(self.out_dir, "samples", method, f"{task}.jsonl"))
 
   def _harness(self, lm, task):
-    return harness.evaluate_tasks(lm, [task], self.tasks_dir, limit=self.limit)
+    return _harness().evaluate_tasks(lm, [task], self.tasks_dir, limit=self.limit)
 
   def _loglikelihood_task(self, task):
     results, _ = self._harness(self._lm("standard"), task)
@@ -227,14 +226,24 @@ def table(scores):
   return "\n".join(lines)
 
 
+def _harness():
+  """The lm-eval adapter module, imported on first use: after `prepare_benchmarks` has switched
+  downloads off (lm-eval and datasets read the switches when they load)."""
+  from rasr_jax.evaluation import harness
+  return harness
+
+
 def prepare_benchmarks(task_names, benchmarks_dir, prepared_dir):
-  """The lm-eval task directory for the harness tasks among `task_names` (None without any)."""
+  """The lm-eval task directory for the harness tasks among `task_names` (None without any).
+  They read local files only, so downloads are switched off (before lm-eval loads)."""
   wanted = [t for t in task_names if t in HARNESS_TASKS]
   if not wanted:
     return None
   if not benchmarks_dir:
     raise config_lib.ConfigError(f"tasks {wanted} read local benchmark files: pass "
                                  "--benchmarks_dir")
+  os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+  os.environ.setdefault("HF_HUB_OFFLINE", "1")
   present = benchmark_data.prepare(benchmarks_dir, prepared_dir)
   missing = [t for t in wanted if t not in present]
   if missing:

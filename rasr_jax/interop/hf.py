@@ -310,15 +310,6 @@ def fresh_heads(config):
   }
 
 
-def _config_file(config_dict, source):
-  """A config file (Python, as --config expects) holding `config_dict` as JSON."""
-  text = json.dumps(config_dict.to_dict(), indent=2, sort_keys=True)
-  return (f'"""Config of the model imported from {source} (written by rasr_jax.interop.hf)."""\n\n'
-          "import json\n\nfrom ml_collections import config_dict\n\n_CONFIG = r\'\'\'\n"
-          f"{text}\n\'\'\'\n\n\ndef get_config():\n"
-          "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
-
-
 HF_SENTENCEPIECE = "tokenizer.model"  # where an HF directory keeps a sentencepiece tokenizer
 
 
@@ -349,8 +340,8 @@ def import_checkpoint(hf_dir, workdir, base_config):
   ckpt_lib.save_params(target, params)
   if tokenizer is not None:
     tokenizer.save(tok_lib.workdir_path(workdir))
-  with open(os.path.join(workdir, "config.py"), "w") as f:
-    f.write(_config_file(cd, os.path.abspath(hf_dir)))
+  config_lib.write_config_file(os.path.join(workdir, "config.py"), cd,
+                               f"the model imported from {os.path.abspath(hf_dir)}")
   with open(os.path.join(workdir, "import.json"), "w") as f:
     json.dump(
         {
@@ -468,14 +459,11 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for the HF checkpoint 
 
 
 def _workdir_config(workdir):
-  """The config `import` wrote into the work directory (a config file runs as code)."""
+  """The config `import` wrote into the work directory."""
   path = os.path.join(workdir, "config.py")
   if not os.path.isfile(path):
     raise ConversionError(f"{path} not found: pass --config")
-  namespace = {}
-  with open(path) as f:
-    exec(compile(f.read(), path, "exec"), namespace)  # trusted, as a --config file is
-  return namespace["get_config"]()
+  return config_lib.config_file(path)
 
 
 def main(argv):
