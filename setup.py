@@ -19,6 +19,8 @@ setuptools.setup(
         "orbax-checkpoint>=0.12.8",
         "grain>=0.2.18",
         "sentencepiece>=0.2.3",
+        # HuggingFace tokenizer.json files (Llama 3's and most published models' tokenizers).
+        "tokenizers>=0.20",
         "ml-collections>=1.1.0",
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",

@@ -28,6 +28,7 @@ def _cases(tmp):
   empty, bad_utf8 = write("empty.txt", b" \n"), write("bad.txt", b"ok \xff\xfe text")
   not_json, no_field = write("bad.jsonl", b'{"text": "a"}\nnope\n'), write("f.jsonl", b'{"b": 1}\n')
   corrupt_tokenizer = write("corrupt.model", b"\x00not a sentencepiece model")
+  corrupt_tokenizer_json = write("tokenizer.json", b'{"model": {"type": "BPE"')
   long_document = write("long.txt", b"short\n\n" + b"x" * 2000 + b"\n")
   fresh = os.path.join(tmp, "fresh")
   unwritable = os.path.join(tmp, "unwritable")  # its checkpoints/ is sysfs: not even root writes
@@ -87,6 +88,9 @@ def _cases(tmp):
        ["/nonexistent/t.model"]),
       ("corrupt tokenizer", fresh, [f"--config.data.tokenizer={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "sentencepiece"]),
+      ("tokenizer.json that does not parse", fresh,
+       [f"--config.data.tokenizer={corrupt_tokenizer_json}"
+       ], {}, [corrupt_tokenizer_json, "not a valid tokenizer.json"]),
       ("tokenizer larger than the model", W, ["--config.model.vocab_size=256"], {}, ["vocab"]),
       # checkpoint
       ("checkpoint of another model", W, ["--config.model.mlp_dim=96"], {},

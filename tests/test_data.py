@@ -39,6 +39,58 @@ def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
       "abc 123")
 
 
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>",
+                   *(f"<|reserved_special_token_{i}|>" for i in range(3)))
+
+
+def byte_level_tokenizer(path, texts, vocab_size=400):
+  """A Llama 3-style tokenizer.json (byte-level BPE, its special tokens) trained on `texts`."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+  tok = tokenizers.Tokenizer(models.BPE())
+  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tok.decoder = decoders.ByteLevel()
+  tok.train_from_iterator(
+      texts,
+      trainers.BpeTrainer(vocab_size=vocab_size,
+                          special_tokens=list(LLAMA3_SPECIALS),
+                          initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                          show_progress=False))
+  bos = LLAMA3_SPECIALS[0]  # Llama 3's own tokenizer.json puts it before every text
+  tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A",
+                                                     special_tokens=[(bos, tok.token_to_id(bos))])
+  tok.save(str(path))
+  return str(path)
+
+
+def test_an_hf_tokenizer_json_behind_the_same_interface(corpus, tmp_path):
+  path = byte_level_tokenizer(tmp_path / "tokenizer.json", corpus.documents[:2000])
+  tokenizer = tok_lib.load(path, model_vocab_size=400)
+  ids = {piece: tokenizer._piece_id(piece) for piece in LLAMA3_SPECIALS}
+  markers = tokenizer.marker_ids
+  assert (markers.draft, markers.critique,
+          markers.refine) == tuple(ids[f"<|reserved_special_token_{i}|>"] for i in range(3))
+  assert tokenizer.start_id == tokenizer.bos_id == ids["<|begin_of_text|>"]
+  assert tokenizer.eos_id == ids["<|end_of_text|>"] and not tokenizer.markers_past_pieces
+  text = "tom has 12 apples.\n\n  #### 12 \u2713 \u6f22\u5b57"  # newlines and spaces are kept
+  encoded = tokenizer.encode(text)
+  assert tokenizer.decode(encoded) == text
+  assert tokenizer.decode(tokenizer.encode_document(text)) == text  # bos and eos decode to ""
+  pieces = tokenizer.piece_bytes(403)  # the model's 3 extra rows add nothing
+  assert b"".join(bytes(pieces.table[i, :pieces.lengths[i]]) for i in encoded) == text.encode()
+  assert pieces.lengths[ids["<|end_of_text|>"]] == 0 and pieces.lengths[402] == 0
+  (tmp_path / "copy").mkdir()
+  tokenizer.save(str(tmp_path / "copy" / "tokenizer.json"))
+  copy = tok_lib.load(str(tmp_path / "copy"), model_vocab_size=400)  # a directory holding one
+  assert copy.checksum == tokenizer.checksum and copy.hf_token_ids == tokenizer.hf_token_ids
+  # tokenizer_config.json beside the file names the end of a document.
+  (tmp_path / "tokenizer_config.json").write_text('{"eos_token": {"content": "<|begin_of_text|>"}}')
+  assert tok_lib.load(path).eos_id == ids["<|begin_of_text|>"]
+  (tmp_path / "broken.json").write_text('{"model": ')
+  with pytest.raises(tok_lib.TokenizerError, match="broken.json: not a valid tokenizer.json"):
+    tok_lib.load(str(tmp_path / "broken.json"))
+
+
 def test_tokenizer_errors(tmp_path):
   with pytest.raises(tok_lib.TokenizerError, match="file not found"):
     tok_lib.load(str(tmp_path / "missing.model"))
@@ -58,7 +110,7 @@ def test_tokenizer_errors(tmp_path):
                                  minloglevel=2)
   with pytest.raises(tok_lib.TokenizerError,
                      match="special tokens missing: <draft>, <critique>, <refine>"):
-    tok_lib.Tokenizer(buf.getvalue(), "plain.model")
+    tok_lib.SentencePieceTokenizer(buf.getvalue(), "plain.model")
 
 
 def test_a_plain_sentencepiece_model_gets_fallback_ids():
@@ -74,7 +126,7 @@ def test_a_plain_sentencepiece_model_gets_fallback_ids():
                                  byte_fallback=True,
                                  hard_vocab_limit=False,
                                  minloglevel=2)
-  tokenizer = tok_lib.Tokenizer(buf.getvalue(), "plain.model", model_vocab_size=512)
+  tokenizer = tok_lib.SentencePieceTokenizer(buf.getvalue(), "plain.model", model_vocab_size=512)
   eos = tokenizer._sp.piece_to_id("</s>")
   assert tokenizer.eos_id == tokenizer.pad_id == eos
   assert [tokenizer.special_ids[t] for t in tok_lib.MARKERS] == [509, 510, 511]

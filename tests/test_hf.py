@@ -13,6 +13,7 @@ from flax import nnx
 from safetensors import numpy as st_numpy
 
 from rasr_jax import config as config_lib
+from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.interop import hf
 from rasr_jax.training import checkpoint, loop, train_state
 
@@ -301,7 +302,7 @@ def test_a_full_vocabulary_grows_for_the_markers(tmp_path):
   import sentencepiece as spm
   pieces = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
   model = _save_hf(str(tmp_path / "hf"), vocab_size=pieces)
-  os.replace(sp_path, tmp_path / "hf" / hf.HF_SENTENCEPIECE)
+  os.replace(sp_path, tmp_path / "hf" / "tokenizer.model")
   from configs import tiny
   config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
   assert config.model.vocab_size == pieces + 3
@@ -316,26 +317,41 @@ def test_a_full_vocabulary_grows_for_the_markers(tmp_path):
   np.testing.assert_allclose(got[..., :pieces], _hf_logits(model, ids), atol=1e-4)
 
 
-def test_an_import_generates_as_transformers_does(tmp_path):
+def _user_tokenizer(kind, directory):
+  """(file name in an HF directory, path, pieces): a sentencepiece model with <s> / </s>, or a
+  Llama 3-style tokenizer.json (byte-level, reserved special tokens for the markers)."""
+  if kind == "tokenizer.model":
+    import sentencepiece as spm
+    path = _plain_sentencepiece(directory / "user")
+    return path, spm.SentencePieceProcessor(model_file=path).get_piece_size()
+  from test_data import byte_level_tokenizer
+
+  from rasr_jax import tasks
+  path = byte_level_tokenizer(directory / "user.json",
+                              [ex.text() for ex in tasks.bundled_corpus(0, 300)])
+  return path, tok_lib.load(path).vocab_size
+
+
+@pytest.mark.parametrize("kind", ["tokenizer.model", "tokenizer.json"])
+def test_an_import_generates_as_transformers_does(tmp_path, kind):
   """With no training step, generation (in process and through the CLI) reads the imported
   parameters and the copied tokenizer, starts the prompt with the model's bos, and greedy text
   equals transformers' generate (a Llama 3.1-style rope)."""
   from rasr_jax.generation import inference
-  sp_path = _plain_sentencepiece(tmp_path / "user")
-  import sentencepiece as spm
-  pieces = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
-  model = _save_hf(
-      str(tmp_path / "hf"),
-      vocab_size=pieces + 3,  # + the markers: every id decodes
-      rope_theta=5e5,
-      rope_scaling=LLAMA3_ROPE)
-  os.replace(sp_path, tmp_path / "hf" / hf.HF_SENTENCEPIECE)
+  path, pieces = _user_tokenizer(kind, tmp_path)
+  extra = 3 if kind == "tokenizer.model" else 0  # tokenizer.json: markers on reserved tokens
+  model = _save_hf(str(tmp_path / "hf"),
+                   vocab_size=pieces + extra,
+                   rope_theta=5e5,
+                   rope_scaling=LLAMA3_ROPE)
+  os.replace(path, tmp_path / "hf" / kind)
   from configs import tiny
   workdir = str(tmp_path / "w")
   config = hf.import_checkpoint(str(tmp_path / "hf"), workdir, tiny.get_config())
-  assert os.path.isfile(os.path.join(workdir, "tokenizer.model"))
+  assert os.path.isfile(os.path.join(workdir, kind))
+  assert config.model.vocab_size == pieces + extra  # nothing grown
   served = inference.InferenceModel(config, workdir)
-  prompt = "x = 3 + 4, so x is"
+  prompt = "x = 3 + 4,\nso x is"
   ids = served.tokenizer.encode_prompt(prompt)
   assert ids[0] == served.tokenizer.bos_id != served.tokenizer.eos_id
   (got,) = served.generate([prompt], served.options(max_new_tokens=12, reflect="off"))
@@ -346,7 +362,7 @@ def test_an_import_generates_as_transformers_does(tmp_path):
                          eos_token_id=served.tokenizer.eos_id,
                          pad_token_id=served.tokenizer.pad_id)
   want = out[0, len(ids):].tolist()
-  assert got["num_tokens"] == len(want) and max(want) < pieces
+  assert got["num_tokens"] == len(want)
   assert got["text"] == served.tokenizer.decode(want)
   cli = subprocess.run([
       sys.executable, "-m", "rasr_jax.main", "--mode=generate", f"--config={workdir}/config.py",
@@ -357,3 +373,7 @@ def test_an_import_generates_as_transformers_does(tmp_path):
                        check=True,
                        cwd=REPO)
   assert json.loads(cli.stdout.splitlines()[-1])["text"] == got["text"]
+  if kind == "tokenizer.json":  # the export loads in transformers as it is, tokenizer included
+    hf.export_checkpoint(workdir, str(tmp_path / "out"), config)
+    auto = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "out"))
+    assert auto(prompt)["input_ids"] == ids

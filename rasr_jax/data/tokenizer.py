@@ -1,9 +1,11 @@
-"""sentencepiece tokenizers: one trained by the project with the RASR special tokens reserved,
-or the user's.
+"""Tokenizers: sentencepiece (one trained by the project with the RASR special tokens reserved,
+or the user's) and HuggingFace `tokenizer.json` (`hf_tokenizer.py`), behind one interface.
 
-A user's model need not have the project's pieces: `</s>` serves as `<eos>`, the eos id pads
-(padding is never attended), and missing `<draft>`, `<critique>`, `<refine>` markers take the
-last three ids of the model's vocabulary when it is that much larger than the tokenizer.
+A user's model need not have the project's pieces: its end-of-document piece (`</s>`,
+`<|end_of_text|>`, ...) serves as `<eos>`, the eos id pads (padding is never attended), and
+missing `<draft>`, `<critique>`, `<refine>` markers take three ids the tokenizer reserves
+(Llama 3's reserved special tokens), else the last three ids of the model's vocabulary when it
+is that much larger than the tokenizer.
 """
 
 import hashlib
@@ -27,7 +29,6 @@ _TRAINED_PAD_ID, _TRAINED_EOS_ID, _TRAINED_UNK_ID = 0, 1, 2
 TRAINED_MARKER_IDS = SpecialIds(*range(_TRAINED_UNK_ID + 1, _TRAINED_UNK_ID + 1 + len(MARKERS)),
                                 eos=_TRAINED_EOS_ID,
                                 pad=_TRAINED_PAD_ID)
-_TOKENIZER_FILE = "tokenizer.model"  # a work directory's copy of the tokenizer it trained with
 
 
 class TokenizerError(ValueError):
@@ -35,21 +36,29 @@ class TokenizerError(ValueError):
 
 
 class Tokenizer:
-  """Encodes text to ids and back; knows the ids of the special tokens."""
+  """Encodes text to ids and back; knows the ids of the special tokens.
 
-  def __init__(self, model_proto: bytes, path: str = "<memory>", model_vocab_size=None):
+  The base holds what every kind shares: the special ids (the markers from the tokenizer's own
+  pieces, else from `_reserved_marker_ids`, else the model vocabulary's last three ids), the
+  prompt and document conventions, and the bytes each id decodes to. A subclass reads one file
+  format (`model`: its bytes) and implements the hooks below.
+  """
+
+  file_name = ""  # what a work directory calls its copy
+  eos_pieces = ()  # end-of-document pieces, in order of preference, when there is no <eos>
+
+  def __init__(self, model: bytes, path: str = "<memory>", model_vocab_size=None):
     self.path = path
-    self.proto = model_proto
-    self._sp = spm.SentencePieceProcessor()
-    try:
-      self._sp.LoadFromSerializedProto(model_proto)
-    except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
-      raise TokenizerError(f"tokenizer {path}: not a valid sentencepiece model ({e})") from None
+    self.model = model
+    self._load(model)
     ids = {t: self._piece_id(t) for t in SPECIAL_TOKENS}
-    if ids[EOS] is None:
-      ids[EOS] = self._piece_id("</s>")
+    for piece in self.eos_pieces:
+      if ids[EOS] is None:
+        ids[EOS] = self._piece_id(piece)
     if ids[PAD] is None:
       ids[PAD] = ids[EOS]
+    if any(ids[t] is None for t in MARKERS):
+      ids.update(zip(MARKERS, self._reserved_marker_ids() or [None] * len(MARKERS)))
     missing_markers = [t for t in MARKERS if ids[t] is None]
     spare = (model_vocab_size or 0) - self.vocab_size
     # True when the markers take the model vocabulary's last ids, which the tokenizer lacks.
@@ -60,22 +69,53 @@ class Tokenizer:
     if missing:
       raise TokenizerError(
           f"tokenizer {path}: special tokens missing: {', '.join(missing)} (an end-of-document "
-          "piece <eos> or </s> is needed; missing markers take the model's last three ids "
-          f"only when config.model.vocab_size exceeds the tokenizer's {self.vocab_size} "
-          "pieces by 3)")
+          f"piece, one of {', '.join((EOS, *self.eos_pieces))}, is needed; missing markers take "
+          "the model's last three ids only when config.model.vocab_size exceeds the "
+          f"tokenizer's {self.vocab_size} pieces by 3)")
     self.special_ids = ids
     self.pad_id = ids[PAD]
     self.eos_id = ids[EOS]
     # A model with a beginning-of-sequence piece (Llama's <s>) starts every document and prompt
     # with it; the project's own tokenizers have none, and a prompt starts with <eos>, the end
     # of whatever came before.
-    bos = self._sp.bos_id()
-    self.bos_id = bos if 0 <= bos < self.vocab_size else None
+    self.bos_id = self._bos_id()
+
+  # --- hooks of a file format ---
+
+  def _load(self, model: bytes):
+    """Parses `model`; raises TokenizerError naming self.path when it is not one."""
+    raise NotImplementedError
 
   def _piece_id(self, piece):
-    """The id of `piece`, or None when the model does not have it."""
-    index = self._sp.piece_to_id(piece)
-    return None if index == self._sp.unk_id() and piece != self._sp.id_to_piece(index) else index
+    """The id of `piece`, or None when the tokenizer does not have it."""
+    raise NotImplementedError
+
+  def _reserved_marker_ids(self):
+    """Three ids the tokenizer reserves for uses of its owner's (never produced from text), or
+    None."""
+    return None
+
+  def _bos_id(self):
+    """The beginning-of-sequence id, or None."""
+    raise NotImplementedError
+
+  @property
+  def vocab_size(self) -> int:
+    raise NotImplementedError
+
+  def encode(self, text: str) -> list[int]:
+    raise NotImplementedError
+
+  def decode(self, ids) -> str:
+    """Text of token ids; special ids and ids the tokenizer does not have (markers and unused
+    rows of a larger model vocabulary) are dropped."""
+    raise NotImplementedError
+
+  def _surfaces(self):
+    """The bytes each of the tokenizer's ids adds to decoded text (b"" for special ids)."""
+    raise NotImplementedError
+
+  # --- shared ---
 
   @property
   def marker_ids(self) -> SpecialIds:
@@ -83,15 +123,8 @@ class Tokenizer:
     return SpecialIds(*(self.special_ids[t] for t in MARKERS), eos=self.eos_id, pad=self.pad_id)
 
   @property
-  def vocab_size(self) -> int:
-    return self._sp.get_piece_size()
-
-  @property
   def checksum(self) -> str:
-    return hashlib.sha256(self.proto).hexdigest()
-
-  def encode(self, text: str) -> list[int]:
-    return self._sp.encode(text, out_type=int)
+    return hashlib.sha256(self.model).hexdigest()
 
   def encode_document(self, text: str) -> list[int]:
     """A training document: the text as a prompt starts (see `encode_prompt`) + `<eos>`, so that
@@ -113,24 +146,11 @@ class Tokenizer:
     """bos / eos / pad ids as an HF config names them (bos: the id a prompt starts with)."""
     return {"bos": self.start_id, "eos": self.eos_id, "pad": self.pad_id}
 
-  def decode(self, ids) -> str:
-    """Text of token ids; ids the tokenizer does not have (markers and unused rows of a larger
-    model vocabulary) are dropped."""
-    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
-
   def piece_bytes(self, model_vocab_size: int) -> PieceBytes:
-    """The bytes each of `model_vocab_size` ids adds to decoded text (ids `decode` drops, and
-    control pieces, add none), for reading answers on device."""
-    surfaces = [b""] * model_vocab_size
-    for index in range(min(self.vocab_size, model_vocab_size)):
-      if self._sp.is_control(index):
-        continue
-      if self._sp.is_byte(index):
-        surfaces[index] = bytes([int(self._sp.id_to_piece(index)[3:-1], 16)])
-      elif self._sp.is_unknown(index):
-        surfaces[index] = self._sp.decode([index]).encode()  # " \u2047 " (sentencepiece's)
-      else:
-        surfaces[index] = self._sp.id_to_piece(index).replace("\u2581", " ").encode()
+    """The bytes each of `model_vocab_size` ids adds to decoded text (ids `decode` drops add
+    none), for reading answers on device."""
+    surfaces = list(self._surfaces())[:model_vocab_size]
+    surfaces += [b""] * (model_vocab_size - len(surfaces))
     width = max(1, max(map(len, surfaces)))
     table = np.zeros((model_vocab_size, width), np.uint8)
     for index, surface in enumerate(surfaces):
@@ -140,8 +160,52 @@ class Tokenizer:
   def save(self, path: str):
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
-      f.write(self.proto)
+      f.write(self.model)
     os.replace(tmp, path)
+
+
+class SentencePieceTokenizer(Tokenizer):
+  """A sentencepiece model (`.model`): the project's own, or a user's (Llama 2's)."""
+
+  file_name = "tokenizer.model"
+  eos_pieces = ("</s>",)
+
+  def _load(self, model):
+    self._sp = spm.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(model)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError with C++ text
+      raise TokenizerError(
+          f"tokenizer {self.path}: not a valid sentencepiece model ({e})") from None
+
+  def _piece_id(self, piece):
+    index = self._sp.piece_to_id(piece)
+    return None if index == self._sp.unk_id() and piece != self._sp.id_to_piece(index) else index
+
+  def _bos_id(self):
+    bos = self._sp.bos_id()
+    return bos if 0 <= bos < self.vocab_size else None
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.get_piece_size()
+
+  def encode(self, text: str) -> list[int]:
+    return self._sp.encode(text, out_type=int)
+
+  def decode(self, ids) -> str:
+    return self._sp.decode([int(i) for i in ids if 0 <= int(i) < self.vocab_size])
+
+  def _surfaces(self):
+    for index in range(self.vocab_size):
+      if self._sp.is_control(index):
+        yield b""
+      elif self._sp.is_byte(index):
+        yield bytes([int(self._sp.id_to_piece(index)[3:-1], 16)])
+      elif self._sp.is_unknown(index):
+        yield self._sp.decode([index]).encode()  # " \u2047 " (sentencepiece's)
+      else:
+        yield self._sp.id_to_piece(index).replace("\u2581", " ").encode()
 
 
 def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
@@ -155,11 +219,18 @@ def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
 
 
 def load(path: str, model_vocab_size=None) -> Tokenizer:
-  """The sentencepiece model at `path`, for a model of `model_vocab_size` ids (see Tokenizer)."""
+  """The tokenizer at `path`, for a model of `model_vocab_size` ids (see Tokenizer): an HF
+  `tokenizer.json` (or a directory holding one), else a sentencepiece model."""
+  from rasr_jax.data import hf_tokenizer  # the `tokenizers` package loads only for its files
+  if os.path.isdir(path) and os.path.isfile(os.path.join(path, hf_tokenizer.FILE_NAME)):
+    path = os.path.join(path, hf_tokenizer.FILE_NAME)
   if not os.path.isfile(path):
     raise TokenizerError(f"tokenizer {path}: file not found")
   with open(path, "rb") as f:
-    return Tokenizer(f.read(), path, model_vocab_size)
+    model = f.read()
+  if path.endswith(".json"):
+    return hf_tokenizer.HFTokenizer(model, path, model_vocab_size)
+  return SentencePieceTokenizer(model, path, model_vocab_size)
 
 
 def train(texts, vocab_size: int) -> Tokenizer:
@@ -183,19 +254,20 @@ def train(texts, vocab_size: int) -> Tokenizer:
                                  num_threads=2,
                                  minloglevel=2,
                                  max_sentence_length=1 << 16)
-  return Tokenizer(buf.getvalue())
+  return SentencePieceTokenizer(buf.getvalue())
 
 
-def workdir_path(workdir: str) -> str:
-  """Where a work directory keeps the tokenizer its checkpoints were trained with."""
-  return os.path.join(workdir, _TOKENIZER_FILE)
+def workdir_path(workdir: str, tokenizer: Tokenizer) -> str:
+  """Where a work directory keeps `tokenizer`, the one its checkpoints were trained with."""
+  return os.path.join(workdir, tokenizer.file_name)
 
 
 def existing(workdir: str, configured: str, model_vocab_size: int):
   """The work directory's tokenizer, else the configured path's (`data.tokenizer`), else None."""
-  own = workdir_path(workdir)
-  if os.path.exists(own):
-    return load(own, model_vocab_size)
+  from rasr_jax.data import hf_tokenizer
+  for name in (SentencePieceTokenizer.file_name, hf_tokenizer.FILE_NAME):
+    if os.path.exists(os.path.join(workdir, name)):
+      return load(os.path.join(workdir, name), model_vocab_size)
   if configured:
     return load(configured, model_vocab_size)
   return None

@@ -52,8 +52,8 @@ def _locate_checkpoint(workdir, checkpoint):
 def _load_tokenizer(config, workdir):
   tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
   if tokenizer is None:
-    raise tok_lib.TokenizerError(f"no tokenizer: {tok_lib.workdir_path(workdir)} "
-                                 "does not exist and config.data.tokenizer is empty")
+    raise tok_lib.TokenizerError(f"no tokenizer: {workdir} has none (tokenizer.model or "
+                                 "tokenizer.json) and config.data.tokenizer is empty")
   return tokenizer
 
 

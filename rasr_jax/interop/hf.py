@@ -8,9 +8,9 @@ remote code), checks every tensor against the model the config describes (each m
 unexpected or misshapen tensor is listed), and writes W/config.py (the given config with the
 HF model's shape and rope settings, from either config layout transformers writes),
 W/imported_params (an orbax checkpoint of the parameters; critic, controller and feedback heads
-freshly initialised), W/import.json and W/tokenizer.model (the model's sentencepiece tokenizer,
-when it has one; the vocabulary grows when the markers need ids it lacks). Generation, scoring
-and evaluation run on W as it is; training starts from it with
+freshly initialised), W/import.json and the model's tokenizer (tokenizer.json or
+tokenizer.model, when it has one; the vocabulary grows when the markers need ids it lacks).
+Generation, scoring and evaluation run on W as it is; training starts from it with
 `--config=W/config.py --config.init_from=W/imported_params`.
 
 `export` writes `config.json` (the model's rope settings, positions and token ids),
@@ -310,12 +310,22 @@ def fresh_heads(config):
   }
 
 
-HF_SENTENCEPIECE = "tokenizer.model"  # where an HF directory keeps a sentencepiece tokenizer
+# The tokenizer files an HF directory may have, in order of preference.
+HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def _hf_tokenizer_path(hf_dir):
+  """The HF directory's tokenizer file, or None."""
+  for name in HF_TOKENIZER_FILES:
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      return os.path.join(hf_dir, name)
+  return None
 
 
 def import_checkpoint(hf_dir, workdir, base_config):
-  """HF Llama directory -> W/config.py, W/imported_params, W/import.json, and W/tokenizer.model
-  (the model's sentencepiece tokenizer, when it has one; config.data.tokenizer names it).
+  """HF Llama directory -> W/config.py, W/imported_params, W/import.json, and a copy of the
+  model's tokenizer (tokenizer.json, else tokenizer.model, when it has one; config.data.tokenizer
+  names the copy).
   Returns the Config."""
   config_path = os.path.join(hf_dir, "config.json")
   if not os.path.isfile(config_path):
@@ -325,11 +335,11 @@ def import_checkpoint(hf_dir, workdir, base_config):
   cd = base_config.copy_and_resolve_references()
   for key, value in model_fields(hf_config).items():
     setattr(cd.model, key, value)
-  tokenizer, tokenizer_path = None, os.path.join(hf_dir, HF_SENTENCEPIECE)
-  if os.path.isfile(tokenizer_path):  # grown when the markers need ids the model lacks
+  tokenizer, tokenizer_path = None, _hf_tokenizer_path(hf_dir)
+  if tokenizer_path:  # the vocabulary grows when the markers need ids the model lacks
     cd.model.vocab_size = tok_lib.vocab_for_markers(tokenizer_path, cd.model.vocab_size)
     tokenizer = tok_lib.load(tokenizer_path, cd.model.vocab_size)
-    cd.data.tokenizer = tok_lib.workdir_path(os.path.abspath(workdir))
+    cd.data.tokenizer = tok_lib.workdir_path(os.path.abspath(workdir), tokenizer)
   config = config_lib.load(cd)
   params = hf_to_params(SafetensorsReader(hf_dir), config)
   params.update(fresh_heads(config))
@@ -339,7 +349,7 @@ def import_checkpoint(hf_dir, workdir, base_config):
   os.makedirs(workdir, exist_ok=True)
   ckpt_lib.save_params(target, params)
   if tokenizer is not None:
-    tokenizer.save(tok_lib.workdir_path(workdir))
+    tokenizer.save(tok_lib.workdir_path(workdir, tokenizer))
   config_lib.write_config_file(os.path.join(workdir, "config.py"), cd,
                                f"the model imported from {os.path.abspath(hf_dir)}")
   with open(os.path.join(workdir, "import.json"), "w") as f:
@@ -417,8 +427,8 @@ def hf_config_of(config, token_ids):
 
 def export_checkpoint(workdir, out_dir, config):
   """W's newest parameters -> out_dir/{config.json, generation_config.json, model.safetensors,
-  rasr_heads.safetensors} and the work directory's tokenizer (tokenizer.model) when it has one,
-  whose bos / eos / pad ids the configs carry."""
+  rasr_heads.safetensors} and the work directory's tokenizer (with tokenizer_config.json for an
+  HF tokenizer) when it has one, whose bos / eos / pad ids the configs carry."""
   params = jax.tree.map(np.asarray, _newest_params(workdir, config))
   tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
   token_ids = tokenizer.hf_token_ids if tokenizer is not None else {}
@@ -441,7 +451,7 @@ def export_checkpoint(workdir, out_dir, config):
   if heads:
     st_numpy.save_file(heads, os.path.join(out_dir, HEADS_FILE))
   if tokenizer is not None:
-    tokenizer.save(os.path.join(out_dir, HF_SENTENCEPIECE))
+    tokenizer.save(tok_lib.workdir_path(out_dir, tokenizer))
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config_of(config, token_ids), f, indent=2)
   with open(os.path.join(out_dir, "generation_config.json"), "w") as f:

@@ -45,10 +45,10 @@ def prepare_tokenizer(config, workdir, corpus):
 
   In a multi-process run process 0 trains and saves it; the others wait, then load it.
   """
-  own = tok_lib.workdir_path(workdir)
   if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
-    if jax.process_index() == 0 and not os.path.exists(own):
-      _train_tokenizer(config, corpus).save(own)
+    if jax.process_index() == 0 and tok_lib.existing(workdir, "", config.model.vocab_size) is None:
+      trained = _train_tokenizer(config, corpus)
+      trained.save(tok_lib.workdir_path(workdir, trained))
     multihost_utils.sync_global_devices("tokenizer ready")
   tokenizer = (tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
                or _train_tokenizer(config, corpus))
@@ -56,6 +56,7 @@ def prepare_tokenizer(config, workdir, corpus):
     raise tok_lib.TokenizerError(
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
         f"config.model.vocab_size={config.model.vocab_size}")
+  own = tok_lib.workdir_path(workdir, tokenizer)
   if not os.path.exists(own) and jax.process_index() == 0:
     tokenizer.save(own)  # the workdir keeps the tokenizer its checkpoints were trained with
   return tokenizer
