@@ -2,11 +2,12 @@
 # Train on every worker of a Cloud TPU VM slice: copy this checkout, install, start, stream logs.
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [trainer flags...]
-#   launch/tpu_vm.sh my-v5p-128 us-east5-a configs/8b.py gs://my-bucket/rasr_8b \
+#   launch/tpu_vm.sh my-v5p-128 us-east5-a configs/8b.py /mnt/gcs/my-bucket/rasr_8b \
 #       --config.data.files='/mnt/data/corpus/*.jsonl'
 #
-# WORKDIR must be shared by all workers (a gs:// bucket, or a filesystem mounted on every
-# worker). Set PROJECT to pass --project to gcloud. The workers find each other through jax's
+# WORKDIR must be shared by all workers: a filesystem mounted on every worker (a bucket mounted
+# with gcsfuse, NFS, Filestore). gs:// paths themselves are refused at start-up: paths still go
+# through the local filesystem (docs/scale_out.md). Set PROJECT to pass --project to gcloud. The workers find each other through jax's
 # TPU cluster detection (--distributed); the mesh comes from the config (configs/8b.py defaults
 # to the tpu_v5p_128 preset; pick another with CONFIG:preset, e.g. configs/8b.py:tpu_fsdp).
 # Logs: ~/rasr_jax.log on each worker; this script follows worker 0's. Stop with

@@ -199,6 +199,21 @@ _CHOICES = {
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
                   "reflect.stop_warmup", "reflect.quality_target")
 
+# Config fields that hold paths (comma-separated for the data globs).
+PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
+               "data.tokenizer")
+
+
+def check_local_path(name, value):
+  """Raises ConfigError when `value` (a path, or comma-separated paths) names a remote store
+  (`scheme://`): paths go through the local filesystem, so a bucket must be mounted."""
+  for path in str(value).split(","):
+    if "://" in path:
+      raise ConfigError(
+          f"{name}={value!r}: remote paths ({path.split('://')[0]}://) are not read or written "
+          "yet; use a local path, or mount the bucket on every host (e.g. gcsfuse) and pass "
+          "the mounted path")
+
 
 def _fail(path, value, rule):
   raise ConfigError(f"config.{path}={value!r}: {rule}")
@@ -266,6 +281,8 @@ def _check_rules(c):
   for path, choices in _CHOICES.items():
     if _get(c, path) not in choices:
       _fail(path, _get(c, path), f"must be one of {', '.join(choices)}")
+  for path in PATH_FIELDS:
+    check_local_path(f"config.{path}", _get(c, path))
   m = c.model
   if m.num_heads % m.num_kv_heads:
     _fail("model.num_heads", m.num_heads,

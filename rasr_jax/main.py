@@ -158,6 +158,10 @@ def main(argv):
     _exit_bad_input("--config is required")
   try:  # before jax and the other heavy libraries load: config errors come in a second
     config = config_lib.load(_CONFIG.value)
+    for flag in (_WORKDIR, _CHECKPOINT, _PROMPTS_FILE, _TEXTS_FILE, _OUTPUT, _BENCHMARKS_DIR,
+                 _EVAL_OUTPUT):
+      if flag.value:
+        config_lib.check_local_path(f"--{flag.name}", flag.value)
     if _MODE.value == "eval":
       evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
       evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")

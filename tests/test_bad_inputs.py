@@ -88,6 +88,10 @@ def _cases(tmp):
        ["/nonexistent/t.model"]),
       ("corrupt tokenizer", fresh, [f"--config.data.tokenizer={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "sentencepiece"]),
+      # remote paths: refused, and no local "gs:" folder appears
+      ("gs:// work directory", "gs://bucket/run", [], {}, ["--workdir='gs://bucket/run'", "gs://"]),
+      ("s3:// data files", fresh, [FILES, "--config.data.files=s3://bucket/*.jsonl"], {},
+       ["config.data.files", "s3://"]),
       ("tokenizer.json that does not parse", fresh,
        [f"--config.data.tokenizer={corrupt_tokenizer_json}"
        ], {}, [corrupt_tokenizer_json, "not a valid tokenizer.json"]),
@@ -172,3 +176,4 @@ def test_bad_inputs_fail_fast_with_one_line_and_leave_checkpoints_alone(straight
   print(f"{len(results)} bad inputs: median {seconds[len(seconds) // 2][0]:.1f} s, slowest "
         + ", ".join(f"{name} {s:.1f} s" for s, name in seconds[-3:]))
   assert _digest(trained) == before
+  assert not os.path.exists(os.path.join(REPO, "gs:"))

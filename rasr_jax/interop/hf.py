@@ -481,6 +481,9 @@ def main(argv):
     raise app.UsageError("usage: python -m rasr_jax.interop.hf import|export [flags]")
   from configs import base
   try:
+    for flag in (_HF_DIR, _WORKDIR, _OUT):
+      if flag.value:
+        config_lib.check_local_path(f"--{flag.name}", flag.value)
     if not _WORKDIR.value:
       raise ConversionError("--workdir is required")
     if argv[1] == "import":
