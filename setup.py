@@ -21,6 +21,8 @@ setuptools.setup(
         "sentencepiece>=0.2.3",
         # HuggingFace tokenizer.json files (Llama 3's and most published models' tokenizers).
         "tokenizers>=0.20",
+        # Progress bars for long host-side work on a terminal (rasr_jax/progress.py).
+        "tqdm",
         "ml-collections>=1.1.0",
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",

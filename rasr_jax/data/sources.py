@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 
-from rasr_jax import tasks
+from rasr_jax import progress, tasks
 
 BUNDLED_FORMAT_VERSION = "3"
 
@@ -134,7 +134,8 @@ def _documents(path, text, text_field):
 def _files(data_cfg, patterns):
   digest = hashlib.sha256()
   documents, replaced = [], 0
-  for path in expand_globs(patterns):
+  paths = expand_globs(patterns)
+  for path in progress.track(paths, len(paths), "reading data files", "files"):
     with open(path, "rb") as f:
       raw = f.read()
     if not raw.strip():

@@ -19,7 +19,7 @@ import numpy as np
 from absl import logging
 
 from rasr_jax import config as config_lib
-from rasr_jax import sharding
+from rasr_jax import progress, sharding
 from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate as gen_lib
@@ -207,7 +207,7 @@ class InferenceModel:
     fn = self._generate_fn(options)
     results = []
     with sharding.activate(self.mesh):
-      for start, chunk in batches:
+      for start, chunk in progress.track(batches, len(batches), "generating", "batches"):
         encoded = [self.tokenizer.encode_prompt(p) for p in chunk]
         if max_prompt_tokens:
           encoded = [ids[-max_prompt_tokens:] for ids in encoded]
@@ -256,7 +256,7 @@ class InferenceModel:
     fn = self._score_fn()
     results = []
     with sharding.activate(self.mesh):
-      for _, chunk in batches:
+      for _, chunk in progress.track(batches, len(batches), "scoring", "batches"):
         width = _round_up(max(map(len, chunk)), LENGTH_BUCKET)
         tokens = np.full((rows, width), self.tokenizer.pad_id, np.int32)
         for row, ids in enumerate(chunk):

@@ -39,6 +39,7 @@ from ml_collections import config_flags
 from safetensors import numpy as st_numpy
 
 from rasr_jax import config as config_lib
+from rasr_jax import progress
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import rasr_model
 from rasr_jax.training import checkpoint as ckpt_lib
@@ -268,7 +269,8 @@ def hf_to_params(reader, config):
   _, abstract, _ = train_state.abstract_model(config)
   dtype = np.dtype(m.param_dtype)
   params, problems, used = {}, [], set()
-  for mapping in _mappings(m):
+  mappings = _mappings(m)
+  for mapping in progress.track(mappings, len(mappings), "importing tensors", "names"):
     want = _get_path(abstract, mapping.path)
     layer_shape = want.shape[1:] if mapping.per_layer else want.shape
     names = ([mapping.hf_name.format(i=i) for i in range(m.num_layers)]
@@ -433,7 +435,8 @@ def export_checkpoint(workdir, out_dir, config):
   tokenizer = tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
   token_ids = tokenizer.hf_token_ids if tokenizer is not None else {}
   tensors = {}
-  for mapping in _mappings(config.model):
+  mappings = _mappings(config.model)
+  for mapping in progress.track(mappings, len(mappings), "exporting tensors", "names"):
     value = _get_path(params, mapping.path)
     if mapping.per_layer:
       for i in range(config.model.num_layers):

@@ -17,7 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
-from rasr_jax import sharding
+from rasr_jax import progress, sharding
 from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.packing import PackedRows
@@ -213,12 +213,6 @@ def _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh):
                       mesh)
 
 
-def _format_eta(seconds):
-  minutes, seconds = divmod(int(seconds), 60)
-  hours, minutes = divmod(minutes, 60)
-  return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
 @dataclasses.dataclass
 class Run:
   """Everything the loop needs, restored or initialised by `setup`."""
@@ -366,7 +360,7 @@ def loop(run: Run, *, stop_at_step=None):
           run.writer.write(done, record)
           logging.info("step %d/%d loss %.4f lr %.3g | %.0f tok/s mfu %.1f%% | ETA %s", done, total,
                        record["loss"], record["lr"], record["tokens_per_sec"], 100 * record["mfu"],
-                       _format_eta(step_time * (total - done)))
+                       progress.format_eta(step_time * (total - done)))
           window_start, window_steps = time.perf_counter(), 0
         preempted = preemption.reached(done)
         stop = preempted or done == stop_at_step
