@@ -123,6 +123,11 @@ def get_config():
   c.checkpoint.max_to_keep = 3  # newest checkpoints kept on disk
   c.checkpoint.async_save = True  # write checkpoints in a background thread
 
+  c.metrics = config_dict.ConfigDict()
+  # Also log every metric record to this Weights & Biases project ("" = off; needs the optional
+  # wandb package). The run id follows the work directory, so a resume continues the run.
+  c.metrics.wandb_project = ""
+
   c.mesh = config_dict.ConfigDict()
   c.mesh.data = 1  # pure data-parallel axis (-1 = fill with the remaining devices)
   c.mesh.fsdp = -1  # fully sharded data-parallel axis: params and batch (-1 = fill)

@@ -7,6 +7,7 @@ missing keys, wrong types, non-positive sizes and rates and inconsistent shapes,
 
 import dataclasses
 import difflib
+import importlib.util
 import json
 import math
 import typing
@@ -145,6 +146,11 @@ class MeshConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsConfig:
+  wandb_project: str  # "" = no Weights & Biases logging
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
   seed: int
   init_from: str  # parameters to start from (`save_params` layout); "" = fresh init
@@ -153,6 +159,7 @@ class Config:
   train: TrainConfig
   reflect: ReflectConfig
   checkpoint: CheckpointConfig
+  metrics: MetricsConfig
   mesh: MeshConfig
 
 
@@ -283,6 +290,9 @@ def _check_rules(c):
       _fail(path, _get(c, path), f"must be one of {', '.join(choices)}")
   for path in PATH_FIELDS:
     check_local_path(f"config.{path}", _get(c, path))
+  if c.metrics.wandb_project and importlib.util.find_spec("wandb") is None:
+    _fail("metrics.wandb_project", c.metrics.wandb_project,
+          "needs the wandb package (pip install wandb), which is optional")
   m = c.model
   if m.num_heads % m.num_kv_heads:
     _fail("model.num_heads", m.num_heads,

@@ -92,6 +92,14 @@ def test_rules_in_python(key, value, words):
   assert words in str(error.value)
 
 
+def test_wandb_logging_without_the_package_is_a_start_up_error():
+  import importlib.util
+  if importlib.util.find_spec("wandb") is not None:
+    pytest.skip("wandb is installed here")
+  with pytest.raises(config_lib.ConfigError, match="metrics.wandb_project='p': needs the wandb"):
+    make_config(**{"metrics.wandb_project": "p"})
+
+
 def test_llama3_rope_needs_its_frequency_band():
   config = {
       "model.rope_type": "llama3",

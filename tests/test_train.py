@@ -93,6 +93,34 @@ def test_a_resumed_writer_drops_the_replayed_steps(tmp_path):
   assert _tensorboard_steps(str(tmp_path / "tensorboard"), "loss") == [1, 2, 3, 4]
 
 
+def test_wandb_gets_every_record_in_the_work_directorys_run(tmp_path, monkeypatch):
+  """metrics.wandb_project logs each record at its step to one run per work directory (a fake
+  wandb module stands in: the package is optional and never needed for a test)."""
+  import sys
+  import types
+  calls = []
+  fake = types.ModuleType("wandb")
+
+  class Run:
+
+    def log(self, data, step):
+      calls.append(("log", step, data))
+
+    def finish(self):
+      calls.append(("finish",))
+
+  fake.init = lambda **kwargs: calls.append(("init", kwargs)) or Run()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  for _ in range(2):  # a second writer (a resume) names the same run
+    writer = MetricWriter(str(tmp_path), wandb_project="p", run_config={"seed": 0})
+    writer.write(3, {"loss": 2.0})
+    writer.close()
+  inits = [c[1] for c in calls if c[0] == "init"]
+  assert inits[0] == inits[1] and inits[0]["project"] == "p" and inits[0]["resume"] == "allow"
+  assert [c for c in calls if c[0] == "log"] == [("log", 3, {"loss": 2.0})] * 2
+  assert calls[-1] == ("finish",)
+
+
 def test_metrics_keys(straight_run):
   workdir, config = straight_run
   records = read_records(workdir)

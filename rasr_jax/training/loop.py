@@ -284,7 +284,11 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                     pieces=pieces)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
   evaluate = _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh)
-  writer = metrics_lib.MetricWriter(workdir, enabled=jax.process_index() == 0, start_step=start)
+  writer = metrics_lib.MetricWriter(workdir,
+                                    enabled=jax.process_index() == 0,
+                                    start_step=start,
+                                    wandb_project=config.metrics.wandb_project,
+                                    run_config=config_lib.to_dict(config))
   return Run(config=config,
              workdir=workdir,
              mesh=mesh,

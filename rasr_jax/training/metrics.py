@@ -1,5 +1,7 @@
-"""Metric records: tensorboardX and WORKDIR/metrics.jsonl (the machine-readable record)."""
+"""Metric records: tensorboardX, WORKDIR/metrics.jsonl (the machine-readable record) and,
+optionally, Weights & Biases."""
 
+import hashlib
 import json
 import os
 
@@ -11,15 +13,25 @@ class MetricWriter:
   lost with the state) from both, so replayed steps are not shown twice.
   """
 
-  def __init__(self, workdir, enabled=True, start_step=0):
+  def __init__(self, workdir, enabled=True, start_step=0, wandb_project="", run_config=None):
+    """`wandb_project` (metrics.wandb_project): also log to that Weights & Biases project, in the
+    run named by the work directory (a resume continues it); `run_config`: its config dict."""
     self.enabled = enabled
     self.path = os.path.join(workdir, "metrics.jsonl")
-    self._tb = None
+    self._tb = self._wandb = None
     if enabled:  # imported here: tensorboardX loads torch when installed (2 s of start-up)
       from tensorboardX import SummaryWriter
       self._truncate_after(start_step)
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
                                purge_step=start_step + 1 if start_step else None)
+    if enabled and wandb_project:
+      import wandb
+      run_id = hashlib.sha256(os.path.abspath(workdir).encode()).hexdigest()[:16]
+      self._wandb = wandb.init(project=wandb_project,
+                               id=run_id,
+                               resume="allow",
+                               dir=workdir,
+                               config=run_config)
 
   def _truncate_after(self, step):
     """Drops the metrics.jsonl records beyond `step` and a last line torn by a kill."""
@@ -41,10 +53,14 @@ class MetricWriter:
       if key != "step":
         self._tb.add_scalar(key, value, global_step=step)
     self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: v for k, v in record.items() if k != "step"}, step=int(step))
 
   def close(self):
     if self._tb is not None:
       self._tb.close()
+    if self._wandb is not None:
+      self._wandb.finish()
 
 
 def _complete_lines(path):
