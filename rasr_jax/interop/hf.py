@@ -252,19 +252,22 @@ def _mappings(model_cfg):
   return [m for m in TABLE if not (m.path == ("lm_head",) and model_cfg.tie_embeddings)]
 
 
-def _grow_vocab(array, axis, shape):
+def _grow_vocab(array, axis, shape, hf_vocab_size):
   """`array` with rows of its mean appended along the vocabulary `axis` up to `shape` (the
-  markers' ids past a full vocabulary); unchanged when there is nothing to grow."""
-  if axis is None or array.ndim != len(shape) or not 0 < array.shape[axis] < shape[axis]:
+  markers' ids past a full vocabulary) when it has the checkpoint's `hf_vocab_size` rows there;
+  otherwise unchanged (a misshapen tensor is then reported as such)."""
+  if (axis is None or array.ndim != len(shape) or array.shape[axis] != hf_vocab_size
+      or hf_vocab_size >= shape[axis]):
     return array
   mean = array.astype(np.float64).mean(axis=axis, keepdims=True).astype(array.dtype)
   extra = np.repeat(mean, shape[axis] - array.shape[axis], axis=axis)
   return np.concatenate([array, extra], axis=axis)
 
 
-def hf_to_params(reader, config):
+def hf_to_params(reader, config, hf_vocab_size=None):
   """(trunk params as a nested dict of numpy arrays, in the config's param dtype); raises
-  ConversionError listing every missing, unexpected or misshapen tensor."""
+  ConversionError listing every missing, unexpected or misshapen tensor. A checkpoint of
+  `hf_vocab_size` ids grows to config.model.vocab_size (see `_grow_vocab`)."""
   m = config.model
   _, abstract, _ = train_state.abstract_model(config)
   dtype = np.dtype(m.param_dtype)
@@ -283,7 +286,8 @@ def hf_to_params(reader, config):
       used.add(name)
       tensor = reader.get(name)
       try:
-        converted = _grow_vocab(mapping.to_ours(tensor, m), mapping.vocab_axis, layer_shape)
+        converted = _grow_vocab(mapping.to_ours(tensor, m), mapping.vocab_axis, layer_shape,
+                                hf_vocab_size)
       except ValueError:
         converted = None
       if converted is None or converted.shape != layer_shape:
@@ -343,7 +347,7 @@ def import_checkpoint(hf_dir, workdir, base_config):
     tokenizer = tok_lib.load(tokenizer_path, cd.model.vocab_size)
     cd.data.tokenizer = tok_lib.workdir_path(os.path.abspath(workdir), tokenizer)
   config = config_lib.load(cd)
-  params = hf_to_params(SafetensorsReader(hf_dir), config)
+  params = hf_to_params(SafetensorsReader(hf_dir), config, hf_config["vocab_size"])
   params.update(fresh_heads(config))
   target = os.path.abspath(ckpt_lib.imported_params_dir(workdir))
   if os.path.exists(target):
