@@ -4,8 +4,9 @@
 
 Times the standard step (reflection off) and RASR steps on the same batch and shapes: the
 default reflection settings of the config (R = 3), then R = 1 and R = 3 with every row
-reflecting. One step of each variant in turn, --steps rounds, medians (see common.py).
-Prints one JSON object.
+reflecting; and the standard step without document masking (plain causal attention, no
+[B, 1, T, T] mask), for the mask's cost. One step of each variant in turn, --steps rounds,
+medians (see common.py). Prints one JSON object.
 """
 
 import dataclasses
@@ -43,12 +44,16 @@ def main(argv):
   rows, seq = base.train.batch_size, base.data.seq_len
   tokenizer = bundled_tokenizer(base)
 
-  def variant(**reflect):  # validated and resolved like a run of it (reflection rows included)
-    changed = dataclasses.replace(base, reflect=dataclasses.replace(base.reflect, **reflect))
+  def variant(document_masking=True, **reflect):  # resolved like a run of it
+    changed = dataclasses.replace(base,
+                                  reflect=dataclasses.replace(base.reflect, **reflect),
+                                  data=dataclasses.replace(base.data,
+                                                           document_masking=document_masking))
     return config_lib.resolve_mesh(changed, jax.device_count())
 
   variants = {
       "standard": variant(enabled=False),
+      "standard_no_document_mask": variant(document_masking=False, enabled=False),
       "default": variant(enabled=True),
       "k1_all_rows": variant(enabled=True, iterations=1, rows=rows),
       "k3_all_rows": variant(enabled=True, iterations=3, rows=rows),
@@ -69,6 +74,7 @@ def main(argv):
               "ratio": times["default"] / standard,
               "ratio_k1_all_rows": times["k1_all_rows"] / standard,
               "ratio_k3_all_rows": times["k3_all_rows"] / standard,
+              "document_mask_ratio": standard / times["standard_no_document_mask"],
               "step_s": times,
               "reflection": {
                   "iterations": r.iterations,
