@@ -14,8 +14,7 @@ import tokenizers
 
 from rasr_jax.data.tokenizer import Tokenizer, TokenizerError
 
-FILE_NAME = "tokenizer.json"
-CONFIG_NAME = "tokenizer_config.json"  # beside FILE_NAME: bos / eos / pad names
+CONFIG_NAME = "tokenizer_config.json"  # beside tokenizer.json: bos / eos / pad names
 BOS_PIECES = ("<s>", "<|begin_of_text|>", "<bos>")
 EOS_PIECES = ("</s>", "<|end_of_text|>", "<|endoftext|>")
 RESERVED = "<|reserved_special_token_{}|>"
@@ -44,7 +43,7 @@ def _token_name(entry):
 class HFTokenizer(Tokenizer):
   """An HF `tokenizer.json` (for example Llama 3's byte-level BPE)."""
 
-  file_name = FILE_NAME
+  file_name = "tokenizer.json"
 
   def _load(self, model):
     try:

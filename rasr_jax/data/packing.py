@@ -26,15 +26,23 @@ def whole_rows(tokens, document_masking):
   return PackedRows(tokens, np.ones(tokens.shape, np.int32) if document_masking else None)
 
 
+def _target_weights(rows: PackedRows):
+  """[B, T] float32: 1 for a target in the same document as its input (every target without
+  document masking), else 0."""
+  segments = rows.segment_ids
+  if segments is None:
+    return jnp.ones((rows.tokens.shape[0], rows.tokens.shape[1] - 1), jnp.float32)
+  return (segments[:, :-1] == segments[:, 1:]).astype(jnp.float32)
+
+
 def inputs_and_targets(rows: PackedRows):
   """-> inputs [B, T], targets [B, T], weights [B, T] float32 (0 for a target in another
   document than its input), positions [B, T] or None, mask [B, 1, T, T] bool or None (None:
   plain causal attention over the whole row)."""
-  inputs, targets = rows.tokens[:, :-1], rows.tokens[:, 1:]
+  inputs, targets, weights = rows.tokens[:, :-1], rows.tokens[:, 1:], _target_weights(rows)
   if rows.segment_ids is None:
-    return inputs, targets, jnp.ones(targets.shape, jnp.float32), None, None
-  segments, target_segments = rows.segment_ids[:, :-1], rows.segment_ids[:, 1:]
-  weights = (segments == target_segments).astype(jnp.float32)
+    return inputs, targets, weights, None, None
+  segments = rows.segment_ids[:, :-1]
   index = jnp.arange(segments.shape[1])
   starts = jnp.concatenate(
       [jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
@@ -46,7 +54,4 @@ def inputs_and_targets(rows: PackedRows):
 
 def target_count(rows: PackedRows):
   """The number of targets the LM loss counts ([] float32): B T without document masking."""
-  tokens = rows.tokens
-  if rows.segment_ids is None:
-    return jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
-  return jnp.sum(rows.segment_ids[:, 1:] == rows.segment_ids[:, :-1]).astype(jnp.float32)
+  return jnp.sum(_target_weights(rows))

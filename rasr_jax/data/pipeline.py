@@ -1,13 +1,13 @@
 """The grain pipeline: row streams over disjoint document shards, tokenized, packed, batched.
 
 The global batch of B rows comes from S row streams (`data.streams`). Stream s shuffles the
-documents with the seed, takes every S-th (from s), tokenizes them (each ending in `<eos>`),
-concatenates them and cuts rows of seq_len + 1 tokens (a document longer than a row continues
-in the next row), each token with the segment id of its document in the row (grain's); it
-fills B / S rows of every batch. Process p of n reads streams
-p S / n .. (p + 1) S / n, so each epoch visits every document exactly once across processes,
-and the global batch does not depend on how many processes read it. The iterator's state is
-small JSON and is checkpointed.
+documents with the seed, takes every S-th (from s), tokenizes them (`encode_document`: each
+starting as a prompt does and ending in `<eos>`), concatenates them and cuts rows of
+seq_len + 1 tokens (a document longer than a row continues in the next row), each token with
+the segment id of its document in the row (grain's); it fills B / S rows of every batch.
+Process p of n reads streams p S / n .. (p + 1) S / n, so each epoch visits every document
+exactly once across processes, and the global batch does not depend on how many processes read
+it. The iterator's state is small JSON and is checkpointed.
 
 With question/answer rows (`qa_rows` per global batch) each stream also shuffles the encoded
 records (`data/qa.py`), takes every S-th and fills qa_rows / S of them per batch; a batch is then

@@ -218,12 +218,25 @@ def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
   return max(model_vocab_size, tokenizer.vocab_size + len(MARKERS))
 
 
+# The names a tokenizer file has in a work directory or an HF model directory, the preferred
+# first: HFTokenizer.file_name, SentencePieceTokenizer.file_name.
+FILE_NAMES = ("tokenizer.json", "tokenizer.model")
+
+
+def find_in(directory: str):
+  """The path of the tokenizer file in `directory` (see FILE_NAMES), or None."""
+  for name in FILE_NAMES:
+    if os.path.isfile(os.path.join(directory, name)):
+      return os.path.join(directory, name)
+  return None
+
+
 def load(path: str, model_vocab_size=None) -> Tokenizer:
   """The tokenizer at `path`, for a model of `model_vocab_size` ids (see Tokenizer): an HF
-  `tokenizer.json` (or a directory holding one), else a sentencepiece model."""
+  `tokenizer.json`, else a sentencepiece model; a directory's own (`find_in`)."""
   from rasr_jax.data import hf_tokenizer  # the `tokenizers` package loads only for its files
-  if os.path.isdir(path) and os.path.isfile(os.path.join(path, hf_tokenizer.FILE_NAME)):
-    path = os.path.join(path, hf_tokenizer.FILE_NAME)
+  if os.path.isdir(path):
+    path = find_in(path) or path
   if not os.path.isfile(path):
     raise TokenizerError(f"tokenizer {path}: file not found")
   with open(path, "rb") as f:
@@ -264,10 +277,9 @@ def workdir_path(workdir: str, tokenizer: Tokenizer) -> str:
 
 def existing(workdir: str, configured: str, model_vocab_size: int):
   """The work directory's tokenizer, else the configured path's (`data.tokenizer`), else None."""
-  from rasr_jax.data import hf_tokenizer
-  for name in (SentencePieceTokenizer.file_name, hf_tokenizer.FILE_NAME):
-    if os.path.exists(os.path.join(workdir, name)):
-      return load(os.path.join(workdir, name), model_vocab_size)
+  own = find_in(workdir)
+  if own:
+    return load(own, model_vocab_size)
   if configured:
     return load(configured, model_vocab_size)
   return None

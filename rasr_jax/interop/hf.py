@@ -316,18 +316,6 @@ def fresh_heads(config):
   }
 
 
-# The tokenizer files an HF directory may have, in order of preference.
-HF_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
-
-def _hf_tokenizer_path(hf_dir):
-  """The HF directory's tokenizer file, or None."""
-  for name in HF_TOKENIZER_FILES:
-    if os.path.isfile(os.path.join(hf_dir, name)):
-      return os.path.join(hf_dir, name)
-  return None
-
-
 def import_checkpoint(hf_dir, workdir, base_config):
   """HF Llama directory -> W/config.py, W/imported_params, W/import.json, and a copy of the
   model's tokenizer (tokenizer.json, else tokenizer.model, when it has one; config.data.tokenizer
@@ -341,7 +329,7 @@ def import_checkpoint(hf_dir, workdir, base_config):
   cd = base_config.copy_and_resolve_references()
   for key, value in model_fields(hf_config).items():
     setattr(cd.model, key, value)
-  tokenizer, tokenizer_path = None, _hf_tokenizer_path(hf_dir)
+  tokenizer, tokenizer_path = None, tok_lib.find_in(hf_dir)
   if tokenizer_path:  # the vocabulary grows when the markers need ids the model lacks
     cd.model.vocab_size = tok_lib.vocab_for_markers(tokenizer_path, cd.model.vocab_size)
     tokenizer = tok_lib.load(tokenizer_path, cd.model.vocab_size)
@@ -404,6 +392,11 @@ def _rope_config(m):
   }
 
 
+def _token_id_fields(token_ids):
+  """{bos,eos,pad}_token_id of config.json and generation_config.json (None when unknown)."""
+  return {f"{name}_token_id": token_ids.get(name) for name in ("bos", "eos", "pad")}
+
+
 def hf_config_of(config, token_ids):
   """An HF Llama config.json dict of `config`'s model; `token_ids` maps bos/eos/pad to ids."""
   m = config.model
@@ -425,9 +418,7 @@ def hf_config_of(config, token_ids):
       "attention_bias": False,
       "mlp_bias": False,
       "torch_dtype": m.param_dtype,
-      **{
-          f"{name}_token_id": token_ids.get(name) for name in ("bos", "eos", "pad")
-      },
+      **_token_id_fields(token_ids),
   }
 
 
@@ -462,9 +453,7 @@ def export_checkpoint(workdir, out_dir, config):
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(hf_config_of(config, token_ids), f, indent=2)
   with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
-    json.dump({f"{name}_token_id": token_ids.get(name) for name in ("bos", "eos", "pad")},
-              f,
-              indent=2)
+    json.dump(_token_id_fields(token_ids), f, indent=2)
 
 
 _CONFIG = config_flags.DEFINE_config_file(

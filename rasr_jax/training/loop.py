@@ -46,7 +46,7 @@ def prepare_tokenizer(config, workdir, corpus):
   In a multi-process run process 0 trains and saves it; the others wait, then load it.
   """
   if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
-    if jax.process_index() == 0 and tok_lib.existing(workdir, "", config.model.vocab_size) is None:
+    if jax.process_index() == 0 and tok_lib.find_in(workdir) is None:
       trained = _train_tokenizer(config, corpus)
       trained.save(tok_lib.workdir_path(workdir, trained))
     multihost_utils.sync_global_devices("tokenizer ready")
