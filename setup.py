@@ -27,6 +27,8 @@ setuptools.setup(
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",
         "safetensors>=0.4.1",  # safe_open(framework="np") reads bfloat16 from 0.4.1
+        # Parquet corpora (the format of HF datasets on the Hub), read a row group at a time.
+        "pyarrow>=15",
         "ml_dtypes",
         "numpy",
     ],

@@ -36,7 +36,7 @@ def load_config(path, settings):
 def bundled_tokenizer(config):
   """A tokenizer trained on the bundled tasks, for `config`'s vocabulary."""
   corpus = sources.load_corpus(config.data, config.seed)
-  return tok_lib.train(corpus.documents[:TOKENIZER_DOCS], config.model.vocab_size)
+  return tok_lib.train(corpus.texts(TOKENIZER_DOCS), config.model.vocab_size)
 
 
 def batch_and_pieces(config, mesh, tokenizer):

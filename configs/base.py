@@ -42,9 +42,13 @@ def get_config():
   c.model.remat_policy = "none"  # per-block rematerialisation: none | full | dots | dots_no_batch
 
   c.data = config_dict.ConfigDict()
-  c.data.source = "bundled"  # bundled (generated verifiable tasks) | files (local .txt/.jsonl)
-  c.data.files = ""  # comma-separated globs of .txt / .jsonl files when source=files
-  c.data.text_field = "text"  # JSONL field that holds the document text
+  # bundled (generated verifiable tasks) | files (.txt, .jsonl, .array_record, .parquet)
+  c.data.source = "bundled"
+  c.data.files = ""  # comma-separated globs of data files when source=files
+  # Instead of data.files, a weighted mixture "GLOBS=WEIGHT;GLOBS=WEIGHT" (each component's
+  # comma-separated globs; the weights are each one's share of the documents drawn).
+  c.data.mixture = ""
+  c.data.text_field = "text"  # the text's field in .jsonl / JSON ArrayRecord / Parquet files
   c.data.eval_files = ""  # held-out globs (source=files); bundled data holds out another seed
   # Question/answer data (.jsonl with `prompt` and `answer`): reflection rows, and documents of
   # the corpus too. The checker reads answers: exact | final_answer (#### N) | choice

@@ -59,6 +59,28 @@ class DataConfig:
   max_document_chars: int
   num_workers: int
   streams: int
+  mixture: str
+
+  def mixture_components(self) -> list:
+    """[(globs, weight)] of `mixture` ("GLOBS=WEIGHT;GLOBS=WEIGHT"), weights as written;
+    ValueError saying what is wrong."""
+    components = []
+    for part in (p.strip() for p in self.mixture.split(";") if p.strip()):
+      globs, sep, weight = part.rpartition("=")
+      try:
+        value = float(weight)
+      except ValueError:
+        value = None
+      if not sep or not globs.strip() or value is None:
+        raise ValueError(f"component {part!r} is not GLOBS=WEIGHT")
+      if not 0 <= value < math.inf:
+        raise ValueError(f"component {part!r}: the weight must be a finite number >= 0")
+      components.append((globs.strip(), value))
+    if not components:
+      raise ValueError("names no component (expected GLOBS=WEIGHT;GLOBS=WEIGHT)")
+    if sum(w for _, w in components) <= 0:
+      raise ValueError("the weights sum to 0")
+    return components
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,6 +338,15 @@ def _check_rules(c):
     _fail(
         "reflect.source", r.source, "needs question/answer data: set data.qa_files, use "
         "data.source=bundled, or set reflect.source=text")
+  if c.data.mixture:
+    try:
+      components = c.data.mixture_components()
+    except ValueError as e:
+      _fail("data.mixture", c.data.mixture, str(e))
+    for globs, _ in components:
+      check_local_path("config.data.mixture", globs)
+    if c.data.files:
+      _fail("data.mixture", c.data.mixture, "replaces data.files: set one of them")
   if c.data.qa_eval_files and not c.data.qa_files:
     _fail("data.qa_eval_files", c.data.qa_eval_files, "needs data.qa_files (its training split)")
   if r.enabled and r.text_rows and r.prompt_len + r.target_len > c.data.seq_len + 1:

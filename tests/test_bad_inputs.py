@@ -4,13 +4,20 @@ a trained work directory hashed before and after). How fast each case ends is pr
 figure in docs/results.md), not asserted: a loaded machine must not fail the suite."""
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
 import time
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from array_record.python import array_record_module
+
 from conftest import REPO, cli_args, subprocess_env
+from rasr_jax.data import documents
 
 W = "{trained}"  # a copy of a trained work directory (checkpoints, tokenizer)
 FILES = "--config.data.source=files"
@@ -30,6 +37,24 @@ def _cases(tmp):
   corrupt_tokenizer = write("corrupt.model", b"\x00not a sentencepiece model")
   corrupt_tokenizer_json = write("tokenizer.json", b'{"model": {"type": "BPE"')
   long_document = write("long.txt", b"short\n\n" + b"x" * 2000 + b"\n")
+  no_text_column = os.path.join(tmp, "body.parquet")
+  pq.write_table(pa.table({"body": ["a", "b"]}), no_text_column)
+  shards = os.path.join(tmp, "shards")  # token shards of a tokenizer no run has
+  os.makedirs(shards)
+  writer = array_record_module.ArrayRecordWriter(os.path.join(shards, "shard-00000.array_record"),
+                                                 "group_size:1")
+  for i in range(8):
+    writer.write(np.arange(2, 12 + i, dtype=np.int32).tobytes())
+  writer.close()
+  with open(os.path.join(shards, documents.TOKENS_META), "w") as f:
+    json.dump(
+        {
+            "format": documents.TOKENS_FORMAT,
+            "version": documents.TOKENS_VERSION,
+            "tokenizer_sha256": "0" * 64,
+            "shards": ["shard-00000.array_record"]
+        }, f)
+  shard_glob = os.path.join(shards, "*.array_record")
   fresh = os.path.join(tmp, "fresh")
   unwritable = os.path.join(tmp, "unwritable")  # its checkpoints/ is sysfs: not even root writes
   os.makedirs(unwritable)
@@ -81,6 +106,16 @@ def _cases(tmp):
       ("document far longer than a row", fresh,
        [FILES, f"--config.data.files={long_document}", "--config.data.max_document_chars=1000"
        ], {}, [long_document, "line 3", "2,000 characters", "max_document_chars=1,000"]),
+      ("Parquet without the text column", fresh, [FILES, f"--config.data.files={no_text_column}"],
+       {}, [no_text_column, "no string column 'text'"]),
+      ("negative mixture weight", fresh, [FILES, f"--config.data.mixture={empty}=-1;{bad_utf8}=1"],
+       {}, ["config.data.mixture", "weight must be a finite number >= 0"]),
+      ("token shards and no tokenizer", fresh,
+       [FILES, f"--config.data.files={shard_glob}", "--config.reflect.source=text"
+       ], {}, ["token shards, which hold no text", "config.data.tokenizer"]),
+      ("token shards of another tokenizer", W,
+       [FILES, f"--config.data.files={shard_glob}", "--config.reflect.source=text"
+       ], {}, ["converted with the tokenizer of sha256 " + "0" * 64]),
       ("unsupported extension", fresh, [FILES, f"--config.data.files={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "extension"]),
       # tokenizer

@@ -156,7 +156,7 @@ def _stream(num_docs,
             state=None,
             streams=None,
             global_batch=None):
-  ds = pipeline.make_dataset([str(i) for i in range(num_docs)],
+  ds = pipeline.make_dataset(sources.single_corpus([str(i) for i in range(num_docs)]),
                              _OneTokenPerDoc(),
                              seq_len=7,
                              global_batch=global_batch or 2 * process_count,
@@ -272,7 +272,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_is_refused(tokenizer, corpus
 def _qa_stream(state=None, batches=0):
   records = 6  # 2 rows a batch: an epoch of records every 3 batches
   qa_arrays = {"checker": np.arange(records, dtype=np.int32), "prompt": np.ones((records, 3))}
-  ds = pipeline.make_dataset([str(i) for i in range(16)],
+  ds = pipeline.make_dataset(sources.single_corpus([str(i) for i in range(16)]),
                              _OneTokenPerDoc(),
                              seq_len=7,
                              global_batch=2,

@@ -82,12 +82,7 @@ def test_pipeline_segment_ids_mark_every_document():
   config = make_config()
   corpus = sources.load_corpus(config.data, seed=0)
   tokenizer = tok_lib.train(corpus.documents, 512)
-  dataset = pipeline.make_dataset(corpus.documents,
-                                  tokenizer,
-                                  seq_len=256,
-                                  global_batch=4,
-                                  seed=0,
-                                  streams=1)
+  dataset = pipeline.make_dataset(corpus, tokenizer, seq_len=256, global_batch=4, seed=0, streams=1)
   batch = next(iter(dataset))
   start = tokenizer.start_id
   assert batch["segment_ids"].shape == batch["tokens"].shape == (4, 257)

@@ -1,13 +1,16 @@
 """The grain pipeline: row streams over disjoint document shards, tokenized, packed, batched.
 
 The global batch of B rows comes from S row streams (`data.streams`). Stream s shuffles the
-documents with the seed, takes every S-th (from s), tokenizes them (`encode_document`: each
-starting as a prompt does and ending in `<eos>`), concatenates them and cuts rows of
+documents with the seed (`document_order`), takes every S-th (from s), tokenizes them
+(`encode_document`: each starting as a prompt does and ending in `<eos>`; token shards are
+already so), concatenates them and cuts rows of
 seq_len + 1 tokens (a document longer than a row continues in the next row), each token with
 the segment id of its document in the row (grain's); it fills B / S rows of every batch.
 Process p of n reads streams p S / n .. (p + 1) S / n, so each epoch visits every document
 exactly once across processes, and the global batch does not depend on how many processes read
-it. The iterator's state is small JSON and is checkpointed.
+it. The iterator's state is small JSON and is checkpointed. A mixture (`data.mixture`) does
+this for each component and draws documents from the components by their weights (grain's
+deterministic `mix`), each component visiting its documents once per its own epoch.
 
 With question/answer rows (`qa_rows` per global batch) each stream also shuffles the encoded
 records (`data/qa.py`), takes every S-th and fills qa_rows / S of them per batch; a batch is then
@@ -22,17 +25,50 @@ import grain
 import jax
 import numpy as np
 
-from rasr_jax.data.sources import DataError
+from rasr_jax.data import documents as docs_lib
+from rasr_jax.data.sources import Corpus, DataError
 
 
 class _Tokenize(grain.transforms.Map):
+  """A document's tokens: text encoded, token shards' ids as they are."""
 
   def __init__(self, tokenizer):
     self._tokenizer = tokenizer
 
-  def map(self, text):
-    ids = self._tokenizer.encode_document(text)
+  def map(self, document):
+    if isinstance(document, np.ndarray):
+      return {"tokens": document}
+    ids = self._tokenizer.encode_document(document)
     return {"tokens": np.asarray(ids, np.int32)}
+
+
+class _Reordered:
+  """`documents` read in the order `order` (an index array)."""
+
+  def __init__(self, documents, order):
+    self._documents = documents
+    self._order = order
+
+  def __len__(self):
+    return len(self._order)
+
+  def __getitem__(self, index):
+    return self._documents[int(self._order[index])]
+
+
+def document_order(documents, seed) -> grain.MapDataset:
+  """`documents` shuffled with `seed`: one by one (grain's shuffle), or, for collections read
+  in blocks (Parquet row groups), the blocks in random order and each block's documents in
+  random order, so that a stream decodes a block once rather than once per document."""
+  if not docs_lib.has_blocks(documents):
+    return grain.MapDataset.source(documents).shuffle(seed=seed)
+  rng = np.random.default_rng(seed)
+  bounds = np.append(np.asarray(documents.blocks), len(documents))
+  order = np.concatenate([
+      bounds[b] + rng.permutation(bounds[b + 1] - bounds[b])
+      for b in rng.permutation(len(bounds) - 1)
+  ])
+  return grain.MapDataset.source(_Reordered(documents, order))
 
 
 class _Records:
@@ -61,11 +97,17 @@ def _with_qa(parts):
   return {**packed, "qa": qa}
 
 
-def _stream(documents, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_rows):
+def _stream(corpus, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_rows):
   """Stream `index` of `count`: batches of [rows, seq_len + 1] tokens from every count-th
-  document, and of `qa_rows` question/answer rows from every count-th record of `qa`."""
-  ds = (grain.MapDataset.source(documents).shuffle(seed=seed)[index::count].repeat(None).map(
-      _Tokenize(tokenizer)).to_iter_dataset())
+  document (of each component), and of `qa_rows` question/answer rows from every count-th
+  record of `qa`."""
+  components = [
+      document_order(documents, seed + c)[index::count].repeat(None)
+      for c, documents in enumerate(corpus.components)
+  ]
+  ds = components[0] if len(components) == 1 else grain.MapDataset.mix(
+      components, list(corpus.weights))
+  ds = ds.map(_Tokenize(tokenizer)).to_iter_dataset()
   ds = grain.experimental.ConcatThenSplitIterDataset(ds, length_struct={"tokens": seq_len + 1})
   ds = ds.map(_packed).batch(rows, drop_remainder=True)
   if not qa_rows:
@@ -80,7 +122,7 @@ def _side_by_side(batches):
   return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *batches)
 
 
-def make_dataset(documents,
+def make_dataset(corpus: Corpus,
                  tokenizer,
                  *,
                  seq_len,
@@ -92,15 +134,16 @@ def make_dataset(documents,
                  num_workers=0,
                  qa=None,
                  qa_rows=0):
-  """An IterDataset of this process's batches: {"tokens": [global_batch / process_count,
+  """An IterDataset of this process's batches of `corpus`: {"tokens": [global_batch / process_count,
   seq_len + 1] int32, "segment_ids": the same shape (see packing.PackedRows)} and, with
   `qa_rows` question/answer rows per global batch from the encoded records `qa`, "qa": {field:
   [qa_rows / process_count, ...]}."""
   if streams % process_count or global_batch % streams:
     raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
                     f"processes and divide the batch of {global_batch}")
-  if len(documents) < streams:
-    raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
+  for documents in corpus.components:
+    if len(documents) < streams:
+      raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
   if qa_rows and qa_rows % streams:
     raise DataError(f"{qa_rows} question/answer rows per batch cannot be split over {streams} "
                     "data streams (set data.streams to a divisor)")
@@ -110,7 +153,7 @@ def make_dataset(documents,
   per_process = streams // process_count
   first = process_index * per_process
   parts = [
-      _stream(documents,
+      _stream(corpus,
               tokenizer,
               seq_len=seq_len,
               rows=global_batch // streams,

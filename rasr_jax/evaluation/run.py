@@ -126,7 +126,7 @@ class Evaluation:
     held_out = sources.load_held_out(self.model.config.data, self.model.config.seed)
     if held_out is None:
       raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
-    return held_out.documents[:self.limit]
+    return held_out.texts(self.limit)
 
   def _checked(self, task):
     for method in self.method_names:

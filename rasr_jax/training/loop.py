@@ -36,8 +36,7 @@ class NonFiniteError(RuntimeError):
 
 
 def _train_tokenizer(config, corpus):
-  return tok_lib.train(corpus.documents[:config.data.tokenizer_sample_docs],
-                       config.model.vocab_size)
+  return tok_lib.train(corpus.texts(config.data.tokenizer_sample_docs), config.model.vocab_size)
 
 
 def prepare_tokenizer(config, workdir, corpus):
@@ -73,10 +72,10 @@ def run_metadata(config, state, tokenizer, corpus):
   }
 
 
-def _dataset(config, documents, qa_arrays, tokenizer, num_workers=0):
+def _dataset(config, corpus, qa_arrays, tokenizer, num_workers=0):
   """This process's batches: {"tokens": [local batch, seq_len + 1]} and, with question/answer
   rows, "qa" (see pipeline.make_dataset)."""
-  return pipeline.make_dataset(documents,
+  return pipeline.make_dataset(corpus,
                                tokenizer,
                                seq_len=config.data.seq_len,
                                global_batch=config.train.batch_size,
@@ -122,9 +121,9 @@ def _global_batch(local, batch_sharding, document_masking):
 class _HeldOutEval:
   """Mean training metrics on held-out batches (the same batches and windows every time)."""
 
-  def __init__(self, config, documents, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh):
+  def __init__(self, config, corpus, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
-    self._make_data = lambda: _dataset(config, documents, qa_arrays, tokenizer)
+    self._make_data = lambda: _dataset(config, corpus, qa_arrays, tokenizer)
     batch = sharding.batch_sharding(mesh)
     self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids, pieces),
                          in_shardings=(shardings, batch, batch, None),
@@ -209,8 +208,8 @@ def _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh):
           "no held-out evaluation: reflect.source=%s needs held-out question/answer "
           "records (data.qa_eval_files)", config.reflect.source)
       return None
-  return _HeldOutEval(config, held_out.documents, qa_arrays, tokenizer, pieces, graphdef, shardings,
-                      mesh)
+  sources.check_tokenized(held_out, tokenizer.checksum)
+  return _HeldOutEval(config, held_out, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh)
 
 
 @dataclasses.dataclass
@@ -246,6 +245,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
     logging.warning("replaced %d invalid UTF-8 sequences in the data files",
                     corpus.replaced_utf8_errors)
   tokenizer = prepare_tokenizer(config, workdir, corpus)
+  sources.check_tokenized(corpus, tokenizer.checksum)
   # The bytes of every token, for reading answers of question/answer rows on device.
   pieces = tokenizer.piece_bytes(config.model.vocab_size) if config.reflect.qa_rows else None
   qa_arrays = _encode_qa(config, qa_records, tokenizer, pieces)
@@ -259,7 +259,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                        config.checkpoint,
                                        on_commit=faults_lib.on_commit(faults))
   data = pipeline.ResumableIterator(
-      _dataset(config, corpus.documents, qa_arrays, tokenizer, config.data.num_workers))
+      _dataset(config, corpus, qa_arrays, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:
