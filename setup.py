@@ -38,6 +38,9 @@ setuptools.setup(
         "hf": ["torch==2.13.0", "transformers>=4.45"],
         # --mode=eval: EleutherAI's harness scores the public benchmarks; matplotlib draws plots.
         "eval": ["lm_eval>=0.4.13,<0.5", "matplotlib>=3.8"],
+        # gs:// work directories and data: etils.epath's fsspec backend (gcsfs), and Google's
+        # client, which orbax asks about the bucket.
+        "gcs": ["gcsfs", "google-cloud-storage"],
         "lint":
             LINT,
         "test": [

@@ -1,6 +1,6 @@
 """RASR-1.5B: 32 layers x 2048 (seed 000, section 6.1).
 
-  python -m rasr_jax.main --config=configs/1_5b.py --workdir=/mnt/gcs/BUCKET/rasr_1_5b \
+  python -m rasr_jax.main --config=configs/1_5b.py --workdir=gs://BUCKET/rasr_1_5b \
       --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_128)
   python -m rasr_jax.main --config=configs/1_5b.py:gpu_8 --workdir=...  # one host of 8 GPUs
   python -m rasr_jax.main --config=configs/1_5b.py --mode=describe  # counts and memory, no devices

@@ -1,6 +1,6 @@
 """RASR-400M: 24 layers x 1024 (seed 000, section 6.1).
 
-  python -m rasr_jax.main --config=configs/400m.py --workdir=/mnt/gcs/BUCKET/rasr_400m \
+  python -m rasr_jax.main --config=configs/400m.py --workdir=gs://BUCKET/rasr_400m \
       --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_64)
   python -m rasr_jax.main --config=configs/400m.py:gpu_8 --workdir=...  # one host of 8 GPUs
   python -m rasr_jax.main --config=configs/400m.py --mode=describe  # counts and memory, no devices

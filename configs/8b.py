@@ -1,6 +1,6 @@
 """RASR-8B: 36 layers x 4096 (seed 000, section 6.1).
 
-  python -m rasr_jax.main --config=configs/8b.py --workdir=/mnt/gcs/BUCKET/rasr_8b \
+  python -m rasr_jax.main --config=configs/8b.py --workdir=gs://BUCKET/rasr_8b \
       --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_128)
   python -m rasr_jax.main --config=configs/8b.py:gpu_8 --workdir=...  # one host of 8 GPUs
   python -m rasr_jax.main --config=configs/8b.py --mode=describe  # counts and memory, no devices

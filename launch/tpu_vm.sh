@@ -2,12 +2,13 @@
 # Train on every worker of a Cloud TPU VM slice: copy this checkout, install, start, stream logs.
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [trainer flags...]
-#   launch/tpu_vm.sh my-v5p-128 us-east5-a configs/8b.py /mnt/gcs/my-bucket/rasr_8b \
-#       --config.data.files='/mnt/data/corpus/*.jsonl'
+#   launch/tpu_vm.sh my-v5p-128 us-east5-a configs/8b.py gs://my-bucket/rasr_8b \
+#       --config.data.files='/mnt/data/corpus/*.array_record'
 #
-# WORKDIR must be shared by all workers: a filesystem mounted on every worker (a bucket mounted
-# with gcsfuse, NFS, Filestore). gs:// paths themselves are refused at start-up: paths still go
-# through the local filesystem (docs/scale_out.md). Set PROJECT to pass --project to gcloud. The workers find each other through jax's
+# WORKDIR must be shared by all workers: a bucket (gs://, read and written through etils.epath
+# with the gcs extra this script installs) or a filesystem mounted on every worker (gcsfuse, NFS,
+# Filestore); ArrayRecord data must be on a mounted filesystem (docs/scale_out.md). Set PROJECT
+# to pass --project to gcloud. The workers find each other through jax's
 # TPU cluster detection (--distributed); the mesh comes from the config (configs/8b.py defaults
 # to the tpu_v5p_128 preset; pick another with CONFIG:preset, e.g. configs/8b.py:tpu_fsdp).
 # Logs: ~/rasr_jax.log on each worker; this script follows worker 0's. Stop with
@@ -31,7 +32,7 @@ git archive --format=tar.gz -o "$archive" HEAD
 "${gcloud_tpu[@]}" ssh "$tpu" --zone="$zone" --worker=all --command="
   set -e; rm -rf ~/rasr_jax && mkdir ~/rasr_jax && tar -xzf ~/rasr_jax.tar.gz -C ~/rasr_jax
   python3 -m venv ~/rasr_venv && ~/rasr_venv/bin/pip install -q -U pip
-  ~/rasr_venv/bin/pip install -q 'jax[tpu]' -e ~/rasr_jax"
+  ~/rasr_venv/bin/pip install -q 'jax[tpu]' -e ~/rasr_jax'[gcs]'"
 # 3. Start the trainer on all workers at once (each is one jax process).
 flags=$(printf ' %q' --config="$config" --workdir="$workdir" --distributed "$@")
 "${gcloud_tpu[@]}" ssh "$tpu" --zone="$zone" --worker=all --command="

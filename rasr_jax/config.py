@@ -232,16 +232,32 @@ _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
                "data.tokenizer")
 
+# The remote schemes etils.epath opens, and the package its fsspec backend needs.
+REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
+REMOTE_EXTRA = {"gs": " (pip install 'rasr_jax[gcs]')"}
 
-def check_local_path(name, value):
+
+def check_path(name, value, local_only=False):
   """Raises ConfigError when `value` (a path, or comma-separated paths) names a remote store
-  (`scheme://`): paths go through the local filesystem, so a bucket must be mounted."""
+  that cannot be opened here: a scheme epath does not know, one whose fsspec backend is not
+  installed, or any remote path where `local_only`."""
   for path in str(value).split(","):
-    if "://" in path:
-      raise ConfigError(
-          f"{name}={value!r}: remote paths ({path.split('://')[0]}://) are not read or written "
-          "yet; use a local path, or mount the bucket on every host (e.g. gcsfuse) and pass "
-          "the mounted path")
+    if "://" not in path:
+      continue
+    scheme = path.split("://")[0]
+    if local_only:
+      raise ConfigError(f"{name}={value!r}: must be a local path (a bucket can be mounted on "
+                        "every host, e.g. with gcsfuse, and the mounted path passed)")
+    if scheme not in REMOTE_SCHEMES:
+      raise ConfigError(f"{name}={value!r}: {scheme}:// is not a storage scheme this project "
+                        f"opens ({', '.join(s + '://' for s in REMOTE_SCHEMES)})")
+    import fsspec  # only remote paths need it
+    try:
+      fsspec.get_filesystem_class("gcs" if scheme == "gs" else scheme)
+    except (ImportError, ValueError):
+      package = REMOTE_SCHEMES[scheme]
+      raise ConfigError(f"{name}={value!r}: {scheme}:// paths need the {package} package, "
+                        f"which is not installed{REMOTE_EXTRA.get(scheme, '')}") from None
 
 
 def _fail(path, value, rule):
@@ -311,7 +327,7 @@ def _check_rules(c):
     if _get(c, path) not in choices:
       _fail(path, _get(c, path), f"must be one of {', '.join(choices)}")
   for path in PATH_FIELDS:
-    check_local_path(f"config.{path}", _get(c, path))
+    check_path(f"config.{path}", _get(c, path))
   if c.metrics.wandb_project and importlib.util.find_spec("wandb") is None:
     _fail("metrics.wandb_project", c.metrics.wandb_project,
           "needs the wandb package (pip install wandb), which is optional")
@@ -344,7 +360,7 @@ def _check_rules(c):
     except ValueError as e:
       _fail("data.mixture", c.data.mixture, str(e))
     for globs, _ in components:
-      check_local_path("config.data.mixture", globs)
+      check_path("config.data.mixture", globs)
     if c.data.files:
       _fail("data.mixture", c.data.mixture, "replaces data.files: set one of them")
   if c.data.qa_eval_files and not c.data.qa_files:
@@ -364,10 +380,10 @@ def _check_rules(c):
 def config_file(path):
   """The ConfigDict of a config file (`get_config()` of a Python file, as --config reads it; the
   file runs as code, so only trusted files)."""
+  from etils import epath  # config loading stays light
   namespace = {}
   try:
-    with open(path) as f:
-      exec(compile(f.read(), path, "exec"), namespace)
+    exec(compile(epath.Path(path).read_text(), path, "exec"), namespace)
     return namespace["get_config"]()
   except (OSError, SyntaxError, KeyError) as e:
     raise ConfigError(f"config file {path}: cannot read a get_config() from it ({e!r})") from None
@@ -378,10 +394,11 @@ def write_config_file(path, config_dict, what):
   or a plain nested dict), held as JSON; `what` says in its docstring whose config it is."""
   raw = config_dict.to_dict() if hasattr(config_dict, "to_dict") else config_dict
   text = json.dumps(raw, indent=2, sort_keys=True)
-  with open(path, "w") as f:
-    f.write(f'"""Config of {what}."""\n\nimport json\n\nfrom ml_collections import config_dict\n\n'
-            f"_CONFIG = r'''\n{text}\n'''\n\n\ndef get_config():\n"
-            "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
+  from etils import epath
+  epath.Path(path).write_text(
+      f'"""Config of {what}."""\n\nimport json\n\nfrom ml_collections import config_dict\n\n'
+      f"_CONFIG = r'''\n{text}\n'''\n\n\ndef get_config():\n"
+      "  return config_dict.ConfigDict(json.loads(_CONFIG))\n")
 
 
 def load(config_dict):

@@ -158,10 +158,10 @@ def main(argv):
     _exit_bad_input("--config is required")
   try:  # before jax and the other heavy libraries load: config errors come in a second
     config = config_lib.load(_CONFIG.value)
-    for flag in (_WORKDIR, _CHECKPOINT, _PROMPTS_FILE, _TEXTS_FILE, _OUTPUT, _BENCHMARKS_DIR,
-                 _EVAL_OUTPUT):
+    for flag in (_WORKDIR, _CHECKPOINT, _PROMPTS_FILE, _TEXTS_FILE, _OUTPUT, _EVAL_OUTPUT,
+                 _BENCHMARKS_DIR):
       if flag.value:
-        config_lib.check_local_path(f"--{flag.name}", flag.value)
+        config_lib.check_path(f"--{flag.name}", flag.value, local_only=flag is _BENCHMARKS_DIR)
     if _MODE.value == "eval":
       evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
       evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")

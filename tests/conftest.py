@@ -90,6 +90,12 @@ def main_command(workdir, *extra, **overrides):
   ]
 
 
+def on_fake_gcs(root, argv):
+  """`argv` (a `python -m MODULE ...` command) with gs:// served from the folder `root`
+  (tests/fake_gcs.py)."""
+  return [argv[0], os.path.join(REPO, "tests", "fake_gcs.py"), root, *argv[1:]]
+
+
 def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
   """Runs `main_command` (with extra environment variables `env`); returns the result."""
   return subprocess.run(main_command(workdir, *extra, **overrides),

@@ -123,10 +123,13 @@ def _cases(tmp):
        ["/nonexistent/t.model"]),
       ("corrupt tokenizer", fresh, [f"--config.data.tokenizer={corrupt_tokenizer}"], {},
        [corrupt_tokenizer, "sentencepiece"]),
-      # remote paths: refused, and no local "gs:" folder appears
-      ("gs:// work directory", "gs://bucket/run", [], {}, ["--workdir='gs://bucket/run'", "gs://"]),
-      ("s3:// data files", fresh, [FILES, "--config.data.files=s3://bucket/*.jsonl"], {},
-       ["config.data.files", "s3://"]),
+      # remote paths that cannot be opened: refused, and no local "ftp:" folder appears
+      ("unknown scheme", "ftp://host/run", [], {},
+       ["--workdir='ftp://host/run'", "ftp:// is not a storage scheme"]),
+      ("remote data without its backend", fresh, [FILES, "--config.data.files=s3://bucket/*.jsonl"],
+       {}, ["config.data.files", "s3:// paths need the s3fs package"]),
+      ("remote benchmark data", W, ["--mode=eval", "--benchmarks_dir=gs://bucket/benchmarks"], {},
+       ["--benchmarks_dir", "must be a local path"]),
       ("tokenizer.json that does not parse", fresh,
        [f"--config.data.tokenizer={corrupt_tokenizer_json}"
        ], {}, [corrupt_tokenizer_json, "not a valid tokenizer.json"]),
@@ -211,4 +214,4 @@ def test_bad_inputs_fail_fast_with_one_line_and_leave_checkpoints_alone(straight
   print(f"{len(results)} bad inputs: median {seconds[len(seconds) // 2][0]:.1f} s, slowest "
         + ", ".join(f"{name} {s:.1f} s" for s, name in seconds[-3:]))
   assert _digest(trained) == before
-  assert not os.path.exists(os.path.join(REPO, "gs:"))
+  assert not os.path.exists(os.path.join(REPO, "ftp:"))

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import REPO, logged_steps, losses, main_command, run_main, subprocess_env
+from conftest import REPO, logged_steps, losses, main_command, on_fake_gcs, run_main, subprocess_env
 
 STEPS = 8
 # A (data=2, fsdp=4) mesh over 8 devices; 2 data streams, so the batches do not depend on the
@@ -37,15 +37,16 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_processes(workdir, num_processes, devices_each, **overrides):
-  """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1."""
+def _start_processes(workdir, num_processes, devices_each, buckets=None, **overrides):
+  """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1 (with
+  gs:// served from the folder `buckets` when given)."""
   port = _free_port()
   address = f"127.0.0.1:{port}"
+  argv = lambda i: main_command(
+      workdir, f"--coordinator_address={address}", f"--coordinator_bind_address={address}",
+      f"--num_processes={num_processes}", f"--process_id={i}", **overrides)
   return [
-      subprocess.Popen(main_command(workdir, f"--coordinator_address={address}",
-                                    f"--coordinator_bind_address={address}",
-                                    f"--num_processes={num_processes}", f"--process_id={i}",
-                                    **overrides),
+      subprocess.Popen(on_fake_gcs(buckets, argv(i)) if buckets else argv(i),
                        cwd=REPO,
                        env=subprocess_env(devices_each),
                        stdout=subprocess.PIPE,
@@ -64,13 +65,17 @@ def _finish(procs):
 
 def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   """2 processes x 4 devices (the data axis split over the processes as DCN granules) train the
-  tiny config; SIGTERM reaches process 1 only, and both processes save at the same step and
-  exit 0; the resumed run has the losses of a 1-process 8-device run."""
+  tiny config with the work directory in a bucket (gs://, tests/fake_gcs.py); SIGTERM reaches
+  process 1 only, and both processes save one checkpoint at the same step and exit 0; the
+  resumed run has the losses of a local 1-process 8-device run."""
   reference = str(tmp_path / "one_process")
   result = run_main(reference, devices=8, **MESH)
   assert result.returncode == 0, result.stderr[-3000:]
-  workdir = str(tmp_path / "two_processes")
-  procs = _start_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2})
+  buckets = str(tmp_path / "buckets")
+  workdir = os.path.join(buckets, "bucket", "two_processes")  # gs://bucket/two_processes
+  start = lambda: _start_processes("gs://bucket/two_processes", 2, 4, buckets, **MESH, **
+                                   {"mesh.dcn_data": 2})
+  procs = start()
   deadline = time.time() + 300
   while logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
     time.sleep(0.01)
@@ -79,8 +84,12 @@ def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
   step = int(stopped[0].pop())
   assert step < STEPS and max(losses(workdir)) == step
+  saved = os.path.join(workdir, "checkpoints", str(step))
   assert max(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))) == step
-  _finish(_start_processes(workdir, 2, 4, **MESH, **{"mesh.dcn_data": 2}))
+  assert os.path.isfile(os.path.join(saved, "commit_success.txt"))  # one checkpoint, both parts:
+  assert sorted(os.listdir(os.path.join(
+      saved, "data"))) == ["commit_success.txt", "process_0-of-2.json", "process_1-of-2.json"]
+  _finish(start())
   want, got = losses(reference), losses(workdir)
   assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
   for step in want:

@@ -148,7 +148,7 @@ def convert(patterns,
             shard_documents=100_000,
             workers=1):
   """Writes the shards of `patterns`' documents, `tokenizer` and tokens.json to `output`."""
-  from array_record.python import array_record_module  # noqa: PLC0415 (grain's dependency)
+  from array_record.python import array_record_module  # grain's dependency
   if os.path.exists(output):
     raise sources.DataError(f"--output {output}: already exists")
   total, docs = input_documents(patterns, field, policy, limit)
@@ -202,7 +202,7 @@ def main(argv):
   try:
     for name, value in (("--input", _INPUT.value), ("--output", _OUTPUT.value),
                         ("--tokenizer", _TOKENIZER.value or "")):
-      config_lib.check_local_path(name, value)
+      config_lib.check_path(name, value, local_only=name == "--output")
     if _SHARD_DOCS.value <= 0:
       raise config_lib.ConfigError(f"--shard_documents={_SHARD_DOCS.value}: must be > 0")
     if os.path.exists(_OUTPUT.value):

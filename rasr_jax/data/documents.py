@@ -24,6 +24,9 @@ import os
 import threading
 
 import numpy as np
+from etils import epath
+
+from rasr_jax import storage
 
 TOKENS_META = "tokens.json"  # the converter's description of the shards in its folder
 TOKENS_FORMAT = "rasr_jax token shards"
@@ -37,9 +40,10 @@ class DataError(ValueError):
 def file_digest(path) -> bytes:
   """sha256 over a large file's size and its first and last MiB: it tells files apart (and
   notices a file replaced or grown) without reading a corpus at start-up."""
-  size = os.path.getsize(path)
-  digest = hashlib.sha256(str(size).encode())
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
+    size = f.seek(0, os.SEEK_END)
+    f.seek(0)
+    digest = hashlib.sha256(str(size).encode())
     digest.update(f.read(1 << 20))
     if size > 2 << 20:
       f.seek(size - (1 << 20))
@@ -61,7 +65,7 @@ class TokenShards:
 
   def _records(self):
     if self._source is None:
-      import grain  # noqa: PLC0415 (imported where the records are first read)
+      import grain  # imported where the records are first read
       self._source = grain.sources.ArrayRecordDataSource(self.paths)
     return self._source
 
@@ -103,7 +107,7 @@ class JsonRecords:
 
   def _records(self):
     if self._source is None:
-      import grain  # noqa: PLC0415
+      import grain
       self._source = grain.sources.ArrayRecordDataSource(self.paths)
     return self._source
 
@@ -144,8 +148,9 @@ class ParquetDocuments:
 
   def _parquet(self):
     if self._file is None:
-      import pyarrow.parquet as pq  # noqa: PLC0415 (only runs that read Parquet need pyarrow)
-      self._file = pq.ParquetFile(self.path)
+      import pyarrow.parquet as pq  # only runs that read Parquet need pyarrow
+      self._file = pq.ParquetFile(
+          epath.Path(self.path).open("rb") if storage.is_remote(self.path) else self.path)
     return self._file
 
   def __len__(self):
@@ -175,7 +180,7 @@ class ParquetDocuments:
 def parquet_documents(path, field) -> ParquetDocuments:
   """The file's documents; DataError when it is not Parquet, has no rows, or has no string
   column `field`."""
-  import pyarrow as pa  # noqa: PLC0415
+  import pyarrow as pa
   try:
     documents = ParquetDocuments(path, field)
     schema = documents._parquet().schema_arrow

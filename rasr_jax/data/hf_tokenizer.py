@@ -11,7 +11,9 @@ import os
 import re
 
 import tokenizers
+from etils import epath
 
+from rasr_jax import storage
 from rasr_jax.data.tokenizer import Tokenizer, TokenizerError
 
 CONFIG_NAME = "tokenizer_config.json"  # beside tokenizer.json: bos / eos / pad names
@@ -53,10 +55,9 @@ class HFTokenizer(Tokenizer):
       raise TokenizerError(f"tokenizer {self.path}: not a valid tokenizer.json ({e})") from None
     self._names = {}
     config_path = os.path.join(os.path.dirname(self.path), CONFIG_NAME)
-    if os.path.isfile(config_path):
+    if epath.Path(config_path).is_file():
       try:
-        with open(config_path) as f:
-          config = json.load(f)
+        config = json.loads(epath.Path(config_path).read_text())
       except ValueError as e:
         raise TokenizerError(f"tokenizer config {config_path}: not JSON ({e})") from None
       self._names = {k: _token_name(config.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
@@ -112,7 +113,5 @@ class HFTokenizer(Tokenizer):
         f"{name}_token": None if index is None else self._tok.id_to_token(index)
         for name, index in (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))
     }
-    config = os.path.join(os.path.dirname(path), CONFIG_NAME)
-    with open(config + ".tmp", "w") as f:
-      json.dump(names, f, indent=2)
-    os.replace(config + ".tmp", config)
+    storage.write_atomically(os.path.join(os.path.dirname(path), CONFIG_NAME),
+                             json.dumps(names, indent=2).encode())

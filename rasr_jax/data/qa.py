@@ -15,6 +15,7 @@ naming the file and line. A bundled example whose answer does not fit Y is left 
 import dataclasses
 
 import numpy as np
+from etils import epath
 
 from rasr_jax import tasks
 from rasr_jax.data import sources
@@ -48,8 +49,7 @@ def _bundled(seed, count):
 
 
 def _read_file(path, checker):
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = epath.Path(path).read_bytes()
   if not raw.strip():
     raise DataError(f"question/answer file {path}: empty")
   try:

@@ -12,12 +12,13 @@ one line naming the file.
 """
 
 import dataclasses
-import glob
 import hashlib
 import json
 import os
 
-from rasr_jax import progress, tasks
+from etils import epath
+
+from rasr_jax import progress, storage, tasks
 from rasr_jax.data import documents as docs_lib
 from rasr_jax.data.documents import DataError
 
@@ -107,8 +108,10 @@ def expand_globs(patterns: str, field="data.files", extensions=EXTENSIONS) -> li
                     "or data.mixture)")
   paths = []
   for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
-    matched = sorted(
-        p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p))
+    try:
+      matched = storage.glob(pattern)
+    except NotImplementedError as e:  # epath refuses `**` on object stores
+      raise DataError(f"config.{field} glob {pattern!r}: {e}") from None
     if not matched:
       raise DataError(f"config.{field} glob {pattern!r} matches no file")
     paths.extend(matched)
@@ -200,19 +203,18 @@ def _files(data_cfg, patterns, field="data.files"):
         parts.append([])
       parts[-1].extend(docs)
       replaced += bad
-      digest.update(os.path.abspath(path).encode() + b"\0" + hashlib.sha256(raw).digest())
+      digest.update(storage.absolute(path).encode() + b"\0" + hashlib.sha256(raw).digest())
     else:
       part = record_documents(path, data_cfg.text_field)
       parts.append(part)
       tag = b"".join(t.tokenizer_sha256.encode() for t in docs_lib.token_parts(part))
-      digest.update(os.path.abspath(path).encode() + b"\0" + docs_lib.file_digest(path) + tag)
+      digest.update(storage.absolute(path).encode() + b"\0" + docs_lib.file_digest(path) + tag)
   return single_corpus(docs_lib.concatenated(parts), digest.hexdigest(), replaced)
 
 
 def _text_file(data_cfg, path):
   """A .txt / .jsonl file's documents, its bytes and the count of replaced UTF-8 errors."""
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = epath.Path(path).read_bytes()
   if not raw.strip():
     raise DataError(f"data file {path}: empty")
   text, bad = decode_utf8(path, raw, data_cfg.invalid_utf8)
@@ -232,6 +234,9 @@ def record_documents(path, field):
   when the file is empty, unreadable, or its first record has no text `field`."""
   if path.endswith(".parquet"):
     return docs_lib.parquet_documents(path, field)
+  if storage.is_remote(path):
+    raise DataError(f"data file {path}: ArrayRecord files are read from a local path (mount "
+                    "the bucket on every host, e.g. with gcsfuse, and pass the mounted path)")
   if not os.path.getsize(path):
     raise DataError(f"data file {path}: empty")
   meta = docs_lib.read_tokens_meta(os.path.dirname(path))
@@ -265,10 +270,9 @@ def check_tokenized(corpus: Corpus, tokenizer_sha256: str):
 def read_texts(path, field):
   """Prompts or texts from a user's file: `.jsonl` objects with a string `field`, else one text
   per non-empty line. Strict UTF-8."""
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise DataError(f"file {path}: not found")
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = epath.Path(path).read_bytes()
   try:
     text = raw.decode("utf-8")
   except UnicodeDecodeError as e:

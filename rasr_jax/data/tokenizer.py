@@ -15,7 +15,9 @@ import sys
 
 import numpy as np
 import sentencepiece as spm
+from etils import epath
 
+from rasr_jax import storage
 from rasr_jax.reflection.answers import PieceBytes
 from rasr_jax.reflection.layout import SpecialIds
 
@@ -158,10 +160,7 @@ class Tokenizer:
     return PieceBytes(table, np.asarray([len(s) for s in surfaces], np.int32))
 
   def save(self, path: str):
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-      f.write(self.model)
-    os.replace(tmp, path)
+    storage.write_atomically(path, self.model)
 
 
 class SentencePieceTokenizer(Tokenizer):
@@ -226,7 +225,7 @@ FILE_NAMES = ("tokenizer.json", "tokenizer.model")
 def find_in(directory: str):
   """The path of the tokenizer file in `directory` (see FILE_NAMES), or None."""
   for name in FILE_NAMES:
-    if os.path.isfile(os.path.join(directory, name)):
+    if epath.Path(directory, name).is_file():
       return os.path.join(directory, name)
   return None
 
@@ -235,12 +234,11 @@ def load(path: str, model_vocab_size=None) -> Tokenizer:
   """The tokenizer at `path`, for a model of `model_vocab_size` ids (see Tokenizer): an HF
   `tokenizer.json`, else a sentencepiece model; a directory's own (`find_in`)."""
   from rasr_jax.data import hf_tokenizer  # the `tokenizers` package loads only for its files
-  if os.path.isdir(path):
+  if epath.Path(path).is_dir():
     path = find_in(path) or path
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise TokenizerError(f"tokenizer {path}: file not found")
-  with open(path, "rb") as f:
-    model = f.read()
+  model = epath.Path(path).read_bytes()
   if path.endswith(".json"):
     return hf_tokenizer.HFTokenizer(model, path, model_vocab_size)
   return SentencePieceTokenizer(model, path, model_vocab_size)

@@ -3,6 +3,7 @@
 import os
 
 import matplotlib
+from etils import epath
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -24,7 +25,8 @@ def accuracy_per_iteration(path, title, report):
          xticks=range(len(accuracy)))
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
   return path
 
@@ -49,7 +51,8 @@ def reliability_diagram(path, title, calibration):
          title=f"{title}\nECE {calibration['ece']:.3f}")
   ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)
   return path
 

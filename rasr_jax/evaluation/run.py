@@ -21,11 +21,13 @@ decoded per answer) and, for rasr, the critic's calibration (reliability diagram
 import json
 import math
 import os
+import tempfile
 
 from absl import logging
+from etils import epath
 
 from rasr_jax import config as config_lib
-from rasr_jax import tasks
+from rasr_jax import storage, tasks
 from rasr_jax.data import sources
 from rasr_jax.evaluation import (
     ALL_TASKS,
@@ -101,7 +103,7 @@ class Evaluation:
     self.reports = {}  # (method, task) -> iteration report
 
   def run(self):
-    os.makedirs(self.out_dir, exist_ok=True)
+    storage.makedirs(self.out_dir)
     for task in self.task_names:
       logging.info("evaluating %s", task)
       if task in BUNDLED_TASKS or task == bundled.QA_TASK:
@@ -142,7 +144,7 @@ class Evaluation:
   def _add_report(self, method, task, items, records):
     self.reports[(method, task)] = report.iteration_report(items)
     self.scores[method][task] = self.reports[(method, task)]
-    os.makedirs(os.path.join(self.out_dir, "samples", method), exist_ok=True)
+    storage.makedirs(os.path.join(self.out_dir, "samples", method))
     inference.write_jsonl(records, os.path.join(self.out_dir, "samples", method, f"{task}.jsonl"))
 
   def _harness(self, lm, task):
@@ -194,12 +196,11 @@ class Evaluation:
         "limit_per_task": self.limit,
         "methods": self.scores
     }
-    with open(os.path.join(self.out_dir, "results.json"), "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
-    with open(os.path.join(self.out_dir, "table.md"), "w", encoding="utf-8") as f:
-      f.write(f"{table(self.scores)}\n\nCheckpoint step {model.step}; at most {self.limit} items "
-              "per task (per subject for MMLU); accuracies in %. Log-likelihood tasks and "
-              "perplexity do not generate: the same figure for every method.\n")
+    epath.Path(self.out_dir, "results.json").write_text(json.dumps(results, indent=2))
+    epath.Path(self.out_dir, "table.md").write_text(
+        f"{table(self.scores)}\n\nCheckpoint step {model.step}; at most {self.limit} items per "
+        "task (per subject for MMLU); accuracies in %. Log-likelihood tasks and perplexity do "
+        "not generate: the same figure for every method.\n")
     results["plots"] = plots.write_all(self.out_dir, self.reports)
     return results
 
@@ -271,9 +272,10 @@ def evaluate(config,
     raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
   if bundled.QA_TASK in task_names and not config.data.qa_eval_files:  # (then qa_files is set)
     raise config_lib.ConfigError("--eval_tasks=qa scores data.qa_eval_files, which is empty")
-  tasks_dir = prepare_benchmarks(
-      task_names, benchmarks_dir,
-      os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data"))
+  prepared_dir = os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data")
+  if storage.is_remote(prepared_dir):  # lm-eval reads its task files locally
+    prepared_dir = tempfile.mkdtemp(prefix="rasr_benchmark_data_")
+  tasks_dir = prepare_benchmarks(task_names, benchmarks_dir, prepared_dir)
   model = inference.InferenceModel(config, workdir, checkpoint)
   out_dir = output_dir or os.path.join(workdir, "eval", f"step_{model.step}")
   evaluation = Evaluation(model,

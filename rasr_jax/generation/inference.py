@@ -17,9 +17,10 @@ import sys
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 
 from rasr_jax import config as config_lib
-from rasr_jax import progress, sharding
+from rasr_jax import progress, sharding, storage
 from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate as gen_lib
@@ -38,11 +39,11 @@ def _locate_checkpoint(workdir, checkpoint):
   """(checkpoints directory, step): `checkpoint` is a step directory or a checkpoints
   directory (newest step); default the newest step under the workdir. (None, None) when the
   default has no checkpoints but the workdir holds imported parameters."""
-  path = os.path.abspath(checkpoint or ckpt_lib.checkpoint_dir(workdir))
+  path = storage.absolute(checkpoint or ckpt_lib.checkpoint_dir(workdir))
   name = os.path.basename(path)
   directory, step = (os.path.dirname(path), int(name)) if name.isdigit() else (path, None)
-  if not os.path.isdir(path):
-    if not checkpoint and os.path.isdir(ckpt_lib.imported_params_dir(workdir)):
+  if not epath.Path(path).is_dir():
+    if not checkpoint and epath.Path(ckpt_lib.imported_params_dir(workdir)).is_dir():
       return None, None
     raise ckpt_lib.CheckpointError(f"no checkpoint at {path}"
                                    + ("" if checkpoint else " (train first, or pass --checkpoint)"))
@@ -300,5 +301,4 @@ def write_jsonl(records, output):
     sys.stdout.write(lines)
     sys.stdout.flush()
   else:
-    with open(output, "w", encoding="utf-8") as f:
-      f.write(lines)
+    epath.Path(output).write_text(lines)

@@ -34,12 +34,13 @@ import ml_dtypes
 import numpy as np
 import safetensors
 from absl import app, flags
+from etils import epath
 from flax import nnx
 from ml_collections import config_flags
 from safetensors import numpy as st_numpy
 
 from rasr_jax import config as config_lib
-from rasr_jax import progress
+from rasr_jax import progress, storage
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.model import rasr_model
 from rasr_jax.training import checkpoint as ckpt_lib
@@ -333,32 +334,31 @@ def import_checkpoint(hf_dir, workdir, base_config):
   if tokenizer_path:  # the vocabulary grows when the markers need ids the model lacks
     cd.model.vocab_size = tok_lib.vocab_for_markers(tokenizer_path, cd.model.vocab_size)
     tokenizer = tok_lib.load(tokenizer_path, cd.model.vocab_size)
-    cd.data.tokenizer = tok_lib.workdir_path(os.path.abspath(workdir), tokenizer)
+    cd.data.tokenizer = tok_lib.workdir_path(storage.absolute(workdir), tokenizer)
   config = config_lib.load(cd)
   params = hf_to_params(SafetensorsReader(hf_dir), config, hf_config["vocab_size"])
   params.update(fresh_heads(config))
-  target = os.path.abspath(ckpt_lib.imported_params_dir(workdir))
-  if os.path.exists(target):
+  target = storage.absolute(ckpt_lib.imported_params_dir(workdir))
+  if epath.Path(target).exists():
     raise ConversionError(f"{target} exists; import into a new work directory")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   ckpt_lib.save_params(target, params)
   if tokenizer is not None:
     tokenizer.save(tok_lib.workdir_path(workdir, tokenizer))
   config_lib.write_config_file(os.path.join(workdir, "config.py"), cd,
                                f"the model imported from {os.path.abspath(hf_dir)}")
-  with open(os.path.join(workdir, "import.json"), "w") as f:
-    json.dump(
-        {
-            "hf_dir": os.path.abspath(hf_dir),
-            "hf_config": hf_config,
-            "vocab_size": {
-                "hf": hf_config["vocab_size"],
-                "grown_to": config.model.vocab_size
-            },
-            "params": ckpt_lib.param_signature(params)
-        },
-        f,
-        indent=2)
+  epath.Path(workdir, "import.json").write_text(
+      json.dumps(
+          {
+              "hf_dir": os.path.abspath(hf_dir),
+              "hf_config": hf_config,
+              "vocab_size": {
+                  "hf": hf_config["vocab_size"],
+                  "grown_to": config.model.vocab_size
+              },
+              "params": ckpt_lib.param_signature(params)
+          },
+          indent=2))
   return config
 
 
@@ -467,7 +467,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for the HF checkpoint 
 def _workdir_config(workdir):
   """The config `import` wrote into the work directory."""
   path = os.path.join(workdir, "config.py")
-  if not os.path.isfile(path):
+  if not epath.Path(path).is_file():
     raise ConversionError(f"{path} not found: pass --config")
   return config_lib.config_file(path)
 
@@ -478,8 +478,8 @@ def main(argv):
   from configs import base
   try:
     for flag in (_HF_DIR, _WORKDIR, _OUT):
-      if flag.value:
-        config_lib.check_local_path(f"--{flag.name}", flag.value)
+      if flag.value:  # safetensors files are read and written locally
+        config_lib.check_path(f"--{flag.name}", flag.value, local_only=flag is not _WORKDIR)
     if not _WORKDIR.value:
       raise ConversionError("--workdir is required")
     if argv[1] == "import":

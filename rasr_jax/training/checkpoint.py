@@ -16,6 +16,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
+
+from rasr_jax import storage
 
 LAYER_LAYOUT = "scanned"  # blocks stacked on a leading `layers` axis
 
@@ -68,14 +71,16 @@ class Checkpointer:
   """
 
   def __init__(self, directory, ckpt_cfg, on_commit=None):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.absolute(directory)
     self._on_commit = on_commit
     # The step of the newest save request. Set only once the save before it is complete, so
     # orbax's commit thread reads the step it is committing.
     self._last_requested_step = None
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and not storage.is_remote(self.directory):
+      # An interrupted local save, never listed (on an object store orbax marks complete steps
+      # with commit_success.txt instead of renaming them).
       for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
-        shutil.rmtree(leftover, ignore_errors=True)  # an interrupted save, never listed
+        shutil.rmtree(leftover, ignore_errors=True)
     at_commit = self._at_commit if on_commit is not None else None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=ckpt_cfg.max_to_keep,
@@ -189,14 +194,14 @@ def _partial_restore(path, abstract):
 def save_params(path, params):
   """Parameters alone (a nested dict of arrays) as an orbax checkpoint at `path` (new)."""
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(path), params)
+    checkpointer.save(storage.absolute(path), params)
 
 
 def restore_params(path, abstract_params):
   """Parameters saved by `save_params`, checked against `abstract_params` (every differing
   path listed) and placed on the shardings the abstract arrays carry (host numpy without)."""
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = storage.absolute(path)
+  if not epath.Path(path).is_dir():
     raise CheckpointError(f"parameters {path}: not found")
   try:
     with ocp.StandardCheckpointer() as checkpointer:
@@ -231,11 +236,11 @@ def imported_params_dir(workdir):
 def check_writable(directory):
   """Raises CheckpointError unless a step directory can be created in `directory` (at start-up:
   orbax would otherwise fail the first save only after its 300 s signal timeout)."""
-  probe = os.path.join(directory, f".rasr-write-test-{os.getpid()}")
+  probe = epath.Path(directory, f".rasr-write-test-{os.getpid()}")
   try:
-    os.makedirs(directory, exist_ok=True)
-    os.mkdir(probe)
-    os.rmdir(probe)
+    storage.makedirs(directory)
+    probe.write_bytes(b"")
+    probe.unlink()
   except OSError as e:
     raise CheckpointError(f"checkpoint directory {directory} is not writable "
                           f"({e.strerror or e})") from None

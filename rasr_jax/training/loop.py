@@ -6,7 +6,6 @@ returns normally (exit code 0).
 """
 
 import dataclasses
-import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -14,10 +13,11 @@ from collections.abc import Callable, Iterator
 import jax
 import numpy as np
 from absl import logging
+from etils import epath
 from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
-from rasr_jax import progress, sharding
+from rasr_jax import progress, sharding, storage
 from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.packing import PackedRows
@@ -56,7 +56,7 @@ def prepare_tokenizer(config, workdir, corpus):
         f"tokenizer {tokenizer.path}: {tokenizer.vocab_size} pieces exceed "
         f"config.model.vocab_size={config.model.vocab_size}")
   own = tok_lib.workdir_path(workdir, tokenizer)
-  if not os.path.exists(own) and jax.process_index() == 0:
+  if not epath.Path(own).exists() and jax.process_index() == 0:
     tokenizer.save(own)  # the workdir keeps the tokenizer its checkpoints were trained with
   return tokenizer
 
@@ -235,7 +235,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
   if faults.crashes_at_commit and not config.checkpoint.async_save:
     raise config_lib.ConfigError(f"{faults_lib.ENV}: crash_in_save at commit needs "
                                  "checkpoint.async_save=True")
-  os.makedirs(workdir, exist_ok=True)
+  storage.makedirs(workdir)
   corpus = sources.load_corpus(config.data, config.seed)
   needs_qa = config.data.qa_files or config.reflect.qa_rows
   qa_records = qa.load(config.data, config.seed) if needs_qa else []
