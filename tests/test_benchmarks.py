@@ -56,6 +56,15 @@ def test_decode_benchmark():
   assert {"shape", "versions", "device"} <= set(report)
 
 
+def test_data_startup_benchmark(tmp_path):
+  report = _json(_run("data_startup.py", f"--workdir={tmp_path}", "--gigabytes=0.001",
+                      "--rounds=1"))
+  assert report["documents"] > 0 and report["convert_s"] > 0
+  for name in ("jsonl", "array_record"):
+    assert set(report["medians"][name]) == {"load_s", "first_batch_s", "peak_rss_gib"}
+  assert report["first_batch_ratio"] > 0 and report["peak_rss_ratio"] > 0
+
+
 # Slow (about 200 s here: four trainings and four evaluations).
 @pytest.mark.slow
 def test_evidence_benchmark(tmp_path):
