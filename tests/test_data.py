@@ -29,8 +29,9 @@ def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
   assert tokenizer.marker_ids == tok_lib.TRAINED_MARKER_IDS
   assert tokenizer.eos_id == 1 and tokenizer.pad_id == 0
   for text in [
-      "tom has 12 apples. #### 12", "Ünïcödé ✓ and 漢字", "a <draft> b <critique> c <refine> d"
-  ]:
+      "tom has 12 apples. #### 12", "Ünïcödé ✓ and 漢字", "a <draft> b <critique> c <refine> d",
+      "line one\n\n  indented\tcode\n    deeper  end", " leading space\r\n"
+  ]:  # identity normalisation: newlines, tabs and runs of spaces decode back exactly
     assert tokenizer.decode(tokenizer.encode(text)) == text
   path = str(tmp_path / "tok.model")
   tokenizer.save(path)

@@ -23,7 +23,7 @@ import sys
 import tempfile
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from rasr_jax import config as config_lib
 from rasr_jax import progress
@@ -133,9 +133,8 @@ def _tokenizer(patterns, field, policy, limit):
   if not _VOCAB_SIZE.value:
     raise app.UsageError("give --tokenizer, or --vocab_size for one trained on the input")
   _, docs = input_documents(patterns, field, policy, limit)
-  sample = [doc for doc, _ in zip(docs, range(_TOKENIZER_DOCS.value))]
-  logging.info("training a tokenizer of %d pieces on %d documents", _VOCAB_SIZE.value, len(sample))
-  return tok_lib.train(sample, _VOCAB_SIZE.value)
+  return tok_lib.train([doc for doc, _ in zip(docs, range(_TOKENIZER_DOCS.value))],
+                       _VOCAB_SIZE.value)
 
 
 def convert(patterns,

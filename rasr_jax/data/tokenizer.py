@@ -12,9 +12,11 @@ import hashlib
 import io
 import os
 import sys
+import time
 
 import numpy as np
 import sentencepiece as spm
+from absl import logging
 from etils import epath
 
 from rasr_jax import storage
@@ -245,12 +247,21 @@ def load(path: str, model_vocab_size=None) -> Tokenizer:
 
 
 def train(texts, vocab_size: int) -> Tokenizer:
-  """Trains a byte-fallback BPE model on `texts` (an iterable of str) with the special tokens."""
+  """Trains a byte-fallback BPE model on `texts` (a list of str) with the special tokens.
+
+  Identity normalisation: text is encoded as written (newlines, tabs and runs of spaces are kept
+  and decode back exactly), so few-shot prompts, code and chat formats keep their layout.
+  """
+  start = time.monotonic()
+  logging.info("training a tokenizer of %d pieces on %d documents", vocab_size, len(texts))
   buf = io.BytesIO()
   spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
                                  model_writer=buf,
                                  model_type="bpe",
                                  vocab_size=vocab_size,
+                                 normalization_rule_name="identity",
+                                 remove_extra_whitespaces=False,
+                                 allow_whitespace_only_pieces=True,
                                  character_coverage=1.0,
                                  byte_fallback=True,
                                  pad_id=_TRAINED_PAD_ID,
@@ -265,6 +276,7 @@ def train(texts, vocab_size: int) -> Tokenizer:
                                  num_threads=2,
                                  minloglevel=2,
                                  max_sentence_length=1 << 16)
+  logging.info("trained the tokenizer (%.1f s)", time.monotonic() - start)
   return SentencePieceTokenizer(buf.getvalue())
 
 
