@@ -51,17 +51,13 @@ def file_digest(path) -> bytes:
   return digest.digest()
 
 
-class TokenShards:
-  """The converter's ArrayRecord shards of one folder: each record a document's int32 ids."""
+class _ArrayRecordFiles:
+  """ArrayRecord files, opened (through grain's data source) when first read; grain workers get
+  the paths and reopen them."""
 
-  def __init__(self, paths, meta):
+  def __init__(self, paths):
     self.paths = list(paths)
-    self.meta = meta  # the folder's tokens.json
     self._source = None
-
-  @property
-  def tokenizer_sha256(self):
-    return self.meta["tokenizer_sha256"]
 
   def _records(self):
     if self._source is None:
@@ -72,11 +68,23 @@ class TokenShards:
   def __len__(self):
     return len(self._records())
 
+  def __getstate__(self):
+    return {**self.__dict__, "_source": None}
+
+
+class TokenShards(_ArrayRecordFiles):
+  """The converter's ArrayRecord shards of one folder: each record a document's int32 ids."""
+
+  def __init__(self, paths, meta):
+    super().__init__(paths)
+    self.meta = meta  # the folder's tokens.json
+
+  @property
+  def tokenizer_sha256(self):
+    return self.meta["tokenizer_sha256"]
+
   def __getitem__(self, index):
     return np.frombuffer(self._records()[index], np.int32)
-
-  def __getstate__(self):  # grain workers reopen the files
-    return {"paths": self.paths, "meta": self.meta, "_source": None}
 
 
 def read_tokens_meta(folder):
@@ -97,22 +105,12 @@ def read_tokens_meta(folder):
   return meta
 
 
-class JsonRecords:
+class JsonRecords(_ArrayRecordFiles):
   """ArrayRecord files whose records are UTF-8 JSON objects holding the text in `field`."""
 
   def __init__(self, paths, field):
-    self.paths = list(paths)
+    super().__init__(paths)
     self.field = field
-    self._source = None
-
-  def _records(self):
-    if self._source is None:
-      import grain
-      self._source = grain.sources.ArrayRecordDataSource(self.paths)
-    return self._source
-
-  def __len__(self):
-    return len(self._records())
 
   def __getitem__(self, index):
     raw = self._records()[index]
@@ -124,9 +122,6 @@ class JsonRecords:
       raise DataError(f"data files {', '.join(self.paths)} record {index}: expected a UTF-8 "
                       f"JSON object with a string field {self.field!r} (config.data.text_field)")
     return record[self.field]
-
-  def __getstate__(self):
-    return {"paths": self.paths, "field": self.field, "_source": None}
 
 
 class ParquetDocuments:
