@@ -24,6 +24,7 @@ import tempfile
 
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from rasr_jax import config as config_lib
 from rasr_jax import progress
@@ -93,13 +94,13 @@ def _encoded(docs, tokenizer, tokenizer_path, workers):
 
 
 def _line_count(path):
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 24), b"")) + 1
 
 
 def _text_documents(path, field, policy, limit):
   """A .txt / .jsonl file's documents, a line at a time, checked as sources checks them."""
-  with open(path, "rb") as f:
+  with epath.Path(path).open("rb") as f:
     for number, raw in enumerate(f, 1):
       text, _ = sources.decode_utf8(f"{path} line {number}", raw, policy)
       for _, doc in sources.line_documents(path, text, field, first_line=number):
