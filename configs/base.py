@@ -37,6 +37,7 @@ def get_config():
   c.model.norm_eps = 1e-5  # RMSNorm epsilon
   c.model.init_std = 0.02  # stddev of the normal initialiser for weight matrices
   c.model.tie_embeddings = False  # share the input embedding with the LM head
+  c.model.attention_bias = False  # biases on the q, k, v projections (Qwen2's layout)
   c.model.param_dtype = "float32"  # parameter (and optimizer state) dtype
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
   c.model.remat_policy = "none"  # per-block rematerialisation: none | full | dots | dots_no_batch
@@ -58,7 +59,9 @@ def get_config():
   c.data.qa_eval_files = ""  # held-out question/answer files: --mode=eval --eval_tasks=qa
   c.data.bundled_examples = 20000  # number of generated task documents when source=bundled
   c.data.seq_len = 128  # tokens per training row T (packed)
-  c.data.tokenizer = ""  # path to a sentencepiece .model; empty = train one into the workdir
+  # A sentencepiece .model, an HF tokenizer.json, or a folder holding one (local or gs://);
+  # empty = train one on the corpus into the workdir.
+  c.data.tokenizer = ""
   c.data.tokenizer_sample_docs = 50000  # documents the tokenizer trainer reads at most
   # Packed rows: a token attends only to its own document, positions restart per document, and
   # no target is predicted across a document boundary (False: plain causal rows).

@@ -36,6 +36,7 @@ class ModelConfig:
   norm_eps: float
   init_std: float
   tie_embeddings: bool
+  attention_bias: bool
   param_dtype: str
   dtype: str
   remat_policy: str

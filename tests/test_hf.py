@@ -243,6 +243,29 @@ def test_tied_embeddings_import_and_export(tmp_path):
   np.testing.assert_allclose(_hf_logits(reloaded, ids), _hf_logits(model, ids), atol=1e-5)
 
 
+def test_qwen2_with_attention_biases_imports_and_exports(tmp_path):
+  """A Qwen2 checkpoint (biases on q, k, v; tied embeddings, as the small Qwen2 models have)
+  gives transformers' logits after import, and its export reloads as Qwen2 with them."""
+  torch.manual_seed(0)
+  shape = {k: v for k, v in SHAPE.items() if k != "head_dim"}
+  model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**shape, tie_word_embeddings=True))
+  with torch.no_grad():  # transformers zeroes biases; random ones make the test see them
+    for layer in model.model.layers:
+      for projection in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+        projection.bias.normal_(0.0, 0.5)
+  model.eval().save_pretrained(str(tmp_path / "hf"), safe_serialization=True)
+  from configs import tiny
+  config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+  assert config.model.attention_bias and config.model.tie_embeddings
+  ids = np.random.RandomState(4).randint(0, SHAPE["vocab_size"], (2, 40))
+  want = _hf_logits(model, ids)
+  np.testing.assert_allclose(_imported_logits(str(tmp_path / "w"), ids), want, atol=1e-4)
+  hf.export_checkpoint(str(tmp_path / "w"), str(tmp_path / "out"), config)
+  reloaded = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "out")).eval()
+  assert type(reloaded).__name__ == "Qwen2ForCausalLM"
+  np.testing.assert_allclose(_hf_logits(reloaded, ids), want, atol=1e-5)
+
+
 def test_export_config_is_the_models(tmp_path):
   """The exported config.json keeps the rope scaling and max_position_embeddings, so
   AutoModelForCausalLM gives the original logits (it was once 2.1 off)."""

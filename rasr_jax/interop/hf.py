@@ -1,4 +1,5 @@
-"""HuggingFace Llama checkpoints <-> rasr_jax parameters, through safetensors only.
+"""HuggingFace Llama-family checkpoints (Llama, and Qwen2 with its attention biases) <->
+rasr_jax parameters, through safetensors only.
 
   python -m rasr_jax.interop.hf import --hf_dir=DIR --workdir=W [--config=configs/base.py]
   python -m rasr_jax.interop.hf export --workdir=W --out=DIR
@@ -83,6 +84,15 @@ def _o_out(w, m):  # [N, H, D] -> HF [D, N * H]
   return w.reshape(-1, m.d_model).T
 
 
+def _bias_in(w, m):  # HF [N * H] -> [N, H]
+  return w.reshape(-1, m.head_dim)
+
+
+def _bias_out(w, m):  # [N, H] -> HF [N * H]
+  del m
+  return w.reshape(-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Mapping:
   hf_name: str  # with {i} for the layer index of a per-layer tensor
@@ -116,7 +126,18 @@ TABLE = (
     Mapping("model.norm.weight", ("final_norm", "scale"), _same, _same),
     Mapping("lm_head.weight", ("lm_head",), _transposed, _transposed,
             vocab_axis=1),  # absent when tied
+    # Qwen2's attention biases (model.attention_bias).
+    Mapping("model.layers.{i}.self_attn.q_proj.bias", ("blocks", "attn", "q_bias"), _bias_in,
+            _bias_out),
+    Mapping("model.layers.{i}.self_attn.k_proj.bias", ("blocks", "attn", "k_bias"), _bias_in,
+            _bias_out),
+    Mapping("model.layers.{i}.self_attn.v_proj.bias", ("blocks", "attn", "v_bias"), _bias_in,
+            _bias_out),
 )
+FAMILIES = {  # HF model_type -> (architecture, whether its q, k, v projections have biases)
+    "llama": ("LlamaForCausalLM", False),
+    "qwen2": ("Qwen2ForCausalLM", True),
+}
 
 # HF rope_type -> the fields its parameters go to (model.rope_*); other types are refused.
 _ROPE_FIELDS = {
@@ -170,13 +191,17 @@ def _rope_fields(hf_config, problems):
 
 
 def model_fields(hf_config):
-  """config.model fields from an HF Llama config.json dict; unsupported features raise."""
+  """config.model fields from an HF Llama or Qwen2 config.json dict; unsupported features
+  raise."""
   problems = []
-  if hf_config.get("model_type") != "llama":
-    problems.append(f"model_type {hf_config.get('model_type')!r} (only 'llama')")
-  for key in ("attention_bias", "mlp_bias"):
+  family = hf_config.get("model_type")
+  if family not in FAMILIES:
+    problems.append(f"model_type {family!r} (only {' or '.join(map(repr, FAMILIES))})")
+  for key in ("attention_bias", "mlp_bias"):  # Llama's: on every projection, o_proj's included
     if hf_config.get(key):
-      problems.append(f"{key}=true (no biases)")
+      problems.append(f"{key}=true (biases only on q, k, v, as Qwen2 has them)")
+  if hf_config.get("use_sliding_window"):
+    problems.append("use_sliding_window=true (full attention only)")
   if hf_config.get("hidden_act", "silu") != "silu":
     problems.append(f"hidden_act {hf_config['hidden_act']!r} (only silu)")
   rope = _rope_fields(hf_config, problems)
@@ -195,6 +220,7 @@ def model_fields(hf_config):
       "max_positions": int(hf_config.get("max_position_embeddings") or 0),
       "norm_eps": float(hf_config.get("rms_norm_eps", 1e-6)),
       "tie_embeddings": bool(hf_config.get("tie_word_embeddings", False)),
+      "attention_bias": FAMILIES[family][1],
   }
 
 
@@ -250,7 +276,10 @@ def _set_path(tree, path, value):
 
 
 def _mappings(model_cfg):
-  return [m for m in TABLE if not (m.path == ("lm_head",) and model_cfg.tie_embeddings)]
+  return [
+      m for m in TABLE if not (m.path == ("lm_head",) and model_cfg.tie_embeddings) and (
+          model_cfg.attention_bias or not m.path[-1].endswith("_bias"))
+  ]
 
 
 def _grow_vocab(array, axis, shape, hf_vocab_size):
@@ -299,7 +328,9 @@ def hf_to_params(reader, config, hf_vocab_size=None):
     if len(slices) == len(names):
       _set_path(params, mapping.path, np.stack(slices) if mapping.per_layer else slices[0])
   unexpected = sorted(n for n in reader.names - used if not n.endswith(IGNORED_SUFFIXES))
-  problems += [f"{name}: unexpected (not a Llama parameter of this config)" for name in unexpected]
+  problems += [
+      f"{name}: unexpected (not a parameter of this config's family)" for name in unexpected
+  ]
   if problems:
     raise ConversionError(f"{len(problems)} tensor problem(s): " + "; ".join(problems))
   return params
@@ -398,26 +429,45 @@ def _token_id_fields(token_ids):
 
 
 def hf_config_of(config, token_ids):
-  """An HF Llama config.json dict of `config`'s model; `token_ids` maps bos/eos/pad to ids."""
+  """An HF config.json dict of `config`'s model (Qwen2's with attention biases, else Llama's);
+  `token_ids` maps bos/eos/pad to ids."""
   m = config.model
+  family = "qwen2" if m.attention_bias else "llama"
   return {
-      "architectures": ["LlamaForCausalLM"],
-      "model_type": "llama",
-      "hidden_act": "silu",
-      "vocab_size": m.vocab_size,
-      "hidden_size": m.d_model,
-      "num_hidden_layers": m.num_layers,
-      "num_attention_heads": m.num_heads,
-      "num_key_value_heads": m.num_kv_heads,
-      "head_dim": m.head_dim,
-      "intermediate_size": m.mlp_dim,
+      "architectures": [FAMILIES[family][0]],
+      "model_type":
+          family,
+      "hidden_act":
+          "silu",
+      "vocab_size":
+          m.vocab_size,
+      "hidden_size":
+          m.d_model,
+      "num_hidden_layers":
+          m.num_layers,
+      "num_attention_heads":
+          m.num_heads,
+      "num_key_value_heads":
+          m.num_kv_heads,
+      "head_dim":
+          m.head_dim,
+      "intermediate_size":
+          m.mlp_dim,
       **_rope_config(m),
-      "rms_norm_eps": m.norm_eps,
-      "tie_word_embeddings": m.tie_embeddings,
-      "max_position_embeddings": m.max_positions or config.data.seq_len,
-      "attention_bias": False,
-      "mlp_bias": False,
-      "torch_dtype": m.param_dtype,
+      "rms_norm_eps":
+          m.norm_eps,
+      "tie_word_embeddings":
+          m.tie_embeddings,
+      "max_position_embeddings":
+          m.max_positions or config.data.seq_len,
+      **({
+          "use_sliding_window": False
+      } if m.attention_bias else {
+             "attention_bias": False,
+             "mlp_bias": False
+         }),
+      "torch_dtype":
+          m.param_dtype,
       **_token_id_fields(token_ids),
   }
 

@@ -78,6 +78,11 @@ class Attention(nnx.Module):
     self.wk = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.wv = param(rngs, init, (d, k, h), ("embed", "kv_heads", "head_dim"), pd)
     self.wo = param(rngs, init, (n, h, d), ("heads", "head_dim", "embed"), pd)
+    if cfg.attention_bias:  # added before the rotation, as Qwen2 does
+      zeros = nnx.initializers.zeros
+      self.q_bias = param(rngs, zeros, (n, h), ("heads", "head_dim"), pd)
+      self.k_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd)
+      self.v_bias = param(rngs, zeros, (k, h), ("kv_heads", "head_dim"), pd)
     self.cfg = cfg
 
   def _project(self, x, positions):
@@ -86,6 +91,9 @@ class Attention(nnx.Module):
     q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))
     k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))
     v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))
+    if self.cfg.attention_bias:
+      q, k, v = (
+          a + b[...].astype(dt) for a, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
     freq = rope_frequencies(self.cfg)
     return rotary(q, positions, freq), rotary(k, positions, freq), v
 

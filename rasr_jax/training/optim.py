@@ -25,9 +25,10 @@ def group_labels(params):
 
 
 def _decay_mask(params):
-  """Decoupled weight decay on weight matrices, not on norm scales."""
+  """Decoupled weight decay on weight matrices, not on norm scales or biases."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: not any("norm" in str(k) for k in _key_names(p)), params)
+      lambda p, _: not any("norm" in str(k) or str(k).endswith("_bias") for k in _key_names(p)),
+      params)
 
 
 def schedule(train_cfg, peak_lr):
