@@ -234,8 +234,8 @@ def imported_params_dir(workdir):
 
 
 def check_writable(directory):
-  """Raises CheckpointError unless a step directory can be created in `directory` (at start-up:
-  orbax would otherwise fail the first save only after its 300 s signal timeout)."""
+  """Raises CheckpointError unless a file can be written in `directory` (locally or in a bucket;
+  at start-up: orbax would otherwise fail the first save only after its 300 s signal timeout)."""
   probe = epath.Path(directory, f".rasr-write-test-{os.getpid()}")
   try:
     storage.makedirs(directory)
