@@ -10,6 +10,7 @@ import difflib
 import importlib.util
 import json
 import math
+import os
 import typing
 
 
@@ -388,6 +389,11 @@ def config_file(path):
     return namespace["get_config"]()
   except (OSError, SyntaxError, KeyError) as e:
     raise ConfigError(f"config file {path}: cannot read a get_config() from it ({e!r})") from None
+
+
+def workdir_config_file(workdir):
+  """Where a work directory keeps its model's config file (`interop.hf import` writes it)."""
+  return os.path.join(workdir, "config.py")
 
 
 def write_config_file(path, config_dict, what):

@@ -19,8 +19,6 @@ The adapter is registered with lm-eval as `rasr`, so that lm-eval's own CLI runs
 lm-eval is an optional extra: `pip install -e .[eval]`.
 """
 
-import os
-
 import lm_eval
 import numpy as np
 from lm_eval import utils as lm_utils
@@ -67,7 +65,7 @@ class RasrLM(TemplateLM):
     if not workdir:
       raise ValueError("--model_args needs workdir=DIR (and config=FILE unless DIR/config.py)")
     config = config_lib.load(
-        config_lib.config_file(args.get("config") or os.path.join(workdir, "config.py")))
+        config_lib.config_file(args.get("config") or config_lib.workdir_config_file(workdir)))
     batch_size = args.get("batch_size", 8)
     return cls(inference.InferenceModel(config, workdir, args.get("checkpoint")),
                method=args.get("method", "standard"),

@@ -376,7 +376,7 @@ def import_checkpoint(hf_dir, workdir, base_config):
   ckpt_lib.save_params(target, params)
   if tokenizer is not None:
     tokenizer.save(tok_lib.workdir_path(workdir, tokenizer))
-  config_lib.write_config_file(os.path.join(workdir, "config.py"), cd,
+  config_lib.write_config_file(config_lib.workdir_config_file(workdir), cd,
                                f"the model imported from {os.path.abspath(hf_dir)}")
   epath.Path(workdir, "import.json").write_text(
       json.dumps(
@@ -516,7 +516,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory for the HF checkpoint 
 
 def _workdir_config(workdir):
   """The config `import` wrote into the work directory."""
-  path = os.path.join(workdir, "config.py")
+  path = config_lib.workdir_config_file(workdir)
   if not epath.Path(path).is_file():
     raise ConversionError(f"{path} not found: pass --config")
   return config_lib.config_file(path)
