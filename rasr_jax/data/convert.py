@@ -26,11 +26,14 @@ import numpy as np
 from absl import app, flags
 from etils import epath
 
+from configs import base as base_config
 from rasr_jax import config as config_lib
 from rasr_jax import progress
 from rasr_jax.data import documents as docs_lib
 from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
+
+_DATA = base_config.get_config().data  # the defaults training checks its files with
 
 _INPUT = flags.DEFINE_string("input", None, "Comma-separated globs of the files to convert.")
 _OUTPUT = flags.DEFINE_string("output", None, "The folder to create (must not exist).")
@@ -39,13 +42,13 @@ _TOKENIZER = flags.DEFINE_string(
     "one); without it one is trained on the first documents.")
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", None,
                                    "The vocabulary of the tokenizer trained without --tokenizer.")
-_TOKENIZER_DOCS = flags.DEFINE_integer("tokenizer_sample_docs", 50_000,
+_TOKENIZER_DOCS = flags.DEFINE_integer("tokenizer_sample_docs", _DATA.tokenizer_sample_docs,
                                        "Documents the tokenizer trainer reads at most.")
-_TEXT_FIELD = flags.DEFINE_string("text_field", "text", "The text's field (.jsonl, Parquet, "
-                                  "JSON ArrayRecord).")
-_INVALID_UTF8 = flags.DEFINE_enum("invalid_utf8", "error", config_lib.UTF8_POLICIES,
+_TEXT_FIELD = flags.DEFINE_string("text_field", _DATA.text_field, "The text's field (.jsonl, "
+                                  "Parquet, JSON ArrayRecord).")
+_INVALID_UTF8 = flags.DEFINE_enum("invalid_utf8", _DATA.invalid_utf8, config_lib.UTF8_POLICIES,
                                   "Invalid UTF-8 in a text file: error, or replace it.")
-_MAX_CHARS = flags.DEFINE_integer("max_document_chars", 1_000_000,
+_MAX_CHARS = flags.DEFINE_integer("max_document_chars", _DATA.max_document_chars,
                                   "A longer document is refused (0 = no limit).")
 _SHARD_DOCS = flags.DEFINE_integer("shard_documents", 100_000, "Documents per shard.")
 _WORKERS = flags.DEFINE_integer("workers", os.cpu_count(), "Processes that tokenize.")
@@ -110,22 +113,33 @@ def _text_documents(path, field, policy, limit):
         yield doc
 
 
-def input_documents(patterns, field, policy="error", limit=0):
-  """(count, iterator) over the documents of the files `patterns` match, in order (the count is
-  an upper bound for text files: their lines)."""
-  paths = sources.expand_globs(patterns, "--input")
-  parts, total = [], 0
-  for path in paths:
-    if path.endswith(sources.TEXT_EXTENSIONS):
-      parts.append(_text_documents(path, field, policy, limit))
-      total += _line_count(path)
-    else:
+def _inputs(patterns, field):
+  """[(path, the documents of a record file, or None for a text file)] of the files `patterns`
+  match, in order; record files are opened and checked here, before any conversion."""
+  inputs = []
+  for path in sources.expand_globs(patterns, "--input"):
+    documents = None
+    if not path.endswith(sources.TEXT_EXTENSIONS):
       documents = sources.record_documents(path, field)
       if docs_lib.token_parts(documents):
         raise sources.DataError(f"data file {path}: already token shards")
-      parts.append(documents[i] for i in range(len(documents)))
-      total += len(documents)
-  return total, (doc for part in parts for doc in part)
+    inputs.append((path, documents))
+  return inputs
+
+
+def _documents(inputs, field, policy, limit):
+  """The documents of `inputs` (see `_inputs`), in order."""
+  for path, documents in inputs:
+    if documents is None:
+      yield from _text_documents(path, field, policy, limit)
+    else:
+      yield from (documents[i] for i in range(len(documents)))
+
+
+def _upper_count(inputs):
+  """How many documents `inputs` hold at most (a text file's lines), for the progress line."""
+  return sum(
+      _line_count(path) if documents is None else len(documents) for path, documents in inputs)
 
 
 def _tokenizer(patterns, field, policy, limit):
@@ -133,7 +147,7 @@ def _tokenizer(patterns, field, policy, limit):
     return tok_lib.load(_TOKENIZER.value)
   if not _VOCAB_SIZE.value:
     raise app.UsageError("give --tokenizer, or --vocab_size for one trained on the input")
-  _, docs = input_documents(patterns, field, policy, limit)
+  docs = _documents(_inputs(patterns, field), field, policy, limit)
   return tok_lib.train([doc for doc, _ in zip(docs, range(_TOKENIZER_DOCS.value))],
                        _VOCAB_SIZE.value)
 
@@ -151,7 +165,8 @@ def convert(patterns,
   from array_record.python import array_record_module  # grain's dependency
   if os.path.exists(output):
     raise sources.DataError(f"--output {output}: already exists")
-  total, docs = input_documents(patterns, field, policy, limit)
+  inputs = _inputs(patterns, field)
+  docs = _documents(inputs, field, policy, limit)
   parent = os.path.dirname(os.path.abspath(output))
   os.makedirs(parent, exist_ok=True)
   building = tempfile.mkdtemp(prefix=".converting-", dir=parent)
@@ -159,8 +174,8 @@ def convert(patterns,
     tokenizer_path = os.path.join(building, tokenizer.file_name)
     tokenizer.save(tokenizer_path)
     shards, documents, tokens, writer = [], 0, 0, None
-    encoded = _encoded(progress.track(docs, total, "converting", "documents"), tokenizer,
-                       tokenizer_path, workers)
+    encoded = _encoded(progress.track(docs, _upper_count(inputs), "converting", "documents"),
+                       tokenizer, tokenizer_path, workers)
     for record in encoded:
       if documents % shard_documents == 0:
         if writer:
@@ -183,7 +198,7 @@ def convert(patterns,
         "shards": shards,
         "documents": documents,
         "tokens": tokens,
-        "inputs": sources.expand_globs(patterns, "--input"),
+        "inputs": [path for path, _ in inputs],
     }
     with open(os.path.join(building, docs_lib.TOKENS_META), "w") as f:
       json.dump(meta, f, indent=2)

@@ -43,12 +43,12 @@ class Corpus:
   def texts(self, count) -> list:
     """The first `count` documents as text (tokenizer training, perplexity); DataError when
     they are token shards, which hold no text."""
-    shards = docs_lib.token_parts(self.documents)
+    documents = self.documents  # a mixture of lists is joined anew on each call
+    shards = docs_lib.token_parts(documents)
     if shards:
       raise DataError(f"data files {shards[0].paths[0]} are token shards, which hold no text: "
                       "set config.data.tokenizer to the tokenizer they were converted with "
                       f"(its sha256 is {shards[0].tokenizer_sha256})")
-    documents = self.documents
     return [documents[i] for i in range(min(count, len(documents)))]
 
 
