@@ -4,8 +4,6 @@ tests/fake_gcs.py: a folder holds the buckets, and GCS's rules hold (no appends)
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import fsspec
 import numpy as np
@@ -13,14 +11,13 @@ import pytest
 
 import fake_gcs
 from conftest import (
-    REPO,
     STEPS,
     assert_resume_is_bit_identical,
-    cli_args,
     losses,
+    main_command,
     make_config,
     on_fake_gcs,
-    subprocess_env,
+    run_checked,
 )
 from rasr_jax import config as config_lib
 from rasr_jax import storage
@@ -93,18 +90,12 @@ def test_generate_reads_a_bucket_and_writes_its_output_there(buckets, straight_r
   shutil.copytree(reference, run)
   with open(os.path.join(root, "b", "prompts.jsonl"), "w") as f:
     f.write(json.dumps({"prompt": "tom has 3 apples"}) + "\n")
-  argv = [
-      sys.executable, "-m", "rasr_jax.main", f"--config={REPO}/configs/tiny.py",
-      "--workdir=gs://b/run", *cli_args(**{"train.steps": STEPS}), "--mode=generate",
-      "--prompts_file=gs://b/prompts.jsonl", "--output=gs://b/out.jsonl", "--max_new_tokens=4"
-  ]
-  result = subprocess.run(on_fake_gcs(root, argv),
-                          cwd=REPO,
-                          env=subprocess_env(),
-                          capture_output=True,
-                          text=True,
-                          timeout=300)
-  assert result.returncode == 0, result.stderr[-3000:]
+  run_checked(
+      on_fake_gcs(
+          root,
+          main_command("gs://b/run", "--mode=generate", "--prompts_file=gs://b/prompts.jsonl",
+                       "--output=gs://b/out.jsonl", "--max_new_tokens=4",
+                       **{"train.steps": STEPS})))
   with open(os.path.join(root, "b", "out.jsonl")) as f:
     records = [json.loads(line) for line in f]
   assert len(records) == 1 and records[0]["prompt"] == "tom has 3 apples"
