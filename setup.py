@@ -26,6 +26,9 @@ setuptools.setup(
         "ml-collections>=1.1.0",
         "tensorboardX>=2.6.5",
         "absl-py>=2.5.1",
+        # HF models' chat templates (tokenizer_config.json) for post-training records; pure
+        # Python, and what transformers renders them with.
+        "jinja2>=3.1",
         "safetensors>=0.4.1",  # safe_open(framework="np") reads bfloat16 from 0.4.1
         # Parquet corpora (the format of HF datasets on the Hub), read a row group at a time.
         "pyarrow>=15",

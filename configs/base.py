@@ -10,8 +10,10 @@ from ml_collections import config_dict
 def get_config():
   c = config_dict.ConfigDict()
   c.seed = 0  # seeds parameter init, data order, dropout-free sampling and reflection windows
-  # Parameters to start a new run from (e.g. WORKDIR/imported_params written by
-  # `python -m rasr_jax.interop.hf import`); "" = random init. Ignored when resuming.
+  # Parameters to start a new run from: WORKDIR/imported_params written by
+  # `python -m rasr_jax.interop.hf import`, or a training run's work directory, checkpoints
+  # directory or step directory (its newest step; its tokenizer too when data.tokenizer is
+  # empty); "" = random init. Ignored when resuming.
   c.init_from = ""
 
   c.model = config_dict.ConfigDict()
@@ -124,6 +126,43 @@ def get_config():
   c.reflect.quality_target = 0.9  # stop target: y(k) already this good (weighted TrueQuality)
   c.reflect.min_gain = 0.01  # stop target: refining gained at most this much quality
   c.reflect.controller_hidden = 64  # width of the controller MLP
+
+  # Supervised fine-tuning (--mode=sft; docs/posttraining.md): .jsonl records with `messages`
+  # (role/content turns) or `prompt` + `completion`; the loss counts only the responses.
+  c.sft = config_dict.ConfigDict()
+  c.sft.files = ""  # comma-separated globs of the training records
+  c.sft.eval_files = ""  # held-out records ("" = no held-out evaluation)
+
+  # Direct preference optimisation (--mode=dpo; docs/posttraining.md): .jsonl records with
+  # `prompt`, `chosen`, `rejected` (and an optional `type`), against a frozen reference model
+  # whose log-probabilities are computed once, before training.
+  c.dpo = config_dict.ConfigDict()
+  c.dpo.files = ""  # comma-separated globs of the training pairs
+  c.dpo.eval_files = ""  # held-out pairs ("" = no held-out evaluation)
+  c.dpo.reference = ""  # the reference model's checkpoint, as init_from names one ("" = init_from)
+  c.dpo.beta = 0.1  # strength of the KL penalty to the reference (sigmoid DPO's beta)
+  c.dpo.label_smoothing = 0.0  # the chance a pair's preference is flipped (conservative DPO)
+  # none | drop_longer (pairs whose chosen response has more tokens are left out: AvR's Stage II)
+  # | normalize (log-probabilities per response token, so length cannot carry the margin)
+  c.dpo.length_control = "none"
+
+  # AvR Stage I data (--mode=avr_data; docs/posttraining.md): refinement trees from the
+  # model's own generator, scored, turned into RSFT records and preference pairs.
+  c.avr = config_dict.ConfigDict()
+  # Prompts: .jsonl with `prompt` (and `answer`, read by data.qa_checker, when the checker
+  # scores); "" = the bundled tasks' questions.
+  c.avr.prompts_file = ""
+  c.avr.num_prompts = 256  # prompts at most
+  # The reward: "" = the task checker (1 right, 0 wrong); "module:function" = a Python function
+  # called as function(prompt, response) -> float.
+  c.avr.reward = ""
+  c.avr.critiques = 2  # critiques of y0 per prompt
+  c.avr.improvements = 2  # improvements per critique
+  c.avr.temperature = 0.7  # sampling temperature of every response
+  c.avr.top_p = 0.8  # nucleus of every response
+  c.avr.max_new_tokens = 64  # tokens per response, at most
+  c.avr.chunk_prompts = 64  # prompts per chunk of trees written (a killed run resumes there)
+  c.avr.output = ""  # the output folder ("" = WORKDIR/avr)
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 100  # steps between checkpoints (the last step is always saved)

@@ -152,6 +152,36 @@ class ReflectConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  files: str
+  eval_files: str
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+  files: str
+  eval_files: str
+  reference: str
+  beta: float
+  label_smoothing: float
+  length_control: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AvRConfig:
+  prompts_file: str
+  num_prompts: int
+  reward: str
+  critiques: int
+  improvements: int
+  temperature: float
+  top_p: float
+  max_new_tokens: int
+  chunk_prompts: int
+  output: str
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   every_steps: int
   max_to_keep: int
@@ -182,6 +212,9 @@ class Config:
   data: DataConfig
   train: TrainConfig
   reflect: ReflectConfig
+  sft: SFTConfig
+  dpo: DPOConfig
+  avr: AvRConfig
   checkpoint: CheckpointConfig
   metrics: MetricsConfig
   mesh: MeshConfig
@@ -198,6 +231,7 @@ QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")
 CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
+LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
@@ -208,13 +242,15 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "train.grad_accum_steps", "train.lr", "train.eps", "train.log_every_steps",
              "checkpoint.every_steps", "checkpoint.max_to_keep", "reflect.prompt_len",
              "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
-             "train.controller_lr", "mesh.dcn_data")
+             "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
+             "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
                  "train.eval_batches", "train.peak_flops_per_device", "reflect.iterations",
                  "reflect.rows", "reflect.draft_temperature", "reflect.alpha", "reflect.beta",
-                 "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain")
+                 "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain",
+                 "avr.temperature")
 _CHOICES = {
     "model.param_dtype": DTYPES,
     "model.dtype": DTYPES,
@@ -225,14 +261,17 @@ _CHOICES = {
     "reflect.draft_mode": DRAFT_MODES,
     "reflect.source": REFLECT_SOURCES,
     "data.qa_checker": QA_CHECKERS,
-    "train.nan_policy": NAN_POLICIES
+    "train.nan_policy": NAN_POLICIES,
+    "dpo.length_control": LENGTH_CONTROLS
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
-                  "reflect.stop_warmup", "reflect.quality_target")
+                  "reflect.stop_warmup", "reflect.quality_target", "dpo.label_smoothing",
+                  "avr.top_p")
 
 # Config fields that hold paths (comma-separated for the data globs).
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
-               "data.tokenizer")
+               "data.tokenizer", "sft.files", "sft.eval_files", "dpo.files", "dpo.eval_files",
+               "dpo.reference", "avr.prompts_file", "avr.output")
 
 # The remote schemes etils.epath opens, and the package its fsspec backend needs.
 REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}

@@ -22,9 +22,13 @@ _CONFIG = config_flags.DEFINE_config_file("config",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "describe", "compile", "generate", "score", "eval"],
-    "train; describe: sizes from shapes; compile: compile the sharded step ahead of time and "
-    "print XLA's per-device memory; generate / score / eval: from a checkpoint.")
+    "mode", "train",
+    ["train", "sft", "dpo", "avr_data", "describe", "compile", "generate", "score", "eval"],
+    "train; sft / dpo: supervised fine-tuning on config.sft.files / preference optimisation on "
+    "config.dpo.files; avr_data: AvR Stage I trees, RSFT records and pairs from a checkpoint "
+    "(docs/posttraining.md); describe: sizes from shapes; "
+    "compile: compile the sharded step ahead of time and print XLA's per-device memory; "
+    "generate / score / eval: from a checkpoint.")
 # Multi-process runs (see distributed.py; SLURM and multi-host TPU VMs need none of these).
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0's coordinator.")
@@ -145,10 +149,15 @@ def parse_flags(argv):
 
 
 class _QuietLibraryInfo(std_logging.Filter):
-  """Drops the per-save INFO chatter of orbax; its warnings and errors still show."""
+  """Drops the per-save INFO chatter of orbax, and its notices that a checkpoint directory is
+  opened read-only (as `init_from` and a DPO reference are); its other warnings and errors
+  still show."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or "/orbax/" not in record.pathname
+    if "/orbax/" not in record.pathname:
+      return True
+    read_only = "read_only=True" in str(record.msg) or "read only" in str(record.msg)
+    return record.levelno >= std_logging.WARNING and not read_only
 
 
 def main(argv):
@@ -196,6 +205,15 @@ def main(argv):
       _exit_bad_input(f"--workdir is required for --mode={_MODE.value}")
     if _MODE.value == "train":
       loop.train(config, _WORKDIR.value)
+    elif _MODE.value == "sft":
+      from rasr_jax.posttrain import sft
+      sft.train(config, _WORKDIR.value)
+    elif _MODE.value == "dpo":
+      from rasr_jax.posttrain import dpo
+      dpo.train(config, _WORKDIR.value)
+    elif _MODE.value == "avr_data":
+      from rasr_jax.posttrain import avr
+      print(json.dumps(avr.build(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
     elif _MODE.value == "eval":
       _evaluate(config)
     else:

@@ -24,7 +24,7 @@ FLOORS = (
     ("data",),
     ("training",),
     ("generation",),
-    ("evaluation", "interop"),
+    ("evaluation", "interop", "posttrain"),
     ("modes", "main"),
 )
 FLOOR = {name: level for level, names in enumerate(FLOORS) for name in names}

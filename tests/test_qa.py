@@ -40,12 +40,12 @@ def _write(path, lines):
 
 def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
   records = [qa.Record("what is two plus two?", "#### 4", "final_answer", "t line 1")]
-  arrays, left_out = qa.encode(records, tokenizer, prompt_len=12, target_len=6, reference_width=8)
+  arrays, left_out = qa.encode(records, tokenizer, prompt_len=16, target_len=6, reference_width=8)
   prompt = tokenizer.encode_prompt("what is two plus two?")
   target = tokenizer.encode("#### 4") + [tokenizer.eos_id]
   assert left_out == 0 and prompt[0] == tokenizer.eos_id
   np.testing.assert_array_equal(arrays["prompt"][0, -len(prompt):], prompt)
-  assert arrays["prompt_valid"][0].tolist() == [False] * (12 - len(prompt)) + [True] * len(prompt)
+  assert arrays["prompt_valid"][0].tolist() == [False] * (16 - len(prompt)) + [True] * len(prompt)
   np.testing.assert_array_equal(arrays["target"][0, :len(target)], target)
   assert arrays["target_valid"][0].sum() == len(target)
   assert arrays["checker"][0] == answers.CHECKER_IDS["final_answer"]

@@ -3,7 +3,8 @@
 bos, eos and pad are the ones `tokenizer_config.json` beside the file names (HF model
 directories have one; `save` writes one), else the usual names (`<s>` / `<|begin_of_text|>`,
 `</s>` / `<|end_of_text|>` / `<|endoftext|>`). Markers the tokenizer lacks take its first three
-reserved special tokens (`<|reserved_special_token_N|>`, Llama 3) when it has them.
+reserved special tokens (`<|reserved_special_token_N|>`, Llama 3) when it has them. Its
+`chat_template`, when it has one, lays out post-training conversations (data/chat.py).
 """
 
 import json
@@ -37,6 +38,15 @@ def _byte_level_alphabet():
   return {char: b for b, char in spelling.items()}
 
 
+def _default_template(entry):
+  """tokenizer_config.json's `chat_template`: a string, or a list of named templates (the one
+  called "default"); None when there is none."""
+  if isinstance(entry, list):
+    named = {t.get("name"): t.get("template") for t in entry if isinstance(t, dict)}
+    entry = named.get("default")
+  return entry if isinstance(entry, str) and entry.strip() else None
+
+
 def _token_name(entry):
   """A tokenizer_config.json token entry (a string or {"content": ...}) -> its text or None."""
   return entry.get("content") if isinstance(entry, dict) else entry
@@ -61,6 +71,7 @@ class HFTokenizer(Tokenizer):
       except ValueError as e:
         raise TokenizerError(f"tokenizer config {config_path}: not JSON ({e})") from None
       self._names = {k: _token_name(config.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
+      self.chat_template = _default_template(config.get("chat_template"))
     self.eos_pieces = tuple(filter(None, (self._names.get("eos"), *EOS_PIECES)))
 
   def _piece_id(self, piece):
@@ -106,12 +117,24 @@ class HFTokenizer(Tokenizer):
         yield piece.replace("\u2581", " ").encode()
 
   def save(self, path: str):
-    """tokenizer.json at `path`, and tokenizer_config.json beside it naming bos / eos / pad (so
-    that this class and transformers' AutoTokenizer read the copy as the original)."""
+    """tokenizer.json at `path`, and tokenizer_config.json beside it naming bos / eos / pad and
+    holding the chat template (so that this class and transformers' AutoTokenizer read the copy
+    as the original)."""
     super().save(path)
-    names = {
+    config = {
         f"{name}_token": None if index is None else self._tok.id_to_token(index)
         for name, index in (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))
     }
+    if self.chat_template:
+      config["chat_template"] = self.chat_template
     storage.write_atomically(os.path.join(os.path.dirname(path), CONFIG_NAME),
-                             json.dumps(names, indent=2).encode())
+                             json.dumps(config, indent=2).encode())
+
+  @property
+  def template_tokens(self) -> dict:
+    """The token names a chat template reads (`bos_token`, `eos_token`)."""
+    return {
+        f"{name}_token": self._tok.id_to_token(index) or ""
+        for name, index in (("bos", self.bos_id), ("eos", self.eos_id))
+        if index is not None
+    }

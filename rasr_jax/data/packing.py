@@ -1,9 +1,10 @@
 """Packed rows: documents laid end to end in rows of T + 1 tokens, and what their segment ids
-mean to the model.
+and loss mask mean to the model.
 
 With document masking (`data.document_masking`), a token attends only to earlier tokens of its
 own document, positions restart at 0 where a document starts, and no target is predicted across
 a document boundary; a row then gives each token the same logits as its document run alone.
+A loss mask (post-training) keeps only some targets: the responses of packed examples.
 """
 
 import jax
@@ -19,6 +20,8 @@ class PackedRows:
   # [B, T + 1] int32: which document of the row each token is from (1, 2, ... in row order; a
   # document cut by the row's end continues as segment 1 of the next row); None = no masking.
   segment_ids: jax.Array | None = None
+  # [B, T + 1] bool: the tokens the loss predicts (post-training: the responses); None = all.
+  loss_mask: jax.Array | None = None
 
 
 def whole_rows(tokens, document_masking):
@@ -28,11 +31,15 @@ def whole_rows(tokens, document_masking):
 
 def _target_weights(rows: PackedRows):
   """[B, T] float32: 1 for a target in the same document as its input (every target without
-  document masking), else 0."""
+  document masking) that the loss mask keeps, else 0."""
   segments = rows.segment_ids
   if segments is None:
-    return jnp.ones((rows.tokens.shape[0], rows.tokens.shape[1] - 1), jnp.float32)
-  return (segments[:, :-1] == segments[:, 1:]).astype(jnp.float32)
+    weights = jnp.ones((rows.tokens.shape[0], rows.tokens.shape[1] - 1), jnp.float32)
+  else:
+    weights = (segments[:, :-1] == segments[:, 1:]).astype(jnp.float32)
+  if rows.loss_mask is not None:
+    weights = weights * rows.loss_mask[:, 1:]
+  return weights
 
 
 def inputs_and_targets(rows: PackedRows):

@@ -118,7 +118,7 @@ def _stream(corpus, tokenizer, *, seq_len, rows, seed, index, count, qa, qa_rows
   return grain.experimental.ZipIterDataset([ds, records]).map(_with_qa)
 
 
-def _side_by_side(batches):
+def _concatenated(batches):
   return jax.tree.map(lambda *parts: np.concatenate(parts, axis=0), *batches)
 
 
@@ -138,9 +138,7 @@ def make_dataset(corpus: Corpus,
   seq_len + 1] int32, "segment_ids": the same shape (see packing.PackedRows)} and, with
   `qa_rows` question/answer rows per global batch from the encoded records `qa`, "qa": {field:
   [qa_rows / process_count, ...]}."""
-  if streams % process_count or global_batch % streams:
-    raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
-                    f"processes and divide the batch of {global_batch}")
+  local_streams = process_streams(streams, global_batch, process_index, process_count)
   for documents in corpus.components:
     if len(documents) < streams:
       raise DataError(f"{len(documents)} documents cannot feed {streams} data streams")
@@ -150,9 +148,7 @@ def make_dataset(corpus: Corpus,
   if qa_rows and len(qa["checker"]) < qa_rows:
     raise DataError(f"{len(qa['checker'])} question/answer records cannot fill {qa_rows} "
                     "reflection rows per batch")
-  per_process = streams // process_count
-  first = process_index * per_process
-  parts = [
+  return side_by_side([
       _stream(corpus,
               tokenizer,
               seq_len=seq_len,
@@ -161,9 +157,25 @@ def make_dataset(corpus: Corpus,
               index=s,
               count=streams,
               qa=qa,
-              qa_rows=qa_rows // streams) for s in range(first, first + per_process)
-  ]
-  ds = parts[0] if per_process == 1 else grain.experimental.ZipIterDataset(parts).map(_side_by_side)
+              qa_rows=qa_rows // streams) for s in local_streams
+  ], num_workers)
+
+
+def process_streams(streams, global_batch, process_index, process_count) -> range:
+  """The row streams this process reads (p S / n .. (p + 1) S / n); DataError when the streams
+  do not split over the processes or the batch."""
+  if streams % process_count or global_batch % streams:
+    raise DataError(f"{streams} data streams must be a multiple of the {process_count} "
+                    f"processes and divide the batch of {global_batch}")
+  per_process = streams // process_count
+  return range(process_index * per_process, (process_index + 1) * per_process)
+
+
+def side_by_side(streams, num_workers=0):
+  """One batch from the batches of each of `streams` (IterDatasets), rows concatenated; read
+  ahead by `num_workers` grain worker processes when > 0."""
+  ds = streams[0] if len(streams) == 1 else grain.experimental.ZipIterDataset(streams).map(
+      _concatenated)
   if num_workers:
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
   return ds

@@ -15,7 +15,6 @@ naming the file and line. A bundled example whose answer does not fit Y is left 
 import dataclasses
 
 import numpy as np
-from etils import epath
 
 from rasr_jax import tasks
 from rasr_jax.data import sources
@@ -49,17 +48,8 @@ def _bundled(seed, count):
 
 
 def _read_file(path, checker):
-  raw = epath.Path(path).read_bytes()
-  if not raw.strip():
-    raise DataError(f"question/answer file {path}: empty")
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    number, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
-    raise DataError(f"question/answer file {path} line {number}: invalid UTF-8 at byte "
-                    f"{e.start - line_start} of the line") from None
   records = []
-  for number, record in sources.json_lines(text, f"question/answer file {path}"):
+  for number, record in sources.jsonl_records(path, "question/answer file"):
     where = f"question/answer file {path} line {number}"
     if not isinstance(record, dict) or not all(isinstance(record.get(f), str) for f in FIELDS):
       raise DataError(f"{where}: expected an object with string fields 'prompt' and 'answer'")

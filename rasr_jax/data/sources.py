@@ -175,6 +175,22 @@ def json_lines(text, where, first_line=1):
   return records
 
 
+def jsonl_records(path, what):
+  """[(line number, object)] of every non-blank line of the .jsonl file `path`, which errors
+  call `what` (e.g. "question/answer file"); DataError for an empty file, invalid UTF-8 (naming
+  line and byte) or a line that is not JSON."""
+  raw = epath.Path(path).read_bytes()
+  if not raw.strip():
+    raise DataError(f"{what} {path}: empty")
+  try:
+    text = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    number, line_start = raw.count(b"\n", 0, e.start) + 1, raw.rfind(b"\n", 0, e.start) + 1
+    raise DataError(f"{what} {path} line {number}: invalid UTF-8 at byte "
+                    f"{e.start - line_start} of the line") from None
+  return json_lines(text, f"{what} {path}")
+
+
 def line_documents(path, text, text_field, first_line=1):
   """[(line number, document)] of `text`, the lines of `path` from `first_line` on. .txt: one
   document per non-empty line. .jsonl: one object per line, text in `text_field`."""

@@ -26,6 +26,9 @@ from rasr_jax.reflection.layout import SpecialIds
 PAD, EOS, DRAFT, CRITIQUE, REFINE = "<pad>", "<eos>", "<draft>", "<critique>", "<refine>"
 SPECIAL_TOKENS = (PAD, EOS, DRAFT, CRITIQUE, REFINE)
 MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
+# The chat layout's role headers (posttrain/chat.py); the project's tokenizers hold each as one
+# piece, others read them as text.
+ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
 # The ids `train` gives pad, eos and unk; the markers (its user-defined symbols) follow them.
 # TRAINED_MARKER_IDS hold for tokenizers made by `train` only (tests/test_data.py checks it); the
 # compile check and the benchmarks build the step with them when no tokenizer is at hand.
@@ -50,6 +53,7 @@ class Tokenizer:
 
   file_name = ""  # what a work directory calls its copy
   eos_pieces = ()  # end-of-document pieces, in order of preference, when there is no <eos>
+  chat_template = None  # a model's own Jinja chat template (data/chat.py), or None
 
   def __init__(self, model: bytes, path: str = "<memory>", model_vocab_size=None):
     self.path = path
@@ -247,7 +251,8 @@ def load(path: str, model_vocab_size=None) -> Tokenizer:
 
 
 def train(texts, vocab_size: int) -> Tokenizer:
-  """Trains a byte-fallback BPE model on `texts` (a list of str) with the special tokens.
+  """Trains a byte-fallback BPE model on `texts` (a list of str) with the special tokens and
+  the chat layout's role markers (after the markers: ids 6, 7, 8).
 
   Identity normalisation: text is encoded as written (newlines, tabs and runs of spaces are kept
   and decode back exactly), so few-shot prompts, code and chat formats keep their layout.
@@ -270,7 +275,7 @@ def train(texts, vocab_size: int) -> Tokenizer:
                                  eos_piece=EOS,
                                  unk_id=_TRAINED_UNK_ID,
                                  bos_id=-1,
-                                 user_defined_symbols=list(MARKERS),
+                                 user_defined_symbols=[*MARKERS, *ROLE_MARKERS],
                                  hard_vocab_limit=False,
                                  split_digits=True,
                                  num_threads=2,

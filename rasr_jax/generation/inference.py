@@ -9,6 +9,7 @@ how the model sees the start of a document, and it lets the first token of a sco
 log-probability.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -64,15 +65,33 @@ def cut_at_stop(text, stop_strings):
   return text[:cut]
 
 
-def _restore(config, directory, step, tokenizer, abstract_params, replicated):
-  """{"params", "step", "tau"} of checkpoint `step` (default newest) in `directory`, after
-  checking its parameters and tokenizer against the config's model."""
+def _stored_meta(config, directory, step):
+  """(step, metadata) of checkpoint `step` (default newest) in `directory`."""
   checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
       raise ckpt_lib.CheckpointError(f"no complete checkpoint in {directory}")
-    stored = checkpointer.read_meta(step)
+    return step, checkpointer.read_meta(step)
+  finally:
+    checkpointer.close()
+
+
+def _as_trained(config, stored):
+  """`config` with reflection on or off as the checkpoint's model was trained (post-training
+  turns it off: its models have no RASR heads)."""
+  enabled = stored.get("config", {}).get("reflect", {}).get("enabled", config.reflect.enabled)
+  if enabled == config.reflect.enabled:
+    return config
+  logging.info("the checkpoint's model was trained with reflect.enabled=%s; using that", enabled)
+  return dataclasses.replace(config, reflect=dataclasses.replace(config.reflect, enabled=enabled))
+
+
+def _restore(config, directory, step, stored, tokenizer, abstract_params, replicated):
+  """{"params", "step", "tau"} of checkpoint `step` in `directory` (metadata `stored`), after
+  checking its parameters and tokenizer against the config's model."""
+  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+  try:
     problems = ckpt_lib.param_problems(stored,
                                        {"params": ckpt_lib.param_signature(abstract_params)})
     if stored.get("tokenizer_sha256") != tokenizer.checksum:
@@ -97,6 +116,9 @@ class InferenceModel:
   def __init__(self, config, workdir, checkpoint=None):
     self.config = config_lib.resolve_mesh(config, jax.device_count())
     directory, step = _locate_checkpoint(workdir, checkpoint)
+    if directory is not None:
+      step, stored = _stored_meta(self.config, directory, step)
+      self.config = _as_trained(self.config, stored)
     self.tokenizer = _load_tokenizer(self.config, workdir)
     self.mesh = sharding.make_mesh(self.config.mesh)
     self.graphdef, abstract_params, specs = train_state.abstract_model(self.config)
@@ -106,7 +128,7 @@ class InferenceModel:
       self.step, self.tau = 0, np.float32(self.config.reflect.tau)
       self.params = ckpt_lib.restore_params(ckpt_lib.imported_params_dir(workdir), abstract_params)
     else:
-      restored = _restore(self.config, directory, step, self.tokenizer, abstract_params,
+      restored = _restore(self.config, directory, step, stored, self.tokenizer, abstract_params,
                           sharding.replicated(self.mesh))
       self.step = int(restored["step"])
       self.params, self.tau = restored["params"], restored["tau"]
@@ -204,12 +226,32 @@ class InferenceModel:
     `seed` and its index only, not on its batch. Prompts longer than `max_prompt_tokens` keep
     their last tokens.
     """
-    rows, batches = self._batches(list(prompts), batch_size)
+    encoded = [self.tokenizer.encode_prompt(p) for p in prompts]
+    return self.generate_tokens(encoded,
+                                options,
+                                seed=seed,
+                                batch_size=batch_size,
+                                max_prompt_tokens=max_prompt_tokens,
+                                labels=list(prompts))
+
+  def generate_tokens(self,
+                      prompts,
+                      options,
+                      *,
+                      seed=0,
+                      batch_size=8,
+                      max_prompt_tokens=None,
+                      labels=None):
+    """`generate` for prompts given as token ids (lists of int, each starting as a prompt does:
+    data/chat.py's layout); `labels` are the records' "prompt" values (default the decoded
+    ids)."""
+    labels = labels or [self.tokenizer.decode(ids) for ids in prompts]
+    rows, batches = self._batches(list(zip(prompts, labels)), batch_size)
     fn = self._generate_fn(options)
     results = []
     with sharding.activate(self.mesh):
       for start, chunk in progress.track(batches, len(batches), "generating", "batches"):
-        encoded = [self.tokenizer.encode_prompt(p) for p in chunk]
+        encoded = [list(ids) for ids, _ in chunk]
         if max_prompt_tokens:
           encoded = [ids[-max_prompt_tokens:] for ids in encoded]
         width = _round_up(max(map(len, encoded)), LENGTH_BUCKET)
@@ -222,7 +264,9 @@ class InferenceModel:
         out = jax.device_get(
             fn(self.params, self._put(prompt), self._put(valid), self._put(indices),
                np.uint32(seed), self.tau, self.progress))
-        results.extend(self._generation_record(p, out, row, options) for row, p in enumerate(chunk))
+        results.extend(
+            self._generation_record(label, out, row, options)
+            for row, (_, label) in enumerate(chunk))
     return results
 
   def _generation_record(self, prompt, out, row, options):

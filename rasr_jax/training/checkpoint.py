@@ -7,6 +7,7 @@ data fingerprint. orbax would cast dtypes silently; this refuses instead. A save
 """
 
 import contextlib
+import dataclasses
 import glob
 import os
 import shutil
@@ -216,6 +217,74 @@ def restore_params(path, abstract_params):
     raise
   except Exception as e:  # orbax raises many kinds for unreadable files
     raise CheckpointError(f"parameters {path}: cannot restore ({e})") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class InitialParams:
+  """What `config.init_from` names: parameters saved alone (`save_params`, e.g. imported ones)
+  or a training checkpoint (a step directory, a checkpoints directory or a work directory: its
+  newest complete step)."""
+  path: str  # the orbax directory holding the parameters (a training step's `state` item)
+  meta: dict | None = None  # the training checkpoint's metadata; None for parameters alone
+  workdir: str | None = None  # the training run's work directory; None likewise
+
+
+def _step_name(path):
+  name = os.path.basename(path.rstrip("/"))
+  return int(name) if name.isdigit() else None
+
+
+def locate_initial(path) -> InitialParams:
+  """The parameters `path` (config.init_from) names; CheckpointError when there are none."""
+  path = storage.absolute(path).rstrip("/")
+  root = epath.Path(path)
+  if not root.is_dir():
+    raise CheckpointError(f"config.init_from {path}: not found")
+  if (root / "checkpoints").is_dir():
+    directory, step = checkpoint_dir(path), None
+  elif (root / "state").is_dir() and _step_name(path) is not None:
+    directory, step = os.path.dirname(path), _step_name(path)
+  elif any(_step_name(str(child)) is not None for child in root.iterdir()):
+    directory, step = path, None
+  else:
+    return InitialParams(path)
+  manager = ocp.CheckpointManager(directory,
+                                  options=ocp.CheckpointManagerOptions(read_only=True),
+                                  item_names=("state", "data", "meta"))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise CheckpointError(f"config.init_from {path}: no complete checkpoint in {directory}")
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  except CheckpointError:
+    raise
+  except Exception as e:  # orbax raises many kinds for unreadable files
+    raise CheckpointError(f"config.init_from {path}: unreadable checkpoint ({e})") from None
+  finally:
+    manager.close()
+  return InitialParams(os.path.join(directory, str(step), "state"), meta,
+                       os.path.dirname(directory))
+
+
+def restore_initial(initial: InitialParams, abstract_params):
+  """The parameters of `initial` placed like `abstract_params`. A training checkpoint may hold
+  more (a RASR model's heads, for a model without them): those are left out, logged; a
+  parameter the model has and the checkpoint lacks, or one of another shape, is an error."""
+  if initial.meta is None:
+    return restore_params(initial.path, abstract_params)
+  problems = param_problems(initial.meta, {"params": param_signature(abstract_params)})
+  left_out = [p for p in problems if p.endswith(": not in model")]
+  problems = [p for p in problems if p not in left_out]
+  if problems:
+    raise CheckpointError(f"config.init_from {initial.path} does not match the model: "
+                          + "; ".join(problems))
+  if left_out:
+    logging.info("config.init_from: %d parameters the model has no use for are left out (%s)",
+                 len(left_out), ", ".join(p.split(":")[0] for p in left_out))
+  try:
+    return _partial_restore(initial.path, {"params": abstract_params})["params"]
+  except Exception as e:  # orbax raises many kinds for unreadable files
+    raise CheckpointError(f"config.init_from {initial.path}: cannot restore ({e})") from None
 
 
 def with_shardings(abstract_state, shardings):

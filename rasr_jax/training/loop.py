@@ -6,6 +6,7 @@ returns normally (exit code 0).
 """
 
 import dataclasses
+import functools
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -39,17 +40,21 @@ def _train_tokenizer(config, corpus):
   return tok_lib.train(corpus.texts(config.data.tokenizer_sample_docs), config.model.vocab_size)
 
 
-def prepare_tokenizer(config, workdir, corpus):
-  """The workdir's tokenizer, else config.data.tokenizer, else one trained on the corpus.
+def prepare_tokenizer(config, workdir, corpus, initial=None):
+  """The workdir's tokenizer, else config.data.tokenizer, else that of the training run whose
+  checkpoint `initial` (InitialParams of config.init_from) is, else one trained on the corpus.
 
   In a multi-process run process 0 trains and saves it; the others wait, then load it.
   """
-  if jax.process_count() > 1 and not config.data.tokenizer:  # every process reaches the barrier
+  configured = config.data.tokenizer
+  if not configured and initial is not None and initial.workdir:
+    configured = tok_lib.find_in(initial.workdir) or ""
+  if jax.process_count() > 1 and not configured:  # every process reaches the barrier
     if jax.process_index() == 0 and tok_lib.find_in(workdir) is None:
       trained = _train_tokenizer(config, corpus)
       trained.save(tok_lib.workdir_path(workdir, trained))
     multihost_utils.sync_global_devices("tokenizer ready")
-  tokenizer = (tok_lib.existing(workdir, config.data.tokenizer, config.model.vocab_size)
+  tokenizer = (tok_lib.existing(workdir, configured, config.model.vocab_size)
                or _train_tokenizer(config, corpus))
   if tokenizer.vocab_size > config.model.vocab_size:
     raise tok_lib.TokenizerError(
@@ -106,38 +111,91 @@ def _encode_qa(config, records, tokenizer, pieces):
   return arrays
 
 
-def _global_batch(local, batch_sharding, document_masking):
-  """Per-process rows -> (PackedRows, question/answer ReflectRows or None), global arrays split
-  over the data axes; the segment ids only with `document_masking`."""
-
-  def put(array):
-    return jax.make_array_from_process_local_data(batch_sharding, np.asarray(array))
-
+def packed_rows(local, put, document_masking):
+  """A batch of packed rows -> (PackedRows, question/answer ReflectRows or None) of global
+  arrays (`put` makes one of a process's part); the segment ids with `document_masking` or a
+  loss mask (packed post-training examples never attend to each other)."""
   rows = ReflectRows(**{k: put(v) for k, v in local["qa"].items()}) if "qa" in local else None
-  segment_ids = put(local["segment_ids"]) if document_masking else None
-  return PackedRows(put(local["tokens"]), segment_ids), rows
+  loss_mask = put(local["loss_mask"]) if "loss_mask" in local else None
+  segment_ids = put(local["segment_ids"]) if document_masking or loss_mask is not None else None
+  return PackedRows(put(local["tokens"]), segment_ids, loss_mask), rows
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  """What a run trains on: pretraining's corpus (`pretraining_data`) or post-training records
+  (posttrain/)."""
+  corpus: sources.Corpus  # trains the tokenizer when none is given; its fingerprint is the run's
+  # (a batch of this process's arrays, put) -> the step's (rows, qa) of global arrays, `put`
+  # making one of a process's part (see `packed_rows`)
+  rows: Callable
+  # (tokenizer, pieces, num_workers) -> IterDataset of this process's batches (see
+  # `packed_rows`); pieces: the tokenizer's PieceBytes when reflection reads answers, else None
+  batches: Callable
+  # (tokenizer, pieces) -> a function making the held-out batches anew (the same every time),
+  # or None (no held-out data)
+  held_out: Callable
+  objective: train_step.Objective | None = None  # None: pretraining's loss
+
+
+def pretraining_data(config) -> TrainingData:
+  """The corpus (data.files, data.mixture or the bundled tasks, with any data.qa_files) and, when
+  reflection reads them, question/answer rows; held out: data.eval_files or the bundled tasks'
+  other seed."""
+  corpus = sources.load_corpus(config.data, config.seed)
+  needs_qa = config.data.qa_files or config.reflect.qa_rows
+  qa_records = qa.load(config.data, config.seed) if needs_qa else []
+  if config.data.qa_files:  # a user's question/answer records are documents too
+    corpus = sources.joined(corpus, [r.document() for r in qa_records], "qa_files")
+  if corpus.replaced_utf8_errors:
+    logging.warning("replaced %d invalid UTF-8 sequences in the data files",
+                    corpus.replaced_utf8_errors)
+
+  def batches(tokenizer, pieces, num_workers):
+    return _dataset(config, corpus, _encode_qa(config, qa_records, tokenizer, pieces), tokenizer,
+                    num_workers)
+
+  def held_out(tokenizer, pieces):
+    held_out_corpus = sources.load_held_out(config.data, config.seed)
+    if held_out_corpus is None:
+      return None
+    qa_arrays = None
+    if config.reflect.qa_rows:
+      qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
+      if qa_arrays is None:
+        logging.warning(
+            "no held-out evaluation: reflect.source=%s needs held-out question/answer "
+            "records (data.qa_eval_files)", config.reflect.source)
+        return None
+    sources.check_tokenized(held_out_corpus, tokenizer.checksum)
+    return lambda: _dataset(config, held_out_corpus, qa_arrays, tokenizer)
+
+  return TrainingData(corpus,
+                      functools.partial(packed_rows, document_masking=config.data.document_masking),
+                      batches, held_out)
 
 
 class _HeldOutEval:
   """Mean training metrics on held-out batches (the same batches and windows every time)."""
 
-  def __init__(self, config, corpus, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh):
+  def __init__(self, config, data, make_data, tokenizer, pieces, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
-    self._make_data = lambda: _dataset(config, corpus, qa_arrays, tokenizer)
+    self._make_data = make_data  # () -> the held-out batches from the first
+    self._rows = data.rows
     batch = sharding.batch_sharding(mesh)
-    self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids, pieces),
+    self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids, pieces,
+                                                   data.objective),
                          in_shardings=(shardings, batch, batch, None),
                          out_shardings=sharding.replicated(mesh))
     self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
-    self._batch_sharding = sharding.batch_sharding(mesh)
-    self._document_masking = config.data.document_masking
+    self._put = _local_to_global(mesh)
 
   def __call__(self, state):
     metrics = []
     for index, local in zip(range(self._batches), self._make_data()):
-      packed, rows = _global_batch(local, self._batch_sharding, self._document_masking)
+      rows, qa = self._rows(local, self._put)
       key = jax.random.fold_in(self._key, index)
-      metrics.append(jax.device_get(self._step(state, packed, rows, key)))
+      metrics.append(jax.device_get(self._step(state, rows, qa, key)))
     return {f"eval/{name}": value for name, value in mean_metrics(metrics).items()}
 
 
@@ -145,6 +203,8 @@ def _weight_name(name):
   """The metric that counts what `name` is a mean over, or None for plain means."""
   if name.startswith("acc_k"):
     return f"rows/{name.split('/', 1)[1]}"
+  if name.startswith("rewards/") and name.count("/") == 2:  # DPO's per pair type
+    return f"pairs/{name.rsplit('/', 1)[1]}"
   return "critic/auroc_pairs" if name == "critic/auroc" else None
 
 
@@ -194,22 +254,19 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh):
-  """The held-out evaluation, or None (no eval batches, no held-out documents, or no held-out
-  question/answer records for a run that reflects on them)."""
-  held_out = sources.load_held_out(config.data, config.seed)
-  if held_out is None or not config.train.eval_batches:
+def _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh):
+  """The held-out evaluation of `data` (TrainingData), or None (no eval batches or no held-out
+  data)."""
+  make_data = data.held_out(tokenizer, pieces) if config.train.eval_batches else None
+  if make_data is None:
     return None
-  qa_arrays = None
-  if config.reflect.qa_rows:
-    qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
-    if qa_arrays is None:
-      logging.warning(
-          "no held-out evaluation: reflect.source=%s needs held-out question/answer "
-          "records (data.qa_eval_files)", config.reflect.source)
-      return None
-  sources.check_tokenized(held_out, tokenizer.checksum)
-  return _HeldOutEval(config, held_out, qa_arrays, tokenizer, pieces, graphdef, shardings, mesh)
+  return _HeldOutEval(config, data, make_data, tokenizer, pieces, graphdef, shardings, mesh)
+
+
+def _local_to_global(mesh):
+  """put(array of this process's rows) -> the global array, split over the data axes."""
+  batch_sharding = sharding.batch_sharding(mesh)
+  return lambda array: jax.make_array_from_process_local_data(batch_sharding, np.asarray(array))
 
 
 @dataclasses.dataclass
@@ -222,55 +279,68 @@ class Run:
   start: int  # the step the state is at
   step_fn: Callable  # jitted train_step(state, tokens, qa) -> (state, metrics)
   data: Iterator  # this process's batches from step `start` + 1 on
+  rows: Callable  # (batch, put) -> the step's (rows, qa) (TrainingData.rows)
   checkpointer: ckpt_lib.Checkpointer
   meta: dict  # the checkpoint metadata of this run
   evaluate: Callable | None  # held-out metrics of a state, or None
   writer: metrics_lib.MetricWriter
 
 
-def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
-  """Loads data and tokenizer, builds the mesh and the jitted step, restores the newest
-  checkpoint (or initialises); `faults` wrap the step, the data and the checkpointer."""
+def _initial_params(config, workdir):
+  """InitialParams of config.init_from, or None without one. A resumed run no longer needs them:
+  then they may be gone."""
+  if not config.init_from:
+    return None
+  try:
+    return ckpt_lib.locate_initial(config.init_from)
+  except ckpt_lib.CheckpointError:
+    if epath.Path(ckpt_lib.checkpoint_dir(workdir)).exists():
+      return None
+    raise
+
+
+def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
+  """Loads the data (TrainingData; default `pretraining_data`) and tokenizer, builds the mesh
+  and the jitted step, restores the newest checkpoint (or initialises); `faults` wrap the step,
+  the data and the checkpointer."""
   config = config_lib.resolve_mesh(config, jax.device_count())
   if faults.crashes_at_commit and not config.checkpoint.async_save:
     raise config_lib.ConfigError(f"{faults_lib.ENV}: crash_in_save at commit needs "
                                  "checkpoint.async_save=True")
   storage.makedirs(workdir)
-  corpus = sources.load_corpus(config.data, config.seed)
-  needs_qa = config.data.qa_files or config.reflect.qa_rows
-  qa_records = qa.load(config.data, config.seed) if needs_qa else []
-  if config.data.qa_files:  # a user's question/answer records are documents too
-    corpus = sources.joined(corpus, [r.document() for r in qa_records], "qa_files")
-  if corpus.replaced_utf8_errors:
-    logging.warning("replaced %d invalid UTF-8 sequences in the data files",
-                    corpus.replaced_utf8_errors)
-  tokenizer = prepare_tokenizer(config, workdir, corpus)
+  data = data or pretraining_data(config)
+  corpus = data.corpus
+  initial = _initial_params(config, workdir)
+  tokenizer = prepare_tokenizer(config, workdir, corpus, initial)
   sources.check_tokenized(corpus, tokenizer.checksum)
   # The bytes of every token, for reading answers of question/answer rows on device.
   pieces = tokenizer.piece_bytes(config.model.vocab_size) if config.reflect.qa_rows else None
-  qa_arrays = _encode_qa(config, qa_records, tokenizer, pieces)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
 
+  batches = pipeline.ResumableIterator(data.batches(tokenizer, pieces, config.data.num_workers))
   if jax.process_index() == 0:
     ckpt_lib.check_writable(ckpt_lib.checkpoint_dir(workdir))
   checkpointer = ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(workdir),
                                        config.checkpoint,
                                        on_commit=faults_lib.on_commit(faults))
-  data = pipeline.ResumableIterator(
-      _dataset(config, corpus, qa_arrays, tokenizer, config.data.num_workers))
   meta = run_metadata(config, abstract, tokenizer, corpus)
   start = checkpointer.latest_step()
   if start is not None:
     ckpt_lib.compare_meta(checkpointer.read_meta(start), meta)
-    state = checkpointer.restore(start, ckpt_lib.with_shardings(abstract, shardings), data)
+    state = checkpointer.restore(start, ckpt_lib.with_shardings(abstract, shardings), batches)
     logging.info("resumed from step %d", start)
   else:
     state, _ = train_state.init_state(config, mesh)
     if config.init_from:  # the optimizer state starts fresh (AdamW moments do not read params)
-      params = ckpt_lib.restore_params(config.init_from,
-                                       ckpt_lib.with_shardings(abstract.params, shardings.params))
+      initial = initial or ckpt_lib.locate_initial(config.init_from)  # raises: it is gone
+      if initial.meta is not None and initial.meta.get("tokenizer_sha256") != tokenizer.checksum:
+        raise ckpt_lib.CheckpointError(
+            f"config.init_from {initial.path} was trained with another tokenizer than "
+            f"{tokenizer.path} (leave config.data.tokenizer empty to use the run's own)")
+      params = ckpt_lib.restore_initial(initial,
+                                        ckpt_lib.with_shardings(abstract.params, shardings.params))
       state = state.replace(params=params)
       logging.info("initialised parameters from %s", config.init_from)
     start = 0
@@ -281,9 +351,10 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
                                     tx,
                                     tokenizer.marker_ids,
                                     faults_lib.grad_hook(faults),
-                                    pieces=pieces)
+                                    pieces=pieces,
+                                    objective=data.objective)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
-  evaluate = _held_out_eval(config, tokenizer, pieces, graphdef, shardings, mesh)
+  evaluate = _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh)
   writer = metrics_lib.MetricWriter(workdir,
                                     enabled=jax.process_index() == 0,
                                     start_step=start,
@@ -295,7 +366,8 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS) -> Run:
              state=state,
              start=start,
              step_fn=step_fn,
-             data=faults_lib.instrument_data(data, faults, start + 1),
+             data=faults_lib.instrument_data(batches, faults, start + 1),
+             rows=data.rows,
              checkpointer=faults_lib.instrument_checkpointer(checkpointer, faults),
              meta=meta,
              evaluate=evaluate,
@@ -323,7 +395,7 @@ def loop(run: Run, *, stop_at_step=None):
   tokens_per_step = config.train.batch_size * config.data.seq_len
   flops_per_step = flops.flops_per_step(config)
   peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
-  batch_sharding = sharding.batch_sharding(run.mesh)
+  put = _local_to_global(run.mesh)
   preemption = _Preemption()
   total = config.train.steps
   end = start if start < total and preemption.reached(start) else total
@@ -336,7 +408,7 @@ def loop(run: Run, *, stop_at_step=None):
       for step in range(start, end):
         local = next(run.data)
         done = step + 1
-        batch = _global_batch(local, batch_sharding, config.data.document_masking)
+        batch = run.rows(local, put)
         if step == start:
           step_fn = _compile(run.step_fn, state, batch)
           window_start = time.perf_counter()
@@ -382,11 +454,12 @@ def loop(run: Run, *, stop_at_step=None):
   return state
 
 
-def train(config, workdir, *, stop_at_step=None):
-  """Trains (or resumes) to config.train.steps; returns the final TrainState. Faults named in
-  RASR_FAULTS (faults.py) are injected."""
+def train(config, workdir, *, stop_at_step=None, data=None):
+  """Trains (or resumes) on `data` (TrainingData; default `pretraining_data`) to
+  config.train.steps; returns the final TrainState. Faults named in RASR_FAULTS (faults.py) are
+  injected."""
   try:
     faults = faults_lib.from_env()
   except ValueError as e:
     raise config_lib.ConfigError(str(e)) from None
-  return loop(setup(config, workdir, faults), stop_at_step=stop_at_step)
+  return loop(setup(config, workdir, faults, data), stop_at_step=stop_at_step)

@@ -7,6 +7,9 @@ The step is a pure function of pytrees; `jit_train_step` compiles it with explic
 a donated state. Gradient accumulation runs inside the step as a `lax.scan` over micro-batches.
 """
 
+import dataclasses
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -134,6 +137,23 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
   return loss_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """A loss in place of pretraining's (post-training: posttrain/), on rows of its own type."""
+  # (graphdef, micro_batches) -> loss_fn(params, rows, qa, normalizer, key, tau, progress) ->
+  # (loss, metrics), as `make_loss_fn`'s; metrics summed over micro-batches
+  make_loss_fn: Callable
+  normalizer: Callable  # rows -> [] float32: what the loss's sums are divided by
+  finish: Callable  # the summed metrics -> the metrics reported
+
+
+def _pretraining_objective(config, special_ids, pieces):
+  return Objective(
+      lambda graphdef, micro_batches: make_loss_fn(
+          graphdef, config, special_ids, micro_batches=micro_batches, pieces=pieces),
+      packing.target_count, lambda metrics: metrics)
+
+
 def _micro_batches(batch, accum):
   """Every [B, ...] leaf -> [accum, B / accum, ...], micro-batch i taking rows i, accum + i, ...
 
@@ -160,11 +180,18 @@ def adapt_tau(tau, mean_iterations, progress, cfg):
   return jnp.where(reflect.stopping_enabled(progress, cfg), moved, tau)
 
 
-def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, pieces=None):
+def make_train_step(graphdef,
+                    config,
+                    tx,
+                    special_ids=None,
+                    grad_hook=None,
+                    pieces=None,
+                    objective=None):
   """train_step(state, rows, qa) -> (state, metrics).
 
   rows: the batch's PackedRows; qa: the batch's question/answer ReflectRows (reflect.source qa
-  or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers.
+  or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers. An `objective`
+  (Objective) replaces pretraining's loss, with rows of its own.
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
   bit-identical, the step advances (its batch is consumed), `skipped` counts it, and
@@ -173,14 +200,15 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, piec
   of the update that makes `step`, before anything reads them (fault injection uses it).
   """
   accum = config.train.grad_accum_steps
-  loss_fn = make_loss_fn(graphdef, config, special_ids, micro_batches=accum, pieces=pieces)
+  objective = objective or _pretraining_objective(config, special_ids, pieces)
+  loss_fn = objective.make_loss_fn(graphdef, accum)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   schedules = {
       g: optim.schedule(config.train, lr) for g, lr in optim.group_peak_lrs(config.train).items()
   }
 
-  def train_step(state, rows: PackedRows, qa):
-    normalizer = packing.target_count(rows)
+  def train_step(state, rows, qa):
+    normalizer = objective.normalizer(rows)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     progress = state.step.astype(jnp.float32) / config.train.steps
     if accum == 1:
@@ -207,7 +235,7 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, piec
     grad_norm = jnp.sqrt(sum(jnp.square(n) for n in norms.values()))
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     skipped = state.skipped + ~finite
-    metrics = dict(aux,
+    metrics = dict(objective.finish(aux),
                    loss=loss,
                    lr=schedules["generator"](state.step),
                    grad_norm=grad_norm,
@@ -234,15 +262,16 @@ def make_train_step(graphdef, config, tx, special_ids=None, grad_hook=None, piec
   return train_step
 
 
-def make_eval_step(graphdef, config, special_ids=None, pieces=None):
+def make_eval_step(graphdef, config, special_ids=None, pieces=None, objective=None):
   """eval_step(state, rows, qa, key) -> metrics: the training loss terms, no update."""
-  loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces)
+  objective = objective or _pretraining_objective(config, special_ids, pieces)
+  loss_fn = objective.make_loss_fn(graphdef, 1)
 
-  def eval_step(state, rows: PackedRows, qa, key):
-    normalizer = packing.target_count(rows)
+  def eval_step(state, rows, qa, key):
+    normalizer = objective.normalizer(rows)
     progress = state.step.astype(jnp.float32) / config.train.steps
     loss, metrics = loss_fn(state.params, rows, qa, normalizer, key, state.tau, progress)
-    return dict(metrics, loss=loss)
+    return dict(objective.finish(metrics), loss=loss)
 
   return eval_step
 
