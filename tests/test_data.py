@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from conftest import make_config
+from rasr_jax import tasks
 from rasr_jax.data import pipeline, sources
 from rasr_jax.data import tokenizer as tok_lib
 
@@ -33,6 +34,16 @@ def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
       "line one\n\n  indented\tcode\n    deeper  end", " leading space\r\n"
   ]:  # identity normalisation: newlines, tabs and runs of spaces decode back exactly
     assert tokenizer.decode(tokenizer.encode(text)) == text
+  # No piece spans a line break, and no space is added in front: a document cut at one encodes
+  # as its parts, so a question prompt reads as its document's first tokens.
+  for example in (tasks.generate(task, 5, 20) for task in tasks.TASKS):
+    for ex in example:
+      assert (tokenizer.encode_prompt(ex.question)
+              + tokenizer.encode(tasks.ANSWER_SEPARATOR + ex.answer) == tokenizer.encode_prompt(
+                  ex.text()))
+  assert tokenizer.encode("\n") == [tokenizer._piece_id(tok_lib.NEWLINE)]
+  for marker in tok_lib.ROLE_MARKERS:
+    assert len(tokenizer.encode(marker)) == 1
   path = str(tmp_path / "tok.model")
   tokenizer.save(path)
   loaded = tok_lib.load(path)

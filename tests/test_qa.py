@@ -16,6 +16,7 @@ from conftest import (
     run_main,
     train_on_mesh,
 )
+from rasr_jax import tasks
 from rasr_jax.data import qa
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.sources import DataError
@@ -42,7 +43,8 @@ def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
   records = [qa.Record("what is two plus two?", "#### 4", "final_answer", "t line 1")]
   arrays, left_out = qa.encode(records, tokenizer, prompt_len=16, target_len=6, reference_width=8)
   prompt = tokenizer.encode_prompt("what is two plus two?")
-  target = tokenizer.encode("#### 4") + [tokenizer.eos_id]
+  target = tokenizer.encode("\n#### 4") + [tokenizer.eos_id]
+  assert target[0] == tokenizer.encode("\n")[0]  # the newline a document has before its answer
   assert left_out == 0 and prompt[0] == tokenizer.eos_id
   np.testing.assert_array_equal(arrays["prompt"][0, -len(prompt):], prompt)
   assert arrays["prompt_valid"][0].tolist() == [False] * (16 - len(prompt)) + [True] * len(prompt)
@@ -60,7 +62,7 @@ def test_rows_are_left_padded_prompts_and_eos_ended_answers(tokenizer):
     (b'{"prompt": "q", "answer": "#### 4 \xff"}', "line 2: invalid UTF-8 at byte 34 of the line"),
     (b'[1, 2]', "line 2: expected an object"),
     (b'{"prompt": "q",', "line 2: not JSON"),
-    (b'{"prompt": "q", "answer": "' + b"#### 4 " * 20 + b'"}', "line 2: the answer has"),
+    (b'{"prompt": "q", "answer": "' + b"#### 4 " * 20 + b'"}', "line 2: the answer takes"),
 ])
 def test_a_malformed_record_names_its_file_and_line(tmp_path, tokenizer, line, message):
   path = _write(tmp_path / "qa.jsonl", [b'{"prompt": "q", "answer": "#### 4"}', line])
@@ -103,9 +105,9 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):
       assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
-  # Arithmetic answers are longer than Y = 24 tokens: only the other bundled tasks have rows.
-  assert last["eval/rows/arithmetic"] == last["eval/rows/qa"] == 0
-  assert sum(last[f"eval/rows/{task}"] for task in ("logic", "facts", "probe")) > 0
+  # Rows of the bundled tasks only (no user records), and of those whose answers fit Y.
+  assert last["eval/rows/qa"] == 0
+  assert sum(last[f"eval/rows/{task}"] for task in tasks.TASKS) > 0
 
 
 def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):

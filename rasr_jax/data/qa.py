@@ -3,12 +3,14 @@
 Records come from the bundled tasks' verifiable examples (the training seed's, the same
 examples the corpus holds; evaluation never scores a question training saw) or from the user's
 `data.qa_files`: `.jsonl` lines with string fields `prompt` and `answer`, read by
-`data.qa_checker`. A row is x = `<eos>` + prompt, left-padded to P (a longer prompt keeps its
-last P tokens, as generation does), and y* = answer + `<eos>`, right-padded to Y, with the
-answer the checker reads in the reference (`reflection.answers.reference_bytes`).
+`data.qa_checker`. A record's document is prompt, newline, answer, as a bundled task's is
+(`tasks.ANSWER_SEPARATOR`). A row is x = `<eos>` + prompt, left-padded to P (a longer prompt
+keeps its last P tokens, as generation does), and y* = the newline, the answer and `<eos>`
+(what a model prompted with the question writes after it), right-padded to Y, with the answer
+the checker reads in the reference (`reflection.answers.reference_bytes`).
 
 A user's record that is not an object with both fields, has an empty answer, an answer the
-checker finds nothing in, an answer longer than Y - 1 tokens, or invalid UTF-8 is a `DataError`
+checker finds nothing in, a y* longer than Y tokens, or invalid UTF-8 is a `DataError`
 naming the file and line. A bundled example whose answer does not fit Y is left out (counted).
 """
 
@@ -36,7 +38,7 @@ class Record:
 
   def document(self):
     """The record as a corpus document (the bundled tasks' format: question, newline, answer)."""
-    return f"{self.prompt}\n{self.answer}"
+    return f"{self.prompt}{tasks.ANSWER_SEPARATOR}{self.answer}"
 
 
 def _bundled(seed, count):
@@ -89,7 +91,7 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
   """Records -> ({field of reflection.rows.ReflectRows: [n, ...] array}, bundled examples left
   out).
 
-  Raises DataError for a user's answer longer than target_len - 1 tokens."""
+  Raises DataError for a user's y* longer than target_len tokens."""
   n = len(records)
   arrays = {
       "prompt": np.full((n, prompt_len), tokenizer.pad_id, np.int32),
@@ -103,12 +105,13 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
   }
   kept = 0
   for record in records:
-    target = tokenizer.encode(record.answer) + [tokenizer.eos_id]
+    target = tokenizer.encode(tasks.ANSWER_SEPARATOR + record.answer) + [tokenizer.eos_id]
     if len(target) > target_len:
       if record.task != USER_TASK:
         continue
-      raise DataError(f"question/answer file {record.origin}: the answer has {len(target) - 1} "
-                      f"tokens, more than reflect.target_len - 1 = {target_len - 1}")
+      raise DataError(f"question/answer file {record.origin}: the answer takes {len(target)} "
+                      f"tokens with the newline before it and <eos> after it, more than "
+                      f"reflect.target_len = {target_len}")
     prompt = tokenizer.encode_prompt(record.prompt)[-prompt_len:]
     row = kept
     arrays["prompt"][row, prompt_len - len(prompt):] = prompt

@@ -29,6 +29,9 @@ MARKERS = (DRAFT, CRITIQUE, REFINE)  # in SpecialIds' field order
 # The chat layout's role headers (posttrain/chat.py); the project's tokenizers hold each as one
 # piece, others read them as text.
 ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
+# A piece of its own in the project's tokenizers: no piece spans a line break, so text cut at one
+# encodes as the two parts' tokens (a question and its answer, a prompt and its continuation).
+NEWLINE = "\n"
 # The ids `train` gives pad, eos and unk; the markers (its user-defined symbols) follow them.
 # TRAINED_MARKER_IDS hold for tokenizers made by `train` only (tests/test_data.py checks it); the
 # compile check and the benchmarks build the step with them when no tokenizer is at hand.
@@ -251,11 +254,14 @@ def load(path: str, model_vocab_size=None) -> Tokenizer:
 
 
 def train(texts, vocab_size: int) -> Tokenizer:
-  """Trains a byte-fallback BPE model on `texts` (a list of str) with the special tokens and
-  the chat layout's role markers (after the markers: ids 6, 7, 8).
+  """Trains a byte-fallback BPE model on `texts` (a list of str) with the special tokens, the
+  chat layout's role markers (after the markers: ids 6, 7, 8) and the newline (id 9).
 
-  Identity normalisation: text is encoded as written (newlines, tabs and runs of spaces are kept
-  and decode back exactly), so few-shot prompts, code and chat formats keep their layout.
+  Identity normalisation: text is encoded as written (no space is added in front; newlines, tabs
+  and runs of spaces are kept and decode back exactly), so few-shot prompts, code and chat
+  formats keep their layout. The newline is a piece of its own: text cut at a line break
+  encodes as its parts' tokens one after the other, so a prompt that ends where a document's
+  line ends is read as the document's tokens were.
   """
   start = time.monotonic()
   logging.info("training a tokenizer of %d pieces on %d documents", vocab_size, len(texts))
@@ -275,7 +281,8 @@ def train(texts, vocab_size: int) -> Tokenizer:
                                  eos_piece=EOS,
                                  unk_id=_TRAINED_UNK_ID,
                                  bos_id=-1,
-                                 user_defined_symbols=[*MARKERS, *ROLE_MARKERS],
+                                 user_defined_symbols=[*MARKERS, *ROLE_MARKERS, NEWLINE],
+                                 add_dummy_prefix=False,
                                  hard_vocab_limit=False,
                                  split_digits=True,
                                  num_threads=2,

@@ -1,6 +1,6 @@
 """The reflection sub-batch: prompts x, targets y* and what the quality oracle needs (RASR.md §2).
 
-Question/answer rows: x = `<eos>` + question, left-padded to P; y* = answer + `<eos>`,
+Question/answer rows: x = `<eos>` + question, left-padded to P; y* = newline + answer + `<eos>`,
 right-padded to Y; the checker reads the reference's answer (`reference`). Text-window rows: x
 and y* are P and Y tokens of a packed row, every position valid, checker TEXT.
 """

@@ -12,7 +12,7 @@ Formats (all lowercase ASCII):
   filler: a paragraph stored as `question`, with `answer == ""`; not checkable.
 """
 
-from .base import TASKS, CheckResult, Example
+from .base import ANSWER_SEPARATOR, TASKS, CheckResult, Example
 from .checks import (
     CHECKERS,
     TASK_CHECKERS,
@@ -25,6 +25,7 @@ from .checks import (
 from .corpus import bundled_corpus, generate
 
 __all__ = [
-    "CHECKERS", "TASKS", "TASK_CHECKERS", "CheckResult", "Example", "answer_is_right",
-    "bundled_corpus", "check", "elicited_answer", "final_answer", "generate", "read_answer"
+    "ANSWER_SEPARATOR", "CHECKERS", "TASKS", "TASK_CHECKERS", "CheckResult", "Example",
+    "answer_is_right", "bundled_corpus", "check", "elicited_answer", "final_answer", "generate",
+    "read_answer"
 ]

@@ -7,6 +7,10 @@ TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts", "probe")
 
 ALL_TASKS: tuple[str, ...] = TASKS + ("filler",)
 
+# What separates a question from its answer in a document: a model prompted with the question
+# writes it first, so a reflection row's target y* starts with it (data/qa.py).
+ANSWER_SEPARATOR = "\n"
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -19,7 +23,7 @@ class Example:
 
   def text(self) -> str:
     """The pretraining document: question, newline, answer (question alone when answer is empty)."""
-    return f"{self.question}\n{self.answer}" if self.answer else self.question
+    return f"{self.question}{ANSWER_SEPARATOR}{self.answer}" if self.answer else self.question
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,9 +105,9 @@ def _encode_qa(config, records, tokenizer, pieces):
                                reference_width=pieces.text_bytes(r.target_len))
   if left_out:
     logging.warning(
-        "%d of %d bundled question/answer examples have answers longer than "
-        "reflect.target_len - 1 = %d tokens and are left out", left_out, len(records),
-        r.target_len - 1)
+        "%d of %d bundled question/answer examples have answers that do not fit "
+        "reflect.target_len = %d tokens (with the newline before and <eos> after) and are "
+        "left out", left_out, len(records), r.target_len)
   return arrays
 
 
