@@ -146,9 +146,12 @@ def get_config():
   # | normalize (log-probabilities per response token, so length cannot carry the margin)
   c.dpo.length_control = "none"
 
-  # AvR Stage I data (--mode=avr_data; docs/posttraining.md): refinement trees from the
-  # model's own generator, scored, turned into RSFT records and preference pairs.
+  # AvR data (--mode=avr_data; docs/posttraining.md): refinement trees (Stage I) and greedy
+  # refinement searches (Stage II) from the model's own generator, scored by a reward.
   c.avr = config_dict.ConfigDict()
+  # trees (Stage I) | search (Stage II: greedy search -> long answers for SFT) | final_pairs
+  # (Stage II: length-controlled pairs of the SFT model's sampled long answers)
+  c.avr.stage = "trees"
   # Prompts: .jsonl with `prompt` (and `answer`, read by data.qa_checker, when the checker
   # scores); "" = the bundled tasks' questions.
   c.avr.prompts_file = ""
@@ -161,8 +164,16 @@ def get_config():
   c.avr.temperature = 0.7  # sampling temperature of every response
   c.avr.top_p = 0.8  # nucleus of every response
   c.avr.max_new_tokens = 64  # tokens per response, at most
+  c.avr.search_rounds = 5  # Stage II: critique-improve rounds at most (while the reward rises)
+  c.avr.samples = 4  # Stage II final_pairs: long answers sampled per prompt
   c.avr.chunk_prompts = 64  # prompts per chunk of trees written (a killed run resumes there)
-  c.avr.output = ""  # the output folder ("" = WORKDIR/avr)
+  c.avr.output = ""  # the output folder ("" = WORKDIR/avr/<stage>)
+
+  # The Constitutional AI baseline (--eval_methods=constitutional; docs/evaluation.md).
+  c.constitutional = config_dict.ConfigDict()
+  # One principle a line ("" = the shipped rasr_jax/evaluation/principles.txt).
+  c.constitutional.principles_file = ""
+  c.constitutional.rounds = 2  # critique-revision rounds per answer
 
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 100  # steps between checkpoints (the last step is always saved)

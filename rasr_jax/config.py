@@ -169,6 +169,7 @@ class DPOConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AvRConfig:
+  stage: str
   prompts_file: str
   num_prompts: int
   reward: str
@@ -177,8 +178,16 @@ class AvRConfig:
   temperature: float
   top_p: float
   max_new_tokens: int
+  search_rounds: int
+  samples: int
   chunk_prompts: int
   output: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ConstitutionalConfig:
+  principles_file: str
+  rounds: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +224,7 @@ class Config:
   sft: SFTConfig
   dpo: DPOConfig
   avr: AvRConfig
+  constitutional: ConstitutionalConfig
   checkpoint: CheckpointConfig
   metrics: MetricsConfig
   mesh: MeshConfig
@@ -232,6 +242,7 @@ CRITIC_DIMS = ("factual", "logic", "relevance")
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
+AVR_STAGES = ("trees", "search", "final_pairs")  # posttrain/avr_data.py's
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
@@ -243,7 +254,8 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "checkpoint.every_steps", "checkpoint.max_to_keep", "reflect.prompt_len",
              "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
              "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
-             "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts")
+             "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds",
+             "avr.samples", "constitutional.rounds")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
@@ -262,7 +274,8 @@ _CHOICES = {
     "reflect.source": REFLECT_SOURCES,
     "data.qa_checker": QA_CHECKERS,
     "train.nan_policy": NAN_POLICIES,
-    "dpo.length_control": LENGTH_CONTROLS
+    "dpo.length_control": LENGTH_CONTROLS,
+    "avr.stage": AVR_STAGES
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
                   "reflect.stop_warmup", "reflect.quality_target", "dpo.label_smoothing",
@@ -271,7 +284,7 @@ _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
 # Config fields that hold paths (comma-separated for the data globs).
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
                "data.tokenizer", "sft.files", "sft.eval_files", "dpo.files", "dpo.eval_files",
-               "dpo.reference", "avr.prompts_file", "avr.output")
+               "dpo.reference", "avr.prompts_file", "avr.output", "constitutional.principles_file")
 
 # The remote schemes etils.epath opens, and the package its fsspec backend needs.
 REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}

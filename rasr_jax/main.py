@@ -25,7 +25,7 @@ _MODE = flags.DEFINE_enum(
     "mode", "train",
     ["train", "sft", "dpo", "avr_data", "describe", "compile", "generate", "score", "eval"],
     "train; sft / dpo: supervised fine-tuning on config.sft.files / preference optimisation on "
-    "config.dpo.files; avr_data: AvR Stage I trees, RSFT records and pairs from a checkpoint "
+    "config.dpo.files; avr_data: AvR data (config.avr.stage) from a checkpoint "
     "(docs/posttraining.md); describe: sizes from shapes; "
     "compile: compile the sharded step ahead of time and print XLA's per-device memory; "
     "generate / score / eval: from a checkpoint.")
@@ -71,7 +71,8 @@ _EVAL_TASKS = flags.DEFINE_string(
     "gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu.")
 _EVAL_METHODS = flags.DEFINE_string(
     "eval_methods", evaluation.DEFAULT_METHODS, "Comma-separated inference methods: standard, cot, "
-    "self_refine, rasr (rasr = reflection on; standard = draft only).")
+    "self_refine, constitutional, avr (an AvR Stage II model's final answer), rasr (rasr = "
+    "reflection on; standard = draft only).")
 _BENCHMARKS_DIR = flags.DEFINE_string(
     "benchmarks_dir", None, "The public benchmark files (gsm8k/, truthfulqa/, logiqa/, "
     "hellaswag/, mmlu/ as published) for the lm-eval tasks.")
@@ -212,8 +213,8 @@ def main(argv):
       from rasr_jax.posttrain import dpo
       dpo.train(config, _WORKDIR.value)
     elif _MODE.value == "avr_data":
-      from rasr_jax.posttrain import avr
-      print(json.dumps(avr.build(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
+      from rasr_jax.posttrain import avr_data
+      print(json.dumps(avr_data.build(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
     elif _MODE.value == "eval":
       _evaluate(config)
     else:

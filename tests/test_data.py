@@ -42,6 +42,8 @@ def test_tokenizer_round_trips_and_reserves_special_tokens(tokenizer, tmp_path):
               + tokenizer.encode(tasks.ANSWER_SEPARATOR + ex.answer) == tokenizer.encode_prompt(
                   ex.text()))
   assert tokenizer.encode("\n") == [tokenizer._piece_id(tok_lib.NEWLINE)]
+  spaceless = tok_lib.train(["1+2=3", "add4+5"] * 50, 300)  # spaces still decode as spaces
+  assert spaceless.decode(spaceless.encode("a b  c")) == "a b  c"
   for marker in tok_lib.ROLE_MARKERS:
     assert len(tokenizer.encode(marker)) == 1
   path = str(tmp_path / "tok.model")

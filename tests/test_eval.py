@@ -253,6 +253,39 @@ def test_self_refine_scores_the_answer_its_prompt_elicits():
   assert correct[:2] == [False, True]
 
 
+def test_constitutional_rounds_critique_by_each_principle_and_revise_with_the_history(tmp_path):
+  asked = []
+
+  def run(prompts, reflect, max_new_tokens, stop):
+    del reflect, max_new_tokens, stop
+    asked.append(list(prompts))
+    return [{
+        "text": f"critique {len(asked)}" if p.endswith('":') else f"answer {len(asked)}",
+        "num_tokens": 2
+    } for p in prompts]
+
+  principles = ["be right", "be brief", "be kind"]
+  answers = [methods.Answer(["first"], 0, 1), methods.Answer(["first"], 0, 1)]
+  methods._constitutional(answers, ["q0", "q1"], run, 8, (), principles, rounds=2)
+  critique_asks, revision_asks = asked[0], asked[1]
+  assert critique_asks[0] == 'q0 first' + methods.CONSTITUTIONAL_CRITIQUE.format("be right")
+  assert critique_asks[1].endswith(methods.CONSTITUTIONAL_CRITIQUE.format("be brief"))
+  assert revision_asks[0] == critique_asks[0] + " critique 1" + methods.CONSTITUTIONAL_REVISION
+  # Round 2 reads the whole history and moves to the next principle.
+  assert asked[2][0] == (revision_asks[0] + " answer 2"
+                         + methods.CONSTITUTIONAL_CRITIQUE.format("be brief"))
+  assert answers[0].drafts == ["first", "answer 2", "answer 4"] and answers[0].stop == 2
+  assert answers[0].feedback == ["critique 1", "critique 3"]
+  assert answers[0].after_answer_prompt == [False, True, True]
+  assert answers[0].generated_tokens == 1 + 4 * 2
+  assert len(methods.load_principles()) >= 3  # the shipped file
+  (tmp_path / "empty.txt").write_text("# nothing\n\n")
+  with pytest.raises(sources.DataError, match="no principle in it"):
+    methods.load_principles(str(tmp_path / "empty.txt"))
+  with pytest.raises(sources.DataError, match="not found"):
+    methods.load_principles(str(tmp_path / "missing.txt"))
+
+
 def test_self_refine_stop_rule_and_learned_stop():
   assert methods.says_correct("the answer is correct.")
   assert not methods.says_correct("this is incorrect") and not methods.says_correct("not correct")
@@ -401,6 +434,23 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
     assert 1 <= len(record["drafts"]) <= methods.SELF_REFINE_ROUNDS + 1
     assert len(record["feedback"]) in (len(record["drafts"]) - 1, len(record["drafts"]))
   assert refined["mean_iterations"] == np.mean([len(r["drafts"]) - 1 for r in records])
+  # Constitutional AI: every answer revised constitutional.rounds times; its revisions as SFT
+  # records beside the samples.
+  revised = eval_run.evaluate(config,
+                              workdir,
+                              task_list="arithmetic",
+                              method_list="constitutional",
+                              limit=2,
+                              output_dir=str(tmp_path / "cai"),
+                              max_new_tokens=8,
+                              batch_size=4)["methods"]["constitutional"]["arithmetic"]
+  assert revised["mean_iterations"] == config.constitutional.rounds
+  samples = tmp_path / "cai" / "samples" / "constitutional"
+  records = [json.loads(line) for line in (samples / "arithmetic.jsonl").open()]
+  assert all(len(r["drafts"]) == config.constitutional.rounds + 1 for r in records)
+  for line in (samples / "arithmetic.sft.jsonl").open():
+    record = json.loads(line)
+    assert record["completion"] in [r["drafts"][-1] for r in records]
 
 
 def test_the_qa_task_scores_a_users_held_out_file_as_the_bundled_task_it_holds(trained, tmp_path):

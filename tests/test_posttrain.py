@@ -15,7 +15,7 @@ from conftest import losses, make_config, params_hash, run_main
 from rasr_jax.data import chat, packing, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import inference
-from rasr_jax.posttrain import avr, dpo, sft
+from rasr_jax.posttrain import avr, avr_data, avr_search, avr_trees, dpo, sft
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import train_state
 
@@ -186,7 +186,7 @@ def _dpo_config(files, sft_workdir, **overrides):
 @pytest.fixture(scope="module")
 def dpo_run(sft_run, files, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("dpo"))
-  config = _dpo_config(files, sft_run[0], **{"train.steps": 16})
+  config = _dpo_config(files, sft_run[0], **{"train.steps": 40, "dpo.beta": 0.5})
   dpo.train(config, workdir)
   return workdir, config
 
@@ -435,8 +435,8 @@ def test_an_hf_tokenizers_chat_template_lays_out_conversations(tmp_path):
 
 def _tree(reward0, rewards, critiques=("c0", "c1")):
   improvements = tuple(tuple(f"y{j}{k}" for k in range(len(row))) for j, row in enumerate(rewards))
-  return avr.Tree("x", "y0", reward0, tuple(critiques), improvements,
-                  tuple(tuple(r) for r in rewards))
+  return avr_trees.Tree("x", "y0", reward0, tuple(critiques), improvements,
+                        tuple(tuple(r) for r in rewards))
 
 
 def test_refinement_aware_rules_on_hand_made_trees():
@@ -446,7 +446,7 @@ def test_refinement_aware_rules_on_hand_made_trees():
   assert tree.critique_worth() == pytest.approx([0.4, 0.5])
   assert tree.best() == (1, 0)
   assert tree.counts(1, 0) and not tree.counts(1, 1) and not tree.counts(0, 0)
-  pairs = {p["type"]: p for p in avr.preference_pairs(tree)}
+  pairs = {p["type"]: p for p in avr_trees.preference_pairs(tree)}
   assert pairs["generation"]["chosen"][0]["content"] == "y10"
   assert pairs["generation"]["rejected"][0]["content"] == "y0"
   assert [m["content"] for m in pairs["generation"]["prompt"]] == ["x"]
@@ -458,7 +458,7 @@ def test_refinement_aware_rules_on_hand_made_trees():
   assert pairs["improvement"]["rejected"][0]["content"] == "y11"
   assert [m["content"] for m in pairs["improvement"]["prompt"]
          ] == ["x", "y0", avr.CRITIQUE_REQUEST, "c1", avr.IMPROVE_REQUEST]
-  record = avr.rsft_record(tree)
+  record = avr_trees.rsft_record(tree)
   assert [m["content"] for m in record["messages"]
          ] == ["x", "y0", avr.CRITIQUE_REQUEST, "c1", avr.IMPROVE_REQUEST, "y10"]
   # Every pair and record parses as the SFT and DPO modes read them.
@@ -467,11 +467,11 @@ def test_refinement_aware_rules_on_hand_made_trees():
   chat.sft_dialogue(record, "test")
   # No improvement beats y0 (0.9): no generation pair and no RSFT record; ties give no pair.
   stuck = _tree(0.9, [[0.2, 0.6], [0.7, 0.5]])
-  assert avr.rsft_record(stuck) is None
-  assert {p["type"] for p in avr.preference_pairs(stuck)} == {"criticism", "improvement"}
+  assert avr_trees.rsft_record(stuck) is None
+  assert {p["type"] for p in avr_trees.preference_pairs(stuck)} == {"criticism", "improvement"}
   flat = _tree(0.0, [[0.5, 0.5], [0.5, 0.5]])
-  assert [p["type"] for p in avr.preference_pairs(flat)] == ["generation"]
-  summary = avr.summary([tree, stuck, flat])
+  assert [p["type"] for p in avr_trees.preference_pairs(flat)] == ["generation"]
+  summary = avr_trees.summary([tree, stuck, flat])
   assert summary["rsft_records"] == 2 and summary["trees_with_an_improvement"] == pytest.approx(
       2 / 3)
   assert summary["pairs"] == {"generation": 2, "criticism": 2, "improvement": 2}
@@ -496,20 +496,20 @@ def test_avr_stage_one_then_sft_then_dpo(sft_run, tmp_path):
       "prompt": f"{i}+{i % 5}"
   } for i in range(30)])
   config = make_config(**{**POST, **AVR, "avr.prompts_file": prompts})
-  result = avr.build(config, sft_workdir)
+  result = avr_data.build(config, sft_workdir)
   out = result["output"]
   assert result["trees"] == 24 and sum(result["pairs"].values()) >= 8
   assert result["rsft_records"] > 0
   pairs = chat.read_records(f"{out}/pairs.jsonl", "dpo.files", chat.preference_pair)
-  assert {p.pair_type for p in pairs} <= set(avr.PAIR_TYPES)
+  assert {p.pair_type for p in pairs} <= set(avr_trees.PAIR_TYPES)
   # Resume: a chunk that is gone is built again, the same; the others are not rebuilt.
-  chunk = f"{out}/trees/000000008.jsonl"
+  chunk = f"{out}/chunks/000000008.jsonl"
   kept = open(chunk).read()
-  first = os.stat(f"{out}/trees/000000000.jsonl").st_mtime_ns
+  first = os.stat(f"{out}/chunks/000000000.jsonl").st_mtime_ns
   os.remove(chunk)
-  assert avr.build(config, sft_workdir) == result
+  assert avr_data.build(config, sft_workdir) == result
   assert open(chunk).read() == kept
-  assert os.stat(f"{out}/trees/000000000.jsonl").st_mtime_ns == first
+  assert os.stat(f"{out}/chunks/000000000.jsonl").st_mtime_ns == first
   rsft_dir, dpo_dir = str(tmp_path / "rsft"), str(tmp_path / "dpo")
   sft.train(
       make_config(**{
@@ -549,3 +549,118 @@ def test_a_bad_reward_function_is_one_error_line(reward, message, sft_run, tmp_p
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and message in last, last
   assert not (tmp_path / "out").exists()
+
+
+def test_long_answers_round_trip_and_give_their_final_answer():
+  text = chat.write_refinement(["12", "13", "14"], ["off by two", "off by one"])
+  assert text.startswith(chat.DRAFT_SECTION) and text.endswith(chat.FINAL_SECTION + "14")
+  refinement = chat.read_refinement(text)
+  assert refinement.answers == ("12", "13", "14", "14")
+  assert refinement.critiques == ("off by two", "off by one")
+  assert chat.final_answer(text) == "14"
+  assert chat.final_answer("no marker at all") == "no marker at all"
+  # A model's text may stop anywhere: what it wrote is read, the missing final is not invented.
+  marker = chat.IMPROVED_SECTION.strip()
+  cut = chat.read_refinement(text[:text.index(marker) + len(marker) + 2])
+  assert cut.answers == ("12", "1") and cut.critiques == ("off by two",)
+  with pytest.raises(ValueError, match="3 answers need 2 critiques"):
+    chat.write_refinement(["a", "b", "c"], ["x"])
+
+
+class _ScriptedModel:
+  """An InferenceModel stand-in whose responses depend on the conversation so far: a critique
+  after the critique request, else an answer one character longer per improve request, until
+  `stop_after` improvements, when it answers "z"."""
+
+  def __init__(self, tokenizer, stop_after):
+    self.tokenizer = tokenizer
+    self.stop_after = stop_after
+
+  def options(self, **kwargs):
+    return kwargs
+
+  def generate_tokens(self, prompts, options, seed=0):
+    del options, seed
+    texts = []
+    for ids in prompts:
+      text = self.tokenizer.decode(ids)
+      rounds = text.count(avr.IMPROVE_REQUEST)
+      if text.rfind(avr.CRITIQUE_REQUEST) > text.rfind(avr.IMPROVE_REQUEST):  # the last request
+        texts.append(f"critique {rounds}")
+      else:
+        texts.append("y" * (rounds + 1) if rounds <= self.stop_after else "z")
+    return [{"text": t} for t in texts]
+
+
+def test_greedy_search_keeps_rounds_while_the_reward_rises(sft_run):
+  tokenizer = _tokenizer(sft_run[0])
+  cfg = make_config(**{"avr.search_rounds": 5, "avr.critiques": 2, "avr.improvements": 2}).avr
+  prompts = [avr.Prompt("2+2", None, "exact")]
+  found = avr_search.search(_ScriptedModel(tokenizer, stop_after=2),
+                            prompts,
+                            lambda prompt, response: len(response),
+                            cfg,
+                            seed=0)
+  assert found[0].answers == ("y", "yy", "yyy") and found[0].rewards == (1, 2, 3)
+  assert found[0].critiques == ("critique 0", "critique 1")
+  record = avr_search.sft_record(found[0])
+  assert chat.final_answer(record["messages"][1]["content"]) == "yyy"
+  chat.sft_dialogue(record, "test")
+  # Five rounds at most.
+  longest = avr_search.search(_ScriptedModel(tokenizer, stop_after=99),
+                              prompts,
+                              lambda prompt, response: len(response),
+                              cfg,
+                              seed=0)
+  assert len(longest[0].answers) == 6
+  # Nothing gained: no SFT record.
+  flat = avr_search.search(_ScriptedModel(tokenizer, stop_after=-1),
+                           prompts,
+                           lambda prompt, response: 0.0,
+                           cfg,
+                           seed=0)
+  assert flat[0].answers == ("z",) and avr_search.sft_record(flat[0]) is None
+
+
+def test_final_pairs_prefer_the_better_final_answer_unless_it_is_longer():
+  record = {
+      "prompt": "2+2",
+      "responses": ["long a", "long b", "long c"],
+      "finals": ["4", "5", "44"],
+      "rewards": [1.0, 0.0, 0.5],
+      "final_tokens": [1, 1, 2]
+  }
+  pair, dropped = avr_search.final_pair(record)
+  assert not dropped and pair["chosen"][0]["content"] == "long a"
+  assert pair["rejected"][0]["content"] == "long b" and pair["type"] == "final"
+  chat.preference_pair(pair, "test")
+  longer = dict(record, final_tokens=[3, 1, 2])
+  assert avr_search.final_pair(longer) == (None, True)
+  tied = dict(record, rewards=[1.0, 1.0, 1.0])
+  assert avr_search.final_pair(tied) == (None, False)
+
+
+def test_avr_stage_two_search_pairs_and_the_avr_method(sft_run, tmp_path):
+  """Stage II on the tiny SFT model: the search's long answers parse as SFT records, the final
+  pairs as DPO pairs, and the `avr` method reads a long answer's drafts and final answer."""
+  from rasr_jax.evaluation import methods
+  prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"{i}+{i % 5}"} for i in range(8)])
+  settings = {**POST, **AVR, "avr.prompts_file": prompts, "avr.search_rounds": 2}
+  search = avr_data.build(make_config(**{**settings, "avr.stage": "search"}), sft_run[0])
+  assert search["stage"] == "search" and search["trajectories"] == 8
+  for record in chat.read_records(f"{search['output']}/sft.jsonl", "sft.files",
+                                  chat.sft_dialogue) if search["sft_records"] else []:
+    assert chat.FINAL_SECTION.strip() in record.turns[-1].content
+  finals = avr_data.build(make_config(**{
+      **settings, "avr.stage": "final_pairs",
+      "avr.samples": 3
+  }), sft_run[0])
+  assert finals["prompts"] == 8
+  samples = [json.loads(line) for line in open(f"{finals['output']}/samples.jsonl")]
+  assert all(len(s["responses"]) == 3 for s in samples)
+  if finals["pairs"]:
+    chat.read_records(f"{finals['output']}/pairs.jsonl", "dpo.files", chat.preference_pair)
+  model = inference.InferenceModel(sft_run[1], sft_run[0])
+  answers = methods.answer(model, ["1+1", "2+2"], "avr", max_new_tokens=4)
+  for answer in answers:
+    assert answer.stop == len(answer.drafts) - 1 and answer.generated_tokens > 0

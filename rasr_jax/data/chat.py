@@ -246,3 +246,61 @@ def encode_checked(dialogue: Dialogue, tokenizer, max_tokens) -> Example:
     raise DataError(f"{dialogue.origin}: {len(tokens)} tokens, more than data.seq_len + 1 = "
                     f"{max_tokens} (raise data.seq_len or shorten the example)")
   return Example(tokens, loss_mask, dialogue.origin)
+
+
+# AvR Stage II's long answers: a refinement written out as one response, its final answer last.
+DRAFT_SECTION = "### Draft\n"
+CRITIQUE_SECTION = "\n### Critique\n"
+IMPROVED_SECTION = "\n### Improved answer\n"
+FINAL_SECTION = "\n### Final answer\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Refinement:
+  """A refinement read from a long answer: the answers y0, y1, ... and the critiques between."""
+  answers: tuple[str, ...]  # y0, y1, ...; then the final answer, when the text has one
+  critiques: tuple[str, ...]
+
+
+def write_refinement(answers, critiques) -> str:
+  """The long answer of a refinement: y0, then each critique and the answer it led to, then
+  the last answer again as the final one (len(critiques) == len(answers) - 1)."""
+  if len(critiques) != len(answers) - 1:
+    raise ValueError(f"{len(answers)} answers need {len(answers) - 1} critiques, not "
+                     f"{len(critiques)}")
+  parts = [DRAFT_SECTION, answers[0]]
+  for critique, answer in zip(critiques, answers[1:]):
+    parts += [CRITIQUE_SECTION, critique, IMPROVED_SECTION, answer]
+  return "".join(parts + [FINAL_SECTION, answers[-1]])
+
+
+def long_answer_tokens(tokens_per_answer, rounds) -> int:
+  """The tokens a long answer of `rounds` critique-improve rounds may take: y0, each round's
+  critique and answer, the final answer, and their section markers."""
+  return tokens_per_answer * (2 * rounds + 2) + 16 * (rounds + 1)
+
+
+def final_answer(text) -> str:
+  """The text after the last final-answer marker, else the whole text (the answer a long
+  answer gives)."""
+  marker = FINAL_SECTION.strip()
+  index = text.rfind(marker)
+  return text if index < 0 else text[index + len(marker):].strip("\n")
+
+
+def read_refinement(text) -> Refinement:
+  """The answers and critiques of a long answer, as far as its sections go (a model's text may
+  stop anywhere); the final answer, when there is one, is the last of the answers."""
+  body, final_marker, final = text.partition(FINAL_SECTION.strip())
+  if body.startswith(DRAFT_SECTION.strip()):
+    body = body[len(DRAFT_SECTION.strip()):]
+  answers, critiques = [], []
+  first, *rounds = body.split(CRITIQUE_SECTION.strip())
+  answers.append(first.strip("\n"))
+  for part in rounds:
+    critique, _, improved = part.partition(IMPROVED_SECTION.strip())
+    critiques.append(critique.strip("\n"))
+    answers.append(improved.strip("\n"))
+  if final_marker:
+    answers.append(final.strip("\n"))
+  return Refinement(tuple(answers), tuple(critiques))

@@ -32,6 +32,7 @@ ROLE_MARKERS = ("<|system|>", "<|user|>", "<|assistant|>")
 # A piece of its own in the project's tokenizers: no piece spans a line break, so text cut at one
 # encodes as the two parts' tokens (a question and its answer, a prompt and its continuation).
 NEWLINE = "\n"
+SPACE_PIECE = "\u2581"  # how sentencepiece writes a space inside its pieces
 # The ids `train` gives pad, eos and unk; the markers (its user-defined symbols) follow them.
 # TRAINED_MARKER_IDS hold for tokenizers made by `train` only (tests/test_data.py checks it); the
 # compile check and the benchmarks build the step with them when no tokenizer is at hand.
@@ -213,7 +214,7 @@ class SentencePieceTokenizer(Tokenizer):
       elif self._sp.is_unknown(index):
         yield self._sp.decode([index]).encode()  # " \u2047 " (sentencepiece's)
       else:
-        yield self._sp.id_to_piece(index).replace("\u2581", " ").encode()
+        yield self._sp.id_to_piece(index).replace(SPACE_PIECE, " ").encode()
 
 
 def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
@@ -266,28 +267,32 @@ def train(texts, vocab_size: int) -> Tokenizer:
   start = time.monotonic()
   logging.info("training a tokenizer of %d pieces on %d documents", vocab_size, len(texts))
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(texts),
-                                 model_writer=buf,
-                                 model_type="bpe",
-                                 vocab_size=vocab_size,
-                                 normalization_rule_name="identity",
-                                 remove_extra_whitespaces=False,
-                                 allow_whitespace_only_pieces=True,
-                                 character_coverage=1.0,
-                                 byte_fallback=True,
-                                 pad_id=_TRAINED_PAD_ID,
-                                 pad_piece=PAD,
-                                 eos_id=_TRAINED_EOS_ID,
-                                 eos_piece=EOS,
-                                 unk_id=_TRAINED_UNK_ID,
-                                 bos_id=-1,
-                                 user_defined_symbols=[*MARKERS, *ROLE_MARKERS, NEWLINE],
-                                 add_dummy_prefix=False,
-                                 hard_vocab_limit=False,
-                                 split_digits=True,
-                                 num_threads=2,
-                                 minloglevel=2,
-                                 max_sentence_length=1 << 16)
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(texts),
+      model_writer=buf,
+      model_type="bpe",
+      vocab_size=vocab_size,
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      allow_whitespace_only_pieces=True,
+      character_coverage=1.0,
+      byte_fallback=True,
+      pad_id=_TRAINED_PAD_ID,
+      pad_piece=PAD,
+      eos_id=_TRAINED_EOS_ID,
+      eos_piece=EOS,
+      unk_id=_TRAINED_UNK_ID,
+      bos_id=-1,
+      user_defined_symbols=[*MARKERS, *ROLE_MARKERS, NEWLINE],
+      add_dummy_prefix=False,
+      # the space mark, even for texts without a space (else spaces
+      # would be byte pieces that decode to the mark, not a space)
+      required_chars=SPACE_PIECE,
+      hard_vocab_limit=False,
+      split_digits=True,
+      num_threads=2,
+      minloglevel=2,
+      max_sentence_length=1 << 16)
   logging.info("trained the tokenizer (%.1f s)", time.monotonic() - start)
   return SentencePieceTokenizer(buf.getvalue())
 

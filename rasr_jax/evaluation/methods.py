@@ -5,6 +5,14 @@
   self_refine  Self-Refine: the model writes feedback on its own answer, stops when the feedback
                says the answer is correct, else writes an improved answer with the whole history
                in its prompt; at most SELF_REFINE_ROUNDS rounds
+  constitutional
+               Constitutional AI's critique-revision loop: `constitutional.rounds` rounds, each a
+               critique of the latest answer by one principle of `constitutional.principles_file`
+               (the item's index plus the round picks it), then a revised answer written with
+               the whole history in its prompt; the answer is the last revision
+  avr          an AvR Stage II model: asked in the chat layout, it writes one long answer (its
+               drafts, critiques and improvements, data/chat.py); the answer is the text after
+               its final-answer marker, and the drafts are the answers it wrote on the way
   rasr         critic and controller: every draft y(0..R) is decoded (`fixed`), and the answer is
                the draft at which the learned controller stops (R > tau), exactly the answer
                `reflect=learned` returns; decoding all R drafts lets the report show y(k) for
@@ -14,15 +22,24 @@ Every method returns one `Answer` per prompt with its drafts, so one report cove
 """
 
 import dataclasses
+import os
 import re
 
 import numpy as np
+from etils import epath
 
-METHODS = ("standard", "cot", "self_refine", "rasr")
+from rasr_jax.data import chat
+from rasr_jax.data.sources import DataError
+
+METHODS = ("standard", "cot", "self_refine", "constitutional", "avr", "rasr")
 SELF_REFINE_ROUNDS = 4
 SELF_REFINE_FEEDBACK = "\nfeedback on the answer:"
 SELF_REFINE_IMPROVED = "\nimproved answer:"
 FEEDBACK_TOKENS = 32
+CONSTITUTIONAL_CRITIQUE_START = "\ncritique by the principle"
+CONSTITUTIONAL_CRITIQUE = CONSTITUTIONAL_CRITIQUE_START + ' "{}":'
+CONSTITUTIONAL_REVISION = "\nrevised answer:"
+DEFAULT_PRINCIPLES = os.path.join(os.path.dirname(__file__), "principles.txt")
 _SAYS_CORRECT = re.compile(r"\bcorrect\b", re.IGNORECASE)  # "incorrect" does not match
 _SAYS_NOT_CORRECT = re.compile(r"\bnot\s+correct\b", re.IGNORECASE)
 
@@ -81,11 +98,48 @@ def answer(model,
 
   if method == "rasr":
     return [_rasr_answer(r, model) for r in run(prompts, "fixed", max_new_tokens, stop)]
+  if method == "avr":
+    options = model.options(max_new_tokens=chat.long_answer_tokens(max_new_tokens,
+                                                                   model.config.avr.search_rounds),
+                            temperature=temperature,
+                            stop=tuple(stop),
+                            reflect="off")
+    tokens = [chat.prompt_tokens([chat.Turn("user", p)], False, model.tokenizer) for p in prompts]
+    records = model.generate_tokens(tokens,
+                                    options,
+                                    seed=seed,
+                                    batch_size=batch_size,
+                                    max_prompt_tokens=max_prompt_tokens,
+                                    labels=list(prompts))
+    return [_avr_answer(r) for r in records]
   drafts = run(prompts, "off", max_new_tokens, stop)
   answers = [Answer([r["text"]], 0, r["num_tokens"]) for r in drafts]
   if method == "self_refine":
     _self_refine(answers, list(prompts), run, max_new_tokens, stop)
+  if method == "constitutional":
+    cfg = model.config.constitutional
+    _constitutional(answers, list(prompts), run, max_new_tokens, stop,
+                    load_principles(cfg.principles_file), cfg.rounds)
   return answers
+
+
+def load_principles(path=""):
+  """The principles of `path` (default the shipped principles.txt): its lines, less blank ones
+  and # comments; DataError when there is none."""
+  path = path or DEFAULT_PRINCIPLES
+  if not epath.Path(path).is_file():
+    raise DataError(f"constitutional.principles_file {path}: not found")
+  lines = [line.strip() for line in epath.Path(path).read_text().splitlines()]
+  principles = [line for line in lines if line and not line.startswith("#")]
+  if not principles:
+    raise DataError(f"constitutional.principles_file {path}: no principle in it")
+  return principles
+
+
+def _avr_answer(record):
+  refinement = chat.read_refinement(record["text"])
+  drafts = list(refinement.answers)
+  return Answer(drafts, len(drafts) - 1, record["num_tokens"], feedback=list(refinement.critiques))
 
 
 def learned_stop(stop_probs, tau, iterations):
@@ -102,6 +156,26 @@ def _rasr_answer(record, model):
   confidence = ([s[factual] for s in record["scores"]]
                 if factual is not None else [float(np.mean(s)) for s in record["scores"]])
   return Answer(record["drafts"], stop, sum(record["draft_tokens"][:stop + 1]), confidence)
+
+
+def _constitutional(answers, prompts, run, max_new_tokens, stop, principles, rounds):
+  """Critique-revision rounds, in place: every answer is revised `rounds` times."""
+  histories = [f"{p} {a.final}" for p, a in zip(prompts, answers)]
+  for round_index in range(rounds):
+    asks = [
+        history + CONSTITUTIONAL_CRITIQUE.format(principles[(i + round_index) % len(principles)])
+        for i, history in enumerate(histories)
+    ]
+    critiques = run(asks, "off", FEEDBACK_TOKENS, (*stop, CONSTITUTIONAL_REVISION.strip()))
+    asks = [f"{ask} {c['text']}{CONSTITUTIONAL_REVISION}" for ask, c in zip(asks, critiques)]
+    revised = run(asks, "off", max_new_tokens, (*stop, CONSTITUTIONAL_CRITIQUE_START.strip()))
+    for i, (ask, critique, record) in enumerate(zip(asks, critiques, revised)):
+      answers[i].feedback.append(critique["text"])
+      answers[i].drafts.append(record["text"])
+      answers[i].after_answer_prompt.append(True)
+      answers[i].stop = len(answers[i].drafts) - 1
+      answers[i].generated_tokens += critique["num_tokens"] + record["num_tokens"]
+      histories[i] = f"{ask} {record['text']}"
 
 
 def _self_refine(answers, prompts, run, max_new_tokens, stop):

@@ -10,8 +10,8 @@ Tasks:
   gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu
                             lm-evaluation-harness's stock tasks over local files
                             (--benchmarks_dir; needs `pip install -e .[eval]`)
-Methods (methods.py): standard, cot, self_refine, rasr. Log-likelihood tasks and perplexity do
-not generate, so every method has the same figure there; they are scored once.
+Methods (methods.py): standard, cot, self_refine, constitutional, avr, rasr. Log-likelihood tasks
+and perplexity do not generate, so every method has the same figure there; they are scored once.
 
 Per method and generative task the report has the accuracy of each draft y(k) and of the answer
 given, mean iterations, wrong-to-right / right-to-wrong counts per iteration, compute (tokens
@@ -140,6 +140,12 @@ class Evaluation:
                                         batch_size=self.batch_size,
                                         seed=self.seed)
       self._add_report(method, task, items, records)
+      if method == "constitutional":  # its revisions as SFT records (Constitutional AI's SL stage)
+        inference.write_jsonl([{
+            "prompt": r["question"],
+            "completion": r["drafts"][r["stop"]]
+        } for r in records if r["drafts"][r["stop"]].strip()],
+                              os.path.join(self.out_dir, "samples", method, f"{task}.sft.jsonl"))
 
   def _add_report(self, method, task, items, records):
     self.reports[(method, task)] = report.iteration_report(items)
@@ -163,7 +169,9 @@ class Evaluation:
       lm = self._lm(method)
       drafts = {
           "rasr": self.model.config.reflect.iterations + 1,
-          "self_refine": methods.SELF_REFINE_ROUNDS + 1
+          "self_refine": methods.SELF_REFINE_ROUNDS + 1,
+          "constitutional": self.model.config.constitutional.rounds + 1,
+          "avr": self.model.config.avr.search_rounds + 2  # y0, improvements, the final answer
       }.get(method, 0)
       correct = {}  # pick -> {doc_id: bool}
       for pick in [None, *range(drafts)]:
@@ -270,6 +278,8 @@ def evaluate(config,
   method_names = parse_list(method_list, methods.METHODS, "methods")
   if limit < 1:
     raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
+  if "constitutional" in method_names:
+    methods.load_principles(config.constitutional.principles_file)  # a bad file fails here
   if bundled.QA_TASK in task_names and not config.data.qa_eval_files:  # (then qa_files is set)
     raise config_lib.ConfigError("--eval_tasks=qa scores data.qa_eval_files, which is empty")
   prepared_dir = os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data")
