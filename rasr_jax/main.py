@@ -71,8 +71,8 @@ _EVAL_TASKS = flags.DEFINE_string(
     "gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu.")
 _EVAL_METHODS = flags.DEFINE_string(
     "eval_methods", evaluation.DEFAULT_METHODS, "Comma-separated inference methods: standard, cot, "
-    "self_refine, constitutional, avr (an AvR Stage II model's final answer), rasr (rasr = "
-    "reflection on; standard = draft only).")
+    "self_refine, constitutional, chat (the draft, asked in the chat layout), avr (an AvR Stage II "
+    "model's final answer), rasr (rasr = reflection on; standard = draft only).")
 _BENCHMARKS_DIR = flags.DEFINE_string(
     "benchmarks_dir", None, "The public benchmark files (gsm8k/, truthfulqa/, logiqa/, "
     "hellaswag/, mmlu/ as published) for the lm-eval tasks.")

@@ -664,3 +664,43 @@ def test_avr_stage_two_search_pairs_and_the_avr_method(sft_run, tmp_path):
   answers = methods.answer(model, ["1+1", "2+2"], "avr", max_new_tokens=4)
   for answer in answers:
     assert answer.stop == len(answer.drafts) - 1 and answer.generated_tokens > 0
+  # `chat` asks in the chat layout, as the SFT model was trained: its draft is the greedy one.
+  chatted = methods.answer(model, ["1+1"], "chat", max_new_tokens=4)
+  options = model.options(max_new_tokens=4, reflect="off")
+  asked = chat.prompt_tokens([chat.Turn("user", "1+1")], False, model.tokenizer)
+  assert chatted[0].drafts == [model.generate_tokens([asked], options)[0]["text"]]
+
+
+@pytest.mark.parametrize("record,reward,message", [
+    ({
+        "text": "x"
+    }, "", "line 1: expected an object with a string field 'prompt'"),
+    ({
+        "prompt": " "
+    }, "", "line 1: the prompt is empty"),
+    ({
+        "prompt": "2+2"
+    }, "", "line 1: the task checker (config.avr.reward empty) needs"),
+    ({
+        "prompt": "2+2",
+        "answer": "four"
+    }, "", "data.qa_checker=final_answer finds no answer"),
+])
+def test_bad_avr_prompts_name_the_line(record, reward, message, tmp_path):
+  path = _write_jsonl(tmp_path / "prompts.jsonl", [record])
+  config = make_config(**{
+      "avr.prompts_file": path,
+      "avr.reward": reward,
+      "data.qa_checker": "final_answer"
+  })
+  with pytest.raises(sources.DataError, match=_escaped(message)):
+    avr.load_prompts(config)
+  good = _write_jsonl(tmp_path / "good.jsonl", [{"prompt": "2+2", "answer": "#### 4"}] * 3)
+  prompts = avr.load_prompts(
+      make_config(**{
+          "avr.prompts_file": good,
+          "avr.num_prompts": 2,
+          "data.qa_checker": "final_answer"
+      }))
+  assert prompts == [avr.Prompt("2+2", "#### 4", "final_answer")] * 2
+  assert avr.Reward("")(prompts[0], "so #### 4") == 1.0

@@ -40,7 +40,8 @@ class RasrLM(TemplateLM):
   lm-eval builds it from `--model_args`: workdir (required), config (a config file; default
   WORKDIR/config.py, which `import` writes), checkpoint (a step or checkpoints directory;
   default the newest, else the imported parameters), method (standard | cot | self_refine |
-  constitutional | avr | rasr), seed; and its own `--batch_size` (an int; `auto` is read as 8).
+  constitutional | chat | avr | rasr), seed; and its own `--batch_size` (an int; `auto` is read
+  as 8).
   """
 
   def __init__(self, model, *, method="standard", batch_size=8, seed=0):

@@ -10,6 +10,8 @@
                critique of the latest answer by one principle of `constitutional.principles_file`
                (the item's index plus the round picks it), then a revised answer written with
                the whole history in its prompt; the answer is the last revision
+  chat         the draft alone, the question asked in the chat layout (data/chat.py): for models
+               fine-tuned on conversations (SFT, AvR Stage I)
   avr          an AvR Stage II model: asked in the chat layout, it writes one long answer (its
                drafts, critiques and improvements, data/chat.py); the answer is the text after
                its final-answer marker, and the drafts are the answers it wrote on the way
@@ -31,7 +33,7 @@ from etils import epath
 from rasr_jax.data import chat
 from rasr_jax.data.sources import DataError
 
-METHODS = ("standard", "cot", "self_refine", "constitutional", "avr", "rasr")
+METHODS = ("standard", "cot", "self_refine", "constitutional", "chat", "avr", "rasr")
 SELF_REFINE_ROUNDS = 4
 SELF_REFINE_FEEDBACK = "\nfeedback on the answer:"
 SELF_REFINE_IMPROVED = "\nimproved answer:"
@@ -98,19 +100,22 @@ def answer(model,
 
   if method == "rasr":
     return [_rasr_answer(r, model) for r in run(prompts, "fixed", max_new_tokens, stop)]
-  if method == "avr":
-    options = model.options(max_new_tokens=chat.long_answer_tokens(max_new_tokens,
-                                                                   model.config.avr.search_rounds),
+  if method in ("chat", "avr"):
+    tokens = max_new_tokens if method == "chat" else chat.long_answer_tokens(
+        max_new_tokens, model.config.avr.search_rounds)
+    options = model.options(max_new_tokens=tokens,
                             temperature=temperature,
                             stop=tuple(stop),
                             reflect="off")
-    tokens = [chat.prompt_tokens([chat.Turn("user", p)], False, model.tokenizer) for p in prompts]
-    records = model.generate_tokens(tokens,
+    asked = [chat.prompt_tokens([chat.Turn("user", p)], False, model.tokenizer) for p in prompts]
+    records = model.generate_tokens(asked,
                                     options,
                                     seed=seed,
                                     batch_size=batch_size,
                                     max_prompt_tokens=max_prompt_tokens,
                                     labels=list(prompts))
+    if method == "chat":
+      return [Answer([r["text"]], 0, r["num_tokens"]) for r in records]
     return [_avr_answer(r) for r in records]
   drafts = run(prompts, "off", max_new_tokens, stop)
   answers = [Answer([r["text"]], 0, r["num_tokens"]) for r in drafts]

@@ -10,8 +10,9 @@ Tasks:
   gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu
                             lm-evaluation-harness's stock tasks over local files
                             (--benchmarks_dir; needs `pip install -e .[eval]`)
-Methods (methods.py): standard, cot, self_refine, constitutional, avr, rasr. Log-likelihood tasks
-and perplexity do not generate, so every method has the same figure there; they are scored once.
+Methods (methods.py): standard, cot, self_refine, constitutional, chat, avr, rasr.
+Log-likelihood tasks and perplexity do not generate, so every method has the same figure there;
+they are scored once.
 
 Per method and generative task the report has the accuracy of each draft y(k) and of the answer
 given, mean iterations, wrong-to-right / right-to-wrong counts per iteration, compute (tokens

@@ -26,6 +26,7 @@ IMPROVE_REQUEST = "Write an improved answer, using the review."
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
+  """A prompt to refine answers to, and what the checker scores them against."""
   text: str
   answer: str | None  # the reference answer the checker reads, or None
   checker: str  # one of tasks.CHECKERS (used with an answer)
@@ -85,6 +86,9 @@ def load_prompts(config) -> list:
         if not cfg.reward and not isinstance(answer, str):
           raise DataError(f"{where}: the task checker (config.avr.reward empty) needs a string "
                           "field 'answer'")
+        if not cfg.reward and tasks.read_answer(config.data.qa_checker, answer) is None:
+          raise DataError(f"{where}: data.qa_checker={config.data.qa_checker} finds no answer in "
+                          f"{answer!r}")
         prompts.append(Prompt(record["prompt"], answer, config.data.qa_checker))
   return prompts[:cfg.num_prompts]
 
@@ -146,5 +150,6 @@ def distribution(values) -> dict:
 
 
 def write_jsonl(path, records):
+  """`records` (JSON-ready dicts) as a .jsonl file at `path`, written atomically."""
   storage.write_atomically(
       path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
