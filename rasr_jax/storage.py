@@ -9,6 +9,7 @@ C++ reader, which reads local (or mounted) files only.
 """
 
 import glob as glob_lib
+import json
 import os
 
 from etils import epath
@@ -38,6 +39,18 @@ def glob(pattern) -> list[str]:
 
 def makedirs(path):
   epath.Path(path).mkdir(parents=True, exist_ok=True)
+
+
+def keyed_folder(folder, identity: dict, parts_glob, writer=True):
+  """Makes `folder` hold parts of the work `identity` (JSON) names: when its meta.json names
+  other work, the parts (`parts_glob`) are deleted and meta.json rewritten, so a resumed job
+  reuses only its own parts. Only the `writer` process changes anything."""
+  meta = epath.Path(folder, "meta.json")
+  if writer and (not meta.exists() or json.loads(meta.read_text()) != identity):
+    makedirs(folder)
+    for stale in epath.Path(folder).glob(parts_glob):
+      stale.unlink()
+    write_atomically(str(meta), json.dumps(identity).encode())
 
 
 def write_atomically(path, data: bytes):

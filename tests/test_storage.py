@@ -126,3 +126,16 @@ def test_data_files_in_a_bucket_read_as_local_ones(buckets, tmp_path):
   open(os.path.join(bucket, "c.array_record"), "wb").write(b"x")
   with pytest.raises(sources.DataError, match="ArrayRecord files are read from a local path"):
     corpus("gs://data/c.array_record")
+
+
+def test_a_keyed_folder_keeps_its_own_parts_and_drops_other_works(tmp_path):
+  folder = str(tmp_path / "cache")
+  storage.keyed_folder(folder, {"data": 1}, "*.part")
+  (tmp_path / "cache" / "0.part").write_text("done")
+  storage.keyed_folder(folder, {"data": 1}, "*.part")  # the same work resumes with its parts
+  assert (tmp_path / "cache" / "0.part").read_text() == "done"
+  storage.keyed_folder(folder, {"data": 2}, "*.part", writer=False)  # only the writer acts
+  assert (tmp_path / "cache" / "0.part").exists()
+  storage.keyed_folder(folder, {"data": 2}, "*.part")
+  assert not (tmp_path / "cache" / "0.part").exists()
+  assert json.loads((tmp_path / "cache" / "meta.json").read_text()) == {"data": 2}

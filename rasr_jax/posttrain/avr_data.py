@@ -57,12 +57,7 @@ def build(config, workdir, checkpoint=None) -> dict:
       "checkpoint_step": model.step,
       "tokenizer_sha256": model.tokenizer.checksum
   }
-  meta = epath.Path(chunks, "meta.json")
-  if writer and (not meta.exists() or json.loads(meta.read_text()) != identity):
-    storage.makedirs(chunks)
-    for stale in epath.Path(chunks).glob("*.jsonl"):  # of other prompts, settings or model
-      stale.unlink()
-    storage.write_atomically(str(meta), json.dumps(identity).encode())
+  storage.keyed_folder(chunks, identity, "*.jsonl", writer)  # other prompts: built anew
   starts = range(0, len(prompts), cfg.chunk_prompts)
   todo = [s for s in starts if not epath.Path(chunks, f"{s:09d}.jsonl").exists()]
   if len(todo) < len(starts):

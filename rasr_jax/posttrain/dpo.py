@@ -23,7 +23,6 @@ divides every log-probability by its response's token count.
 
 import dataclasses
 import hashlib
-import json
 import os
 
 import grain
@@ -190,7 +189,6 @@ class ReferenceLogps:
   def __init__(self, config, initial, tokenizer, directory):
     self._config = config
     self._initial = initial
-    self._tokenizer = tokenizer
     self._directory = directory
     self._identity = {
         "reference": initial.path,
@@ -201,14 +199,10 @@ class ReferenceLogps:
   def __call__(self, arrays: EncodedPairs, split):
     """{side: [n] float32} for `arrays`; `split` names its cache ("train", "eval")."""
     folder = os.path.join(self._directory, split)
-    identity = dict(self._identity, pairs=arrays.fingerprint)
-    meta_path = epath.Path(folder, "meta.json")
-    if not meta_path.exists() or json.loads(meta_path.read_text()) != identity:
-      if jax.process_index() == 0:
-        storage.makedirs(folder)
-        for stale in epath.Path(folder).glob("*.safetensors"):
-          stale.unlink()
-        storage.write_atomically(str(meta_path), json.dumps(identity).encode())
+    storage.keyed_folder(folder,
+                         dict(self._identity, pairs=arrays.fingerprint),
+                         "*.safetensors",
+                         writer=jax.process_index() == 0)
     starts = range(0, len(arrays), CHUNK_PAIRS)
     missing = [s for s in starts if not epath.Path(folder, f"{s:09d}.safetensors").exists()]
     if missing:
