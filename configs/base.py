@@ -156,7 +156,8 @@ def get_config():
   # scores); "" = the bundled tasks' questions.
   c.avr.prompts_file = ""
   c.avr.num_prompts = 256  # prompts at most
-  # The reward: "" = the task checker (1 right, 0 wrong); "module:function" = a Python function
+  # The reward: "" = the task checker (1 right, 0 wrong); "critic" = the model's own RASR critic
+  # (its weighted score, a model with reflection heads); "module:function" = a Python function
   # called as function(prompt, response) -> float.
   c.avr.reward = ""
   c.avr.critiques = 2  # critiques of y0 per prompt

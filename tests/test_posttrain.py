@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import losses, make_config, params_hash, run_main
+from rasr_jax import config as config_lib
 from rasr_jax.data import chat, packing, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import inference
@@ -704,3 +705,35 @@ def test_bad_avr_prompts_name_the_line(record, reward, message, tmp_path):
       }))
   assert prompts == [avr.Prompt("2+2", "#### 4", "final_answer")] * 2
   assert avr.Reward("")(prompts[0], "so #### 4") == 1.0
+
+
+def test_the_critic_scores_a_response_as_a_draft_and_rewards_avr_trees(
+    straight_run, sft_run, tmp_path):
+  """`avr.reward=critic`: the RASR model's critic scores each response (the same score alone
+  and in a batch of other lengths); a model without heads is refused by name."""
+  workdir, config = straight_run
+  model = inference.InferenceModel(config, workdir)
+  together = model.critic_scores(["1+1", "what is 22+3?"], ["\n2", "\nit is 25, surely"])
+  alone = [
+      model.critic_scores([p], [r])[0]
+      for p, r in [("1+1", "\n2"), ("what is 22+3?", "\nit is 25, surely")]
+  ]
+  np.testing.assert_allclose(together, alone, atol=1e-5)
+  assert all(0 <= s <= 1 for s in together)
+  with pytest.raises(config_lib.ConfigError, match="needs a model with reflection heads"):
+    avr.Reward("critic", inference.InferenceModel(sft_run[1], sft_run[0]))
+  prompts = _write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"{i}+{i}"} for i in range(4)])
+  result = avr_data.build(
+      make_config(
+          **{
+              "train.steps": 8,
+              "avr.prompts_file": prompts,
+              "avr.reward": "critic",
+              "avr.max_new_tokens": 4,
+              "avr.output": str(tmp_path / "out")
+          }), workdir)
+  trees = [json.loads(line) for line in open(tmp_path / "out" / "trees.jsonl")]
+  assert result["trees"] == 4 and all(0 <= t["reward0"] <= 1 for t in trees)
+  assert trees[0]["reward0"] == pytest.approx(model.critic_scores([trees[0]["prompt"]],
+                                                                  ["\n" + trees[0]["y0"]])[0],
+                                              abs=1e-6)

@@ -167,6 +167,14 @@ def generate(graphdef,
                         stop_iteration=final.refinements)
 
 
+def critic_scores(graphdef, params, x, x_valid, draft, draft_valid, progress, *, ids):
+  """The critic's weighted score c [B] of drafts [B, Y] (valid [B, Y]) of prompts x [B, P]
+  (valid [B, P]): the critique step of training and generation (reflection/steps.py)."""
+  model = nnx.merge(graphdef, params)
+  live, _ = steps.critique(model, model.embed_tokens(x), x_valid, draft, draft_valid, progress, ids)
+  return live.critique
+
+
 def token_logprobs(graphdef, params, tokens):
   """Log-probabilities of tokens[:, 1:] given their prefixes, and whether each is the argmax.
 

@@ -311,6 +311,39 @@ class InferenceModel:
                        for row, ids in enumerate(chunk))
     return results
 
+  def critic_scores(self, prompts, responses, batch_size=8):
+    """The critic's weighted score c (RASR.md eq. 13) of each response read as a draft of its
+    prompt, as a reflection row holds them: x = the prompt's last P tokens after the start
+    token, left-padded; the draft = the response's tokens and `<eos>`, at most Y of them."""
+    r = self.config.reflect
+    if not r.enabled:
+      raise config_lib.ConfigError("the critic scores drafts: it needs a model with reflection "
+                                   "heads (config.reflect.enabled=True)")
+    if "critic" not in self._compiled:
+      self._compiled["critic"] = jax.jit(functools.partial(gen_lib.critic_scores,
+                                                           self.graphdef,
+                                                           ids=self.ids),
+                                         in_shardings=(self.param_shardings,
+                                                       *[self._batch_sharding] * 4, None))
+    rows, batches = self._batches(list(zip(prompts, responses)), batch_size)
+    scores = []
+    with sharding.activate(self.mesh):
+      for _, chunk in batches:
+        x = np.full((rows, r.prompt_len), self.tokenizer.pad_id, np.int32)
+        draft = np.full((rows, r.target_len), self.tokenizer.pad_id, np.int32)
+        x_valid, draft_valid = np.zeros(x.shape, bool), np.zeros(draft.shape, bool)
+        x_valid[:, -1] = True  # filler rows
+        for row, (prompt, response) in enumerate(chunk):
+          ids = self.tokenizer.encode_prompt(prompt)[-r.prompt_len:]
+          x[row, r.prompt_len - len(ids):], x_valid[row, r.prompt_len - len(ids):] = ids, True
+          tokens = (self.tokenizer.encode(response) + [self.tokenizer.eos_id])[:r.target_len]
+          draft[row, :len(tokens)], draft_valid[row, :len(tokens)] = tokens, True
+        out = self._compiled["critic"](self.params, *map(self._put,
+                                                         (x, x_valid, draft, draft_valid)),
+                                       self.progress)
+        scores.extend(float(s) for s in jax.device_get(out)[:len(chunk)])
+    return scores
+
   def score(self, texts, batch_size=8):
     """One dict per text: its token ids, their log-probabilities (natural log) and the sum."""
     encoded = [self.tokenizer.encode_prompt(t) for t in texts]

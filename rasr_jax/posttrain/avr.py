@@ -22,6 +22,7 @@ from rasr_jax.data.sources import DataError
 CRITIQUE_REQUEST = ("Review your answer: say what is wrong or missing in it, step by step. Do "
                     "not write a new answer yet.")
 IMPROVE_REQUEST = "Write an improved answer, using the review."
+CRITIC = "critic"  # avr.reward: the model's own RASR critic (self-reward)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,13 +48,21 @@ def load_reward(spec):
 
 
 class Reward:
-  """r(prompt, response): the task checker (config.avr.reward empty) or the user's function."""
+  """r(prompt, response): the task checker (config.avr.reward empty), the model's own critic
+  (`critic`: its weighted score of the response as a draft, which begins, as a reflection row's
+  target does, with the newline that follows a question), or the user's function."""
 
-  def __init__(self, spec):
+  def __init__(self, spec, model=None):
     self._spec = spec
-    self._function = load_reward(spec) if spec else None
+    self._model = model  # an InferenceModel, for the critic
+    self._function = load_reward(spec) if spec and spec != CRITIC else None
+    if spec == CRITIC and model is not None and not model.config.reflect.enabled:
+      raise config_lib.ConfigError("config.avr.reward=critic needs a model with reflection heads; "
+                                   "this checkpoint's model has none")
 
   def __call__(self, prompt: Prompt, response: str) -> float:
+    if self._spec == CRITIC:
+      return self._model.critic_scores([prompt.text], [tasks.ANSWER_SEPARATOR + response])[0]
     if self._function is None:
       return float(tasks.answer_is_right(prompt.checker, prompt.answer, response))
     try:
@@ -83,7 +92,7 @@ def load_prompts(config) -> list:
         if not record["prompt"].strip():
           raise DataError(f"{where}: the prompt is empty")
         answer = record.get("answer")
-        if not cfg.reward and not isinstance(answer, str):
+        if not cfg.reward and not isinstance(answer, str):  # (critic and functions need none)
           raise DataError(f"{where}: the task checker (config.avr.reward empty) needs a string "
                           "field 'answer'")
         if not cfg.reward and tasks.read_answer(config.data.qa_checker, answer) is None:

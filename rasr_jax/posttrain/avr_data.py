@@ -39,14 +39,15 @@ def build(config, workdir, checkpoint=None) -> dict:
   from rasr_jax.generation import inference
   cfg = config.avr
   build_chunk, write_outputs = STAGES[cfg.stage]
-  reward = avr.Reward(cfg.reward)
   prompts = avr.load_prompts(config)
   if not prompts:
     raise DataError("avr_data: no prompts")
-  reward(prompts[0], prompts[0].answer or "")  # a function that raises fails before any work
+  if cfg.reward != avr.CRITIC:  # a function that raises fails before the model loads
+    avr.Reward(cfg.reward)(prompts[0], prompts[0].answer or "")
   output = cfg.output or os.path.join(workdir, "avr", cfg.stage)
   chunks = os.path.join(output, "chunks")
   model = inference.InferenceModel(config, workdir, checkpoint)
+  reward = avr.Reward(cfg.reward, model)
   writer = jax.process_index() == 0  # every process builds the same records
   identity = {
       "prompts": [dataclasses.asdict(p) for p in prompts],
