@@ -15,6 +15,16 @@ from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.reflection.rows import ReflectRows
 
 TOKENIZER_DOCS = 5000  # bundled documents the benchmark tokenizer is trained on
+# Student's t quantile of a two-sided 95 % interval, by degrees of freedom.
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci(values):
+  """(mean, half-width of its 95 % t-interval) of per-seed values (nan for one seed)."""
+  mean = statistics.fmean(values)
+  if len(values) < 2:
+    return mean, float("nan")
+  return mean, T_95[len(values) - 1] * statistics.stdev(values) / len(values)**0.5
 
 
 def load_config(path, settings):

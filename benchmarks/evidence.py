@@ -33,7 +33,7 @@ import sys
 
 from absl import app, flags
 
-from common import load_config
+from common import load_config, mean_ci
 from rasr_jax import config as config_lib
 from rasr_jax.tasks import probe
 from rasr_jax.training import flops
@@ -72,7 +72,6 @@ ROWS = (  # (row label, training, method)
     ("RASR teacher-forced, y(0)", "rasr_teacher", "standard"),
     ("RASR teacher-forced, answer given", "rasr_teacher", "rasr"),
 )
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def _tasks():
@@ -180,14 +179,6 @@ def steps_right(seed, training, method):
   ]
 
 
-def _mean_ci(values):
-  mean = statistics.fmean(values)
-  if len(values) < 2:
-    return mean, float("nan")
-  half = T_95[len(values) - 1] * statistics.stdev(values) / len(values)**0.5
-  return mean, half
-
-
 def _mean_auroc(report):
   """The critic's AUROC averaged over the tasks that have one (None for standard runs)."""
   values = [
@@ -212,7 +203,7 @@ def table(results):
       values = [v * scale for v in values if v is not None]
       if not values:
         return "-"
-      mean, half = _mean_ci(values)
+      mean, half = mean_ci(values)
       return f"{mean:.{digits}f} ± {half:.{digits}f}"
 
     def total(s, key):  # summed over tasks and iterations
