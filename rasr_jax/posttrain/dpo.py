@@ -349,8 +349,12 @@ def training_data(config, workdir) -> loop.TrainingData:
     arrays, reference = prepared(tokenizer, held_out, "eval")
     return lambda: make_dataset(arrays, reference, **options(0))
 
-  return loop.TrainingData(corpus, preference_rows, batches, held_out_batches,
-                           make_objective(config.dpo, pair_types))
+  return loop.TrainingData(corpus,
+                           preference_rows,
+                           batches,
+                           held_out_batches,
+                           make_objective(config.dpo, pair_types),
+                           rows_per_example=len(SIDES))
 
 
 def train(config, workdir, *, stop_at_step=None):

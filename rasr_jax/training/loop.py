@@ -136,6 +136,7 @@ class TrainingData:
   # or None (no held-out data)
   held_out: Callable
   objective: train_step.Objective | None = None  # None: pretraining's loss
+  rows_per_example: int = 1  # rows of seq_len tokens one batch entry takes (a DPO pair: 2)
 
 
 def pretraining_data(config) -> TrainingData:
@@ -280,6 +281,7 @@ class Run:
   step_fn: Callable  # jitted train_step(state, tokens, qa) -> (state, metrics)
   data: Iterator  # this process's batches from step `start` + 1 on
   rows: Callable  # (batch, put) -> the step's (rows, qa) (TrainingData.rows)
+  rows_per_example: int  # TrainingData.rows_per_example: scales tokens/s and MFU
   checkpointer: ckpt_lib.Checkpointer
   meta: dict  # the checkpoint metadata of this run
   evaluate: Callable | None  # held-out metrics of a state, or None
@@ -368,6 +370,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
              step_fn=step_fn,
              data=faults_lib.instrument_data(batches, faults, start + 1),
              rows=data.rows,
+             rows_per_example=data.rows_per_example,
              checkpointer=faults_lib.instrument_checkpointer(checkpointer, faults),
              meta=meta,
              evaluate=evaluate,
@@ -392,8 +395,8 @@ def loop(run: Run, *, stop_at_step=None):
   `stop_at_step` ends the run early (with a checkpoint) as if preempted there.
   """
   config, state, start = run.config, run.state, run.start
-  tokens_per_step = config.train.batch_size * config.data.seq_len
-  flops_per_step = flops.flops_per_step(config)
+  tokens_per_step = config.train.batch_size * config.data.seq_len * run.rows_per_example
+  flops_per_step = flops.flops_per_step(config) * run.rows_per_example
   peak = flops.peak_flops_per_device(config.train.peak_flops_per_device) * jax.device_count()
   put = _local_to_global(run.mesh)
   preemption = _Preemption()
