@@ -108,6 +108,11 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CriticsConfig:
+  agents: int  # M critic agents (1: one critic, no committee)
+
+
+@dataclasses.dataclass(frozen=True)
 class ReflectConfig:
   enabled: bool
   source: str
@@ -129,6 +134,7 @@ class ReflectConfig:
   quality_target: float
   min_gain: float
   controller_hidden: int
+  critics: CriticsConfig
 
   @property
   def dim_names(self):
@@ -137,6 +143,12 @@ class ReflectConfig:
   @property
   def num_dims(self):
     return len(self.dim_names)
+
+  @property
+  def critique_len(self):
+    """Soft critique tokens of the refine pass: one per dimension, the scalar critique, and the
+    committee's disagreement when there is a committee."""
+    return self.num_dims + 1 + (self.critics.agents > 1)
 
   @property
   def qa_rows(self):
@@ -255,7 +267,7 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
              "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
              "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds",
-             "avr.samples", "constitutional.rounds")
+             "avr.samples", "constitutional.rounds", "reflect.critics.agents")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.eval_every_steps",

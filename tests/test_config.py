@@ -136,7 +136,7 @@ def test_flops_per_step_counts_every_reflection_pass():
     weights = flops.matmul_params(m) - (0 if head else m.d_model * m.vocab_size)
     return tokens * (2 * weights + 4 * m.num_layers * m.num_heads * m.head_dim * context)
 
-  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
+  layout = Layout(r.prompt_len, r.target_len, r.critique_len)
   critic = 3 * forward(layout.critique_token, layout.critique_token, head=False)
   refine = 3 * (forward(layout.length, layout.length, head=False) + forward(r.target_len, 0)
                 - forward(r.target_len, 0, head=False))

@@ -201,14 +201,15 @@ def test_per_example_stopping_leaves_stopped_rows_unchanged(rasr_model):
   assert (fixed.drafts[1] != fixed.drafts[0]).any()
 
 
-@pytest.mark.parametrize("draft_mode", ["teacher_forced", "autoregressive"])
-def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode):
+@pytest.mark.parametrize("draft_mode, agents", [("teacher_forced", 1), ("autoregressive", 1),
+                                                ("autoregressive", 3)])
+def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode, agents):
   """For drafts y(0) of every length 1..Y, ended by `<eos>` or not, after left-padded prompts:
   greedy y(1) from the cached generator equals the argmax of the training-time refine pass
   teacher-forced on y(1) itself (through y(1)'s `<eos>`), with the mask of the draft mode, and
   the generator's critic scores equal the training critic pass's: generation sees exactly what
-  the refine pass was trained to see."""
-  config = make_config(**{"reflect.draft_mode": draft_mode})
+  the refine pass was trained to see (with a critic committee too: its disagreement token)."""
+  config = make_config(**{"reflect.draft_mode": draft_mode, "reflect.critics.agents": agents})
   graphdef, params = _split(config)
   r = config.reflect
   y, p = r.target_len, r.prompt_len
@@ -247,7 +248,7 @@ def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode):
     live, _ = steps.critique(model, x_emb, prompt_valid, first.tokens, draft_valid, 0.5, IDS)
     logits = steps.refine_logits(model, x_emb, prompt_valid,
                                  first.tokens, draft_valid, live, out.drafts[1], IDS,
-                                 Layout(p, y, r.num_dims), draft_mode == "teacher_forced")
+                                 Layout(p, y, r.critique_len), draft_mode == "teacher_forced")
     return out, jnp.argmax(logits, -1), live.scores
 
   out, argmax, scores = jax.device_get(both(params))

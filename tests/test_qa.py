@@ -86,7 +86,13 @@ def test_a_malformed_qa_file_is_one_error_line_at_start_up(tmp_path):
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("qa"))
-  config = make_config(**{"train.steps": STEPS, "reflect.stop_warmup": 0.0, **QA})
+  # A committee of two critics (M = 1 is every other reflection test's).
+  config = make_config(**{
+      "train.steps": STEPS,
+      "reflect.stop_warmup": 0.0,
+      "reflect.critics.agents": 2,
+      **QA
+  })
   loop.train(config, workdir)
   return workdir, config
 
@@ -102,6 +108,9 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
       assert 0 <= last[f"reflect/{name}_k{k}"] <= 1
   assert 0 <= last["reflect/acc_final"] <= 1
   assert 0 <= last["critic/auroc"] <= 1 and 0 <= last["eval/critic/auroc"] <= 1
+  assert last["critic/disagreement"] > 0 and last["critic/loss_consensus"] > 0
+  assert 0 <= last["critic/disagreement_auroc"] <= 1
+  assert 0 <= last["eval/critic/disagreement_auroc"] <= 1
   for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):
       assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
@@ -138,15 +147,18 @@ def test_user_qa_files_feed_reflection_rows_and_join_the_corpus(tmp_path):
 
 
 def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
-  """R = 3 with free-running drafts on question/answer rows, one row per data shard of a
-  (2, 2, 2) mesh of 8 fake devices through the CLI, against one device: the same losses."""
+  """R = 3 with free-running drafts on question/answer rows and a committee of two critics, one
+  row per data shard of a (2, 2, 2) mesh of 8 fake devices through the CLI, against one device:
+  the same losses."""
   reference, config = qa_run
   assert config.reflect.rows == 4 and jax.device_count() == 1
-  train_on_mesh(str(tmp_path), (2, 2, 2), **{
-      "train.steps": STEPS,
-      "reflect.stop_warmup": 0.0,
-      **QA
-  })
+  train_on_mesh(
+      str(tmp_path), (2, 2, 2), **{
+          "train.steps": STEPS,
+          "reflect.stop_warmup": 0.0,
+          "reflect.critics.agents": 2,
+          **QA
+      })
   assert_same_losses(str(tmp_path), reference)
 
 

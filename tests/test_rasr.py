@@ -43,9 +43,14 @@ def rasr():
 
 
 @pytest.fixture(scope="module")
-def routing_grads(rasr):
+def committee():
+  # Free-running drafts: the refine pass reads the critique tokens (the aligned mask hides them).
+  return _setup(**{"reflect.critics.agents": 3, "reflect.draft_mode": "autoregressive"})
+
+
+def _routing_grads(setup):
   """One jitted function: the step's combined gradient and each term's own gradient."""
-  config, mesh, state, _, graphdef, tokens = rasr
+  config, mesh, state, _, graphdef, tokens = setup
   loss_fn = train_step.make_loss_fn(graphdef, config, IDS)
   n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
 
@@ -62,13 +67,18 @@ def routing_grads(rasr):
   return grads
 
 
-@pytest.mark.parametrize("progress", [0.0, 1.0], ids=["all-refine", "stopping-on"])
-def test_gradient_routing_matches_separate_grads(rasr, routing_grads, progress):
-  """psi <- grad(a Ls + b Lr), phi <- grad(b Lr + g Lc), xi <- grad(Lctrl), exactly (§7.5)."""
-  config, mesh, state, _, _, _ = rasr
+@pytest.fixture(scope="module")
+def routing_grads(rasr):
+  return _routing_grads(rasr)
+
+
+def _check_routing(setup, grads, progress):
+  """psi <- grad(a Ls + b Lr), phi <- grad(b Lr + g Lc), xi <- grad(Lctrl), exactly (§7.5);
+  -> the combined gradient, each term's, and the step's metrics."""
+  config, mesh, state, _, _, _ = setup
   r = config.reflect
   with sharding.activate(mesh):
-    combined, terms, aux = routing_grads(state.params, jnp.float32(progress))
+    combined, terms, aux = grads(state.params, jnp.float32(progress))
   ls, lr, lc, lctrl = (
       terms[k] for k in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller"))
   assert float(aux["loss/reflect"]) > 0 and float(aux["loss/controller"]) > 0
@@ -88,6 +98,26 @@ def test_gradient_routing_matches_separate_grads(rasr, routing_grads, progress):
   # Not vacuous: each group's gradient is non-zero.
   for group, norm in optim.group_norms(combined).items():
     assert float(norm) > 0, group
+  return combined, terms, aux
+
+
+@pytest.mark.parametrize("progress", [0.0, 1.0], ids=["all-refine", "stopping-on"])
+def test_gradient_routing_matches_separate_grads(rasr, routing_grads, progress):
+  _check_routing(rasr, routing_grads, progress)
+
+
+def test_committee_gradient_routing(committee):
+  """With M = 3 critic agents the groups route as with one critic; the consensus weights are
+  trained by L_critic (the consensus term) and L_reflection (the refine pass reads the
+  consensus), never by L_standard or L_controller; the agents disagree from the start."""
+  _, terms, aux = _check_routing(committee, _routing_grads(committee), 0.0)
+  consensus = {name: grad["critic"]["consensus_logits"][...] for name, grad in terms.items()}
+  assert consensus["loss/critic"].shape == (3, committee[0].reflect.num_dims)
+  assert float(jnp.max(jnp.abs(consensus["loss/critic"]))) > 0
+  assert float(jnp.max(jnp.abs(consensus["loss/reflect"]))) > 0
+  assert float(jnp.max(jnp.abs(consensus["loss/lm"]))) == 0
+  assert float(jnp.max(jnp.abs(consensus["loss/controller"]))) == 0
+  assert float(aux["critic/disagreement"]) > 0 and float(aux["critic/loss_consensus"]) > 0
 
 
 def _refine_inputs(config, graphdef, params, rows=2):
@@ -108,7 +138,7 @@ def test_teacher_forced_refine_logits_do_not_leak(rasr):
   > i, y*_j for j >= i, and the critique soft tokens (§3)."""
   config, mesh, state, _, graphdef, _ = rasr
   r = config.reflect
-  layout = Layout(r.prompt_len, r.target_len, r.num_dims)
+  layout = Layout(r.prompt_len, r.target_len, r.critique_len)
   model, x, y_star, draft = _refine_inputs(config, graphdef, state.params)
   valid_x, valid_y = _all_valid(2, r.prompt_len), _all_valid(2, r.target_len)
   live, _ = steps.critique(model, model.embed_tokens(x), valid_x, draft, valid_y, 0.5, IDS)
@@ -331,12 +361,12 @@ def test_text_quality_by_hand():
 
 
 def test_loss_terms_by_hand():
-  critique = heads.Critique(embed_x=jnp.zeros((1, 2)),
-                            embed_y=jnp.zeros((1, 2)),
-                            scores=jnp.asarray([[0.5, 1.0]]),
-                            token_errors=jnp.asarray([[0.5, 0.5]]),
-                            weights=jnp.asarray([[0.25, 0.75]]),
-                            critique=jnp.asarray([0.875]))
+  critique = heads.one_critic(jnp.zeros((1, 2)),
+                              jnp.zeros((1, 2)),
+                              scores=jnp.asarray([[0.5, 1.0]]),
+                              token_errors=jnp.asarray([[0.5, 0.5]]),
+                              weights=jnp.asarray([[0.25, 0.75]]))
+  assert float(critique.critique[0]) == 0.875
   loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]),
                                    jnp.asarray([[True, True]]))
   assert float(parts["critic/loss_scores"]) == pytest.approx(0.125)  # (0.25 + 0) / 2

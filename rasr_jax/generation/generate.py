@@ -77,7 +77,7 @@ def generate(graphdef,
   model = nnx.merge(graphdef, params)
   rows, prompt_slots = prompt.shape
   n, k_total = options.max_new_tokens, options.iterations if options.reflect != "off" else 0
-  layout = Layout(prompt_slots, n, model.critic.score_w.shape[-1] if k_total else 0)
+  layout = Layout(prompt_slots, n, model.feedback.critique_proj.shape[0] if k_total else 0)
   size = layout.cache_slots if k_total else prompt_slots + n
   stops = decoding.stop_sequence_array(options.stop_sequences)
   layers = model.layer_states()  # once, outside every loop
@@ -152,7 +152,7 @@ def generate(graphdef,
 
   record = Generation(drafts=jnp.zeros((k_total + 1, rows, n), jnp.int32).at[0].set(first.tokens),
                       lengths=jnp.zeros((k_total + 1, rows), jnp.int32).at[0].set(first.lengths),
-                      scores=jnp.zeros((k_total + 1, rows, layout.num_dims)),
+                      scores=jnp.zeros((k_total + 1, rows, model.critic.score_b.shape[-1])),
                       token_errors=jnp.zeros((k_total + 1, rows, n)),
                       stop_probs=jnp.zeros((k_total, rows)),
                       stop_iteration=jnp.zeros((rows,), jnp.int32))

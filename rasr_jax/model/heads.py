@@ -21,12 +21,37 @@ def progress_features(progress):
 
 @flax.struct.dataclass
 class Critique:
+  """The critic's output. With a committee of M agents the unprefixed fields are the consensus;
+  with one critic (M = 1) they are its own and `agent_*` hold the same values on an M = 1 axis."""
   embed_x: jax.Array  # [B, D] mean hidden state over the prompt
   embed_y: jax.Array  # [B, D] mean hidden state over the draft
-  scores: jax.Array  # [B, C] C_d, eq. 4
-  token_errors: jax.Array  # [B, Y] e_t: probability that draft token t is wrong
-  weights: jax.Array  # [B, C] w, eq. 11
+  scores: jax.Array  # [B, C] C_d, eq. 4 (the consensus: sum_m a_md C_md)
+  token_errors: jax.Array  # [B, Y] e_t: probability that draft token t is wrong (agents' mean)
+  weights: jax.Array  # [B, C] w, eq. 11 (agents' mean)
   critique: jax.Array  # [B] c = sum_d w_d C_d, eq. 13
+  agent_scores: jax.Array  # [B, M, C] each agent's C_md
+  agent_token_errors: jax.Array  # [B, M, Y]
+  agent_weights: jax.Array  # [B, M, C]
+  agent_critique: jax.Array  # [B, M] each agent's own c_m = sum_d w_md C_md
+  consensus: jax.Array  # [M, C] a_md: each agent's share of dimension d (sums to 1 over M)
+  disagreement: jax.Array  # [B] variance of C_md over the agents, averaged over d (0 if M = 1)
+
+
+def one_critic(embed_x, embed_y, scores, token_errors, weights) -> Critique:
+  """The Critique of a single critic (M = 1): scores [B, C], token errors [B, Y], weights [B, C]."""
+  critique = jnp.sum(weights * scores, axis=-1)
+  return Critique(embed_x=embed_x,
+                  embed_y=embed_y,
+                  scores=scores,
+                  token_errors=token_errors,
+                  weights=weights,
+                  critique=critique,
+                  agent_scores=scores[:, None],
+                  agent_token_errors=token_errors[:, None],
+                  agent_weights=weights[:, None],
+                  agent_critique=critique[:, None],
+                  consensus=jnp.ones((1, scores.shape[-1]), jnp.float32),
+                  disagreement=jnp.zeros_like(critique))
 
 
 def _zeros_init(key, shape, dtype):
@@ -42,19 +67,40 @@ def _masked_mean(hidden, mask):
   return jnp.sum(hidden * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1.0)
 
 
-class Critic(nnx.Module):
-  """phi: dimension scores, per-token errors and adaptive weights from the trunk's hidden states."""
+def _agent(score_w, score_b, token_u, token_b, weight_w, weight_b, both, hy, weight_in):
+  """One critic agent: both [B, 2D], hy [B, Y, D], weight_in [B, D + 4] -> (scores [B, C],
+  token errors [B, Y], weights [B, C])."""
+  scores = jax.nn.sigmoid(both @ score_w + score_b)
+  token_errors = jax.nn.sigmoid(hy @ token_u + token_b)
+  weights = jax.nn.softmax(weight_in @ weight_w + weight_b, axis=-1)
+  return scores, token_errors, weights
 
-  def __init__(self, d_model, num_dims, *, init_std, param_dtype, rngs):
+
+class Critic(nnx.Module):
+  """phi: dimension scores, per-token errors and adaptive weights from the trunk's hidden states.
+
+  With `agents` M > 1 it is a committee: every parameter gains a leading [M] axis (each agent
+  its own initialisation), and learned consensus logits [M, C] weigh the agents per dimension.
+  """
+
+  def __init__(self, d_model, num_dims, *, agents=1, init_std, param_dtype, rngs):
     init = nnx.initializers.normal(init_std)
     pd = param_dtype
-    self.score_w = layers.param(rngs, init, (2 * d_model, num_dims), (None, None), pd)
-    self.score_b = layers.param(rngs, _zeros_init, (num_dims,), (None,), pd)
-    self.token_u = layers.param(rngs, init, (d_model,), (None,), pd)
-    self.token_b = layers.param(rngs, _zeros_init, (), (), pd)
-    self.weight_w = layers.param(rngs, init, (d_model + NUM_PROGRESS_FEATURES, num_dims),
-                                 (None, None), pd)
-    self.weight_b = layers.param(rngs, _zeros_init, (num_dims,), (None,), pd)
+    lead = (agents,) if agents > 1 else ()
+    axes = (None,) * len(lead)
+
+    def param(initializer, shape):
+      return layers.param(rngs, initializer, lead + shape, axes + (None,) * len(shape), pd)
+
+    self.score_w = param(init, (2 * d_model, num_dims))
+    self.score_b = param(_zeros_init, (num_dims,))
+    self.token_u = param(init, (d_model,))
+    self.token_b = param(_zeros_init, ())
+    self.weight_w = param(init, (d_model + NUM_PROGRESS_FEATURES, num_dims))
+    self.weight_b = param(_zeros_init, (num_dims,))
+    if agents > 1:  # zeros: the committee starts as the agents' plain mean
+      self.consensus_logits = layers.param(rngs, _zeros_init, (agents, num_dims), (None, None), pd)
+    self.agents = agents
 
   def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None):
     """hidden_x [B, P, D], hidden_y [B, Y, D], progress [] in [0, 1] -> Critique.
@@ -64,17 +110,30 @@ class Critic(nnx.Module):
     hx, hy = hidden_x.astype(jnp.float32), hidden_y.astype(jnp.float32)
     embed_x, embed_y = _masked_mean(hx, x_mask), _masked_mean(hy, y_mask)  # [B, D]
     both = jnp.concatenate([embed_x, embed_y], axis=-1)  # [B, 2D]
-    scores = jax.nn.sigmoid(both @ self.score_w[...] + self.score_b[...])  # [B, C]
-    token_errors = jax.nn.sigmoid(hy @ self.token_u[...] + self.token_b[...])  # [B, Y]
     features = jnp.broadcast_to(progress_features(progress), (hx.shape[0], NUM_PROGRESS_FEATURES))
     weight_in = jnp.concatenate([embed_x, features], axis=-1)  # [B, D + NUM_PROGRESS_FEATURES]
-    weights = jax.nn.softmax(weight_in @ self.weight_w[...] + self.weight_b[...], axis=-1)
+    params = (self.score_w[...], self.score_b[...], self.token_u[...], self.token_b[...],
+              self.weight_w[...], self.weight_b[...])
+    if self.agents == 1:
+      return one_critic(embed_x, embed_y, *_agent(*params, both, hy, weight_in))
+    in_axes = (0,) * len(params) + (None, None, None)
+    per_agent = jax.vmap(_agent, in_axes=in_axes, out_axes=1)(*params, both, hy, weight_in)
+    agent_scores, agent_token_errors, agent_weights = per_agent  # [B, M, C], [B, M, Y], [B, M, C]
+    consensus = jax.nn.softmax(self.consensus_logits[...].astype(jnp.float32), axis=0)  # [M, C]
+    scores = jnp.sum(consensus * agent_scores, axis=1)  # [B, C]
+    weights = jnp.mean(agent_weights, axis=1)
     return Critique(embed_x=embed_x,
                     embed_y=embed_y,
                     scores=scores,
-                    token_errors=token_errors,
+                    token_errors=jnp.mean(agent_token_errors, axis=1),
                     weights=weights,
-                    critique=jnp.sum(weights * scores, axis=-1))
+                    critique=jnp.sum(weights * scores, axis=-1),
+                    agent_scores=agent_scores,
+                    agent_token_errors=agent_token_errors,
+                    agent_weights=agent_weights,
+                    agent_critique=jnp.sum(agent_weights * agent_scores, axis=-1),
+                    consensus=consensus,
+                    disagreement=jnp.mean(jnp.var(agent_scores, axis=1), axis=-1))
 
 
 class Controller(nnx.Module):
@@ -98,20 +157,26 @@ class Controller(nnx.Module):
 
 
 class Feedback(nnx.Module):
-  """psi's embeddings of critic outputs: per-token flags and the C + 1 critique soft tokens."""
+  """psi's embeddings of critic outputs: per-token flags and the critique soft tokens (C + 1,
+  and the committee's disagreement when `committee`)."""
 
-  def __init__(self, d_model, num_dims, *, init_std, param_dtype, rngs):
+  def __init__(self, d_model, num_dims, *, committee=False, init_std, param_dtype, rngs):
     init = nnx.initializers.normal(init_std)
     pd = param_dtype
+    tokens = num_dims + 1 + committee
     self.flag = layers.param(rngs, init, (d_model,), ("embed",), pd)
-    self.critique_proj = layers.param(rngs, init, (num_dims + 1, d_model), (None, "embed"), pd)
-    self.critique_type = layers.param(rngs, init, (num_dims + 1, d_model), (None, "embed"), pd)
+    self.critique_proj = layers.param(rngs, init, (tokens, d_model), (None, "embed"), pd)
+    self.critique_type = layers.param(rngs, init, (tokens, d_model), (None, "embed"), pd)
+    self.committee = committee
 
   def flags(self, token_errors):
     """E_flag(e_t): [B, Y] -> [B, Y, D], added to the draft tokens' embeddings."""
     return token_errors[..., None] * self.flag[...]
 
   def critique_tokens(self, critique: Critique):
-    """W_c [C_1..C_C, c] + E_type: -> [B, C + 1, D]."""
-    values = jnp.concatenate([critique.scores, critique.critique[:, None]], axis=-1)  # [B, C+1]
+    """W_c [C_1..C_C, c(, disagreement)] + E_type: -> [B, C + 1 (+ 1), D]."""
+    values = [critique.scores, critique.critique[:, None]]
+    if self.committee:
+      values.append(critique.disagreement[:, None])
+    values = jnp.concatenate(values, axis=-1)  # [B, C + 1 (+ 1)]
     return values[..., None] * self.critique_proj[...] + self.critique_type[...]

@@ -13,12 +13,12 @@ from rasr_jax.model.transformer import Transformer
 def build_heads(cfg, reflect_cfg, rngs):
   """{"feedback", "critic", "controller"}: the head modules of a model of shape `cfg`."""
   kw = dict(init_std=cfg.init_std, param_dtype=cfg.param_dtype, rngs=rngs)
-  dims = reflect_cfg.num_dims
+  dims, agents = reflect_cfg.num_dims, reflect_cfg.critics.agents
   return {
       "feedback":
-          heads.Feedback(cfg.d_model, dims, **kw),
+          heads.Feedback(cfg.d_model, dims, committee=agents > 1, **kw),
       "critic":
-          heads.Critic(cfg.d_model, dims, **kw),
+          heads.Critic(cfg.d_model, dims, agents=agents, **kw),
       "controller":
           heads.Controller(cfg.d_model, dims, reflect_cfg.iterations, reflect_cfg.controller_hidden,
                            **kw),

@@ -4,7 +4,7 @@ Training (teacher-forced on y*) and generation (a KV cache filled pass by pass) 
 sequence, with P prompt positions (generation: left-padded prompt slots) and Y draft positions
 (generation: max new tokens):
 
-  x [0, P) | <draft> | y(k) [P+1, P+1+Y) | <critique> | c(k): C + 1 soft tokens | <refine> | y*
+  x [0, P) | <draft> | y(k) [P+1, P+1+Y) | <critique> | c(k): soft tokens | <refine> | y*
 
 The critic pass reads `x <draft> y(k)`; the refine pass reads the whole sequence, and its
 positions from `<refine>` on predict y*. With teacher-forced drafts the query predicting y*_i may
@@ -33,11 +33,7 @@ class Layout:
   """Positions in `x <draft> y(k) <critique> c(k) <refine> y*[:-1]`."""
   prompt_len: int  # P
   target_len: int  # Y
-  num_dims: int  # C
-
-  @property
-  def critique_len(self):  # soft critique tokens: one per dimension and the scalar critique
-    return self.num_dims + 1
+  critique_len: int  # soft critique tokens (ReflectConfig.critique_len)
 
   @property
   def draft_start(self):  # the position of y(k)_0

@@ -62,7 +62,7 @@ def flops_per_step(config) -> float:
   if not r.enabled:
     return total
   p, y = r.prompt_len, r.target_len
-  layout = Layout(p, y, r.num_dims)
+  layout = Layout(p, y, r.critique_len)
   critic_len, refine_len = layout.critique_token, layout.length  # `x <draft> y`, whole
   passes = critic_len * flops_per_token(m, critic_len, with_head=False)
   if r.iterations:

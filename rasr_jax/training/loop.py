@@ -206,13 +206,13 @@ def _weight_name(name):
     return f"rows/{name.split('/', 1)[1]}"
   if name.startswith("rewards/") and name.count("/") == 2:  # DPO's per pair type
     return f"pairs/{name.rsplit('/', 1)[1]}"
-  return "critic/auroc_pairs" if name == "critic/auroc" else None
+  return "critic/auroc_pairs" if name in ("critic/auroc", "critic/disagreement_auroc") else None
 
 
 def mean_metrics(batches):
   """Means over batches of each metric ({name: scalar} per batch); a task's accuracies
   (`acc_k{k}/<task>`) are weighted by the task's rows in each batch (`rows/<task>`) and the
-  critic's AUROC by its (right, wrong) pairs, so a batch without any counts for nothing."""
+  critic's AUROCs by their (right, wrong) pairs, so a batch without any counts for nothing."""
   totals, weights = {}, {}
   for metrics in batches:
     for name, value in metrics.items():

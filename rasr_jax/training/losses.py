@@ -31,21 +31,27 @@ def reflection_row_losses(refine_logits, target, target_valid):
 
 
 def critic_loss(critique, quality, labels, label_mask):
-  """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged.
+  """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged,
+  and over the agents of a committee; a committee adds the consensus term (sum_m a_md C_md -
+  q_d)^2 on stop-gradient agent scores, which trains the consensus weights a only.
 
   critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y] over
   the draft positions in label_mask [B, Y].
   """
-  scores = jnp.mean((critique.scores - quality)**2)
-  weights = label_mask.astype(jnp.float32)
-  tokens = jnp.sum(binary_cross_entropy(critique.token_errors, labels) * weights) / jnp.maximum(
-      jnp.sum(weights), 1.0)
-  scalar = jnp.mean((critique.critique - jnp.sum(critique.weights * quality, axis=-1))**2)
-  return scores + tokens + scalar, {
-      "critic/loss_scores": scores,
-      "critic/loss_tokens": tokens,
-      "critic/loss_scalar": scalar
-  }
+  agents = critique.agent_scores.shape[1]
+  scores = jnp.mean((critique.agent_scores - quality[:, None])**2)
+  weights = jnp.broadcast_to(
+      label_mask.astype(jnp.float32)[:, None], critique.agent_token_errors.shape)  # [B, M, Y]
+  tokens = jnp.sum(binary_cross_entropy(critique.agent_token_errors, labels[:, None])
+                   * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+  scalar = jnp.mean(
+      (critique.agent_critique - jnp.sum(critique.agent_weights * quality[:, None], axis=-1))**2)
+  parts = {"critic/loss_scores": scores, "critic/loss_tokens": tokens, "critic/loss_scalar": scalar}
+  if agents == 1:
+    return scores + tokens + scalar, parts
+  consensus = jnp.sum(critique.consensus * jax.lax.stop_gradient(critique.agent_scores), axis=1)
+  parts["critic/loss_consensus"] = jnp.mean((consensus - quality)**2)
+  return scores + tokens + scalar + parts["critic/loss_consensus"], parts
 
 
 def controller_targets(weighted_quality, weighted_quality_next, quality_target, min_gain):

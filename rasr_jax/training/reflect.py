@@ -89,7 +89,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
   draft0 [B, Y] with lengths length0 [B]. Outputs are stacked on a leading [R] axis. The model
   is merged inside the scan body, as nnx requires.
   """
-  layout = Layout(cfg.prompt_len, cfg.target_len, cfg.num_dims)
+  layout = Layout(cfg.prompt_len, cfg.target_len, cfg.critique_len)
   aligned = cfg.draft_mode == "teacher_forced"
   stopping = stopping_enabled(progress, cfg)
 
@@ -143,6 +143,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         row_loss=row_loss,
         active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
+        disagreement=frozen.disagreement,
         draft=draft)
     if "factual" in cfg.dim_names:  # for the critic's AUROC
       out["factual_score"] = frozen.scores[:, cfg.dim_names.index("factual")]
@@ -175,6 +176,8 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         "critic/calibration_error": calibration,
         **critic_parts
     }
+    if cfg.critics.agents > 1:
+      metrics["critic/disagreement"] = jnp.mean(frozen.disagreement)
     return {"reflect": zero, "critic": critic_loss, "controller": zero}, metrics
 
   final, out = iterate(graphdef,
@@ -195,13 +198,20 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
       f"quality/q_k{k_total}": jnp.mean(final_quality),
       "reflect/acc_final": _answer_rate(final_quality, rows),
   }
-  for name in ("critic/loss_scores", "critic/loss_tokens", "critic/loss_scalar"):
-    metrics[name] = jnp.mean(out[name])
-  if cfg.qa_rows and "factual" in cfg.dim_names:  # over every draft the critic judged
+  for name in out:
+    if name.startswith("critic/loss_"):
+      metrics[name] = jnp.mean(out[name])
+  if cfg.critics.agents > 1:  # the variance of the agents' scores, over every critique
+    metrics["critic/disagreement"] = jnp.mean(out["disagreement"])
+  if cfg.qa_rows:  # over every draft the critic judged
     qa = jnp.broadcast_to(rows.checker != answers.TEXT, out["correct"].shape).reshape(-1)
-    metrics["critic/auroc"], metrics["critic/auroc_pairs"] = critic_auroc(
-        out["factual_score"].reshape(-1), out["correct"].reshape(-1), qa)
-  if cfg.qa_rows:
+    correct = out["correct"].reshape(-1)
+    if "factual" in cfg.dim_names:
+      metrics["critic/auroc"], metrics["critic/auroc_pairs"] = critic_auroc(
+          out["factual_score"].reshape(-1), correct, qa)
+    if cfg.critics.agents > 1:  # does the committee agree more on right answers?
+      metrics["critic/disagreement_auroc"], metrics["critic/auroc_pairs"] = critic_auroc(
+          -out["disagreement"].reshape(-1), correct, qa)
     metrics.update(
         _per_task_accuracy(jnp.concatenate([out["correct"], final_quality[None, :, 0]]), rows))
   for k in range(k_total):
