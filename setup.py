@@ -12,7 +12,10 @@ setuptools.setup(
     description="TPU-first JAX/Flax pretraining with Recursive Alignment via Self-Reflection",
     python_requires=">=3.11",
     packages=setuptools.find_packages(include=["rasr_jax", "rasr_jax.*", "configs", "configs.*"]),
-    package_data={"rasr_jax.evaluation": ["principles.txt"]},
+    package_data={
+        "rasr_jax.evaluation": ["principles.txt"],
+        "rasr_jax.safety": ["lexicons/*.txt"]
+    },
     install_requires=[
         "jax>=0.10.2",
         "flax>=0.12.8",

@@ -126,8 +126,8 @@ def get_config():
   c.reflect.quality_target = 0.9  # stop target: y(k) already this good (weighted TrueQuality)
   c.reflect.min_gain = 0.01  # stop target: refining gained at most this much quality
   c.reflect.controller_hidden = 64  # width of the controller MLP
-  # The critic committee (UFARSAP, docs/method.md#the-critic-committee): M critic agents, each a
-  # full critic with its own initialisation, combined by learned consensus weights; with M > 1
+  # The critic committee (UFARSAP, docs/ufarsap.md): A critic agents, each a
+  # full critic with its own initialisation, combined by learned consensus weights; with A > 1
   # their disagreement is one more soft token of the refine pass. 1 = one critic.
   c.reflect.critics = config_dict.ConfigDict()
   c.reflect.critics.agents = 1

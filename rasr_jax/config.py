@@ -109,7 +109,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class CriticsConfig:
-  agents: int  # M critic agents (1: one critic, no committee)
+  agents: int  # A critic agents (1: one critic, no committee)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,6 +324,21 @@ def check_path(name, value, local_only=False):
       package = REMOTE_SCHEMES[scheme]
       raise ConfigError(f"{name}={value!r}: {scheme}:// paths need the {package} package, "
                         f"which is not installed{REMOTE_EXTRA.get(scheme, '')}") from None
+
+
+def load_function(field, spec):
+  """A config field's "module:function" -> the function; ConfigError naming `field` when it is
+  malformed, cannot be imported, or is not callable."""
+  module_name, sep, name = spec.partition(":")
+  if not sep or not module_name or not name:
+    raise ConfigError(f"config.{field}={spec!r}: expected module:function")
+  try:
+    function = getattr(importlib.import_module(module_name), name)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f"config.{field}={spec!r}: cannot import it ({e})") from None
+  if not callable(function):
+    raise ConfigError(f"config.{field}={spec!r}: not a function")
+  return function
 
 
 def _fail(path, value, rule):

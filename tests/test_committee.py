@@ -1,4 +1,4 @@
-"""The critic committee (UFARSAP's multi-agent critics): M agents, learned consensus, and their
+"""The critic committee (UFARSAP's multi-agent critics): A agents, learned consensus, and their
 disagreement as one more soft token of the refine pass."""
 
 import jax
@@ -42,7 +42,7 @@ def _stack(critic, agents):
 
 
 def test_one_agent_keeps_the_single_critic_parameters():
-  """M = 1 is the single critic: no agent axis, no consensus weights, C + 1 soft tokens."""
+  """A = 1 is the single critic: no agent axis, no consensus weights, C + 1 soft tokens."""
   params = nnx.state(_critic(1), nnx.Param)
   shapes = {name: tuple(value[...].shape) for name, value in params.items()}
   assert shapes == {

@@ -86,7 +86,7 @@ def test_a_malformed_qa_file_is_one_error_line_at_start_up(tmp_path):
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("qa"))
-  # A committee of two critics (M = 1 is every other reflection test's).
+  # A committee of two critics (A = 1 is every other reflection test's).
   config = make_config(**{
       "train.steps": STEPS,
       "reflect.stop_warmup": 0.0,

@@ -107,7 +107,7 @@ def test_gradient_routing_matches_separate_grads(rasr, routing_grads, progress):
 
 
 def test_committee_gradient_routing(committee):
-  """With M = 3 critic agents the groups route as with one critic; the consensus weights are
+  """With A = 3 critic agents the groups route as with one critic; the consensus weights are
   trained by L_critic (the consensus term) and L_reflection (the refine pass reads the
   consensus), never by L_standard or L_controller; the agents disagree from the start."""
   _, terms, aux = _check_routing(committee, _routing_grads(committee), 0.0)

@@ -21,24 +21,24 @@ def progress_features(progress):
 
 @flax.struct.dataclass
 class Critique:
-  """The critic's output. With a committee of M agents the unprefixed fields are the consensus;
-  with one critic (M = 1) they are its own and `agent_*` hold the same values on an M = 1 axis."""
+  """The critic's output. With a committee of A agents the unprefixed fields are the consensus;
+  with one critic (A = 1) they are its own and `agent_*` hold the same values on an A = 1 axis."""
   embed_x: jax.Array  # [B, D] mean hidden state over the prompt
   embed_y: jax.Array  # [B, D] mean hidden state over the draft
   scores: jax.Array  # [B, C] C_d, eq. 4 (the consensus: sum_m a_md C_md)
   token_errors: jax.Array  # [B, Y] e_t: probability that draft token t is wrong (agents' mean)
   weights: jax.Array  # [B, C] w, eq. 11 (agents' mean)
   critique: jax.Array  # [B] c = sum_d w_d C_d, eq. 13
-  agent_scores: jax.Array  # [B, M, C] each agent's C_md
-  agent_token_errors: jax.Array  # [B, M, Y]
-  agent_weights: jax.Array  # [B, M, C]
-  agent_critique: jax.Array  # [B, M] each agent's own c_m = sum_d w_md C_md
-  consensus: jax.Array  # [M, C] a_md: each agent's share of dimension d (sums to 1 over M)
-  disagreement: jax.Array  # [B] variance of C_md over the agents, averaged over d (0 if M = 1)
+  agent_scores: jax.Array  # [B, A, C] each agent's C_md
+  agent_token_errors: jax.Array  # [B, A, Y]
+  agent_weights: jax.Array  # [B, A, C]
+  agent_critique: jax.Array  # [B, A] each agent's own c_m = sum_d w_md C_md
+  consensus: jax.Array  # [A, C] a_md: each agent's share of dimension d (sums to 1 over A)
+  disagreement: jax.Array  # [B] variance of C_md over the agents, averaged over d (0 if A = 1)
 
 
 def one_critic(embed_x, embed_y, scores, token_errors, weights) -> Critique:
-  """The Critique of a single critic (M = 1): scores [B, C], token errors [B, Y], weights [B, C]."""
+  """The Critique of a single critic (A = 1): scores [B, C], token errors [B, Y], weights [B, C]."""
   critique = jnp.sum(weights * scores, axis=-1)
   return Critique(embed_x=embed_x,
                   embed_y=embed_y,
@@ -79,8 +79,8 @@ def _agent(score_w, score_b, token_u, token_b, weight_w, weight_b, both, hy, wei
 class Critic(nnx.Module):
   """phi: dimension scores, per-token errors and adaptive weights from the trunk's hidden states.
 
-  With `agents` M > 1 it is a committee: every parameter gains a leading [M] axis (each agent
-  its own initialisation), and learned consensus logits [M, C] weigh the agents per dimension.
+  With `agents` A > 1 it is a committee: every parameter gains a leading [A] axis (each agent
+  its own initialisation), and learned consensus logits [A, C] weigh the agents per dimension.
   """
 
   def __init__(self, d_model, num_dims, *, agents=1, init_std, param_dtype, rngs):
@@ -118,8 +118,8 @@ class Critic(nnx.Module):
       return one_critic(embed_x, embed_y, *_agent(*params, both, hy, weight_in))
     in_axes = (0,) * len(params) + (None, None, None)
     per_agent = jax.vmap(_agent, in_axes=in_axes, out_axes=1)(*params, both, hy, weight_in)
-    agent_scores, agent_token_errors, agent_weights = per_agent  # [B, M, C], [B, M, Y], [B, M, C]
-    consensus = jax.nn.softmax(self.consensus_logits[...].astype(jnp.float32), axis=0)  # [M, C]
+    agent_scores, agent_token_errors, agent_weights = per_agent  # [B, A, C], [B, A, Y], [B, A, C]
+    consensus = jax.nn.softmax(self.consensus_logits[...].astype(jnp.float32), axis=0)  # [A, C]
     scores = jnp.sum(consensus * agent_scores, axis=1)  # [B, C]
     weights = jnp.mean(agent_weights, axis=1)
     return Critique(embed_x=embed_x,

@@ -8,7 +8,6 @@ the mode that runs them: avr_data.py.
 """
 
 import dataclasses
-import importlib
 import json
 import math
 
@@ -33,20 +32,6 @@ class Prompt:
   checker: str  # one of tasks.CHECKERS (used with an answer)
 
 
-def load_reward(spec):
-  """`avr.reward` "module:function" -> the function; ConfigError when it cannot be imported."""
-  module_name, sep, name = spec.partition(":")
-  if not sep or not module_name or not name:
-    raise config_lib.ConfigError(f"config.avr.reward={spec!r}: expected module:function")
-  try:
-    function = getattr(importlib.import_module(module_name), name)
-  except (ImportError, AttributeError) as e:
-    raise config_lib.ConfigError(f"config.avr.reward={spec!r}: cannot import it ({e})") from None
-  if not callable(function):
-    raise config_lib.ConfigError(f"config.avr.reward={spec!r}: not a function")
-  return function
-
-
 class Reward:
   """r(prompt, response): the task checker (config.avr.reward empty), the model's own critic
   (`critic`: its weighted score of the response as a draft, which begins, as a reflection row's
@@ -55,7 +40,8 @@ class Reward:
   def __init__(self, spec, model=None):
     self._spec = spec
     self._model = model  # an InferenceModel, for the critic
-    self._function = load_reward(spec) if spec and spec != CRITIC else None
+    self._function = (config_lib.load_function("avr.reward", spec)
+                      if spec and spec != CRITIC else None)
     if spec == CRITIC and model is not None and not model.config.reflect.enabled:
       raise config_lib.ConfigError("config.avr.reward=critic needs a model with reflection heads; "
                                    "this checkpoint's model has none")

@@ -110,3 +110,40 @@ def quantities(question: str) -> list[str]:
   match = _STATEMENT.search(question)
   words = _WORD.findall(match.group(1)) if match else []
   return list(dict.fromkeys(w for w in words if w not in _FRAME_WORDS))
+
+
+def _claim_pattern(template: str) -> re.Pattern:
+  """A template ("{n} lives in {v}") as a pattern with groups `n` and `v` (a word)."""
+  parts = re.split(r"(\{\w+\})", template)
+  pieces = {"{n}": r"(?P<n>[a-z]+)", "{v}": r"(?P<v>[a-z0-9]+)", "{av}": r"an? (?P<v>[a-z]+)"}
+  body = "".join(pieces.get(part, re.escape(part)) for part in parts)
+  return re.compile(r"\b" + body.replace(r"\ ", r"\s+") + r"\b")
+
+
+# Per attribute: (its index, positive claim, negative claim); negative patterns first in
+# `contradictions` so that "does not live in" is never read as a positive claim.
+_CLAIMS = tuple((index, _claim_pattern(positive), _claim_pattern(negative))
+                for index, (_, positive, negative) in enumerate(_ATTRIBUTES))
+
+
+def contradictions(text: str, seed: int) -> list[str]:
+  """The claims of `text` about a person of seed's world that the world contradicts: a
+  positive claim ("tom lives in oslo") with another value than the person's, or a negative one
+  ("tom does not live in oslo") with the person's own. Claims about anyone else, or in other
+  words than the task's templates, are not read."""
+  people = dict(_world(seed))
+  text = " ".join(text.lower().split())
+  found = []
+  for index, positive, negative in _CLAIMS:
+    negated_spans = []
+    for match in negative.finditer(text):
+      negated_spans.append(match.span())
+      values = people.get(match["n"])
+      if values is not None and values[index] == match["v"]:
+        found.append(match.group(0))
+    for match in positive.finditer(text):
+      values = people.get(match["n"])
+      inside = any(lo <= match.start() < hi for lo, hi in negated_spans)
+      if values is not None and not inside and values[index] != match["v"]:
+        found.append(match.group(0))
+  return found

@@ -41,7 +41,7 @@ def critic_loss(critique, quality, labels, label_mask):
   agents = critique.agent_scores.shape[1]
   scores = jnp.mean((critique.agent_scores - quality[:, None])**2)
   weights = jnp.broadcast_to(
-      label_mask.astype(jnp.float32)[:, None], critique.agent_token_errors.shape)  # [B, M, Y]
+      label_mask.astype(jnp.float32)[:, None], critique.agent_token_errors.shape)  # [B, A, Y]
   tokens = jnp.sum(binary_cross_entropy(critique.agent_token_errors, labels[:, None])
                    * weights) / jnp.maximum(jnp.sum(weights), 1.0)
   scalar = jnp.mean(

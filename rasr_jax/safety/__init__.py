@@ -1,0 +1,1 @@
+"""Safety dimensions of UFARSAP (seed 003): programmatic labels of texts."""

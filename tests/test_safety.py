@@ -1,0 +1,115 @@
+"""Safety labels (UFARSAP's safety dimensions): each rule on hand-made texts, positives and
+negatives, and silent on the bundled tasks' own text."""
+
+import pytest
+
+from rasr_jax import config as config_lib
+from rasr_jax import tasks
+from rasr_jax.data.sources import DataError
+from rasr_jax.safety import labels
+from rasr_jax.tasks import facts
+
+
+def toxicity_hook(text):  # a user's classifier, named "test_safety:toxicity_hook"
+  return 0.75 if "grr" in text else 0.0
+
+
+def broken_hook(text):
+  return 2.0
+
+
+def test_luhn():
+  for number in ("4111111111111111", "79927398713", "5555555555554444", "378282246310005"):
+    assert labels.luhn_valid(number), number
+  for number in ("4111111111111112", "79927398710", "1234567812345678"):
+    assert not labels.luhn_valid(number), number
+
+
+@pytest.mark.parametrize("text, kinds", [
+    ("write to tom.b+news@mail.example.org today", ["email"]),
+    ("card 4111 1111 1111 1111 expires", ["card"]),
+    ("card 4111-1111-1111-1111.", ["card"]),
+    ("amex 378282246310005", ["card"]),
+    ("call (555) 123-4567 now", ["phone"]),
+    ("call 555.123.4567", ["phone"]),
+    ("call +1 555 123 4567 or +44 20 7946 0958", ["phone", "phone"]),
+    ("both: ann@x.io and 555-123-4567", ["email", "phone"]),
+    ("4111 1111 1111 1112 fails the check", []),
+    ("#### 936 steps 7+9+0=16 4+8+1=13 3+5+1=09", []),
+    ("12 - 34 - 56 - 78 - 90 = -236", []),
+    ("on 2026-12-02 at 10.30 version 1.2.3", []),
+    ("the total is 1234567", []),
+    ("no at sign here: tom at example dot org", []),
+])
+def test_personal_data(text, kinds):
+  assert [kind for kind, _ in labels.personal_data(text)] == kinds
+  assert labels.Labeler()(text)["privacy"] == float(bool(kinds))
+
+
+def test_lexicons_match_whole_words_and_phrases():
+  labeler = labels.Labeler()
+  assert labeler("You IDIOT.")["toxicity"] == 1.0
+  assert labeler("please shut\n  up")["toxicity"] == 1.0
+  assert labeler("an idiotic plan")["toxicity"] == 0.0  # whole words only
+  assert labeler("All women are tall.")["bias"] == 1.0
+  assert labeler("Some women are tall.")["bias"] == 0.0
+  assert labeler("Have a nice day.") == {
+      "bias": 0.0,
+      "toxicity": 0.0,
+      "misinformation": 0.0,
+      "privacy": 0.0
+  }
+
+
+def test_a_user_lexicon_and_a_hook_replace_the_defaults(tmp_path):
+  lexicon = tmp_path / "mine.txt"
+  lexicon.write_text("# my terms\nblorp  # inline comment\n\nzap zap\n")
+  labeler = labels.Labeler(lexicons={"bias": str(lexicon)},
+                           hooks={"toxicity": "test_safety:toxicity_hook"})
+  assert labeler("a blorp")["bias"] == 1.0 and labeler("zap   zap")["bias"] == 1.0
+  assert labeler("all women are")["bias"] == 0.0  # the default is replaced
+  assert labeler("grr")["toxicity"] == 0.75 and labeler("idiot")["toxicity"] == 0.0
+  with pytest.raises(ValueError, match="the toxicity hook returned 2.0"):
+    labels.Labeler(hooks={"toxicity": "test_safety:broken_hook"})("hi")
+
+
+def test_bad_lexicons_and_hooks_are_one_clear_error(tmp_path):
+  missing = tmp_path / "none.txt"
+  with pytest.raises(DataError, match=f"the bias lexicon {missing}: not found"):
+    labels.Labeler(lexicons={"bias": str(missing)})
+  latin = tmp_path / "latin.txt"
+  latin.write_bytes("caf\xe9\n".encode("latin-1"))
+  with pytest.raises(DataError, match=r"the toxicity lexicon .*latin.txt: not UTF-8 \(byte 3\)"):
+    labels.Labeler(lexicons={"toxicity": str(latin)})
+  empty = tmp_path / "empty.txt"
+  empty.write_text("# only a comment\n\n")
+  with pytest.raises(DataError, match="no term in it"):
+    labels.Labeler(lexicons={"bias": str(empty)})
+  with pytest.raises(config_lib.ConfigError, match="config.safety.toxicity_hook='nope': expected"):
+    labels.Labeler(hooks={"toxicity": "nope"})
+  with pytest.raises(config_lib.ConfigError, match="cannot import it"):
+    labels.Labeler(hooks={"bias": "no_such_module_here:f"})
+
+
+def test_misinformation_is_contradiction_with_the_facts_world():
+  name, values = facts._world(0)[0]
+  city, pet, job = values[0], values[1], values[2]
+  other_city = next(c for _, v in facts._world(0) for c in [v[0]] if c != city)
+  label = lambda text: labels.Labeler(world_seed=0)(text)["misinformation"]  # noqa: E731
+  assert label(f"{name} lives in {city}.") == 0.0
+  assert label(f"{name} lives in {other_city}.") == 1.0
+  assert label(f"{name} does not live in {city}.") == 1.0
+  assert label(f"{name} does not live in {other_city}.") == 0.0
+  assert label(f"{name}'s pet is {'an' if pet[0] in 'aeiou' else 'a'} {pet}.") == 0.0
+  assert label(f"{name} works as a {job}zz.") == 1.0
+  assert label(f"nobody lives in {other_city}.") == 0.0  # not a person of the world
+  # Another seed is another world: the same claim is judged against it.
+  assert facts.contradictions(f"{name} lives in {city}.", 0) == []
+
+
+def test_labels_are_silent_on_the_bundled_tasks():
+  """No rule fires on the reference answers of the bundled tasks (their alphabet: numbers,
+  steps, options, facts), so a positive label in training comes from what a draft adds."""
+  labeler = labels.Labeler(world_seed=3)
+  for example in tasks.bundled_corpus(3, 600):
+    assert labeler(example.answer) == dict.fromkeys(labeler.dimensions, 0.0), example
