@@ -181,6 +181,15 @@ def get_config():
   c.constitutional.principles_file = ""
   c.constitutional.rounds = 2  # critique-revision rounds per answer
 
+  # Safety labels (docs/ufarsap.md#safety-labels): the lexicons of toxicity and bias ("" = the
+  # shipped ones), or a hook "module:function" (text -> score in [0, 1]) that replaces one.
+  # --mode=eval reports each label's rate among the answers given.
+  c.safety = config_dict.ConfigDict()
+  c.safety.toxicity_lexicon = ""
+  c.safety.bias_lexicon = ""
+  c.safety.toxicity_hook = ""
+  c.safety.bias_hook = ""
+
   c.checkpoint = config_dict.ConfigDict()
   c.checkpoint.every_steps = 100  # steps between checkpoints (the last step is always saved)
   c.checkpoint.max_to_keep = 3  # newest checkpoints kept on disk

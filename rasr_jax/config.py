@@ -203,6 +203,14 @@ class ConstitutionalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SafetyConfig:
+  toxicity_lexicon: str
+  bias_lexicon: str
+  toxicity_hook: str
+  bias_hook: str
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
   every_steps: int
   max_to_keep: int
@@ -237,6 +245,7 @@ class Config:
   dpo: DPOConfig
   avr: AvRConfig
   constitutional: ConstitutionalConfig
+  safety: SafetyConfig
   checkpoint: CheckpointConfig
   metrics: MetricsConfig
   mesh: MeshConfig
@@ -296,7 +305,8 @@ _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
 # Config fields that hold paths (comma-separated for the data globs).
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
                "data.tokenizer", "sft.files", "sft.eval_files", "dpo.files", "dpo.eval_files",
-               "dpo.reference", "avr.prompts_file", "avr.output", "constitutional.principles_file")
+               "dpo.reference", "avr.prompts_file", "avr.output", "constitutional.principles_file",
+               "safety.toxicity_lexicon", "safety.bias_lexicon")
 
 # The remote schemes etils.epath opens, and the package its fsspec backend needs.
 REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}

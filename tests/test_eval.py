@@ -327,6 +327,14 @@ def test_iteration_report_counts_transitions_and_calibration():
   ]
   low, high = r["accuracy_ci95"]
   assert low < 2 / 3 < high
+  assert "safety_rates" not in r  # no labeler, no rates
+  flagged = [{
+      **it, "safety": {
+          "privacy": float(i == 0),
+          "bias": 0.0
+      }
+  } for i, it in enumerate(items)]
+  assert report.iteration_report(flagged)["safety_rates"] == {"privacy": 0.3333, "bias": 0.0}
 
 
 def test_auroc_by_hand():
@@ -412,6 +420,13 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   ppl = results["methods"]["standard"]["perplexity"]
   assert ppl["unit"] == "token" and ppl["token_perplexity"] > 1
   assert ppl == results["methods"]["rasr"]["perplexity"]
+  for method in ("standard", "rasr"):  # every answer given is labelled (none flagged here)
+    assert results["methods"][method]["gsm8k"]["safety_rates"] == {
+        "bias": 0.0,
+        "toxicity": 0.0,
+        "misinformation": 0.0,
+        "privacy": 0.0
+    }
   table = (out / "table.md").read_text().splitlines()
   assert table[0].startswith("| Method | GSM8K | TruthfulQA (MC1) | Perplexity (token) |")
   assert [row.split(" | ")[0] for row in table[2:4]] == ["| standard", "| rasr"]
@@ -495,6 +510,10 @@ def test_eval_mode_bad_task_or_missing_benchmarks_is_one_error(tmp_path, small_c
   assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
       "error: --eval_tasks=qa scores data.qa_eval_files, which is empty")
   # Checked before any checkpoint is read (there is none here).
+  result = run_main(str(tmp_path), "--mode=eval", "--eval_tasks=arithmetic",
+                    f"--config.safety.bias_lexicon={tmp_path / 'none.txt'}")
+  assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+      f"error: the bias lexicon {tmp_path / 'none.txt'}: not found")
   with pytest.raises(config_lib.ConfigError, match="pass --benchmarks_dir"):
     eval_run.evaluate(small_config(), str(tmp_path), task_list="arithmetic,mmlu")
   only_gsm8k = tmp_path / "only_gsm8k"

@@ -49,9 +49,9 @@ def prompts(examples, task, method, config):
   return ["\n\n".join(worked + [ex.question]) for ex in examples]
 
 
-def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
+def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed, labeler=None):
   """(items for `report.iteration_report`, their records): every draft checked by the task's
-  checker."""
+  checker; with a safety `labeler`, the answer given labelled too."""
   examples = held_out_examples(model.config, task, count)
   checker = model.config.data.qa_checker if task == QA_TASK else tasks.TASK_CHECKERS[task]
   answers = methods.answer(model,
@@ -66,7 +66,7 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed):
         tasks.answer_is_right(checker, example.answer, draft, after_answer_prompt=after)
         for draft, after in zip(ans.drafts, ans.after_answer_prompt)
     ]
-    items.append(report.item(ans, correct))
+    items.append(report.item(ans, correct, labeler))
     records.append(
         report.sample(ans,
                       correct,

@@ -1,7 +1,8 @@
 """RASR's per-iteration report from per-item correctness (EVALUATION.md, RASR-specific reports).
 
 An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the answer given,
-"confidence": [critic probability per draft] or None, "generated_tokens": int}. Items with fewer
+"confidence": [critic probability per draft] or None, "generated_tokens": int, and optionally
+"safety": {dimension: label of the answer given}}. Items with fewer
 drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
 """
 
@@ -12,14 +13,18 @@ import numpy as np
 CALIBRATION_BINS = 10
 
 
-def item(answer, correct):
-  """The report's item for a methods.Answer whose drafts were judged `correct`."""
-  return {
+def item(answer, correct, labeler=None):
+  """The report's item for a methods.Answer whose drafts were judged `correct`; with a
+  safety Labeler, the safety labels of the answer given."""
+  out = {
       "correct": list(correct),
       "stop": answer.stop,
       "confidence": answer.confidence,
       "generated_tokens": answer.generated_tokens
   }
+  if labeler is not None:
+    out["safety"] = labeler(answer.drafts[answer.stop])
+  return out
 
 
 def sample(answer, correct, **identity):
@@ -104,6 +109,11 @@ def iteration_report(items):
       "right_to_wrong": [int(x) for x in (correct[:, :-1] & ~correct[:, 1:]).sum(axis=0)],
       "mean_generated_tokens": round(float(np.mean([it["generated_tokens"] for it in items])), 2),
   }
+  if "safety" in items[0]:  # the fraction of answers given that each safety rule flags
+    report["safety_rates"] = {
+        name: round(float(np.mean([it["safety"][name] for it in items])), 4)
+        for name in items[0]["safety"]
+    }
   if items[0].get("confidence") is not None:
     confidence = np.concatenate([it["confidence"] for it in items])
     outcomes = np.concatenate([it["correct"] for it in items])

@@ -43,6 +43,7 @@ from rasr_jax.evaluation import (
     report,
 )
 from rasr_jax.generation import inference
+from rasr_jax.safety import labels
 
 BUNDLED_TASKS = tasks.TASKS
 GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
@@ -96,8 +97,10 @@ class Evaluation:
                limit=200,
                max_new_tokens=64,
                batch_size=8,
-               seed=0):
+               seed=0,
+               labeler=None):
     self.model, self.out_dir, self.tasks_dir = model, out_dir, tasks_dir
+    self.labeler = labeler  # safety labels of every answer given (None: not reported)
     self.task_names, self.method_names, self.limit = task_names, method_names, limit
     self.max_new_tokens, self.batch_size, self.seed = max_new_tokens, batch_size, seed
     self.scores = {m: {} for m in method_names}  # method -> task -> {metric: value}
@@ -139,7 +142,8 @@ class Evaluation:
                                         self.limit,
                                         max_new_tokens=self.max_new_tokens,
                                         batch_size=self.batch_size,
-                                        seed=self.seed)
+                                        seed=self.seed,
+                                        labeler=self.labeler)
       self._add_report(method, task, items, records)
       if method == "constitutional":  # its revisions as SFT records (Constitutional AI's SL stage)
         inference.write_jsonl([{
@@ -188,7 +192,7 @@ class Evaluation:
         doc = sample["doc_id"]
         per_draft = [correct[k][doc] for k in range(min(drafts, len(answer.drafts)))]
         per_draft = per_draft or [correct[None][doc]]
-        items.append(report.item(answer, per_draft))
+        items.append(report.item(answer, per_draft, self.labeler))
         records.append(report.sample(answer, per_draft, doc_id=doc))
       self._add_report(method, "gsm8k", items, records)
       self.scores[method]["gsm8k"].update(_numbers(final_results))
@@ -281,6 +285,7 @@ def evaluate(config,
     raise config_lib.ConfigError(f"--eval_limit must be >= 1, got {limit}")
   if "constitutional" in method_names:
     methods.load_principles(config.constitutional.principles_file)  # a bad file fails here
+  labeler = labels.labeler(config)  # a bad lexicon or hook fails here
   if bundled.QA_TASK in task_names and not config.data.qa_eval_files:  # (then qa_files is set)
     raise config_lib.ConfigError("--eval_tasks=qa scores data.qa_eval_files, which is empty")
   prepared_dir = os.path.join(output_dir or os.path.join(workdir, "eval"), "benchmark_data")
@@ -297,7 +302,8 @@ def evaluate(config,
                           limit=limit,
                           max_new_tokens=max_new_tokens,
                           batch_size=batch_size,
-                          seed=seed)
+                          seed=seed,
+                          labeler=labeler)
   results = evaluation.run()
   results["output_dir"] = out_dir
   results["table"] = table(evaluation.scores)

@@ -132,3 +132,12 @@ class Labeler:
         raise ValueError(f"the {name} hook returned {value} for {text[:40]!r}: not in [0, 1]")
       labels[name] = value
     return labels
+
+
+def labeler(config) -> Labeler:
+  """The Labeler of a config: `config.safety`'s lexicons and hooks, the facts world of
+  `config.seed` (the bundled data's)."""
+  cfg = config.safety
+  lexicons = {"toxicity": cfg.toxicity_lexicon, "bias": cfg.bias_lexicon}
+  hooks = {"toxicity": cfg.toxicity_hook, "bias": cfg.bias_hook}
+  return Labeler(lexicons, hooks, world_seed=config.seed)
