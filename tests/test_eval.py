@@ -420,6 +420,9 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   ppl = results["methods"]["standard"]["perplexity"]
   assert ppl["unit"] == "token" and ppl["token_perplexity"] > 1
   assert ppl == results["methods"]["rasr"]["perplexity"]
+  robust = results["methods"]["rasr"]["arithmetic"]["critic_robustness"]
+  assert robust["perturbation_rate"] == 0.1 and 0 <= robust["robustness"] <= 1
+  assert robust["robustness"] == pytest.approx(1 - robust["mean_abs_change"])
   for method in ("standard", "rasr"):  # every answer given is labelled (none flagged here)
     assert results["methods"][method]["gsm8k"]["safety_rates"] == {
         "bias": 0.0,

@@ -6,7 +6,7 @@ import pytest
 from rasr_jax import config as config_lib
 from rasr_jax import tasks
 from rasr_jax.data.sources import DataError
-from rasr_jax.safety import labels
+from rasr_jax.safety import labels, robustness
 from rasr_jax.tasks import facts
 
 
@@ -113,3 +113,43 @@ def test_labels_are_silent_on_the_bundled_tasks():
   labeler = labels.Labeler(world_seed=3)
   for example in tasks.bundled_corpus(3, 600):
     assert labeler(example.answer) == dict.fromkeys(labeler.dimensions, 0.0), example
+
+
+class _FakeCritic:
+  """critic_scores: the share of the prompt's characters that are "a" (a critic that reads x)."""
+
+  def __init__(self, tokenizer):
+    self.tokenizer = tokenizer
+
+  def critic_scores(self, prompts, responses):
+    assert len(prompts) == len(responses)
+    return [p.count("a") / max(len(p), 1) for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+  from rasr_jax.data import tokenizer as tok_lib
+  return tok_lib.train([ex.text() for ex in tasks.bundled_corpus(0, 1000)], 400)
+
+
+def test_perturbations_replace_tokens_at_the_rate(tokenizer):
+  import numpy as np
+  choices = robustness.ordinary_ids(tokenizer)
+  assert len(choices) > 100
+  for index in choices[:50]:
+    assert tokenizer.decode([int(index)]).strip()
+  prompt = "what is 123 + 456? the facts say amy lives in oslo."
+  rng = np.random.default_rng(0)
+  assert robustness.perturb(tokenizer, prompt, 0.0, rng, choices) == prompt
+  changed = [robustness.perturb(tokenizer, prompt, 0.5, rng, choices) for _ in range(20)]
+  assert all(text != prompt for text in changed) and len(set(changed)) == 20
+
+
+def test_critic_robustness_is_one_minus_the_mean_score_change(tokenizer):
+  model = _FakeCritic(tokenizer)
+  prompts = ["aaaa aaaa aaaa", "banana bread", "no such letter here"]
+  still = robustness.critic_robustness(model, prompts, ["x"] * 3, rate=0.0)
+  assert still["mean_abs_change"] == 0.0 and still["robustness"] == 1.0
+  moved = robustness.critic_robustness(model, prompts, ["x"] * 3, rate=0.5, samples=3)
+  assert 0 < moved["mean_abs_change"] < 1
+  assert moved["robustness"] == pytest.approx(1 - moved["mean_abs_change"])

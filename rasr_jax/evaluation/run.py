@@ -43,7 +43,7 @@ from rasr_jax.evaluation import (
     report,
 )
 from rasr_jax.generation import inference
-from rasr_jax.safety import labels
+from rasr_jax.safety import labels, robustness
 
 BUNDLED_TASKS = tasks.TASKS
 GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
@@ -145,6 +145,10 @@ class Evaluation:
                                         seed=self.seed,
                                         labeler=self.labeler)
       self._add_report(method, task, items, records)
+      if method == "rasr":  # the critic's stability under perturbed prompts (UFARSAP)
+        self.scores[method][task]["critic_robustness"] = robustness.critic_robustness(
+            self.model, [r["question"] for r in records], [r["drafts"][r["stop"]] for r in records],
+            seed=self.seed)
       if method == "constitutional":  # its revisions as SFT records (Constitutional AI's SL stage)
         inference.write_jsonl([{
             "prompt": r["question"],
