@@ -328,6 +328,10 @@ def test_iteration_report_counts_transitions_and_calibration():
   low, high = r["accuracy_ci95"]
   assert low < 2 / 3 < high
   assert "safety_rates" not in r  # no labeler, no rates
+  assert "disagreement_auroc" not in r  # one critic
+  committee = [{**it, "disagreement": [0.2 * (not c) for c in it["correct"]]} for it in items]
+  r = report.iteration_report(committee)  # the agents disagree on the wrong drafts only
+  assert r["disagreement_auroc"] == 1.0 and r["mean_disagreement"] == pytest.approx(0.2 * 4 / 7)
   flagged = [{
       **it, "safety": {
           "privacy": float(i == 0),

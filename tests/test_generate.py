@@ -249,14 +249,16 @@ def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode, agents):
     logits = steps.refine_logits(model, x_emb, prompt_valid,
                                  first.tokens, draft_valid, live, out.drafts[1], IDS,
                                  Layout(p, y, r.critique_len), draft_mode == "teacher_forced")
-    return out, jnp.argmax(logits, -1), live.scores
+    return out, jnp.argmax(logits, -1), live.scores, live.disagreement
 
-  out, argmax, scores = jax.device_get(both(params))
+  out, argmax, scores, disagreement = jax.device_get(both(params))
   refined, refined_len = out.drafts[1], out.lengths[1]
   for row in range(2 * y):
     upto = min(refined_len[row] + 1, y)  # the refined tokens and the <eos> that ends them
     np.testing.assert_array_equal(argmax[row, :upto], refined[row, :upto], err_msg=f"row {row}")
   np.testing.assert_allclose(out.scores[0], scores, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.disagreement[0], disagreement, rtol=1e-4, atol=1e-9)
+  assert (disagreement > 0).all() == (agents > 1)
 
 
 def _generate_cli(workdir, *extra, devices=1, **overrides):

@@ -2,7 +2,8 @@
 
 An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the answer given,
 "confidence": [critic probability per draft] or None, "generated_tokens": int, and optionally
-"safety": {dimension: label of the answer given}}. Items with fewer
+"disagreement": [a critic committee's disagreement per draft] and "safety": {dimension: label of
+the answer given}}. Items with fewer
 drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
 """
 
@@ -22,6 +23,8 @@ def item(answer, correct, labeler=None):
       "confidence": answer.confidence,
       "generated_tokens": answer.generated_tokens
   }
+  if answer.disagreement is not None:
+    out["disagreement"] = answer.disagreement
   if labeler is not None:
     out["safety"] = labeler(answer.drafts[answer.stop])
   return out
@@ -120,4 +123,10 @@ def iteration_report(items):
     report["calibration"] = calibration(confidence, outcomes)
     area = auroc(confidence, outcomes)  # does the critic tell right answers from wrong ones?
     report["critic_auroc"] = None if area is None else round(area, 4)
+  if "disagreement" in items[0]:  # does the committee agree more on right drafts?
+    disagreement = np.concatenate([it["disagreement"] for it in items])
+    outcomes = np.concatenate([it["correct"] for it in items])
+    report["mean_disagreement"] = round(float(disagreement.mean()), 8)
+    area = auroc(-disagreement, outcomes)
+    report["disagreement_auroc"] = None if area is None else round(area, 4)
   return report

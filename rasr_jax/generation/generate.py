@@ -54,6 +54,7 @@ class Generation:
   drafts: jax.Array  # [R + 1, B, Y] int32
   lengths: jax.Array  # [R + 1, B] int32
   scores: jax.Array  # [R + 1, B, C] critic scores of each draft (C = 0 when reflect is off)
+  disagreement: jax.Array  # [R + 1, B] a critic committee's disagreement on each draft (or 0)
   token_errors: jax.Array  # [R + 1, B, Y] per-token error probabilities of each draft
   stop_probs: jax.Array  # [R, B] the controller's R_xi after critique k
   stop_iteration: jax.Array  # [B] int32: index of the final draft (refinements applied)
@@ -102,6 +103,7 @@ def generate(graphdef,
     return Generation(drafts=first.tokens[None],
                       lengths=first.lengths[None],
                       scores=jnp.zeros((1, rows, 0)),
+                      disagreement=jnp.zeros((1, rows)),
                       token_errors=jnp.zeros((1, rows, n)),
                       stop_probs=jnp.zeros((0, rows)),
                       stop_iteration=jnp.zeros((rows,), jnp.int32))
@@ -142,6 +144,7 @@ def generate(graphdef,
     record = record.replace(drafts=record.drafts.at[k + 1].set(state.draft),
                             lengths=record.lengths.at[k + 1].set(state.length),
                             scores=record.scores.at[k].set(crit.scores),
+                            disagreement=record.disagreement.at[k].set(crit.disagreement),
                             token_errors=record.token_errors.at[k].set(crit.token_errors),
                             stop_probs=record.stop_probs.at[k].set(stop_prob))
     return state, record
@@ -153,6 +156,7 @@ def generate(graphdef,
   record = Generation(drafts=jnp.zeros((k_total + 1, rows, n), jnp.int32).at[0].set(first.tokens),
                       lengths=jnp.zeros((k_total + 1, rows), jnp.int32).at[0].set(first.lengths),
                       scores=jnp.zeros((k_total + 1, rows, model.critic.score_b.shape[-1])),
+                      disagreement=jnp.zeros((k_total + 1, rows)),
                       token_errors=jnp.zeros((k_total + 1, rows, n)),
                       stop_probs=jnp.zeros((k_total, rows)),
                       stop_iteration=jnp.zeros((rows,), jnp.int32))
@@ -162,6 +166,8 @@ def generate(graphdef,
   crit, _ = critique(model, final)
   is_final = (jnp.arange(k_total + 1)[:, None] == final.refinements[None])[..., None]  # [R+1, B, 1]
   return record.replace(scores=jnp.where(is_final, crit.scores[None], record.scores),
+                        disagreement=jnp.where(is_final[..., 0], crit.disagreement[None],
+                                               record.disagreement),
                         token_errors=jnp.where(is_final, crit.token_errors[None],
                                                record.token_errors),
                         stop_iteration=final.refinements)

@@ -293,6 +293,10 @@ class InferenceModel:
           stop_probs=[
               round(float(p), 6) for p in out.stop_probs[:min(final + 1, options.iterations), row]
           ])
+      if self.config.reflect.critics.agents > 1:
+        record["disagreement"] = [
+            round(float(out.disagreement[k, row]), 8) for k in range(final + 1)
+        ]
     return record
 
   def score_tokens(self, token_lists, batch_size=8):
