@@ -21,7 +21,7 @@ FLOORS = (
     ("tasks",),
     ("model",),
     ("reflection",),
-    ("data",),
+    ("data", "safety"),
     ("training",),
     ("generation",),
     ("evaluation", "interop", "posttrain"),

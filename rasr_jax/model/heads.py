@@ -116,9 +116,13 @@ class Critic(nnx.Module):
               self.weight_w[...], self.weight_b[...])
     if self.agents == 1:
       return one_critic(embed_x, embed_y, *_agent(*params, both, hy, weight_in))
-    in_axes = (0,) * len(params) + (None, None, None)
-    per_agent = jax.vmap(_agent, in_axes=in_axes, out_axes=1)(*params, both, hy, weight_in)
-    agent_scores, agent_token_errors, agent_weights = per_agent  # [B, A, C], [B, A, Y], [B, A, C]
+    # One unrolled pass per agent, not a vmap: a vmapped agent axis of the size of a mesh axis
+    # was split over it by the partitioner, and XLA's CPU runtime then deadlocked in the step's
+    # collectives on a (2, 2, 2) mesh (4 runs in 5 with A = 2; tests/test_qa.py).
+    per_agent = [_agent(*(p[a] for p in params), both, hy, weight_in) for a in range(self.agents)]
+    agent_scores, agent_token_errors, agent_weights = (
+        jnp.stack(outputs, axis=1) for outputs in zip(*per_agent)
+    )  # [B, A, C], [B, A, Y], [B, A, C]
     consensus = jax.nn.softmax(self.consensus_logits[...].astype(jnp.float32), axis=0)  # [A, C]
     scores = jnp.sum(consensus * agent_scores, axis=1)  # [B, C]
     weights = jnp.mean(agent_weights, axis=1)
