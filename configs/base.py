@@ -111,7 +111,8 @@ def get_config():
   c.reflect.prompt_len = 128  # P: tokens of the prompt x (RASR.md §10)
   c.reflect.target_len = 64  # Y: tokens of the target y* (and the most of every draft)
   # autoregressive (drafts decoded from x, as at inference) | teacher_forced (sampled from the
-  # standard pass's logits under an aligned mask: a control that cannot beat the standard pass)
+  # standard pass's logits under an aligned mask: a control whose drafts carry no information
+  # the standard pass lacked)
   c.reflect.draft_mode = "autoregressive"
   c.reflect.draft_temperature = 0.0  # sampling temperature of drafts (0 = argmax)
   c.reflect.critic_dims = "factual,logic,relevance"  # critic dimensions (any non-empty subset)
