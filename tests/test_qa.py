@@ -228,3 +228,5 @@ def test_held_out_critic_auroc_is_weighted_by_its_pairs():
       "critic/auroc_pairs": 1.0
   }]
   assert loop.mean_metrics(batches)["critic/auroc"] == 0.75
+  no_pairs = [{"critic/auroc": 0.5, "critic/auroc_pairs": 0.0}] * 2  # undefined: no signal
+  assert loop.mean_metrics(no_pairs)["critic/auroc"] == 0.5

@@ -212,15 +212,18 @@ def _weight_name(name):
 def mean_metrics(batches):
   """Means over batches of each metric ({name: scalar} per batch); a task's accuracies
   (`acc_k{k}/<task>`) are weighted by the task's rows in each batch (`rows/<task>`) and the
-  critic's AUROCs by their (right, wrong) pairs, so a batch without any counts for nothing."""
-  totals, weights = {}, {}
+  critic's AUROCs by their (right, wrong) pairs, so a batch without any counts for nothing.
+  When no batch counts (no rows of a task, no pair), the plain mean stands: 0 accuracy, and
+  AUROC 0.5, the value of no signal."""
+  totals, weights, plain = {}, {}, {}
   for metrics in batches:
     for name, value in metrics.items():
       weight_name = _weight_name(name)
       weight = float(metrics[weight_name]) if weight_name else 1.0
       totals[name] = totals.get(name, 0.0) + float(value) * weight
       weights[name] = weights.get(name, 0.0) + weight
-  return {name: totals[name] / max(weights[name], 1e-9) for name in totals}
+      plain[name] = plain.get(name, 0.0) + float(value) / len(batches)
+  return {name: totals[name] / weights[name] if weights[name] else plain[name] for name in totals}
 
 
 class _Preemption:
