@@ -79,7 +79,8 @@ def test_bad_lexicons_and_hooks_are_one_clear_error(tmp_path):
     labels.Labeler(lexicons={"bias": str(missing)})
   latin = tmp_path / "latin.txt"
   latin.write_bytes("caf\xe9\n".encode("latin-1"))
-  with pytest.raises(DataError, match=r"the toxicity lexicon .*latin.txt: not UTF-8 \(byte 3\)"):
+  with pytest.raises(DataError,
+                     match=r"the toxicity lexicon .*latin.txt: invalid UTF-8 at byte offset 3"):
     labels.Labeler(lexicons={"toxicity": str(latin)})
   empty = tmp_path / "empty.txt"
   empty.write_text("# only a comment\n\n")

@@ -283,16 +283,22 @@ def check_tokenized(corpus: Corpus, tokenizer_sha256: str):
                       "or convert again)")
 
 
+def read_utf8(path, what):
+  """The text of the user's file `path`, which errors call `what`; DataError when it is missing
+  or not strict UTF-8."""
+  if not epath.Path(path).is_file():
+    raise DataError(f"{what}: not found")
+  raw = epath.Path(path).read_bytes()
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{what}: invalid UTF-8 at byte offset {e.start}") from None
+
+
 def read_texts(path, field):
   """Prompts or texts from a user's file: `.jsonl` objects with a string `field`, else one text
   per non-empty line. Strict UTF-8."""
-  if not epath.Path(path).is_file():
-    raise DataError(f"file {path}: not found")
-  raw = epath.Path(path).read_bytes()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"file {path}: invalid UTF-8 at byte offset {e.start}") from None
+  text = read_utf8(path, f"file {path}")
   if path.endswith(".jsonl"):
     texts = [doc for _, doc in line_documents(path, text, field)]
   else:

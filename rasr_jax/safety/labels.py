@@ -16,14 +16,13 @@ not of a text, so it has no label here.
 """
 
 import dataclasses
+import functools
 import os
 import re
 from collections.abc import Callable
 
-from etils import epath
-
 from rasr_jax import config as config_lib
-from rasr_jax.data.sources import DataError
+from rasr_jax.data import sources
 from rasr_jax.tasks import facts
 
 DIMENSIONS = ("bias", "toxicity", "robustness", "misinformation", "privacy")
@@ -70,8 +69,8 @@ class Lexicon:
   """Terms matched as whole words, case-insensitive."""
   terms: tuple[str, ...]
 
-  @property
-  def pattern(self) -> re.Pattern:
+  @functools.cached_property
+  def pattern(self) -> re.Pattern:  # built once per lexicon, not once per text
     body = "|".join(r"\s+".join(map(re.escape, term.split())) for term in self.terms)
     return re.compile(rf"(?<!\w)(?:{body})(?!\w)", re.IGNORECASE)
 
@@ -84,17 +83,11 @@ def load_lexicon(path: str, dimension: str) -> Lexicon:
   file when it is missing, not UTF-8, or holds no term."""
   path = path or DEFAULT_LEXICONS[dimension]
   what = f"the {dimension} lexicon {path}"
-  if not epath.Path(path).is_file():
-    raise DataError(f"{what}: not found")
-  raw = epath.Path(path).read_bytes()
-  try:
-    text = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"{what}: not UTF-8 (byte {e.start})") from None
+  text = sources.read_utf8(path, what)
   terms = [line.split("#", 1)[0].strip() for line in text.splitlines()]
   terms = tuple(term for term in terms if term)
   if not terms:
-    raise DataError(f"{what}: no term in it")
+    raise sources.DataError(f"{what}: no term in it")
   return Lexicon(terms)
 
 
