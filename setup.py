@@ -36,6 +36,9 @@ setuptools.setup(
         "safetensors>=0.4.1",  # safe_open(framework="np") reads bfloat16 from 0.4.1
         # Parquet corpora (the format of HF datasets on the Hub), read a row group at a time.
         "pyarrow>=15",
+        # Self-BLEU of the self-alignment rounds' samples (rasr_jax/evaluation/diversity.py): the
+        # reference BLEU implementation, small and pure Python (lm-eval installs it too).
+        "sacrebleu>=2.4",
         "ml_dtypes",
         "numpy",
     ],

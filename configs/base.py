@@ -182,6 +182,22 @@ def get_config():
   c.constitutional.principles_file = ""
   c.constitutional.rounds = 2  # critique-revision rounds per answer
 
+  # Autonomous self-alignment (--mode=self_align; docs/ufarsap.md#self-alignment-rounds): rounds
+  # of prompts from task templates (some written by the model), sampled responses ranked by the
+  # checker, the critic and the safety labels, and SFT on the best response per prompt.
+  c.self_align = config_dict.ConfigDict()
+  c.self_align.rounds = 2
+  c.self_align.tasks = "arithmetic,logic,facts"  # bundled tasks whose templates give the prompts
+  c.self_align.prompts = 64  # prompts per round
+  c.self_align.self_written = 0.5  # the share of them the model writes itself
+  c.self_align.samples = 4  # responses sampled per prompt
+  c.self_align.temperature = 0.8
+  c.self_align.top_p = 0.95
+  c.self_align.max_new_tokens = 64  # tokens per response (and per written prompt), at most
+  c.self_align.sft_steps = 50  # SFT steps per round on the kept responses
+  c.self_align.eval_items = 50  # held-out items per task for each round's accuracy
+  c.self_align.output = ""  # "" = WORKDIR/self_align
+
   # Safety labels (docs/ufarsap.md#safety-labels): the lexicons of toxicity and bias ("" = the
   # shipped ones), or a hook "module:function" (text -> score in [0, 1]) that replaces one.
   # --mode=eval reports each label's rate among the answers given.

@@ -203,6 +203,25 @@ class ConstitutionalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SelfAlignConfig:
+  rounds: int
+  tasks: str  # comma-separated bundled tasks whose templates give the prompts
+  prompts: int
+  self_written: float
+  samples: int
+  temperature: float
+  top_p: float
+  max_new_tokens: int
+  sft_steps: int
+  eval_items: int
+  output: str
+
+  @property
+  def task_names(self) -> tuple[str, ...]:
+    return tuple(t.strip() for t in self.tasks.split(","))
+
+
+@dataclasses.dataclass(frozen=True)
 class SafetyConfig:
   toxicity_lexicon: str
   bias_lexicon: str
@@ -245,6 +264,7 @@ class Config:
   dpo: DPOConfig
   avr: AvRConfig
   constitutional: ConstitutionalConfig
+  self_align: SelfAlignConfig
   safety: SafetyConfig
   checkpoint: CheckpointConfig
   metrics: MetricsConfig
@@ -264,6 +284,8 @@ UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
 AVR_STAGES = ("trees", "search", "final_pairs")  # posttrain/avr_data.py's
+SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe"
+                   )  # tasks.TASKS (a test holds them equal)
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
@@ -276,14 +298,16 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
              "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
              "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds",
-             "avr.samples", "constitutional.rounds", "reflect.critics.agents")
+             "avr.samples", "constitutional.rounds", "reflect.critics.agents", "self_align.rounds",
+             "self_align.prompts", "self_align.samples", "self_align.max_new_tokens",
+             "self_align.sft_steps", "self_align.eval_items")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
                  "train.eval_batches", "train.peak_flops_per_device", "reflect.iterations",
                  "reflect.rows", "reflect.draft_temperature", "reflect.alpha", "reflect.beta",
                  "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain",
-                 "avr.temperature")
+                 "avr.temperature", "self_align.temperature")
 _CHOICES = {
     "model.param_dtype": DTYPES,
     "model.dtype": DTYPES,
@@ -300,13 +324,13 @@ _CHOICES = {
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
                   "reflect.stop_warmup", "reflect.quality_target", "dpo.label_smoothing",
-                  "avr.top_p")
+                  "avr.top_p", "self_align.self_written", "self_align.top_p")
 
 # Config fields that hold paths (comma-separated for the data globs).
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
                "data.tokenizer", "sft.files", "sft.eval_files", "dpo.files", "dpo.eval_files",
                "dpo.reference", "avr.prompts_file", "avr.output", "constitutional.principles_file",
-               "safety.toxicity_lexicon", "safety.bias_lexicon")
+               "safety.toxicity_lexicon", "safety.bias_lexicon", "self_align.output")
 
 # The remote schemes etils.epath opens, and the package its fsspec backend needs.
 REMOTE_SCHEMES = {"gs": "gcsfs", "s3": "s3fs", "az": "adlfs", "hf": "huggingface_hub"}
@@ -454,6 +478,10 @@ def _check_rules(c):
       check_path("config.data.mixture", globs)
     if c.data.files:
       _fail("data.mixture", c.data.mixture, "replaces data.files: set one of them")
+  tasks = c.self_align.task_names
+  if not all(tasks) or len(set(tasks)) != len(tasks) or not set(tasks) <= set(SELF_ALIGN_TASKS):
+    _fail("self_align.tasks", c.self_align.tasks,
+          f"must be distinct names among {', '.join(SELF_ALIGN_TASKS)}, comma-separated")
   if c.data.qa_eval_files and not c.data.qa_files:
     _fail("data.qa_eval_files", c.data.qa_eval_files, "needs data.qa_files (its training split)")
   if r.enabled and r.text_rows and r.prompt_len + r.target_len > c.data.seq_len + 1:

@@ -22,11 +22,13 @@ _CONFIG = config_flags.DEFINE_config_file("config",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, tokenizer, metrics.")
 _MODE = flags.DEFINE_enum(
-    "mode", "train",
-    ["train", "sft", "dpo", "avr_data", "describe", "compile", "generate", "score", "eval"],
-    "train; sft / dpo: supervised fine-tuning on config.sft.files / preference optimisation on "
-    "config.dpo.files; avr_data: AvR data (config.avr.stage) from a checkpoint "
-    "(docs/posttraining.md); describe: sizes from shapes; "
+    "mode", "train", [
+        "train", "sft", "dpo", "avr_data", "self_align", "describe", "compile", "generate", "score",
+        "eval"
+    ], "train; sft / dpo: supervised fine-tuning on config.sft.files / preference optimisation "
+    "on config.dpo.files; avr_data: AvR data (config.avr.stage) from a checkpoint "
+    "(docs/posttraining.md); self_align: config.self_align.rounds rounds of self-alignment from "
+    "a checkpoint (docs/ufarsap.md); describe: sizes from shapes; "
     "compile: compile the sharded step ahead of time and print XLA's per-device memory; "
     "generate / score / eval: from a checkpoint.")
 # Multi-process runs (see distributed.py; SLURM and multi-host TPU VMs need none of these).
@@ -215,6 +217,9 @@ def main(argv):
     elif _MODE.value == "avr_data":
       from rasr_jax.posttrain import avr_data
       print(json.dumps(avr_data.build(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
+    elif _MODE.value == "self_align":
+      from rasr_jax.posttrain import self_align
+      print(json.dumps(self_align.run(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
     elif _MODE.value == "eval":
       _evaluate(config)
     else:

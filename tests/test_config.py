@@ -160,3 +160,8 @@ def test_config_names_the_checkers_the_tasks_have():
   """config (the lowest floor) cannot import tasks, so it spells the checker names again."""
   from rasr_jax import tasks
   assert config_lib.QA_CHECKERS == tasks.CHECKERS
+
+
+def test_config_names_the_tasks_self_alignment_prompts_from():
+  from rasr_jax import tasks
+  assert config_lib.SELF_ALIGN_TASKS == tasks.TASKS
