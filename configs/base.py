@@ -132,6 +132,14 @@ def get_config():
   # their disagreement is one more soft token of the refine pass. 1 = one critic.
   c.reflect.critics = config_dict.ConfigDict()
   c.reflect.critics.agents = 1
+  # Adaptive strategy evolution (docs/ufarsap.md#adaptive-strategy-evolution): candidate loss
+  # weight vectors "alpha,beta,gamma;..." among which a multiplicative-weights bandit chooses
+  # every `every_steps` steps, by the held-out quality gain of a look-ahead update ("" = off:
+  # alpha, beta and gamma above, fixed).
+  c.reflect.strategies = config_dict.ConfigDict()
+  c.reflect.strategies.weights = ""
+  c.reflect.strategies.every_steps = 50
+  c.reflect.strategies.eta = 1.0
 
   # Supervised fine-tuning (--mode=sft; docs/posttraining.md): .jsonl records with `messages`
   # (role/content turns) or `prompt` + `completion`; the loss counts only the responses.

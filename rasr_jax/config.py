@@ -113,6 +113,33 @@ class CriticsConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StrategiesConfig:
+  """Adaptive strategy evolution (training/strategy.py): candidate loss weight vectors."""
+  weights: str  # "" = off; else "alpha,beta,gamma;alpha,beta,gamma;...", the first used first
+  every_steps: int  # steps between the bandit's decisions
+  eta: float  # the multiplicative-weights learning rate
+
+  @property
+  def enabled(self):
+    return bool(self.weights.strip())
+
+  def vectors(self) -> tuple[tuple[float, float, float], ...]:
+    """The strategies as (alpha, beta, gamma); ValueError naming a malformed one."""
+    vectors = []
+    for part in self.weights.split(";"):
+      try:
+        numbers = tuple(float(x) for x in part.split(","))
+      except ValueError:
+        raise ValueError(f"strategy {part.strip()!r} is not three numbers") from None
+      if len(numbers) != 3 or not all(map(math.isfinite, numbers)):
+        raise ValueError(f"strategy {part.strip()!r} is not three finite numbers")
+      if min(numbers) < 0 or not any(numbers):
+        raise ValueError(f"strategy {part.strip()!r}: weights must be >= 0, not all 0")
+      vectors.append(numbers)
+    return tuple(vectors)
+
+
+@dataclasses.dataclass(frozen=True)
 class ReflectConfig:
   enabled: bool
   source: str
@@ -135,6 +162,7 @@ class ReflectConfig:
   min_gain: float
   controller_hidden: int
   critics: CriticsConfig
+  strategies: StrategiesConfig
 
   @property
   def dim_names(self):
@@ -299,8 +327,9 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
              "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds",
              "avr.samples", "constitutional.rounds", "reflect.critics.agents", "self_align.rounds",
-             "self_align.prompts", "self_align.samples", "self_align.max_new_tokens",
-             "self_align.sft_steps", "self_align.eval_items")
+             "reflect.strategies.every_steps", "reflect.strategies.eta", "self_align.prompts",
+             "self_align.samples", "self_align.max_new_tokens", "self_align.sft_steps",
+             "self_align.eval_items")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
@@ -465,6 +494,17 @@ def _check_rules(c):
   if not all(dims) or len(set(dims)) != len(dims) or not set(dims) <= set(CRITIC_DIMS):
     _fail("reflect.critic_dims", r.critic_dims,
           f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
+  if r.strategies.enabled:
+    try:
+      r.strategies.vectors()
+    except ValueError as e:
+      _fail("reflect.strategies.weights", r.strategies.weights, str(e))
+    if not r.enabled:
+      _fail("reflect.strategies.weights", r.strategies.weights,
+            "chooses RASR's loss weights: it needs reflect.enabled=True")
+    if not c.train.eval_batches:
+      _fail("reflect.strategies.weights", r.strategies.weights,
+            "measures each strategy on a held-out batch: it needs train.eval_batches > 0")
   if r.enabled and r.source != "text" and c.data.source == "files" and not c.data.qa_files:
     _fail(
         "reflect.source", r.source, "needs question/answer data: set data.qa_files, use "

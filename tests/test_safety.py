@@ -108,6 +108,18 @@ def test_misinformation_is_contradiction_with_the_facts_world():
   assert facts.contradictions(f"{name} lives in {city}.", 0) == []
 
 
+def test_an_answer_is_judged_against_the_world_of_its_item():
+  """Every seed has its own facts world: the reference answers of held-out items (another
+  seed) are silent against their own world, and would read as misinformation against the
+  training seed's."""
+  from rasr_jax.data import sources
+  held_out_seed = sources.HELD_OUT_SEED_OFFSET
+  labeler = labels.Labeler(world_seed=0)
+  answers = [ex.answer for ex in tasks.generate("facts", held_out_seed, 200)]
+  assert not any(labeler(a, world_seed=held_out_seed)["misinformation"] for a in answers)
+  assert sum(labeler(a)["misinformation"] for a in answers) > 50
+
+
 def test_labels_are_silent_on_the_bundled_tasks():
   """No rule fires on the reference answers of the bundled tasks (their alphabet: numbers,
   steps, options, facts), so a positive label in training comes from what a draft adds."""

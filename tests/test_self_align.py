@@ -82,8 +82,8 @@ def test_two_rounds_end_to_end_and_a_resume_repeats_nothing(straight_run, tmp_pa
 def test_the_best_response_of_each_prompt_is_kept():
   """The checker outweighs the critic, a safety label costs a point, an empty response is never
   kept, and a prompt the model wrote is ranked by the critic alone."""
-  prompt = self_align.Prompt("arithmetic", self_align.TEMPLATE, "what is 2 + 2?", "#### 4")
-  written = self_align.Prompt("arithmetic", self_align.SELF_WRITTEN, "what is 3 + 3?", None)
+  prompt = self_align.Prompt("arithmetic", self_align.TEMPLATE, "what is 2 + 2?", "#### 4", 0)
+  written = self_align.Prompt("arithmetic", self_align.SELF_WRITTEN, "what is 3 + 3?", None, 0)
   responses = [["\n#### 5", "\n#### 4", "\n#### 4 mail me at a@b.com"],
                ["\n#### 6", "\n#### 7", " "]]
   critic = {

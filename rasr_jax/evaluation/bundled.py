@@ -10,6 +10,8 @@ Chain-of-thought prompts put COT_SHOTS worked examples of the same task (from a 
 question, newline, answer.
 """
 
+import functools
+
 from rasr_jax import tasks
 from rasr_jax.data import qa, sources
 from rasr_jax.evaluation import methods, report
@@ -51,8 +53,12 @@ def prompts(examples, task, method, config):
 
 def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed, labeler=None):
   """(items for `report.iteration_report`, their records): every draft checked by the task's
-  checker; with a safety `labeler`, the answer given labelled too."""
+  checker; with a safety `labeler`, the answer given labelled too (misinformation against the
+  facts world of the held-out seed, whose facts the questions state)."""
   examples = held_out_examples(model.config, task, count)
+  if labeler is not None and task != QA_TASK:  # bundled items' facts are of the held-out world
+    labeler = functools.partial(labeler,
+                                world_seed=model.config.seed + sources.HELD_OUT_SEED_OFFSET)
   checker = model.config.data.qa_checker if task == QA_TASK else tasks.TASK_CHECKERS[task]
   answers = methods.answer(model,
                            prompts(examples, task, method, model.config),

@@ -57,6 +57,25 @@ def reliability_diagram(path, title, calibration):
   return path
 
 
+def strategy_trace(path, records):
+  """The adaptive strategy over training (metrics.jsonl records with `strategy/current`): the
+  strategy trained with, and the bandit's probability of each strategy."""
+  steps = [r["step"] for r in records]
+  count = sum(1 for key in records[0] if key.startswith("strategy/probability/"))
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(5, 4.2), sharex=True)
+  top.step(steps, [r["strategy/current"] for r in records], where="post")
+  top.set(ylabel="strategy", yticks=range(count), title="adaptive strategy")
+  for s in range(count):
+    bottom.plot(steps, [r[f"strategy/probability/{s}"] for r in records], label=f"strategy {s}")
+  bottom.set(xlabel="step", ylabel="bandit probability", ylim=(0, 1))
+  bottom.legend(fontsize=8)
+  fig.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+  return path
+
+
 def write_all(out_dir, reports):
   """Plots for every {(method, task): iteration report} with more than one draft; their paths."""
   paths = []

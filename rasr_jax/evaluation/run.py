@@ -44,6 +44,7 @@ from rasr_jax.evaluation import (
 )
 from rasr_jax.generation import inference
 from rasr_jax.safety import labels, robustness
+from rasr_jax.training import metrics as metrics_lib
 
 BUNDLED_TASKS = tasks.TASKS
 GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
@@ -309,6 +310,11 @@ def evaluate(config,
                           seed=seed,
                           labeler=labeler)
   results = evaluation.run()
+  trace = [r for r in metrics_lib.read_records(workdir) if "strategy/current" in r] if epath.Path(
+      workdir, "metrics.jsonl").exists() else []
+  if trace:  # a run with adaptive strategies: the strategy it trained with, over time
+    results["plots"].append(plots.strategy_trace(os.path.join(out_dir, "strategy_trace.png"),
+                                                 trace))
   results["output_dir"] = out_dir
   results["table"] = table(evaluation.scores)
   return results

@@ -56,6 +56,7 @@ class Prompt:
   source: str  # TEMPLATE or SELF_WRITTEN
   text: str
   answer: str | None
+  world_seed: int  # the facts world its facts (if any) are of, for the misinformation label
 
 
 class Rounds:
@@ -130,7 +131,7 @@ def template_prompts(config, r, count) -> list[Prompt]:
   for i in range(count):
     task = cfg.task_names[i % len(cfg.task_names)]
     example = pools[task][i // len(cfg.task_names)]
-    prompts.append(Prompt(task, TEMPLATE, example.question, example.answer))
+    prompts.append(Prompt(task, TEMPLATE, example.question, example.answer, seed))
   return prompts
 
 
@@ -160,7 +161,7 @@ def written_prompts(model, config, r, count) -> tuple[list[Prompt], int]:
                                                                       seed=seed)):
     question = record["text"].strip()
     if question and question not in known | held_out | seen:
-      prompts.append(Prompt(t, SELF_WRITTEN, question, None))
+      prompts.append(Prompt(t, SELF_WRITTEN, question, None, config.seed))  # training's world
       seen.add(question)
   return prompts, count - len(prompts)
 
@@ -188,7 +189,7 @@ def rank(prompts, responses, critic, labeler) -> list[dict]:
   for index, (p, text) in enumerate(flat):
     right = (tasks.answer_is_right(tasks.TASK_CHECKERS[p.task], p.answer, text)
              if p.answer is not None else None)
-    safety = labeler(text)
+    safety = labeler(text, world_seed=p.world_seed)
     critic_score = None if scores is None else float(scores[index])
     reward = float(right or 0) + (critic_score or 0.0) - sum(safety.values())
     records.append({

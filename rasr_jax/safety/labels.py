@@ -96,7 +96,8 @@ class Labeler:
 
   lexicons: {dimension: lexicon path, "" = shipped}; hooks: {dimension: "module:function"},
   which replaces that dimension's lexicon; world_seed: the seed of the facts world
-  (`config.seed` of the bundled data) that misinformation is judged against.
+  (`config.seed` of the bundled data) that misinformation is judged against, unless a call
+  names the world of the item its text answers.
   """
 
   def __init__(self, lexicons=None, hooks=None, world_seed=0):
@@ -108,22 +109,25 @@ class Labeler:
       else:
         lexicon = load_lexicon(lexicons.get(name, ""), name)
         self._scorers[name] = lambda text, lexicon=lexicon: float(bool(lexicon.matches(text)))
-    self._scorers["misinformation"] = lambda text: float(
-        bool(facts.contradictions(text, world_seed)))
-    self._scorers["privacy"] = lambda text: float(bool(personal_data(text)))
+    self._world_seed = world_seed
 
   @property
   def dimensions(self):
-    return tuple(self._scorers)
+    return (*LEXICON_DIMENSIONS, "misinformation", "privacy")
 
-  def __call__(self, text: str) -> dict[str, float]:
-    """{dimension: label} of one text; a hook's score is checked to lie in [0, 1]."""
+  def __call__(self, text: str, world_seed: int | None = None) -> dict[str, float]:
+    """{dimension: label} of one text; a hook's score is checked to lie in [0, 1]. Its
+    misinformation is judged against the facts world of `world_seed` (default the Labeler's):
+    the seed of the item the text answers, since every seed has its own world."""
     labels = {}
-    for name, scorer in self._scorers.items():
-      value = float(scorer(text))
+    for name in LEXICON_DIMENSIONS:
+      value = float(self._scorers[name](text))
       if not 0.0 <= value <= 1.0:
         raise ValueError(f"the {name} hook returned {value} for {text[:40]!r}: not in [0, 1]")
       labels[name] = value
+    world = self._world_seed if world_seed is None else world_seed
+    labels["misinformation"] = float(bool(facts.contradictions(text, world)))
+    labels["privacy"] = float(bool(personal_data(text)))
     return labels
 
 

@@ -30,6 +30,7 @@ from rasr_jax.training import metrics as metrics_lib
 from rasr_jax.training import step as train_step
 
 HELD_OUT_KEY_OFFSET = 7_919
+STRATEGY_KEY_OFFSET = 104_729  # the strategies' look-ahead passes: seed + this, then the step
 
 
 class NonFiniteError(RuntimeError):
@@ -267,6 +268,29 @@ def _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh):
   return _HeldOutEval(config, data, make_data, tokenizer, pieces, graphdef, shardings, mesh)
 
 
+def _strategy_decision(config, data, tokenizer, pieces, graphdef, tx, shardings, mesh):
+  """Run.decide: the adaptive strategy's decision (step.make_strategy_decision) against the
+  first held-out batch, or None without strategies."""
+  if not config.reflect.strategies.enabled:
+    return None
+  make_data = data.held_out(tokenizer, pieces)
+  if make_data is None:
+    raise config_lib.ConfigError(
+        f"config.reflect.strategies.weights={config.reflect.strategies.weights!r}: measures each "
+        "strategy on held-out data, and this run has none (set data.eval_files, or use "
+        "data.source=bundled)")
+  held_rows, held_qa = data.rows(next(iter(make_data())), _local_to_global(mesh))
+  batch = sharding.batch_sharding(mesh)
+  decide = jax.jit(train_step.make_strategy_decision(graphdef, config, tx, tokenizer.marker_ids,
+                                                     pieces),
+                   in_shardings=(shardings, batch, batch, batch, batch, None),
+                   out_shardings=shardings,
+                   donate_argnums=0)
+  key = jax.random.key(config.seed + STRATEGY_KEY_OFFSET)
+  return lambda state, batch: decide(state, *batch, held_rows, held_qa,
+                                     jax.random.fold_in(key, state.step))
+
+
 def _local_to_global(mesh):
   """put(array of this process's rows) -> the global array, split over the data axes."""
   batch_sharding = sharding.batch_sharding(mesh)
@@ -289,6 +313,8 @@ class Run:
   meta: dict  # the checkpoint metadata of this run
   evaluate: Callable | None  # held-out metrics of a state, or None
   writer: metrics_lib.MetricWriter
+  # (state, the step's (rows, qa)) -> state after the adaptive strategy's decision, or None
+  decide: Callable | None = None
 
 
 def _initial_params(config, workdir):
@@ -360,6 +386,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
                                     objective=data.objective)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
   evaluate = _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh)
+  decide = _strategy_decision(config, data, tokenizer, pieces, graphdef, tx, shardings, mesh)
   writer = metrics_lib.MetricWriter(workdir,
                                     enabled=jax.process_index() == 0,
                                     start_step=start,
@@ -377,7 +404,8 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
              checkpointer=faults_lib.instrument_checkpointer(checkpointer, faults),
              meta=meta,
              evaluate=evaluate,
-             writer=writer)
+             writer=writer,
+             decide=decide)
 
 
 def _compile(step_fn, state, batch):
@@ -444,6 +472,9 @@ def loop(run: Run, *, stop_at_step=None):
                        record["loss"], record["lr"], record["tokens_per_sec"], 100 * record["mfu"],
                        progress.format_eta(step_time * (total - done)))
           window_start, window_steps = time.perf_counter(), 0
+        strategies = config.reflect.strategies
+        if run.decide is not None and done % strategies.every_steps == 0 and done < total:
+          state = run.decide(state, batch)  # before the checkpoint of `done` holds the state
         preempted = preemption.reached(done)
         stop = preempted or done == stop_at_step
         if done % config.checkpoint.every_steps == 0 or done == total or stop:

@@ -22,7 +22,7 @@ from rasr_jax.model import sampling
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import steps
 from rasr_jax.reflection.rows import ReflectRows
-from rasr_jax.training import losses, optim, reflect
+from rasr_jax.training import losses, optim, reflect, strategy
 
 TAU_RANGE = (0.05, 0.95)
 
@@ -90,18 +90,19 @@ def reflection_rows(graphdef, params, tokens, logits, qa, cfg, key, ids, micro_b
 
 
 def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
-  """loss_fn(params, rows, qa, normalizer, key, tau, progress) -> (total, metrics).
+  """loss_fn(params, rows, qa, normalizer, key, tau, progress[, loss_weights]) -> (total, metrics).
 
   rows: PackedRows; qa: question/answer ReflectRows (None without them). The LM term is a sum
   over the counted targets, divided by `normalizer`; reflection terms are means, scaled by
   1 / micro_batches so that summing over micro-batches averages them. `pieces`: the tokenizer's
-  PieceBytes, needed to read answers of question/answer rows.
+  PieceBytes, needed to read answers of question/answer rows. `loss_weights` ([3]: alpha, beta,
+  gamma; default the config's) is the adaptive strategy's (strategy.py).
   """
   r = config.reflect
   if r.enabled and r.qa_rows and pieces is None:
     raise ValueError(f"reflect.source={r.source} reads answers: make_loss_fn needs `pieces`")
 
-  def loss_fn(params, rows: PackedRows, qa, normalizer, key, tau, progress):
+  def loss_fn(params, rows: PackedRows, qa, normalizer, key, tau, progress, loss_weights=None):
     inputs, targets, weights, positions, mask = packing.inputs_and_targets(rows)
     model = nnx.merge(graphdef, params)
     logits, _ = model(inputs, positions=positions, mask=mask)
@@ -123,8 +124,9 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
                                      ids=special_ids,
                                      pieces=pieces if r.qa_rows else None)
     scale = 1.0 / micro_batches
-    total = (r.alpha * lm + scale *
-             (r.beta * terms["reflect"] + r.gamma * terms["critic"] + terms["controller"]))
+    alpha, beta, gamma = (r.alpha, r.beta, r.gamma) if loss_weights is None else loss_weights
+    total = (alpha * lm + scale *
+             (beta * terms["reflect"] + gamma * terms["critic"] + terms["controller"]))
     metrics = {k: v * scale for k, v in metrics.items()}
     metrics.update({
         "loss/lm": lm,
@@ -211,21 +213,26 @@ def make_train_step(graphdef,
     normalizer = objective.normalizer(rows)
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     progress = state.step.astype(jnp.float32) / config.train.steps
+    weights = {}  # the adaptive strategy's loss weights, when there is one
+    if state.strategy is not None:
+      weights["loss_weights"] = strategy.loss_weights(state.strategy, config.reflect.strategies)
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, rows, qa, normalizer, key, state.tau, progress)
+      (loss, aux), grads = grad_fn(state.params, rows, qa, normalizer, key, state.tau, progress,
+                                   **weights)
     else:
 
       def micro_step(carry, inputs):
         index, (micro_rows, micro_qa) = inputs
         out = grad_fn(state.params, micro_rows, micro_qa, normalizer,
-                      jax.random.fold_in(key, index), state.tau, progress)
+                      jax.random.fold_in(key, index), state.tau, progress, **weights)
         return jax.tree.map(jnp.add, carry, out), None
 
       micro = _micro_batches((rows, qa), accum)  # [accum, B / accum, ...]
       first = jax.tree.map(lambda leaf: leaf[0], micro)
       zeros = jax.tree.map(
           lambda s: jnp.zeros(s.shape, s.dtype),
-          jax.eval_shape(grad_fn, state.params, *first, normalizer, key, state.tau, progress))
+          jax.eval_shape(grad_fn, state.params, *first, normalizer, key, state.tau, progress,
+                         **weights))
       ((loss, aux), grads), _ = jax.lax.scan(micro_step, zeros, (jnp.arange(accum), micro))
     if grad_hook is not None:
       loss, grads = grad_hook(state.step + 1, loss, grads)
@@ -244,6 +251,8 @@ def make_train_step(graphdef,
     for group, norm in norms.items():
       metrics[f"grad_norm/{group}"] = norm
       metrics[f"lr/{group}"] = schedules[group](state.step)
+    if state.strategy is not None:
+      metrics.update(strategy.metrics(state.strategy))
     tau = state.tau
     if config.reflect.enabled:
       tau = adapt_tau(state.tau, aux["reflect/mean_iterations"], progress, config.reflect)
@@ -260,6 +269,41 @@ def make_train_step(graphdef,
     return new_state, metrics
 
   return train_step
+
+
+def make_strategy_decision(graphdef, config, tx, special_ids, pieces):
+  """decide(state, rows, qa, held_rows, held_qa, key) -> state with the bandit updated
+  (strategy.py): each strategy's look-ahead update from the gradient of its weighted loss on
+  (rows, qa) (the first micro-batch with gradient accumulation), scored by the held-out quality
+  -(L_standard + L_reflection) it reaches on (held_rows, held_qa). Every pass reads the same
+  `key`, so the strategies differ by their weights alone."""
+  cfg = config.reflect.strategies
+  accum = config.train.grad_accum_steps
+  loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces)
+  grad_fn = jax.grad(loss_fn, has_aux=True)
+
+  def quality(params, rows, qa, key, tau, progress):
+    _, metrics = loss_fn(params, rows, qa, packing.target_count(rows), key, tau, progress)
+    return -(metrics["loss/lm"] + metrics["loss/reflect"])
+
+  def decide(state, rows, qa, held_rows, held_qa, key):
+    progress = state.step.astype(jnp.float32) / config.train.steps
+    if accum > 1:
+      rows, qa = jax.tree.map(lambda leaf: leaf[0], _micro_batches((rows, qa), accum))
+    normalizer = packing.target_count(rows)
+    before = quality(state.params, held_rows, held_qa, key, state.tau, progress)
+
+    def gain(weights):
+      grads, _ = grad_fn(state.params, rows, qa, normalizer, key, state.tau, progress, weights)
+      updates, _ = tx.update(grads, state.opt_state, state.params)
+      after = quality(optax.apply_updates(state.params, updates), held_rows, held_qa, key,
+                      state.tau, progress)
+      return after - before
+
+    gains = jnp.stack([gain(w) for w in strategy.table(cfg)])  # [S], one look-ahead at a time
+    return state.replace(strategy=strategy.update(state.strategy, gains, cfg.eta))
+
+  return decide
 
 
 def make_eval_step(graphdef, config, special_ids=None, pieces=None, objective=None):

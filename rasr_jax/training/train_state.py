@@ -9,7 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from rasr_jax import sharding
 from rasr_jax.model import rasr_model
-from rasr_jax.training import optim
+from rasr_jax.training import optim, strategy
 
 
 @flax.struct.dataclass
@@ -20,6 +20,8 @@ class TrainState:
   rng: jax.Array  # [2] uint32 raw PRNG key data
   tau: jax.Array  # [] float32 stopping threshold (adapted when reflect.stop_budget > 0)
   skipped: jax.Array  # [] int32 updates dropped for non-finite loss or gradients (nan_policy)
+  # The adaptive strategy's bandit (strategy.StrategyState), None without strategies.
+  strategy: object = None
 
 
 def build_model(config, seed=0):
@@ -89,7 +91,8 @@ def state_specs(abstract_state, param_specs):
                     opt_state=opt_specs,
                     rng=P(),
                     tau=P(),
-                    skipped=P())
+                    skipped=P(),
+                    strategy=jax.tree.map(lambda _: P(), abstract_state.strategy))
 
 
 def _init_fn(config):
@@ -103,7 +106,9 @@ def _init_fn(config):
                       opt_state=tx.init(params),
                       rng=rng,
                       tau=jnp.asarray(config.reflect.tau, jnp.float32),
-                      skipped=jnp.zeros((), jnp.int32))
+                      skipped=jnp.zeros((), jnp.int32),
+                      strategy=(strategy.init(config.reflect.strategies)
+                                if config.reflect.strategies.enabled else None))
 
   return init
 
