@@ -2,9 +2,9 @@
 
 Round r = 1..R starts from model r-1 (model 0: the checkpoint in --workdir, or --checkpoint):
 1. prompts: `self_align.prompts` of them from the templates of `self_align.tasks`; a share
-   `self_align.self_written` written by the model itself (it continues worked examples of a task
-   with a question of its own), the rest fresh instances of the templates, whose answers the
-   task's checker knows; no prompt is a question of the held-out evaluation;
+   `self_align.self_written` written by the model itself (it continues the opening third of a
+   fresh template question to the end of the line), the rest fresh instances of the templates,
+   whose answers the task's checker knows; no prompt is a question of the held-out evaluation;
 2. samples: `self_align.samples` responses per prompt, sampled at `temperature` / `top_p`;
 3. self-ranking: reward = the checker (1 right, 0 wrong; a prompt the model wrote has none)
    + the critic's weighted score of the response read as a draft (model 0's critic: SFT drops
@@ -24,6 +24,7 @@ samples, the SFT run's checkpoints); a folder holding rounds of other settings i
 
 import dataclasses
 import json
+import math
 import os
 
 import jax
@@ -44,7 +45,7 @@ from rasr_jax.training import metrics as metrics_lib
 
 SEED_OFFSET = 3_000_017  # round r's prompts and samples: config.seed + SEED_OFFSET + ROUND_STRIDE r
 ROUND_STRIDE = 7919
-SHOTS = 2  # worked examples before a prompt the model writes
+SEED_SHARE = 1 / 3  # of a template question's words, the opening a written question starts from
 TEMPLATE, SELF_WRITTEN = "template", "self_written"
 
 
@@ -136,20 +137,22 @@ def template_prompts(config, r, count) -> list[Prompt]:
 
 
 def written_prompts(model, config, r, count) -> tuple[list[Prompt], int]:
-  """(prompts, how many attempts were dropped): the model continues SHOTS worked examples of a
-  task (the tasks in turn) with a question of its own, its first line; an empty line, a copy of
-  a shot, a held-out question or a repeat is dropped."""
+  """(prompts, how many attempts were dropped): the model writes each question from the
+  opening of a fresh template question (its first third of words, SEED_SHARE; the tasks in
+  turn), continuing it to the end of the line; a question the model added nothing to, the
+  template's own question, a held-out question or a repeat is dropped."""
   cfg = config.self_align
   if not count:
     return [], 0
   seed = _round_seed(config, r) + 1
   task_of = [cfg.task_names[i % len(cfg.task_names)] for i in range(count)]
-  shots = {t: tasks.generate(t, seed, SHOTS * count) for t in cfg.task_names}
-  contexts, shot_questions = [], []
+  templates = {t: tasks.generate(t, seed, count) for t in cfg.task_names}
+  openings, originals = [], []
   for i, t in enumerate(task_of):
-    worked = shots[t][SHOTS * i:SHOTS * (i + 1)]
-    contexts.append("\n\n".join(ex.text() for ex in worked) + "\n\n")
-    shot_questions.append({ex.question for ex in worked})
+    question = templates[t][i].question
+    words = question.split()
+    openings.append(" ".join(words[:max(1, math.ceil(len(words) * SEED_SHARE))]))
+    originals.append(question)
   options = model.options(max_new_tokens=cfg.max_new_tokens,
                           temperature=cfg.temperature,
                           top_p=cfg.top_p,
@@ -157,11 +160,11 @@ def written_prompts(model, config, r, count) -> tuple[list[Prompt], int]:
                           reflect="off")
   held_out = _held_out_questions(config, cfg.task_names, cfg.eval_items)
   prompts, seen = [], set()
-  for t, known, record in zip(task_of, shot_questions, model.generate(contexts, options,
-                                                                      seed=seed)):
-    question = record["text"].strip()
-    if question and question not in known | held_out | seen:
-      prompts.append(Prompt(t, SELF_WRITTEN, question, None, config.seed))  # training's world
+  for t, opening, original, record in zip(task_of, openings, originals,
+                                          model.generate(openings, options, seed=seed)):
+    question = (opening + record["text"]).strip()
+    if record["text"].strip() and question not in {original} | held_out | seen:
+      prompts.append(Prompt(t, SELF_WRITTEN, question, None, seed))  # the template's world
       seen.add(question)
   return prompts, count - len(prompts)
 
@@ -262,6 +265,8 @@ def _sample_summary(records, dropped) -> dict:
           "self_written_dropped": dropped
       },
       "samples": len(records),
+      "empty_samples": sum(not avr.usable(r["response"]) for r in records),
+      "kept": len(kept),
       "top_reward": float(np.mean([r["reward"] for r in kept])) if kept else None,
       "mean_reward": float(np.mean([r["reward"] for r in records])) if records else None,
       "top_right": (float(np.mean([r["right"] for r in kept if r["right"] is not None])) if any(
