@@ -150,6 +150,7 @@ class ReflectConfig:
   draft_mode: str
   draft_temperature: float
   critic_dims: str
+  safety_dims: str  # further critic dimensions, scored by the safety labels ("" = none)
   alpha: float
   beta: float
   gamma: float
@@ -166,7 +167,16 @@ class ReflectConfig:
 
   @property
   def dim_names(self):
+    """Every critic dimension: the quality dimensions, then the safety dimensions."""
+    return self.quality_dim_names + self.safety_dim_names
+
+  @property
+  def quality_dim_names(self):
     return tuple(d.strip() for d in self.critic_dims.split(","))
+
+  @property
+  def safety_dim_names(self):
+    return tuple(d.strip() for d in self.safety_dims.split(",")) if self.safety_dims.strip() else ()
 
   @property
   def num_dims(self):
@@ -308,6 +318,10 @@ REFLECT_SOURCES = ("qa", "text", "mixed")
 # tasks.CHECKERS, without importing the tasks here (a test holds them equal)
 QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")
 CRITIC_DIMS = ("factual", "logic", "relevance")
+# The safety dimensions a critic can be trained on: those with a label of a text (the safety
+# labels', rasr_jax/safety/labels.py; a test holds them equal). Adversarial robustness is a
+# property of the critic, measured by --mode=eval, not a label.
+SAFETY_DIMS = ("bias", "toxicity", "misinformation", "privacy")
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
@@ -490,10 +504,19 @@ def _check_rules(c):
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
   r = c.reflect
-  dims = r.dim_names
+  dims = r.quality_dim_names
   if not all(dims) or len(set(dims)) != len(dims) or not set(dims) <= set(CRITIC_DIMS):
     _fail("reflect.critic_dims", r.critic_dims,
           f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
+  safety = r.safety_dim_names
+  if "robustness" in safety:
+    _fail(
+        "reflect.safety_dims", r.safety_dims, "robustness is not a label of a draft but how "
+        "far the critic's scores move under perturbed prompts: --mode=eval reports it "
+        "(critic_robustness); train on the others")
+  if not all(safety) or len(set(safety)) != len(safety) or not set(safety) <= set(SAFETY_DIMS):
+    _fail("reflect.safety_dims", r.safety_dims,
+          f"must be distinct names among {', '.join(SAFETY_DIMS)}, comma-separated")
   if r.strategies.enabled:
     try:
       r.strategies.vectors()

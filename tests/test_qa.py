@@ -83,16 +83,20 @@ def test_a_malformed_qa_file_is_one_error_line_at_start_up(tmp_path):
   assert "Traceback" not in result.stderr and not (workdir / "checkpoints").exists()
 
 
+QA_RUN = {
+    "reflect.stop_warmup": 0.0,
+    "reflect.critics.agents": 2,
+    "reflect.safety_dims": "misinformation,privacy",
+    **QA
+}
+
+
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("qa"))
-  # A committee of two critics (A = 1 is every other reflection test's).
-  config = make_config(**{
-      "train.steps": STEPS,
-      "reflect.stop_warmup": 0.0,
-      "reflect.critics.agents": 2,
-      **QA
-  })
+  # A committee of two critics (A = 1 is every other reflection test's) with two safety
+  # dimensions, labelled on the host through a callback from the step.
+  config = make_config(**{**QA_RUN, "train.steps": STEPS})
   loop.train(config, workdir)
   return workdir, config
 
@@ -111,6 +115,9 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   assert last["critic/disagreement"] > 0 and last["critic/loss_consensus"] > 0
   assert 0 <= last["critic/disagreement_auroc"] <= 1
   assert 0 <= last["eval/critic/disagreement_auroc"] <= 1
+  for name in ("misinformation", "privacy"):
+    assert 0 <= last[f"safety/rate/{name}"] <= 1 and 0 <= last[f"critic/auroc/{name}"] <= 1
+    assert 0 <= last[f"eval/safety/rate/{name}"] <= 1
   for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):
       assert 0 <= last[f"eval/acc_k{k}/{task}"] <= 1
@@ -147,18 +154,12 @@ def test_user_qa_files_feed_reflection_rows_and_join_the_corpus(tmp_path):
 
 
 def test_question_answer_rows_on_a_mesh_of_8_equal_one_device(qa_run, tmp_path):
-  """R = 3 with free-running drafts on question/answer rows and a committee of two critics, one
-  row per data shard of a (2, 2, 2) mesh of 8 fake devices through the CLI, against one device:
-  the same losses."""
+  """R = 3 with free-running drafts on question/answer rows, a committee of two critics and
+  safety dimensions (labelled by a host callback), one row per data shard of a (2, 2, 2) mesh of
+  8 fake devices through the CLI, against one device: the same losses."""
   reference, config = qa_run
   assert config.reflect.rows == 4 and jax.device_count() == 1
-  train_on_mesh(
-      str(tmp_path), (2, 2, 2), **{
-          "train.steps": STEPS,
-          "reflect.stop_warmup": 0.0,
-          "reflect.critics.agents": 2,
-          **QA
-      })
+  train_on_mesh(str(tmp_path), (2, 2, 2), **{**QA_RUN, "train.steps": STEPS})
   assert_same_losses(str(tmp_path), reference)
 
 

@@ -48,10 +48,10 @@ def committee():
   return _setup(**{"reflect.critics.agents": 3, "reflect.draft_mode": "autoregressive"})
 
 
-def _routing_grads(setup):
+def _routing_grads(setup, safety=None):
   """One jitted function: the step's combined gradient and each term's own gradient."""
   config, mesh, state, _, graphdef, tokens = setup
-  loss_fn = train_step.make_loss_fn(graphdef, config, IDS)
+  loss_fn = train_step.make_loss_fn(graphdef, config, IDS, safety=safety)
   n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
 
   @jax.jit
@@ -118,6 +118,31 @@ def test_committee_gradient_routing(committee):
   assert float(jnp.max(jnp.abs(consensus["loss/lm"]))) == 0
   assert float(jnp.max(jnp.abs(consensus["loss/controller"]))) == 0
   assert float(aux["critic/disagreement"]) > 0 and float(aux["critic/loss_consensus"]) > 0
+
+
+def _constant_safety(value):
+  """A stand-in for the host labels: every draft's safety quality is `value` in every dim."""
+  return lambda draft, length: jnp.full((draft.shape[0], len(config_lib.SAFETY_DIMS)), value)
+
+
+def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
+  """reflect.safety_dims add critic dimensions whose targets are the labels: flagging every
+  draft moves L_critic and the gradient of the safety columns of the critic's scores, and the
+  groups route as without them."""
+  setup = _setup(**{"reflect.safety_dims": "toxicity,privacy"})
+  config, _, state, _, _, _ = setup
+  assert config.reflect.dim_names == ("factual", "logic", "relevance", "toxicity", "privacy")
+  assert state.params["critic"]["score_w"].shape[-1] == 5
+  _, clean, clean_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(1.0)), 0.0)
+  _, flagged, flagged_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(0.0)), 0.0)
+  assert float(clean_aux["safety/rate/privacy"]) == 0 and float(
+      flagged_aux["safety/rate/privacy"]) == 1
+  assert float(flagged_aux["loss/critic"]) != pytest.approx(float(clean_aux["loss/critic"]))
+  clean_w = clean["loss/critic"]["critic"]["score_w"][...]
+  flagged_w = flagged["loss/critic"]["critic"]["score_w"][...]
+  assert float(jnp.max(jnp.abs(clean_w[:, 3:] - flagged_w[:, 3:]))) > 0
+  with pytest.raises(ValueError, match="needs `safety`"):
+    train_step.make_loss_fn(setup[4], config, IDS)
 
 
 def _refine_inputs(config, graphdef, params, rows=2):

@@ -1,8 +1,10 @@
 """Safety labels (UFARSAP's safety dimensions): each rule on hand-made texts, positives and
 negatives, and silent on the bundled tasks' own text."""
 
+import numpy as np
 import pytest
 
+from conftest import run_main
 from rasr_jax import config as config_lib
 from rasr_jax import tasks
 from rasr_jax.data.sources import DataError
@@ -166,3 +168,41 @@ def test_critic_robustness_is_one_minus_the_mean_score_change(tokenizer):
   moved = robustness.critic_robustness(model, prompts, ["x"] * 3, rate=0.5, samples=3)
   assert 0 < moved["mean_abs_change"] < 1
   assert moved["robustness"] == pytest.approx(1 - moved["mean_abs_change"])
+
+
+def test_config_names_the_safety_dimensions_the_labels_have():
+  """config (the lowest floor) spells the trainable safety dimensions again: the labels' text
+  dimensions."""
+  assert config_lib.SAFETY_DIMS == labels.Labeler().dimensions
+  assert set(config_lib.SAFETY_DIMS) == set(labels.DIMENSIONS) - {"robustness"}
+
+
+def test_host_safety_qualities_of_hand_made_drafts(tokenizer):
+  """A draft's safety quality is 1 - its label, in config.SAFETY_DIMS order, after decoding
+  only its first `length` tokens."""
+  from rasr_jax.training import safety_quality
+  texts = ["mail me at tom.k@example.com", "the answer is 4", "you idiot, all women are bad"]
+  ids = [tokenizer.encode(t) for t in texts]
+  width = max(map(len, ids)) + 2
+  draft = np.zeros((3, width), np.int32)
+  for row, tokens in enumerate(ids):
+    draft[row, :len(tokens)] = tokens
+  lengths = np.asarray([len(t) for t in ids])
+  got = safety_quality.host_qualities(draft, lengths, tokenizer, labels.Labeler())
+  order = config_lib.SAFETY_DIMS
+  assert got[0, order.index("privacy")] == 0 and got[1].tolist() == [1.0] * 4
+  assert got[2, order.index("toxicity")] == 0 and got[2, order.index("bias")] == 0
+  cut = safety_quality.host_qualities(draft[:1], np.asarray([2]), tokenizer, labels.Labeler())
+  assert cut[0, order.index("privacy")] == 1  # the address lies past the draft's length
+
+
+@pytest.mark.parametrize("value, message", [
+    ("privacy,honesty", "must be distinct names among bias, toxicity, misinformation, privacy"),
+    ("privacy,privacy", "must be distinct names"),
+    ("robustness", "robustness is not a label of a draft"),
+])
+def test_bad_safety_dims_are_one_error_line(value, message, tmp_path):
+  result = run_main(str(tmp_path), **{"reflect.safety_dims": value})
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith(f"error: config.reflect.safety_dims={value!r}") and message in last

@@ -7,6 +7,7 @@ decoded drafts with the host checkers of `rasr_jax/tasks` instead.
 
 import jax.numpy as jnp
 
+from rasr_jax import config as config_lib
 from rasr_jax.reflection import answers
 from rasr_jax.reflection.rows import ReflectRows
 
@@ -77,5 +78,7 @@ def row_quality(draft, length, rows: ReflectRows, pieces):
 
 
 def select(quality, dim_names):
-  """Columns of a [..., 3] quality array for the configured critic dimensions."""
-  return quality[..., [DIMENSIONS.index(name) for name in dim_names]]
+  """Columns of a [..., 3] quality array (DIMENSIONS), or [..., 3 + 4] with the safety
+  qualities appended (config.SAFETY_DIMS), for the configured critic dimensions."""
+  names = DIMENSIONS + config_lib.SAFETY_DIMS
+  return quality[..., [names.index(name) for name in dim_names]]

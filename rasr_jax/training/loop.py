@@ -25,7 +25,7 @@ from rasr_jax.data.packing import PackedRows
 from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import faults as faults_lib
-from rasr_jax.training import flops, optim, train_state
+from rasr_jax.training import flops, optim, safety_quality, train_state
 from rasr_jax.training import metrics as metrics_lib
 from rasr_jax.training import step as train_step
 
@@ -180,13 +180,13 @@ def pretraining_data(config) -> TrainingData:
 class _HeldOutEval:
   """Mean training metrics on held-out batches (the same batches and windows every time)."""
 
-  def __init__(self, config, data, make_data, tokenizer, pieces, graphdef, shardings, mesh):
+  def __init__(self, config, data, make_data, tokenizer, pieces, safety, graphdef, shardings, mesh):
     self._batches = config.train.eval_batches
     self._make_data = make_data  # () -> the held-out batches from the first
     self._rows = data.rows
     batch = sharding.batch_sharding(mesh)
     self._step = jax.jit(train_step.make_eval_step(graphdef, config, tokenizer.marker_ids, pieces,
-                                                   data.objective),
+                                                   data.objective, safety),
                          in_shardings=(shardings, batch, batch, None),
                          out_shardings=sharding.replicated(mesh))
     self._key = jax.random.key(config.seed + HELD_OUT_KEY_OFFSET)
@@ -207,6 +207,8 @@ def _weight_name(name):
     return f"rows/{name.split('/', 1)[1]}"
   if name.startswith("rewards/") and name.count("/") == 2:  # DPO's per pair type
     return f"pairs/{name.rsplit('/', 1)[1]}"
+  if name.startswith("critic/auroc/"):  # a safety dimension's, by its own (safe, flagged) pairs
+    return f"critic/auroc_pairs/{name.rsplit('/', 1)[1]}"
   return "critic/auroc_pairs" if name in ("critic/auroc", "critic/disagreement_auroc") else None
 
 
@@ -259,16 +261,16 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh):
+def _held_out_eval(config, data, tokenizer, pieces, safety, graphdef, shardings, mesh):
   """The held-out evaluation of `data` (TrainingData), or None (no eval batches or no held-out
   data)."""
   make_data = data.held_out(tokenizer, pieces) if config.train.eval_batches else None
   if make_data is None:
     return None
-  return _HeldOutEval(config, data, make_data, tokenizer, pieces, graphdef, shardings, mesh)
+  return _HeldOutEval(config, data, make_data, tokenizer, pieces, safety, graphdef, shardings, mesh)
 
 
-def _strategy_decision(config, data, tokenizer, pieces, graphdef, tx, shardings, mesh):
+def _strategy_decision(config, data, tokenizer, pieces, safety, graphdef, tx, shardings, mesh):
   """Run.decide: the adaptive strategy's decision (step.make_strategy_decision) against the
   first held-out batch, or None without strategies."""
   if not config.reflect.strategies.enabled:
@@ -282,7 +284,7 @@ def _strategy_decision(config, data, tokenizer, pieces, graphdef, tx, shardings,
   held_rows, held_qa = data.rows(next(iter(make_data())), _local_to_global(mesh))
   batch = sharding.batch_sharding(mesh)
   decide = jax.jit(train_step.make_strategy_decision(graphdef, config, tx, tokenizer.marker_ids,
-                                                     pieces),
+                                                     pieces, safety),
                    in_shardings=(shardings, batch, batch, batch, batch, None),
                    out_shardings=shardings,
                    donate_argnums=0)
@@ -346,6 +348,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   sources.check_tokenized(corpus, tokenizer.checksum)
   # The bytes of every token, for reading answers of question/answer rows on device.
   pieces = tokenizer.piece_bytes(config.model.vocab_size) if config.reflect.qa_rows else None
+  safety = safety_quality.make_safety_quality(config, tokenizer)  # reflect.safety_dims' labels
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
@@ -383,10 +386,12 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
                                     tokenizer.marker_ids,
                                     faults_lib.grad_hook(faults),
                                     pieces=pieces,
+                                    safety=safety,
                                     objective=data.objective)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
-  evaluate = _held_out_eval(config, data, tokenizer, pieces, graphdef, shardings, mesh)
-  decide = _strategy_decision(config, data, tokenizer, pieces, graphdef, tx, shardings, mesh)
+  evaluate = _held_out_eval(config, data, tokenizer, pieces, safety, graphdef, shardings, mesh)
+  decide = _strategy_decision(config, data, tokenizer, pieces, safety, graphdef, tx, shardings,
+                              mesh)
   writer = metrics_lib.MetricWriter(workdir,
                                     enabled=jax.process_index() == 0,
                                     start_step=start,

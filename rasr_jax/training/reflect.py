@@ -37,9 +37,23 @@ def _draft_valid(state: loop_state.LoopState):
   return jnp.arange(state.draft.shape[1])[None] < state.length[:, None]  # [B, Y]
 
 
-def _critic_terms(draft, length, rows, frozen, dim_names, pieces):
+def _row_quality(draft, length, rows, pieces, safety):
+  """quality.row_quality, with the safety qualities appended when `safety` (safety_quality.py's
+  function) is given -> (quality [B, 3 (+ 4)], labels [B, Y], label mask [B, Y])."""
+  q_all, labels, label_mask = quality.row_quality(draft, length, rows, pieces)
+  if safety is not None:
+    q_all = jnp.concatenate([q_all, safety(draft, length)], axis=-1)
+  return q_all, labels, label_mask
+
+
+def _mean_quality(q_all):
+  """Mean TrueQuality over the quality dimensions (the safety ones have metrics of their own)."""
+  return jnp.mean(q_all[..., :len(quality.DIMENSIONS)])
+
+
+def _critic_terms(draft, length, rows, frozen, dim_names, pieces, safety):
   """TrueQuality of a draft and L_critic of its critique -> (q_all, q, loss, parts, calibration)."""
-  q_all, labels, label_mask = quality.row_quality(draft, length, rows, pieces)  # [B, 3], [B, Y]
+  q_all, labels, label_mask = _row_quality(draft, length, rows, pieces, safety)  # [B, 3+], [B, Y]
   q = quality.select(q_all, dim_names)  # [B, C]
   loss, parts = losses.critic_loss(frozen, q, labels, label_mask)
   return q_all, q, loss, parts, jnp.mean(jnp.abs(frozen.scores - q))
@@ -82,8 +96,19 @@ def critic_auroc(scores, correct, qa):
   return jnp.where(pairs > 0, concordant / jnp.maximum(pairs, 1), 0.5), pairs.astype(jnp.float32)
 
 
-def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
-            ids: SpecialIds, pieces):
+def iterate(graphdef,
+            params,
+            rows: ReflectRows,
+            draft0,
+            length0,
+            *,
+            tau,
+            progress,
+            key,
+            cfg,
+            ids: SpecialIds,
+            pieces,
+            safety=None):
   """The `lax.scan` over R >= 1 iterations -> (final LoopState, per-iteration outputs).
 
   draft0 [B, Y] with lengths length0 [B]. Outputs are stacked on a leading [R] axis. The model
@@ -101,7 +126,8 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
     live, frozen = steps.critique(model, x_emb, rows.prompt_valid, draft, draft_valid, progress,
                                   ids)
     q_all, q, critic_loss, critic_parts, calibration = _critic_terms(draft, state.length, rows,
-                                                                     frozen, cfg.dim_names, pieces)
+                                                                     frozen, cfg.dim_names, pieces,
+                                                                     safety)
     stop_prob, stop = steps.decide(model, jax.lax.stop_gradient(frozen), state, tau, stopping)
     state = steps.stop_rows(state, stop)
     logits = steps.refine_logits(model, x_emb, rows.prompt_valid, draft, draft_valid, live,
@@ -119,7 +145,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
       decoded = steps.decode_after(graphdef, params, prefix, prefix_valid, cfg.target_len,
                                    cfg.draft_temperature, draft_key, ids)
       candidate, candidate_len = decoded.tokens, decoded.lengths
-    q_next_all = quality.row_quality(candidate, candidate_len, rows, pieces)[0]
+    q_next_all = _row_quality(candidate, candidate_len, rows, pieces, safety)[0]
     q_next = quality.select(q_next_all, cfg.dim_names)
     target = losses.controller_targets(_weighted(q, frozen.weights),
                                        _weighted(q_next, frozen.weights), cfg.quality_target,
@@ -132,7 +158,7 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         critic=critic_loss,
         controller=losses.controller_loss(stop_prob, target),
         stop_rate=jnp.mean(stop.astype(jnp.float32)),
-        quality=jnp.mean(q_all),
+        quality=_mean_quality(q_all),
         answer_rate=_answer_rate(q_all, rows),
         wrong_to_right=jnp.sum(qa & ~right & right_next) / qa_rows,
         right_to_wrong=jnp.sum(qa & right & ~right_next) / qa_rows,
@@ -147,18 +173,33 @@ def iterate(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
         draft=draft)
     if "factual" in cfg.dim_names:  # for the critic's AUROC
       out["factual_score"] = frozen.scores[:, cfg.dim_names.index("factual")]
+    for name in cfg.safety_dim_names:  # the label and the critic's score of each safety dim
+      out[f"safe/{name}"] = quality.select(q_all, (name,))[:, 0]
+      out[f"safe_score/{name}"] = frozen.scores[:, cfg.dim_names.index(name)]
     return steps.accept(state, candidate, candidate_len), out
 
   return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
 
 
-def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progress, key, cfg,
-            ids: SpecialIds, pieces):
+def reflect(graphdef,
+            params,
+            rows: ReflectRows,
+            draft0,
+            length0,
+            *,
+            tau,
+            progress,
+            key,
+            cfg,
+            ids: SpecialIds,
+            pieces,
+            safety=None):
   """Runs the R iterations; returns ({"reflect", "critic", "controller"} losses, metrics).
 
   The model is `nnx.merge(graphdef, params)`; rows: the reflection sub-batch; draft0 [B, Y]
   int with lengths length0 [B]; tau, progress [] float; cfg: ReflectConfig; pieces: the
-  tokenizer's PieceBytes (None for text windows only).
+  tokenizer's PieceBytes (None for text windows only); safety: the safety qualities of drafts
+  (safety_quality.py; None without reflect.safety_dims).
   """
   k_total = cfg.iterations
   if k_total == 0:  # critics only: the critic judges y(0); nothing is refined
@@ -167,11 +208,11 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
     _, frozen = steps.critique(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft0,
                                draft_valid, progress, ids)
     q_all, _, critic_loss, critic_parts, calibration = _critic_terms(draft0, length0, rows, frozen,
-                                                                     cfg.dim_names, pieces)
+                                                                     cfg.dim_names, pieces, safety)
     zero = jnp.zeros((), jnp.float32)
     metrics = {
         "reflect/mean_iterations": zero,
-        "quality/q_k0": jnp.mean(q_all),
+        "quality/q_k0": _mean_quality(q_all),
         "reflect/acc_k0": _answer_rate(q_all, rows),
         "critic/calibration_error": calibration,
         **critic_parts
@@ -190,12 +231,13 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
                        key=key,
                        cfg=cfg,
                        ids=ids,
-                       pieces=pieces)
-  final_quality = quality.row_quality(final.draft, final.length, rows, pieces)[0]
+                       pieces=pieces,
+                       safety=safety)
+  final_quality = _row_quality(final.draft, final.length, rows, pieces, safety)[0]
   metrics = {
       "reflect/mean_iterations": jnp.mean(final.refinements.astype(jnp.float32)),
       "critic/calibration_error": jnp.mean(out["calibration"]),
-      f"quality/q_k{k_total}": jnp.mean(final_quality),
+      f"quality/q_k{k_total}": _mean_quality(final_quality),
       "reflect/acc_final": _answer_rate(final_quality, rows),
   }
   for name in out:
@@ -203,6 +245,12 @@ def reflect(graphdef, params, rows: ReflectRows, draft0, length0, *, tau, progre
       metrics[name] = jnp.mean(out[name])
   if cfg.critics.agents > 1:  # the variance of the agents' scores, over every critique
     metrics["critic/disagreement"] = jnp.mean(out["disagreement"])
+  for name in cfg.safety_dim_names:  # over every critique: how often the label fires, and
+    # how well the critic's score tells safe drafts from flagged ones
+    safe = out[f"safe/{name}"].reshape(-1)
+    metrics[f"safety/rate/{name}"] = jnp.mean(1.0 - safe)
+    metrics[f"critic/auroc/{name}"], metrics[f"critic/auroc_pairs/{name}"] = critic_auroc(
+        out[f"safe_score/{name}"].reshape(-1), safe, jnp.ones_like(safe, bool))
   if cfg.qa_rows:  # over every draft the critic judged
     qa = jnp.broadcast_to(rows.checker != answers.TEXT, out["correct"].shape).reshape(-1)
     correct = out["correct"].reshape(-1)

@@ -89,18 +89,22 @@ def reflection_rows(graphdef, params, tokens, logits, qa, cfg, key, ids, micro_b
   return rows, decoded.tokens, decoded.lengths
 
 
-def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
+def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None, safety=None):
   """loss_fn(params, rows, qa, normalizer, key, tau, progress[, loss_weights]) -> (total, metrics).
 
   rows: PackedRows; qa: question/answer ReflectRows (None without them). The LM term is a sum
   over the counted targets, divided by `normalizer`; reflection terms are means, scaled by
   1 / micro_batches so that summing over micro-batches averages them. `pieces`: the tokenizer's
   PieceBytes, needed to read answers of question/answer rows. `loss_weights` ([3]: alpha, beta,
-  gamma; default the config's) is the adaptive strategy's (strategy.py).
+  gamma; default the config's) is the adaptive strategy's (strategy.py). `safety`: the drafts'
+  safety qualities (safety_quality.py), with reflect.safety_dims.
   """
   r = config.reflect
   if r.enabled and r.qa_rows and pieces is None:
     raise ValueError(f"reflect.source={r.source} reads answers: make_loss_fn needs `pieces`")
+  if r.enabled and r.safety_dim_names and safety is None:
+    raise ValueError(f"reflect.safety_dims={r.safety_dims} labels drafts: make_loss_fn needs "
+                     "`safety`")
 
   def loss_fn(params, rows: PackedRows, qa, normalizer, key, tau, progress, loss_weights=None):
     inputs, targets, weights, positions, mask = packing.inputs_and_targets(rows)
@@ -122,7 +126,8 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None):
                                      key=reflect_key,
                                      cfg=r,
                                      ids=special_ids,
-                                     pieces=pieces if r.qa_rows else None)
+                                     pieces=pieces if r.qa_rows else None,
+                                     safety=safety)
     scale = 1.0 / micro_batches
     alpha, beta, gamma = (r.alpha, r.beta, r.gamma) if loss_weights is None else loss_weights
     total = (alpha * lm + scale *
@@ -149,10 +154,10 @@ class Objective:
   finish: Callable  # the summed metrics -> the metrics reported
 
 
-def _pretraining_objective(config, special_ids, pieces):
+def _pretraining_objective(config, special_ids, pieces, safety):
   return Objective(
       lambda graphdef, micro_batches: make_loss_fn(
-          graphdef, config, special_ids, micro_batches=micro_batches, pieces=pieces),
+          graphdef, config, special_ids, micro_batches=micro_batches, pieces=pieces, safety=safety),
       packing.target_count, lambda metrics: metrics)
 
 
@@ -188,11 +193,13 @@ def make_train_step(graphdef,
                     special_ids=None,
                     grad_hook=None,
                     pieces=None,
-                    objective=None):
+                    objective=None,
+                    safety=None):
   """train_step(state, rows, qa) -> (state, metrics).
 
   rows: the batch's PackedRows; qa: the batch's question/answer ReflectRows (reflect.source qa
-  or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers. An `objective`
+  or mixed); `pieces` (the tokenizer's PieceBytes) reads their answers; `safety` labels drafts
+  (safety_quality.py) for reflect.safety_dims. An `objective`
   (Objective) replaces pretraining's loss, with rows of its own.
   A non-finite loss or gradient norm drops the update: parameters, optimizer state (with its
   own step count, so the learning-rate schedule resumes where it was) and tau stay
@@ -202,7 +209,7 @@ def make_train_step(graphdef,
   of the update that makes `step`, before anything reads them (fault injection uses it).
   """
   accum = config.train.grad_accum_steps
-  objective = objective or _pretraining_objective(config, special_ids, pieces)
+  objective = objective or _pretraining_objective(config, special_ids, pieces, safety)
   loss_fn = objective.make_loss_fn(graphdef, accum)
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   schedules = {
@@ -271,7 +278,7 @@ def make_train_step(graphdef,
   return train_step
 
 
-def make_strategy_decision(graphdef, config, tx, special_ids, pieces):
+def make_strategy_decision(graphdef, config, tx, special_ids, pieces, safety=None):
   """decide(state, rows, qa, held_rows, held_qa, key) -> state with the bandit updated
   (strategy.py): each strategy's look-ahead update from the gradient of its weighted loss on
   (rows, qa) (the first micro-batch with gradient accumulation), scored by the held-out quality
@@ -279,7 +286,7 @@ def make_strategy_decision(graphdef, config, tx, special_ids, pieces):
   `key`, so the strategies differ by their weights alone."""
   cfg = config.reflect.strategies
   accum = config.train.grad_accum_steps
-  loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces)
+  loss_fn = make_loss_fn(graphdef, config, special_ids, pieces=pieces, safety=safety)
   grad_fn = jax.grad(loss_fn, has_aux=True)
 
   def quality(params, rows, qa, key, tau, progress):
@@ -306,9 +313,9 @@ def make_strategy_decision(graphdef, config, tx, special_ids, pieces):
   return decide
 
 
-def make_eval_step(graphdef, config, special_ids=None, pieces=None, objective=None):
+def make_eval_step(graphdef, config, special_ids=None, pieces=None, objective=None, safety=None):
   """eval_step(state, rows, qa, key) -> metrics: the training loss terms, no update."""
-  objective = objective or _pretraining_objective(config, special_ids, pieces)
+  objective = objective or _pretraining_objective(config, special_ids, pieces, safety)
   loss_fn = objective.make_loss_fn(graphdef, 1)
 
   def eval_step(state, rows, qa, key):
