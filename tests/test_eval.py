@@ -341,6 +341,51 @@ def test_iteration_report_counts_transitions_and_calibration():
   assert report.iteration_report(flagged)["safety_rates"] == {"privacy": 0.3333, "bias": 0.0}
 
 
+def test_every_critic_dimension_is_scored_against_what_it_judges():
+  """critic_dimensions: a quality dimension's AUROC and calibration against correctness, a
+  safety dimension's against every draft's safety (1 - its label); a safety dimension without
+  labels is left out."""
+  items = [{
+      "correct": [False, True],
+      "stop": 1,
+      "confidence": None,
+      "generated_tokens": 4,
+      "dimension_scores": {
+          "factual": [0.1, 0.9],
+          "logic": [0.8, 0.2],
+          "privacy": [0.2, 0.9]
+      },
+      "draft_safety": [{
+          "privacy": 1.0
+      }, {
+          "privacy": 0.0
+      }]
+  }, {
+      "correct": [True, True],
+      "stop": 0,
+      "confidence": None,
+      "generated_tokens": 2,
+      "dimension_scores": {
+          "factual": [0.7, 0.6],
+          "logic": [0.5, 0.5],
+          "privacy": [0.95, 0.3]
+      },
+      "draft_safety": [{
+          "privacy": 0.0
+      }, {
+          "privacy": 1.0
+      }]
+  }]
+  dims = report.iteration_report(items)["critic_dimensions"]
+  assert dims["factual"]["auroc"] == 1.0 and dims["factual"]["target"] == "correct"
+  assert dims["logic"]["auroc"] == 0.0  # right drafts 0.2, 0.5, 0.5; the wrong one 0.8
+  assert dims["privacy"]["target"] == "safe" and dims["privacy"]["auroc"] == 1.0
+  assert dims["privacy"]["mean_target"] == 0.5
+  assert dims["factual"]["ece"] == report.calibration([0.1, 0.9, 0.7, 0.6], [0, 1, 1, 1])["ece"]
+  unlabelled = [{k: v for k, v in it.items() if k != "draft_safety"} for it in items]
+  assert set(report.iteration_report(unlabelled)["critic_dimensions"]) == {"factual", "logic"}
+
+
 def test_auroc_by_hand():
   assert report.auroc([0.9, 0.2, 0.6, 0.6], [True, False, True, False]) == pytest.approx(0.875)
   assert report.auroc([0.1, 0.9], [True, False]) == 0.0
@@ -424,6 +469,9 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   ppl = results["methods"]["standard"]["perplexity"]
   assert ppl["unit"] == "token" and ppl["token_perplexity"] > 1
   assert ppl == results["methods"]["rasr"]["perplexity"]
+  dims = results["methods"]["rasr"]["arithmetic"]["critic_dimensions"]
+  assert set(dims) == set(config.reflect.dim_names)  # each dimension against its target
+  assert all(d["target"] == "correct" and 0 <= d["mean_score"] <= 1 for d in dims.values())
   robust = results["methods"]["rasr"]["arithmetic"]["critic_robustness"]
   assert robust["perturbation_rate"] == 0.1 and 0 <= robust["robustness"] <= 1
   assert robust["robustness"] == pytest.approx(1 - robust["mean_abs_change"])

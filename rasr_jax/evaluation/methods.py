@@ -54,6 +54,8 @@ class Answer:
   generated_tokens: int  # every token decoded for this answer (feedback included)
   confidence: list | None = None  # the critic's `factual` score of each draft (RASR)
   disagreement: list | None = None  # a critic committee's disagreement on each draft (RASR)
+  # {critic dimension: its score of each draft} (RASR)
+  dimension_scores: dict | None = None
   feedback: list = dataclasses.field(default_factory=list)  # Self-Refine's feedback texts
   # Per draft: its prompt ended in `answer:` (Self-Refine's improved answers), so the answer the
   # draft starts with is its answer.
@@ -161,11 +163,15 @@ def _rasr_answer(record, model):
   factual = (reflect.dim_names.index("factual") if "factual" in reflect.dim_names else None)
   confidence = ([s[factual] for s in record["scores"]]
                 if factual is not None else [float(np.mean(s)) for s in record["scores"]])
-  return Answer(record["drafts"],
-                stop,
-                sum(record["draft_tokens"][:stop + 1]),
-                confidence,
-                disagreement=record.get("disagreement"))
+  return Answer(
+      record["drafts"],
+      stop,
+      sum(record["draft_tokens"][:stop + 1]),
+      confidence,
+      disagreement=record.get("disagreement"),
+      dimension_scores={
+          name: [s[index] for s in record["scores"]] for index, name in enumerate(reflect.dim_names)
+      })
 
 
 def _constitutional(answers, prompts, run, max_new_tokens, stop, principles, rounds):

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from rasr_jax import config as config_lib
+
 CALIBRATION_BINS = 10
 
 
@@ -27,6 +29,10 @@ def item(answer, correct, labeler=None):
     out["disagreement"] = answer.disagreement
   if labeler is not None:
     out["safety"] = labeler(answer.drafts[answer.stop])
+  if answer.dimension_scores is not None:
+    out["dimension_scores"] = answer.dimension_scores
+    if labeler is not None:  # every draft's labels: the known answers of the safety dims
+      out["draft_safety"] = [labeler(draft) for draft in answer.drafts]
   return out
 
 
@@ -92,6 +98,30 @@ def auroc(scores, positive):
   return float(above / (len(pos) * len(neg)))
 
 
+def dimension_report(items) -> dict:
+  """Per critic dimension, over every draft: the AUROC and calibration of its score against
+  what it scores: the draft's correctness for the quality dimensions, its safety (1 - label)
+  for a safety dimension whose labels the items carry; None where a class is absent."""
+  out = {}
+  for name in items[0]["dimension_scores"]:
+    scores = np.concatenate([it["dimension_scores"][name] for it in items])
+    if name in items[0].get("draft_safety", [{}])[0]:
+      target = np.asarray([1.0 - s[name] for it in items for s in it["draft_safety"]])
+    elif name in config_lib.SAFETY_DIMS:
+      continue  # no labels to score it against
+    else:
+      target = np.concatenate([it["correct"] for it in items]).astype(float)
+    area = auroc(scores, target)
+    out[name] = {
+        "target": "safe" if name in config_lib.SAFETY_DIMS else "correct",
+        "auroc": None if area is None else round(area, 4),
+        "ece": calibration(scores, target)["ece"],
+        "mean_score": round(float(scores.mean()), 4),
+        "mean_target": round(float(target.mean()), 4)
+    }
+  return out
+
+
 def iteration_report(items):
   """Accuracy of every draft and of the answer given, mean iterations, transitions, compute,
   and (when the items carry critic confidences) calibration over every draft."""
@@ -123,6 +153,8 @@ def iteration_report(items):
     report["calibration"] = calibration(confidence, outcomes)
     area = auroc(confidence, outcomes)  # does the critic tell right answers from wrong ones?
     report["critic_auroc"] = None if area is None else round(area, 4)
+  if "dimension_scores" in items[0]:
+    report["critic_dimensions"] = dimension_report(items)
   if "disagreement" in items[0]:  # does the committee agree more on right drafts?
     disagreement = np.concatenate([it["disagreement"] for it in items])
     outcomes = np.concatenate([it["correct"] for it in items])
