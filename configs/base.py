@@ -135,6 +135,9 @@ def get_config():
   # their disagreement is one more soft token of the refine pass. 1 = one critic.
   c.reflect.critics = config_dict.ConfigDict()
   c.reflect.critics.agents = 1
+  # Hierarchical critics (docs/ufarsap.md#hierarchical-critics): the critique c combines a token,
+  # a sentence and a document scale with learned weights.
+  c.reflect.critics.hierarchy = False
   # Adaptive strategy evolution (docs/ufarsap.md#adaptive-strategy-evolution): candidate loss
   # weight vectors "alpha,beta,gamma;..." among which a multiplicative-weights bandit chooses
   # every `every_steps` steps, by the held-out quality gain of a look-ahead update ("" = off:

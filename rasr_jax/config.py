@@ -110,6 +110,7 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class CriticsConfig:
   agents: int  # A critic agents (1: one critic, no committee)
+  hierarchy: bool  # token, sentence and document scales combined with learned weights
 
 
 @dataclasses.dataclass(frozen=True)

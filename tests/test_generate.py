@@ -15,7 +15,7 @@ from conftest import make_config, run_main
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate, inference
 from rasr_jax.model import decoding, sampling
-from rasr_jax.reflection import steps
+from rasr_jax.reflection import spans, steps
 from rasr_jax.reflection.layout import Layout
 from rasr_jax.training import losses, train_state
 
@@ -201,15 +201,26 @@ def test_per_example_stopping_leaves_stopped_rows_unchanged(rasr_model):
   assert (fixed.drafts[1] != fixed.drafts[0]).any()
 
 
-@pytest.mark.parametrize("draft_mode, agents", [("teacher_forced", 1), ("autoregressive", 1),
-                                                ("autoregressive", 3)])
-def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode, agents):
+@pytest.mark.parametrize("draft_mode, agents, hierarchy", [("teacher_forced", 1, False),
+                                                           ("autoregressive", 1, False),
+                                                           ("autoregressive", 3, False),
+                                                           ("autoregressive", 1, True)])
+def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode, agents, hierarchy):
   """For drafts y(0) of every length 1..Y, ended by `<eos>` or not, after left-padded prompts:
   greedy y(1) from the cached generator equals the argmax of the training-time refine pass
   teacher-forced on y(1) itself (through y(1)'s `<eos>`), with the mask of the draft mode, and
   the generator's critic scores equal the training critic pass's: generation sees exactly what
-  the refine pass was trained to see (with a critic committee too: its disagreement token)."""
-  config = make_config(**{"reflect.draft_mode": draft_mode, "reflect.critics.agents": agents})
+  the refine pass was trained to see (with a critic committee too: its disagreement token; with
+  a hierarchical critic: its combined critique, over the same sentences)."""
+  config = make_config(
+      **{
+          "reflect.draft_mode": draft_mode,
+          "reflect.critics.agents": agents,
+          "reflect.critics.hierarchy": hierarchy
+      })
+  vocab = np.arange(config.model.vocab_size)
+  marks = spans.SentenceMarks(ends=vocab % 5 == 0, breaks=vocab % 23 == 0, spaced=vocab
+                              % 2 == 0) if hierarchy else None
   graphdef, params = _split(config)
   r = config.reflect
   y, p = r.target_len, r.prompt_len
@@ -241,11 +252,12 @@ def test_refined_draft_is_the_training_refine_pass_argmax(draft_mode, agents):
                             0.5,
                             options=opts,
                             ids=IDS,
-                            first=first)
+                            first=first,
+                            marks=marks)
     model = nnx.merge(graphdef, params)
     x_emb = model.embed_tokens(jnp.asarray(prompt))
     draft_valid = jnp.arange(y)[None] < first.lengths[:, None]
-    live, _ = steps.critique(model, x_emb, prompt_valid, first.tokens, draft_valid, 0.5, IDS)
+    live, _ = steps.critique(model, x_emb, prompt_valid, first.tokens, draft_valid, 0.5, IDS, marks)
     logits = steps.refine_logits(model, x_emb, prompt_valid,
                                  first.tokens, draft_valid, live, out.drafts[1], IDS,
                                  Layout(p, y, r.critique_len), draft_mode == "teacher_forced")

@@ -48,10 +48,10 @@ def committee():
   return _setup(**{"reflect.critics.agents": 3, "reflect.draft_mode": "autoregressive"})
 
 
-def _routing_grads(setup, safety=None):
+def _routing_grads(setup, safety=None, pieces=None):
   """One jitted function: the step's combined gradient and each term's own gradient."""
   config, mesh, state, _, graphdef, tokens = setup
-  loss_fn = train_step.make_loss_fn(graphdef, config, IDS, safety=safety)
+  loss_fn = train_step.make_loss_fn(graphdef, config, IDS, safety=safety, pieces=pieces)
   n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
 
   @jax.jit
@@ -118,6 +118,25 @@ def test_committee_gradient_routing(committee):
   assert float(jnp.max(jnp.abs(consensus["loss/lm"]))) == 0
   assert float(jnp.max(jnp.abs(consensus["loss/controller"]))) == 0
   assert float(aux["critic/disagreement"]) > 0 and float(aux["critic/loss_consensus"]) > 0
+
+
+def test_hierarchy_gradient_routing():
+  """A hierarchical critic's sentence head and scale weights are critic parameters trained by
+  L_critic (its sentence and coordination terms) and L_reflection (the refine pass reads the
+  combined critique), never by L_standard or L_controller."""
+  setup = _setup(**{"reflect.critics.hierarchy": True, "reflect.draft_mode": "autoregressive"})
+  pieces = tok_lib.train(["one. two! three?\nfour five six. " * 20],
+                         300).piece_bytes(setup[0].model.vocab_size)
+  with pytest.raises(ValueError, match="needs `pieces`"):
+    train_step.make_loss_fn(setup[4], setup[0], IDS)
+  _, terms, aux = _check_routing(setup, _routing_grads(setup, pieces=pieces), 0.0)
+  for name in ("sentence_w", "scale_logits"):
+    grads = {term: grad["critic"][name][...] for term, grad in terms.items()}
+    assert float(jnp.max(jnp.abs(grads["loss/critic"]))) > 0, name
+    assert float(jnp.max(jnp.abs(grads["loss/reflect"]))) > 0, name
+    assert float(jnp.max(jnp.abs(grads["loss/lm"]))) == 0, name
+    assert float(jnp.max(jnp.abs(grads["loss/controller"]))) == 0, name
+  assert float(aux["critic/loss_sentences"]) > 0 and float(aux["critic/loss_coordination"]) > 0
 
 
 def _constant_safety(value):

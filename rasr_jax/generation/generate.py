@@ -70,11 +70,12 @@ def generate(graphdef,
              *,
              options: GenerateOptions,
              ids: SpecialIds,
-             first: decoding.Decoded | None = None):
+             first: decoding.Decoded | None = None,
+             marks=None):
   """prompt [B, P] int32 left-padded, prompt_valid [B, P] bool, keys [B] PRNG keys, tau and
   progress [] float -> Generation. Row b's draft k is drawn with keys fold_in(keys[b], k).
   `first`: the drafts y(0) to start from ([B, Y] tokens, padding after their lengths) instead
-  of decoding them."""
+  of decoding them. `marks`: the tokenizer's sentence marks, for a hierarchical critic."""
   model = nnx.merge(graphdef, params)
   rows, prompt_slots = prompt.shape
   n, k_total = options.max_new_tokens, options.iterations if options.reflect != "off" else 0
@@ -109,8 +110,15 @@ def generate(graphdef,
                       stop_iteration=jnp.zeros((rows,), jnp.int32))
 
   def critique(model, state):
-    return steps.critique_cached(model, hidden_x, x_cache, state, progress, prompt_valid, ids,
-                                 layers)
+    return steps.critique_cached(model,
+                                 hidden_x,
+                                 x_cache,
+                                 state,
+                                 progress,
+                                 prompt_valid,
+                                 ids,
+                                 layers,
+                                 marks=marks)
 
   def refine_draft(model, state, y_valid, crit):
     """Decodes y(k + 1) after `x <draft> y(k)+flags <critique> c(k) <refine>` -> Decoded."""
@@ -173,11 +181,12 @@ def generate(graphdef,
                         stop_iteration=final.refinements)
 
 
-def critic_scores(graphdef, params, x, x_valid, draft, draft_valid, progress, *, ids):
+def critic_scores(graphdef, params, x, x_valid, draft, draft_valid, progress, *, ids, marks=None):
   """The critic's weighted score c [B] of drafts [B, Y] (valid [B, Y]) of prompts x [B, P]
   (valid [B, P]): the critique step of training and generation (reflection/steps.py)."""
   model = nnx.merge(graphdef, params)
-  live, _ = steps.critique(model, model.embed_tokens(x), x_valid, draft, draft_valid, progress, ids)
+  live, _ = steps.critique(model, model.embed_tokens(x), x_valid, draft, draft_valid, progress, ids,
+                           marks)
   return live.critique
 
 

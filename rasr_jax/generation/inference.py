@@ -26,6 +26,7 @@ from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate as gen_lib
 from rasr_jax.model import sampling
+from rasr_jax.reflection import spans
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import train_state
 
@@ -134,6 +135,9 @@ class InferenceModel:
       self.params, self.tau = restored["params"], restored["tau"]
     self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
     self.ids = self.tokenizer.marker_ids
+    # The sentence marks of every token, for a hierarchical critic's sentence scale.
+    self.marks = (spans.sentence_marks(self.tokenizer.piece_bytes(self.config.model.vocab_size)) if
+                  self.config.reflect.enabled and self.config.reflect.critics.hierarchy else None)
     self._batch_sharding = sharding.batch_sharding(self.mesh)
     self._rows_multiple = self.config.mesh.data * self.config.mesh.fsdp
     self._compiled = {}  # GenerateOptions (or "score") -> jitted function
@@ -165,7 +169,8 @@ class InferenceModel:
                               tau,
                               progress,
                               options=options,
-                              ids=self.ids)
+                              ids=self.ids,
+                              marks=self.marks)
 
     batch = self._batch_sharding
     return jax.jit(run, in_shardings=(self.param_shardings, batch, batch, batch, None, None, None))
@@ -326,7 +331,8 @@ class InferenceModel:
     if "critic" not in self._compiled:
       self._compiled["critic"] = jax.jit(functools.partial(gen_lib.critic_scores,
                                                            self.graphdef,
-                                                           ids=self.ids),
+                                                           ids=self.ids,
+                                                           marks=self.marks),
                                          in_shardings=(self.param_shardings,
                                                        *[self._batch_sharding] * 4, None))
     rows, batches = self._batches(list(zip(prompts, responses)), batch_size)

@@ -35,6 +35,12 @@ class Critique:
   agent_critique: jax.Array  # [B, A] each agent's own c_m = sum_d w_md C_md
   consensus: jax.Array  # [A, C] a_md: each agent's share of dimension d (sums to 1 over A)
   disagreement: jax.Array  # [B] variance of C_md over the agents, averaged over d (0 if A = 1)
+  # Hierarchical critics (None without): with them `critique` is the combination of the scales.
+  sentence_scores: jax.Array | None = None  # [B, S] probability that sentence s is right
+  sentence_valid: jax.Array | None = None  # [B, S] bool: sentence s exists
+  sentence_index: jax.Array | None = None  # [B, Y] the sentence of each draft token (-1: none)
+  scale_scores: jax.Array | None = None  # [B, 3] token, sentence and document scale scores
+  scale_weights: jax.Array | None = None  # [3] their learned weights (sum to 1)
 
 
 def one_critic(embed_x, embed_y, scores, token_errors, weights) -> Critique:
@@ -76,14 +82,44 @@ def _agent(score_w, score_b, token_u, token_b, weight_w, weight_b, both, hy, wei
   return scores, token_errors, weights
 
 
+SCALES = ("token", "sentence", "document")
+
+
+def _scales(critique: Critique, sentence_w, sentence_b, scale_logits, hy, y_mask, sentences):
+  """The hierarchical critique (UFARSAP eq. 2, three scales) of a Critique: token scale 1 - the
+  mean per-token error, sentence scale the mean of per-sentence scores (a head on each
+  sentence's mean hidden state), document scale c; combined with softmax(scale_logits)."""
+  rows, width = sentences.shape
+  member = (sentences[..., None] == jnp.arange(width)) & y_mask[..., None]  # [B, Y, S]
+  counts = jnp.sum(member, axis=1)  # [B, S]
+  pooled = jnp.einsum("bys,byd->bsd", member.astype(hy.dtype), hy) / jnp.maximum(
+      counts, 1)[..., None]  # [B, S, D]
+  sentence_scores = jax.nn.sigmoid(pooled @ sentence_w + sentence_b)  # [B, S]
+  sentence_valid = counts > 0
+  mask = y_mask.astype(jnp.float32)
+  token = 1.0 - jnp.sum(critique.token_errors * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0)
+  sentence = jnp.sum(sentence_scores * sentence_valid, 1) / jnp.maximum(
+      jnp.sum(sentence_valid, 1), 1)
+  scale_scores = jnp.stack([token, sentence, critique.critique], axis=-1)  # [B, 3]
+  scale_weights = jax.nn.softmax(scale_logits.astype(jnp.float32))
+  return critique.replace(critique=scale_scores @ scale_weights,
+                          sentence_scores=sentence_scores,
+                          sentence_valid=sentence_valid,
+                          sentence_index=sentences,
+                          scale_scores=scale_scores,
+                          scale_weights=scale_weights)
+
+
 class Critic(nnx.Module):
   """phi: dimension scores, per-token errors and adaptive weights from the trunk's hidden states.
 
   With `agents` A > 1 it is a committee: every parameter gains a leading [A] axis (each agent
   its own initialisation), and learned consensus logits [A, C] weigh the agents per dimension.
+  With `hierarchy` a sentence head and scale logits [3] (one set, read after the committee)
+  combine the token, sentence and document scales into the critique c.
   """
 
-  def __init__(self, d_model, num_dims, *, agents=1, init_std, param_dtype, rngs):
+  def __init__(self, d_model, num_dims, *, agents=1, hierarchy=False, init_std, param_dtype, rngs):
     init = nnx.initializers.normal(init_std)
     pd = param_dtype
     lead = (agents,) if agents > 1 else ()
@@ -100,13 +136,30 @@ class Critic(nnx.Module):
     self.weight_b = param(_zeros_init, (num_dims,))
     if agents > 1:  # zeros: the committee starts as the agents' plain mean
       self.consensus_logits = layers.param(rngs, _zeros_init, (agents, num_dims), (None, None), pd)
-    self.agents = agents
+    if hierarchy:  # zeros: the scales start equally weighted
+      self.sentence_w = layers.param(rngs, init, (d_model,), (None,), pd)
+      self.sentence_b = layers.param(rngs, _zeros_init, (), (), pd)
+      self.scale_logits = layers.param(rngs, _zeros_init, (len(SCALES),), (None,), pd)
+    self.agents, self.hierarchy = agents, hierarchy
 
-  def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None):
+  def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None, sentences=None):
     """hidden_x [B, P, D], hidden_y [B, Y, D], progress [] in [0, 1] -> Critique.
 
-    x_mask [B, P], y_mask [B, Y] bool (default all) leave padding out of the mean embeddings.
+    x_mask [B, P], y_mask [B, Y] bool (default all) leave padding out of the mean embeddings;
+    sentences [B, Y] int (reflection/spans.py's index, -1 on padding) is what the hierarchy's
+    sentence scale pools over.
     """
+    critique = self._critique(hidden_x, hidden_y, progress, x_mask, y_mask)
+    if not self.hierarchy:
+      return critique
+    if sentences is None:
+      raise ValueError("a hierarchical critic needs the drafts' sentence index (`sentences`)")
+    y_mask = jnp.ones(hidden_y.shape[:2], bool) if y_mask is None else y_mask
+    return _scales(critique, self.sentence_w[...].astype(jnp.float32),
+                   self.sentence_b[...].astype(jnp.float32), self.scale_logits[...],
+                   hidden_y.astype(jnp.float32), y_mask, sentences)
+
+  def _critique(self, hidden_x, hidden_y, progress, x_mask, y_mask):
     hx, hy = hidden_x.astype(jnp.float32), hidden_y.astype(jnp.float32)
     embed_x, embed_y = _masked_mean(hx, x_mask), _masked_mean(hy, y_mask)  # [B, D]
     both = jnp.concatenate([embed_x, embed_y], axis=-1)  # [B, 2D]

@@ -18,7 +18,11 @@ def build_heads(cfg, reflect_cfg, rngs):
       "feedback":
           heads.Feedback(cfg.d_model, dims, committee=agents > 1, **kw),
       "critic":
-          heads.Critic(cfg.d_model, dims, agents=agents, **kw),
+          heads.Critic(cfg.d_model,
+                       dims,
+                       agents=agents,
+                       hierarchy=reflect_cfg.critics.hierarchy,
+                       **kw),
       "controller":
           heads.Controller(cfg.d_model, dims, reflect_cfg.iterations, reflect_cfg.controller_hidden,
                            **kw),

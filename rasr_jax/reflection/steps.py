@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rasr_jax.model import decoding, sampling
+from rasr_jax.reflection import spans
 from rasr_jax.reflection.layout import Layout, SpecialIds
 from rasr_jax.reflection.state import LoopState
 
@@ -39,9 +40,24 @@ def padded_attention(valid):
   return positions, mask[:, None]
 
 
-def critique(model, x_emb, prompt_valid, draft, draft_valid, progress, ids: SpecialIds):
+def _sentences(draft, draft_valid, marks):
+  """The drafts' sentence index [B, Y] for a hierarchical critic, or None without `marks`."""
+  if marks is None:
+    return None
+  return spans.sentence_index(draft, jnp.sum(draft_valid, axis=1), marks)
+
+
+def critique(model,
+             x_emb,
+             prompt_valid,
+             draft,
+             draft_valid,
+             progress,
+             ids: SpecialIds,
+             marks: spans.SentenceMarks | None = None):
   """Critic pass over `x <draft> y(k)` (no cache) -> (live critique, critique of stop-gradient
-  states). x_emb [B, P, D] with prompt_valid [B, P]; draft [B, Y] with draft_valid [B, Y].
+  states). x_emb [B, P, D] with prompt_valid [B, P]; draft [B, Y] with draft_valid [B, Y];
+  `marks` (the tokenizer's sentence marks) for a hierarchical critic.
 
   The live critique feeds the refine pass (L_reflection reaches psi and phi through it); the
   other trains the critic (L_critic reaches phi only).
@@ -53,9 +69,10 @@ def critique(model, x_emb, prompt_valid, draft, draft_valid, progress, ids: Spec
                                positions=positions,
                                mask=mask)
   hx, hy = hidden[:, :prompt_len], hidden[:, prompt_len + 1:]  # [B, P, D], [B, Y, D]
-  live = model.critic(hx, hy, progress, prompt_valid, draft_valid)
+  sentences = _sentences(draft, draft_valid, marks)
+  live = model.critic(hx, hy, progress, prompt_valid, draft_valid, sentences)
   frozen = model.critic(jax.lax.stop_gradient(hx), jax.lax.stop_gradient(hy), progress,
-                        prompt_valid, draft_valid)
+                        prompt_valid, draft_valid, sentences)
   return live, frozen
 
 
@@ -66,7 +83,8 @@ def critique_cached(model,
                     progress,
                     prompt_valid,
                     ids: SpecialIds,
-                    layers=None):
+                    layers=None,
+                    marks: spans.SentenceMarks | None = None):
   """Critic pass over `x <draft> y(k)` continuing from the KV cache of x (generation) ->
   (Critique, draft validity [B, Y] bool). hidden_x [B, P, D] and prompt_valid [B, P] are x's;
   draft padding past `state.length` is never attended and left out of the critic's means."""
@@ -77,7 +95,8 @@ def critique_cached(model,
                                          x_cache,
                                          valid=valid,
                                          layers=layers)
-  return model.critic(hidden_x, hidden[:, 1:], progress, prompt_valid, y_valid), y_valid
+  return model.critic(hidden_x, hidden[:, 1:], progress, prompt_valid, y_valid,
+                      _sentences(state.draft, y_valid, marks)), y_valid
 
 
 def decide(model, critique_k, state: LoopState, tau, stopping):

@@ -209,6 +209,8 @@ def _weight_name(name):
     return f"pairs/{name.rsplit('/', 1)[1]}"
   if name.startswith("critic/auroc/"):  # a safety dimension's, by its own (safe, flagged) pairs
     return f"critic/auroc_pairs/{name.rsplit('/', 1)[1]}"
+  if name.startswith("critic/scale_auroc/"):  # a critic scale's, by the (right, wrong) pairs
+    return "critic/auroc_pairs"
   return "critic/auroc_pairs" if name in ("critic/auroc", "critic/disagreement_auroc") else None
 
 
@@ -346,8 +348,11 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   initial = _initial_params(config, workdir)
   tokenizer = prepare_tokenizer(config, workdir, corpus, initial)
   sources.check_tokenized(corpus, tokenizer.checksum)
-  # The bytes of every token, for reading answers of question/answer rows on device.
-  pieces = tokenizer.piece_bytes(config.model.vocab_size) if config.reflect.qa_rows else None
+  # The bytes of every token, for reading answers of question/answer rows on device and for a
+  # hierarchical critic's sentences.
+  r = config.reflect
+  pieces = (tokenizer.piece_bytes(config.model.vocab_size) if r.qa_rows or
+            (r.enabled and r.critics.hierarchy) else None)
   safety = safety_quality.make_safety_quality(config, tokenizer)  # reflect.safety_dims' labels
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)

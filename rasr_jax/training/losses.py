@@ -33,7 +33,8 @@ def reflection_row_losses(refine_logits, target, target_valid):
 def critic_loss(critique, quality, labels, label_mask):
   """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged,
   and over the agents of a committee; a committee adds the consensus term (sum_m a_md C_md -
-  q_d)^2 on stop-gradient agent scores, which trains the consensus weights a only.
+  q_d)^2 on stop-gradient agent scores, which trains the consensus weights a only; a
+  hierarchical critic adds its sentence and coordination terms (`_hierarchy_terms`).
 
   critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y] over
   the draft positions in label_mask [B, Y].
@@ -47,11 +48,37 @@ def critic_loss(critique, quality, labels, label_mask):
   scalar = jnp.mean(
       (critique.agent_critique - jnp.sum(critique.agent_weights * quality[:, None], axis=-1))**2)
   parts = {"critic/loss_scores": scores, "critic/loss_tokens": tokens, "critic/loss_scalar": scalar}
-  if agents == 1:
-    return scores + tokens + scalar, parts
-  consensus = jnp.sum(critique.consensus * jax.lax.stop_gradient(critique.agent_scores), axis=1)
-  parts["critic/loss_consensus"] = jnp.mean((consensus - quality)**2)
-  return scores + tokens + scalar + parts["critic/loss_consensus"], parts
+  total = scores + tokens + scalar
+  if agents > 1:
+    consensus = jnp.sum(critique.consensus * jax.lax.stop_gradient(critique.agent_scores), axis=1)
+    parts["critic/loss_consensus"] = jnp.mean((consensus - quality)**2)
+    total += parts["critic/loss_consensus"]
+  if critique.scale_scores is not None:
+    parts.update(_hierarchy_terms(critique, quality, labels, label_mask))
+    total += parts["critic/loss_sentences"] + parts["critic/loss_coordination"]
+  return total, parts
+
+
+def _hierarchy_terms(critique, quality, labels, label_mask):
+  """A hierarchical critic's terms: the sentence head's BCE against each sentence's label (1 when
+  none of its labelled tokens is wrong; sentences without a labelled token are left out), and the
+  coordination term (sum_s b_s sg(c_s) - sum_d sg(w_d) q_d)^2 (eq. 6 with the scales as the
+  orchestrated parts), which trains the scale weights b only."""
+  width = critique.sentence_scores.shape[1]
+  member = critique.sentence_index[..., None] == jnp.arange(width)  # [B, Y, S]
+  labelled = member & label_mask[..., None]
+  wrong = jnp.any(labelled & (labels[..., None] > 0.5), axis=1)  # [B, S]
+  counted = (jnp.any(labelled, axis=1) & critique.sentence_valid).astype(jnp.float32)
+  sentences = jnp.sum(
+      binary_cross_entropy(critique.sentence_scores,
+                           (~wrong).astype(jnp.float32)) * counted) / jnp.maximum(
+                               jnp.sum(counted), 1.0)
+  target = jnp.sum(jax.lax.stop_gradient(critique.weights) * quality, axis=-1)  # [B]
+  combined = jax.lax.stop_gradient(critique.scale_scores) @ critique.scale_weights
+  return {
+      "critic/loss_sentences": sentences,
+      "critic/loss_coordination": jnp.mean((combined - target)**2)
+  }
 
 
 def controller_targets(weighted_quality, weighted_quality_next, quality_target, min_gain):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rasr_jax.model import sampling
+from rasr_jax.model import heads, sampling
 from rasr_jax.reflection import answers, quality, steps
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import state as loop_state
@@ -108,7 +108,8 @@ def iterate(graphdef,
             cfg,
             ids: SpecialIds,
             pieces,
-            safety=None):
+            safety=None,
+            marks=None):
   """The `lax.scan` over R >= 1 iterations -> (final LoopState, per-iteration outputs).
 
   draft0 [B, Y] with lengths length0 [B]. Outputs are stacked on a leading [R] axis. The model
@@ -124,7 +125,7 @@ def iterate(graphdef,
     model = nnx.merge(graphdef, params)
     x_emb = model.embed_tokens(rows.prompt)
     live, frozen = steps.critique(model, x_emb, rows.prompt_valid, draft, draft_valid, progress,
-                                  ids)
+                                  ids, marks)
     q_all, q, critic_loss, critic_parts, calibration = _critic_terms(draft, state.length, rows,
                                                                      frozen, cfg.dim_names, pieces,
                                                                      safety)
@@ -173,12 +174,35 @@ def iterate(graphdef,
         draft=draft)
     if "factual" in cfg.dim_names:  # for the critic's AUROC
       out["factual_score"] = frozen.scores[:, cfg.dim_names.index("factual")]
+    if cfg.critics.hierarchy:  # each scale's score, and what the critique c is trained toward
+      out["scale_scores"] = frozen.scale_scores
+      out["scale_weights"] = frozen.scale_weights
+      out["weighted_quality"] = _weighted(q, frozen.weights)
     for name in cfg.safety_dim_names:  # the label and the critic's score of each safety dim
       out[f"safe/{name}"] = quality.select(q_all, (name,))[:, 0]
       out[f"safe_score/{name}"] = frozen.scores[:, cfg.dim_names.index(name)]
     return steps.accept(state, candidate, candidate_len), out
 
   return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
+
+
+def _scale_metrics(out, rows, cfg):
+  """A hierarchical critic's scales over every critique: `critic/scale_weight/<scale>` (the
+  learned weights), `critic/scale_error/<scale>` (mean |c_s - sum_d w_d q_d|, each scale's
+  calibration against what c is trained toward) and, on question/answer rows,
+  `critic/scale_auroc/<scale>` (how well the scale's score tells right answers from wrong)."""
+  scores = out["scale_scores"].reshape(-1, len(heads.SCALES))  # [R * B, 3]
+  target = out["weighted_quality"].reshape(-1)
+  weights = jnp.mean(out["scale_weights"], axis=0)
+  metrics = {}
+  for index, scale in enumerate(heads.SCALES):
+    metrics[f"critic/scale_weight/{scale}"] = weights[index]
+    metrics[f"critic/scale_error/{scale}"] = jnp.mean(jnp.abs(scores[:, index] - target))
+    if cfg.qa_rows:
+      qa = jnp.broadcast_to(rows.checker != answers.TEXT, out["correct"].shape).reshape(-1)
+      metrics[f"critic/scale_auroc/{scale}"], metrics["critic/auroc_pairs"] = critic_auroc(
+          scores[:, index], out["correct"].reshape(-1), qa)
+  return metrics
 
 
 def reflect(graphdef,
@@ -193,20 +217,22 @@ def reflect(graphdef,
             cfg,
             ids: SpecialIds,
             pieces,
-            safety=None):
+            safety=None,
+            marks=None):
   """Runs the R iterations; returns ({"reflect", "critic", "controller"} losses, metrics).
 
   The model is `nnx.merge(graphdef, params)`; rows: the reflection sub-batch; draft0 [B, Y]
   int with lengths length0 [B]; tau, progress [] float; cfg: ReflectConfig; pieces: the
   tokenizer's PieceBytes (None for text windows only); safety: the safety qualities of drafts
-  (safety_quality.py; None without reflect.safety_dims).
+  (safety_quality.py; None without reflect.safety_dims); marks: the tokenizer's sentence marks
+  (reflection/spans.py) for a hierarchical critic.
   """
   k_total = cfg.iterations
   if k_total == 0:  # critics only: the critic judges y(0); nothing is refined
     model = nnx.merge(graphdef, params)
     draft_valid = jnp.arange(draft0.shape[1])[None] < length0[:, None]
     _, frozen = steps.critique(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft0,
-                               draft_valid, progress, ids)
+                               draft_valid, progress, ids, marks)
     q_all, _, critic_loss, critic_parts, calibration = _critic_terms(draft0, length0, rows, frozen,
                                                                      cfg.dim_names, pieces, safety)
     zero = jnp.zeros((), jnp.float32)
@@ -232,7 +258,8 @@ def reflect(graphdef,
                        cfg=cfg,
                        ids=ids,
                        pieces=pieces,
-                       safety=safety)
+                       safety=safety,
+                       marks=marks)
   final_quality = _row_quality(final.draft, final.length, rows, pieces, safety)[0]
   metrics = {
       "reflect/mean_iterations": jnp.mean(final.refinements.astype(jnp.float32)),
@@ -245,6 +272,8 @@ def reflect(graphdef,
       metrics[name] = jnp.mean(out[name])
   if cfg.critics.agents > 1:  # the variance of the agents' scores, over every critique
     metrics["critic/disagreement"] = jnp.mean(out["disagreement"])
+  if cfg.critics.hierarchy:
+    metrics.update(_scale_metrics(out, rows, cfg))
   for name in cfg.safety_dim_names:  # over every critique: how often the label fires, and
     # how well the critic's score tells safe drafts from flagged ones
     safe = out[f"safe/{name}"].reshape(-1)

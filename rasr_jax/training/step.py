@@ -20,7 +20,7 @@ from rasr_jax.data import packing
 from rasr_jax.data.packing import PackedRows
 from rasr_jax.model import sampling
 from rasr_jax.reflection import rows as rows_lib
-from rasr_jax.reflection import steps
+from rasr_jax.reflection import spans, steps
 from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import losses, optim, reflect, strategy
 
@@ -102,6 +102,10 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None, sa
   r = config.reflect
   if r.enabled and r.qa_rows and pieces is None:
     raise ValueError(f"reflect.source={r.source} reads answers: make_loss_fn needs `pieces`")
+  if r.enabled and r.critics.hierarchy and pieces is None:
+    raise ValueError("a hierarchical critic finds sentences from token bytes: make_loss_fn "
+                     "needs `pieces`")
+  marks = spans.sentence_marks(pieces) if r.enabled and r.critics.hierarchy else None
   if r.enabled and r.safety_dim_names and safety is None:
     raise ValueError(f"reflect.safety_dims={r.safety_dims} labels drafts: make_loss_fn needs "
                      "`safety`")
@@ -127,7 +131,8 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None, sa
                                      cfg=r,
                                      ids=special_ids,
                                      pieces=pieces if r.qa_rows else None,
-                                     safety=safety)
+                                     safety=safety,
+                                     marks=marks)
     scale = 1.0 / micro_batches
     alpha, beta, gamma = (r.alpha, r.beta, r.gamma) if loss_weights is None else loss_weights
     total = (alpha * lm + scale *
