@@ -142,6 +142,13 @@ def get_config():
   # weight vectors "alpha,beta,gamma;..." among which a multiplicative-weights bandit chooses
   # every `every_steps` steps, by the held-out quality gain of a look-ahead update ("" = off:
   # alpha, beta and gamma above, fixed).
+  # UFARSAP's unified loss (docs/ufarsap.md#the-unified-loss): lambda_i of every paradigm loss
+  # (in place of alpha, beta, gamma and the controller's 1; adaptive strategies still choose the
+  # first three) and lambda_coord of the coordination terms, seed 003's defaults.
+  c.reflect.unified = config_dict.ConfigDict()
+  c.reflect.unified.enabled = False
+  c.reflect.unified.paradigm_weight = 0.2
+  c.reflect.unified.coordination_weight = 0.15
   c.reflect.strategies = config_dict.ConfigDict()
   c.reflect.strategies.weights = ""
   c.reflect.strategies.every_steps = 50

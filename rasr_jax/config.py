@@ -141,6 +141,15 @@ class StrategiesConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class UnifiedConfig:
+  """UFARSAP's unified loss (eq. 5): the paradigm losses weighed alike, the coordination terms
+  apart."""
+  enabled: bool
+  paradigm_weight: float  # lambda_i of L_standard, L_reflection, L_critic and L_controller
+  coordination_weight: float  # lambda_coord of the consensus and scale-coordination terms
+
+
+@dataclasses.dataclass(frozen=True)
 class ReflectConfig:
   enabled: bool
   source: str
@@ -165,6 +174,7 @@ class ReflectConfig:
   controller_hidden: int
   critics: CriticsConfig
   strategies: StrategiesConfig
+  unified: UnifiedConfig
 
   @property
   def dim_names(self):
@@ -351,6 +361,7 @@ _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_
                  "train.eval_batches", "train.peak_flops_per_device", "reflect.iterations",
                  "reflect.rows", "reflect.draft_temperature", "reflect.alpha", "reflect.beta",
                  "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain",
+                 "reflect.unified.paradigm_weight", "reflect.unified.coordination_weight",
                  "avr.temperature", "self_align.temperature")
 _CHOICES = {
     "model.param_dtype": DTYPES,

@@ -139,6 +139,26 @@ def test_hierarchy_gradient_routing():
   assert float(aux["critic/loss_sentences"]) > 0 and float(aux["critic/loss_coordination"]) > 0
 
 
+def test_the_unified_loss_weighs_the_paradigms_alike_and_coordination_apart():
+  """Eq. 5: lambda_i (0.2) times each of L_standard, L_reflection, L_critic without its
+  coordination terms and L_controller, plus lambda_coord (0.15) times the committee's consensus
+  term."""
+  config, mesh, state, _, graphdef, tokens = _setup(**{
+      "reflect.unified.enabled": True,
+      "reflect.critics.agents": 2
+  })
+  loss_fn = train_step.make_loss_fn(graphdef, config, IDS)
+  n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
+  with sharding.activate(mesh):
+    total, m = jax.jit(loss_fn)(state.params, PackedRows(tokens), None, n, jax.random.key(1),
+                                jnp.float32(0.5), jnp.float32(0.0))
+  coordination = float(m["loss/coordination"])
+  assert coordination == pytest.approx(float(m["critic/loss_consensus"]), rel=1e-6)
+  paradigms = (float(m["loss/lm"]) + float(m["loss/reflect"]) + float(m["loss/critic"])
+               - coordination + float(m["loss/controller"]))
+  assert float(total) == pytest.approx(0.2 * paradigms + 0.15 * coordination, rel=1e-5)
+
+
 def _constant_safety(value):
   """A stand-in for the host labels: every draft's safety quality is `value` in every dim."""
   return lambda draft, length: jnp.full((draft.shape[0], len(config_lib.SAFETY_DIMS)), value)

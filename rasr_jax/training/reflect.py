@@ -37,6 +37,13 @@ def _draft_valid(state: loop_state.LoopState):
   return jnp.arange(state.draft.shape[1])[None] < state.length[:, None]  # [B, Y]
 
 
+def _coordination(parts):
+  """The coordination terms inside L_critic (a committee's consensus term, a hierarchy's
+  coordination term; 0 without either): the unified loss weighs them apart (step.py)."""
+  names = ("critic/loss_consensus", "critic/loss_coordination")
+  return sum((parts[name] for name in names if name in parts), jnp.zeros((), jnp.float32))
+
+
 def _row_quality(draft, length, rows, pieces, safety):
   """quality.row_quality, with the safety qualities appended when `safety` (safety_quality.py's
   function) is given -> (quality [B, 3 (+ 4)], labels [B, Y], label mask [B, Y])."""
@@ -245,7 +252,13 @@ def reflect(graphdef,
     }
     if cfg.critics.agents > 1:
       metrics["critic/disagreement"] = jnp.mean(frozen.disagreement)
-    return {"reflect": zero, "critic": critic_loss, "controller": zero}, metrics
+    terms = {
+        "reflect": zero,
+        "critic": critic_loss,
+        "controller": zero,
+        "coordination": _coordination(critic_parts)
+    }
+    return terms, metrics
 
   final, out = iterate(graphdef,
                        params,
@@ -301,6 +314,7 @@ def reflect(graphdef,
   terms = {
       "reflect": jnp.sum(out["reflect"]),
       "critic": jnp.mean(out["critic"]),
-      "controller": jnp.mean(out["controller"])
+      "controller": jnp.mean(out["controller"]),
+      "coordination": jnp.mean(_coordination(out))
   }
   return terms, metrics

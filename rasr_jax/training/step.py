@@ -134,15 +134,24 @@ def make_loss_fn(graphdef, config, special_ids, micro_batches=1, pieces=None, sa
                                      safety=safety,
                                      marks=marks)
     scale = 1.0 / micro_batches
-    alpha, beta, gamma = (r.alpha, r.beta, r.gamma) if loss_weights is None else loss_weights
-    total = (alpha * lm + scale *
-             (beta * terms["reflect"] + gamma * terms["critic"] + terms["controller"]))
+    u = r.unified
+    fixed = (u.paradigm_weight,) * 3 if u.enabled else (r.alpha, r.beta, r.gamma)
+    alpha, beta, gamma = fixed if loss_weights is None else loss_weights
+    if u.enabled:  # eq. 5: the paradigms, then the coordination terms with their own weight
+      critic = terms["critic"] - terms["coordination"]
+      total = (alpha * lm + scale *
+               (beta * terms["reflect"] + gamma * critic + u.paradigm_weight * terms["controller"]
+                + u.coordination_weight * terms["coordination"]))
+    else:
+      total = (alpha * lm + scale *
+               (beta * terms["reflect"] + gamma * terms["critic"] + terms["controller"]))
     metrics = {k: v * scale for k, v in metrics.items()}
     metrics.update({
         "loss/lm": lm,
         "loss/reflect": terms["reflect"] * scale,
         "loss/critic": terms["critic"] * scale,
-        "loss/controller": terms["controller"] * scale
+        "loss/controller": terms["controller"] * scale,
+        "loss/coordination": terms["coordination"] * scale
     })
     return total, metrics
 
