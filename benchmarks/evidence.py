@@ -10,6 +10,13 @@ stream:
   rasr              the config's RASR (question/answer rows, free-running drafts)
   rasr_teacher      RASR with teacher-forced drafts: the control that cannot beat the
                     standard pass (docs/method.md)
+and, when named in --trainings (docs/ufarsap.md), UFARSAP and its Table 4 ablations:
+  ufarsap           the unified loss, a committee of 3, hierarchical critics, the misinformation
+                    safety dimension and adaptive strategies
+  ufarsap_no_orchestration, ufarsap_no_adaptive_evolution, ufarsap_no_coordination
+                    the same less one part
+  self_align        --mode=self_align (2 rounds) from the seed's `rasr` run; its last model
+                    scored by its draft
 Then `--mode=eval` scores held-out bundled tasks (the probe included) and perplexity: standard
 models by their draft; RASR models by y(0) alone and by the answer given (critic + controller),
 with accuracy per iteration, wrong->right / right->wrong, mean iterations and the critic's
@@ -51,19 +58,47 @@ _SET = flags.DEFINE_multi_string(
 _PROBE_ONLY = flags.DEFINE_bool(
     "probe_only", False, "Train and evaluate on the probe alone (sum first, as question/answer "
     "files): does refinement learn to read its own draft where a second look can help?")
-_TRAININGS = flags.DEFINE_string("trainings", None,
-                                 "Comma-separated trainings to run, in order (default: all).")
+_TRAININGS = flags.DEFINE_string(
+    "trainings", None, "Comma-separated trainings to run, in order (default: standard_tokens, "
+    "standard_compute, rasr, rasr_teacher; UFARSAP's and self_align when named).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BUNDLED_TASKS = ("arithmetic", "logic", "facts", "probe")
 PROBE_EXAMPLES = 60_000  # question/answer records, and as many further additions as text
 PROBE_HELD_OUT_SEED = 7_777_777
-TRAININGS = {  # name: (reflect overrides, eval methods)
-    "standard_tokens": ({"enabled": False}, "standard"),
-    "standard_compute": ({"enabled": False}, "standard"),
-    "rasr": ({}, "standard,rasr"),
-    "rasr_teacher": ({"draft_mode": "teacher_forced"}, "standard,rasr"),
+UFARSAP = {
+    "unified.enabled": True,
+    "critics.agents": 3,
+    "critics.hierarchy": True,
+    "safety_dims": "misinformation",
+    "strategies.weights": "0.2,0.2,0.2;0.3,0.1,0.2;0.1,0.3,0.2"
 }
+TRAININGS = {  # name: (reflect overrides, eval methods)
+    "standard_tokens": ({
+        "enabled": False
+    }, "standard"),
+    "standard_compute": ({
+        "enabled": False
+    }, "standard"),
+    "rasr": ({}, "standard,rasr"),
+    "rasr_teacher": ({
+        "draft_mode": "teacher_forced"
+    }, "standard,rasr"),
+    "ufarsap": (UFARSAP, "standard,rasr"),
+    "ufarsap_no_orchestration": ({
+        **UFARSAP, "critics.agents": 1,
+        "critics.hierarchy": False
+    }, "standard,rasr"),
+    "ufarsap_no_adaptive_evolution": ({
+        **UFARSAP, "strategies.weights": ""
+    }, "standard,rasr"),
+    "ufarsap_no_coordination": ({
+        **UFARSAP, "unified.coordination_weight": 0.0
+    }, "standard,rasr"),
+    "self_align": ({}, "standard"),  # from the `rasr` run (`run_seed`)
+}
+DEFAULT_TRAININGS = ("standard_tokens", "standard_compute", "rasr", "rasr_teacher")
+ROUNDS = 2  # self-alignment rounds of the `self_align` training
 ROWS = (  # (row label, training, method)
     ("Standard, equal tokens", "standard_tokens", "standard"),
     ("Standard, equal compute", "standard_compute", "standard"),
@@ -71,6 +106,11 @@ ROWS = (  # (row label, training, method)
     ("RASR, answer given", "rasr", "rasr"),
     ("RASR teacher-forced, y(0)", "rasr_teacher", "standard"),
     ("RASR teacher-forced, answer given", "rasr_teacher", "rasr"),
+    ("UFARSAP, answer given", "ufarsap", "rasr"),
+    ("UFARSAP without orchestration", "ufarsap_no_orchestration", "rasr"),
+    ("UFARSAP without adaptive evolution", "ufarsap_no_adaptive_evolution", "rasr"),
+    ("UFARSAP without coordination", "ufarsap_no_coordination", "rasr"),
+    ("RASR + 2 self-alignment rounds", "self_align", "standard"),
 )
 
 
@@ -154,9 +194,15 @@ def run_seed(seed, training, steps, settings):
   ]
   results_path = os.path.join(workdir, "eval", "results.json")
   if not os.path.exists(results_path):
-    # Resumes an interrupted run; a finished one resumes at its last step and does nothing.
-    _main(f"--workdir={workdir}", *overrides)
-    _main(f"--workdir={workdir}", "--mode=eval", *overrides, f"--eval_methods={methods}",
+    model_dir = workdir
+    if training == "self_align":  # rounds from the `rasr` run; resumable like a training
+      run_seed(seed, "rasr", steps, settings)
+      _main(f"--workdir={_run_dir(seed, 'rasr')}", "--mode=self_align", *overrides,
+            f"--config.self_align.output={workdir}", f"--config.self_align.rounds={ROUNDS}")
+      model_dir = os.path.join(workdir, f"round_{ROUNDS}", "train")
+    else:  # resumes an interrupted run; a finished one resumes at its last step, doing nothing
+      _main(f"--workdir={workdir}", *overrides)
+    _main(f"--workdir={model_dir}", "--mode=eval", *overrides, f"--eval_methods={methods}",
           f"--eval_tasks={','.join(_tasks())},perplexity", f"--eval_limit={_LIMIT.value}",
           f"--eval_output={os.path.join(workdir, 'eval')}", "--batch_size=32")
   with open(results_path) as f:
@@ -226,7 +272,7 @@ def main(argv):
   settings = _SET.value + _probe_settings()
   config = _config(settings)
   seeds = [int(s) for s in _SEEDS.value.split(",")]
-  trainings = _TRAININGS.value.split(",") if _TRAININGS.value else list(TRAININGS)
+  trainings = _TRAININGS.value.split(",") if _TRAININGS.value else list(DEFAULT_TRAININGS)
   if set(trainings) - set(TRAININGS):
     raise app.UsageError(f"--trainings: expected some of {', '.join(TRAININGS)}")
   steps = config.train.steps
