@@ -98,8 +98,11 @@ def get_config():
   c.train.peak_flops_per_device = 0.0  # MFU denominator in FLOP/s; 0 = look up or measure
   # Non-finite loss or gradients: the update is always dropped inside the step (state kept,
   # `skipped_updates` counts it); "stop" also ends the run there (exit code 3, no checkpoint of
-  # that step), "skip" trains on.
+  # that step), "skip" trains on. The loop reads no flag from the device per step: "stop" reads
+  # every step's flag at the next log or checkpoint step, before writing anything of it.
   c.train.nan_policy = "stop"
+  # "FIRST,LAST": write a jax.profiler trace of steps FIRST..LAST to WORKDIR/profile ("" = none).
+  c.train.profile_steps = ""
 
   c.reflect = config_dict.ConfigDict()  # RASR (design/RASR.md); off = standard pretraining
   c.reflect.enabled = False  # add the critic, the controller and R refinement iterations

@@ -105,6 +105,19 @@ class TrainConfig:
   eval_batches: int
   peak_flops_per_device: float
   nan_policy: str
+  profile_steps: str  # "FIRST,LAST": a jax.profiler trace of those steps ("" = none)
+
+  def profile_range(self) -> tuple[int, int] | None:
+    """(first, last) step of the profiler trace, or None; ValueError when malformed."""
+    if not self.profile_steps.strip():
+      return None
+    parts = self.profile_steps.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+      raise ValueError("expected FIRST,LAST: two step numbers")
+    first, last = (int(p) for p in parts)
+    if not 1 <= first <= last:
+      raise ValueError("expected 1 <= FIRST <= LAST")
+    return first, last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -501,6 +514,10 @@ def _check_rules(c):
   if c.metrics.wandb_project and importlib.util.find_spec("wandb") is None:
     _fail("metrics.wandb_project", c.metrics.wandb_project,
           "needs the wandb package (pip install wandb), which is optional")
+  try:
+    c.train.profile_range()
+  except ValueError as e:
+    _fail("train.profile_steps", c.train.profile_steps, str(e))
   m = c.model
   if m.num_heads % m.num_kv_heads:
     _fail("model.num_heads", m.num_heads,

@@ -375,3 +375,31 @@ def _assert_same_run(config, workdir, reference):
   assert losses(workdir) == losses(reference)
   assert not [d for d in os.listdir(os.path.join(workdir, "checkpoints")) if not d.isdigit()]
   assert _state_digests(config, workdir) == _state_digests(config, reference)
+
+
+def test_nan_policy_stop_reads_the_flags_at_the_next_log_step(tmp_path):
+  """No flag is read per step: a bad step between log and checkpoint steps is found at the next
+  one, named exactly, and nothing of a later step is written (no metrics, no checkpoint)."""
+  result = run_main(str(tmp_path),
+                    env={faults.ENV: "nan_at_step=3"},
+                    **NO_REFLECT,
+                    **{
+                        "train.steps": 8,
+                        "train.log_every_steps": 4,
+                        "checkpoint.every_steps": 2
+                    })
+  assert result.returncode == 3, result.stderr[-2000:]
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      "error: non-finite loss or gradients at step 3 (train.nan_policy=stop)")
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  assert not os.path.exists(tmp_path / "metrics.jsonl") or not read_records(str(tmp_path))
+
+
+def test_a_profile_of_chosen_steps_is_written(tmp_path):
+  result = run_main(str(tmp_path), **NO_REFLECT, **{"train.steps": 3, "train.profile_steps": "2,3"})
+  assert result.returncode == 0, result.stderr[-2000:]
+  traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files]
+  assert any(f.endswith(".xplane.pb") for f in traces), traces
+  bad = run_main(str(tmp_path / "bad"), **NO_REFLECT, **{"train.profile_steps": "3,2"})
+  assert bad.returncode == 2
+  assert "config.train.profile_steps='3,2': expected 1 <= FIRST <= LAST" in bad.stderr

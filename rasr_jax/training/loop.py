@@ -7,6 +7,7 @@ returns normally (exit code 0).
 
 import dataclasses
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -428,6 +429,50 @@ def _compile(step_fn, state, batch):
   return compiled
 
 
+class _NonFiniteWatch:
+  """train.nan_policy=stop without a device read per step: each step's `finite` flag stays on
+  the device until `check` (at the next log or checkpoint step) reads them all at once and
+  raises NonFiniteError naming the first bad step; nothing of a later step is written first."""
+
+  def __init__(self, enabled):
+    self._enabled, self._pending = enabled, []  # [(step, finite flag on device)]
+
+  def add(self, step, finite):
+    if self._enabled:
+      self._pending.append((step, finite))
+
+  def check(self):
+    pending, self._pending = self._pending, []
+    for step, finite in zip([s for s, _ in pending], jax.device_get([f for _, f in pending])):
+      if not finite:
+        raise NonFiniteError(f"non-finite loss or gradients at step {step} "
+                             "(train.nan_policy=stop); that update was dropped and no "
+                             f"checkpoint after step {step - 1} is written")
+
+
+class _Profiler:
+  """A jax.profiler trace of steps first..last (train.profile_steps) into `folder`."""
+
+  def __init__(self, steps, folder):
+    self._steps, self._folder, self._on = steps, folder, False
+
+  def before(self, step):
+    if self._steps and step == self._steps[0]:
+      jax.profiler.start_trace(self._folder)
+      self._on = True
+
+  def after(self, step, state):
+    if self._on and step == self._steps[1]:
+      jax.block_until_ready(state)  # the traced steps' device work ends inside the trace
+      self.close()
+      logging.info("profile of steps %d-%d written to %s", *self._steps, self._folder)
+
+  def close(self):
+    if self._on:
+      jax.profiler.stop_trace()
+      self._on = False
+
+
 def loop(run: Run, *, stop_at_step=None):
   """Trains from `run.start` to config.train.steps; returns the final TrainState.
 
@@ -447,6 +492,8 @@ def loop(run: Run, *, stop_at_step=None):
     logging.warning("SIGTERM before step %d; stopping at the restored step %d", start + 1, start)
   finished = False
   step_fn, window_steps = run.step_fn, 0
+  watch = _NonFiniteWatch(config.train.nan_policy == "stop")
+  profiler = _Profiler(config.train.profile_range(), os.path.join(run.workdir, "profile"))
   try:
     with sharding.activate(run.mesh):
       for step in range(start, end):
@@ -456,18 +503,18 @@ def loop(run: Run, *, stop_at_step=None):
         if step == start:
           step_fn = _compile(run.step_fn, state, batch)
           window_start = time.perf_counter()
+        profiler.before(done)
         state, metrics = step_fn(state, *batch)
+        profiler.after(done, state)
         if step == start:
           jax.block_until_ready(metrics)
           logging.info("first step: %.2f s", time.perf_counter() - window_start)
-        if config.train.nan_policy == "stop" and not bool(metrics["finite"]):
-          raise NonFiniteError(f"non-finite loss or gradients at step {done} "
-                               "(train.nan_policy=stop); that update was dropped and no "
-                               f"checkpoint after step {done - 1} is written")
+        watch.add(done, metrics["finite"])
         window_steps += 1
         every = config.train.eval_every_steps
         run_eval = run.evaluate is not None and (done == total or (every and done % every == 0))
         if done % config.train.log_every_steps == 0 or done == total or run_eval:
+          watch.check()
           metrics = jax.device_get(metrics)
           elapsed = time.perf_counter() - window_start
           step_time = elapsed / window_steps
@@ -488,6 +535,7 @@ def loop(run: Run, *, stop_at_step=None):
         preempted = preemption.reached(done)
         stop = preempted or done == stop_at_step
         if done % config.checkpoint.every_steps == 0 or done == total or stop:
+          watch.check()  # a checkpoint never follows a bad step under nan_policy=stop
           run.checkpointer.save(done, state, run.data, run.meta)
         if stop and done < total:
           logging.warning("stopping at step %d (%s); checkpoint saved", done,
@@ -495,6 +543,7 @@ def loop(run: Run, *, stop_at_step=None):
           break
     finished = True
   finally:
+    profiler.close()
     preemption.restore()
     run.writer.close()
     run.checkpointer.close(raise_errors=finished)  # waits for the save in flight
