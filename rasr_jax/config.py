@@ -38,6 +38,7 @@ class ModelConfig:
   init_std: float
   tie_embeddings: bool
   attention_bias: bool
+  attention_impl: str  # model/attention.py: auto | xla | cudnn | blockwise
   param_dtype: str
   dtype: str
   remat_policy: str
@@ -335,6 +336,7 @@ class Config:
 
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")  # model/attention.py's (a test holds them)
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
@@ -381,6 +383,7 @@ _CHOICES = {
     "model.dtype": DTYPES,
     "model.remat_policy": REMAT_POLICIES,
     "model.rope_type": ROPE_TYPES,
+    "model.attention_impl": ATTENTION_IMPLS,
     "data.source": DATA_SOURCES,
     "data.invalid_utf8": UTF8_POLICIES,
     "reflect.draft_mode": DRAFT_MODES,

@@ -7,6 +7,7 @@ import numpy as np
 from flax import nnx
 
 from rasr_jax import sharding
+from rasr_jax.model import attention
 
 
 def param(rngs, init, shape, names, dtype):
@@ -69,7 +70,8 @@ def rotary(x, positions, frequencies):
 
 
 class Attention(nnx.Module):
-  """Grouped-query attention through `jax.nn.dot_product_attention`."""
+  """Grouped-query attention by `model.attention_impl` (attention.py); decoding over a KV cache
+  uses jax.nn.dot_product_attention's XLA path."""
 
   def __init__(self, cfg, *, rngs):
     init, pd = nnx.initializers.normal(cfg.init_std), cfg.param_dtype
@@ -104,7 +106,7 @@ class Attention(nnx.Module):
   def __call__(self, x, positions, mask):
     """x [B, T, D], positions [B, T], mask [B, 1, T, T] bool or None (causal) -> [B, T, D]."""
     q, k, v = self._project(x, positions)
-    return self._output(jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=mask is None))
+    return self._output(attention.attend(self.cfg.attention_impl, q, k, v, mask))
 
   def cached(self, x, positions, mask, cache_k, cache_v, index):
     """Attention of x [B, T, D] over a KV cache [B, K, S, H] after writing x's keys and values

@@ -23,6 +23,7 @@ from rasr_jax import progress, sharding, storage
 from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.packing import PackedRows
+from rasr_jax.model import attention
 from rasr_jax.reflection.rows import ReflectRows
 from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import faults as faults_lib
@@ -358,6 +359,9 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
+  logging.info("attention: %s (model.attention_impl=%s)",
+               attention.resolve(config.model.attention_impl, config.model.dtype),
+               config.model.attention_impl)
 
   batches = pipeline.ResumableIterator(data.batches(tokenizer, pieces, config.data.num_workers))
   if jax.process_index() == 0:

@@ -1,0 +1,109 @@
+"""Attention implementations by backend (`model.attention_impl`).
+
+  xla        jax.nn.dot_product_attention's XLA path: full T x T scores (the reference)
+  cudnn      the same call with implementation="cudnn": cuDNN's fused flash attention (GPUs,
+             bfloat16 or float16 activations)
+  blockwise  this module's: queries and keys in blocks of BLOCK with an online softmax; a key
+             block that no query of the query block may see (above the causal diagonal, or
+             wholly masked) is skipped by a conditional, and each query block is rematerialised
+             in the backward pass, so no T x T probabilities are kept as residuals
+  auto       cudnn on GPUs with 16-bit activations, else xla
+
+Shapes: q [B, T, N, H], k and v [B, T, K, H] (N a multiple of K: grouped-query attention), mask
+[B, 1, T, T] bool or None (causal) -> [B, T, N, H].
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blockwise")
+BLOCK = 128  # queries and keys per block of the blockwise path
+
+
+def resolve(impl, dtype, backend=None):
+  """The implementation `auto` stands for on `backend` (default jax's) with activations of
+  `dtype`; any other name is itself."""
+  if impl != "auto":
+    return impl
+  backend = backend or jax.default_backend()
+  return "cudnn" if backend == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
+
+
+def attend(impl, q, k, v, mask):
+  """Attention by `impl` (one of IMPLEMENTATIONS)."""
+  impl = resolve(impl, q.dtype)
+  if impl == "blockwise":
+    return blockwise(q, k, v, mask)
+  implementation = "cudnn" if impl == "cudnn" else None
+  return jax.nn.dot_product_attention(q,
+                                      k,
+                                      v,
+                                      mask=mask,
+                                      is_causal=mask is None,
+                                      implementation=implementation)
+
+
+def blockwise(q, k, v, mask, block=BLOCK):
+  """Flash-style attention in plain JAX (see the module docstring); equals `xla` within float
+  rounding, values and gradients (tests/test_attention.py)."""
+  batch, length, heads, dim = q.shape
+  kv_heads = k.shape[2]
+  block = min(block, length)
+  padded = -(-length // block) * block  # padding keys are never seen: masked, or past causal
+  if padded != length:
+    q, k, v = (jnp.pad(a, ((0, 0), (0, padded - length), (0, 0), (0, 0))) for a in (q, k, v))
+    if mask is not None:
+      mask = jnp.pad(mask, ((0, 0), (0, 0), (0, padded - length), (0, padded - length)))
+  blocks = padded // block
+  groups = heads // kv_heads
+  # [blocks, B, block, K, G, H] queries; [blocks, B, block, K, H] keys and values.
+  qb = q.reshape(batch, blocks, block, kv_heads, groups, dim).swapaxes(0, 1)
+  kb = k.reshape(batch, blocks, block, kv_heads, dim).swapaxes(0, 1)
+  vb = v.reshape(batch, blocks, block, kv_heads, dim).swapaxes(0, 1)
+  if mask is None:
+    mb = None
+  else:  # [q blocks, k blocks, B, block, block]
+    mb = mask[:, 0].reshape(batch, blocks, block, blocks, block).transpose(1, 3, 0, 2, 4)
+  scale = 1.0 / jnp.sqrt(jnp.float32(dim))
+
+  @functools.partial(jax.checkpoint, prevent_cse=False)
+  def query_block(i, q_i, mask_i):
+    """Output [B, block, K, G, H] of query block i over every key block."""
+
+    def key_block(carry, j):
+      top, total, acc = carry  # [B, block, K, G], same, [B, block, K, G, H]
+      visible = _visible(i, j, block, None if mask_i is None else mask_i[j])  # [B, bq, bk]
+
+      def update(carry):
+        top, total, acc = carry
+        scores = jnp.einsum("bqkgh,bskh->bqkgs", q_i, kb[j]).astype(jnp.float32) * scale
+        scores = jnp.where(visible[:, :, None, None, :], scores, -jnp.inf)
+        new_top = jnp.maximum(top, jnp.max(scores, axis=-1))
+        safe_top = jnp.where(jnp.isfinite(new_top), new_top, 0.0)
+        probs = jnp.exp(scores - safe_top[..., None])
+        correction = jnp.exp(jnp.where(jnp.isfinite(top), top - safe_top, -jnp.inf))
+        total = total * correction + jnp.sum(probs, axis=-1)
+        acc = acc * correction[..., None] + jnp.einsum("bqkgs,bskh->bqkgh", probs, vb[j].astype(
+            jnp.float32))
+        return new_top, total, acc
+
+      return jax.lax.cond(jnp.any(visible), update, lambda c: c, (top, total, acc)), None
+
+    shape = (batch, block, kv_heads, groups)
+    start = (jnp.full(shape, -jnp.inf), jnp.zeros(shape), jnp.zeros(shape + (dim,)))
+    (_, total, acc), _ = jax.lax.scan(key_block, start, jnp.arange(blocks))
+    return (acc / jnp.maximum(total, 1e-30)[..., None]).astype(q.dtype)
+
+  out = jax.lax.map(lambda args: query_block(*args), (jnp.arange(blocks), qb, mb))
+  return out.swapaxes(0, 1).reshape(batch, padded, heads, dim)[:, :length]
+
+
+def _visible(i, j, block, mask_ij):
+  """[B or 1, block, block] bool: which keys of block j the queries of block i may see."""
+  if mask_ij is not None:
+    return mask_ij
+  rows = i * block + jnp.arange(block)[:, None]
+  cols = j * block + jnp.arange(block)[None, :]
+  return (cols <= rows)[None]
