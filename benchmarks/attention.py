@@ -1,0 +1,71 @@
+"""Blockwise attention against XLA's at the bench shape: forward + backward, interleaved in one
+process.
+
+  PYTHONPATH=. python benchmarks/attention.py [--config=configs/bench.py] [--rounds=10]
+
+Times value_and_grad of sum(attention(q, k, v) * w) with the causal mask (the standard step's)
+and with a packed-document segment mask (SFT's), both implementations of model/attention.py, at
+config's batch, length and heads, float32. Prints one JSON object: median seconds per call and
+the ratio blockwise / xla (below 1: blockwise is faster).
+"""
+
+import functools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from common import interleaved_call_medians, load_config
+from rasr_jax.model import attention
+
+_CONFIG = flags.DEFINE_string("config", "configs/bench.py", "Config whose shape is timed.")
+_ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed calls of each, interleaved.")
+
+
+def main(argv):
+  del argv
+  config = load_config(_CONFIG.value, [])
+  m = config.model
+  b, t = config.train.batch_size, config.data.seq_len
+  rng = np.random.RandomState(0)
+  q = jnp.asarray(rng.normal(size=(b, t, m.num_heads, m.head_dim)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(b, t, m.num_kv_heads, m.head_dim)), jnp.float32)
+          for _ in range(2))
+  w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+  causal = np.tril(np.ones((t, t), bool))
+  documents = np.arange(t) * 4 // t  # four packed documents per row
+  segment = jnp.asarray(causal & (documents[:, None] == documents[None, :]))[None, None]
+  segment = jnp.broadcast_to(segment, (b, 1, t, t))
+  calls = {}
+  for mask_name, mask in (("causal", None), ("segment", segment)):
+    for impl in ("xla", "blockwise"):
+      fn = functools.partial(attention.attend, impl, mask=mask)
+      grad = jax.jit(
+          jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2)))
+      calls[f"{impl}_{mask_name}"] = functools.partial(grad, q, k, v)
+  medians = interleaved_call_medians(calls, _ROUNDS.value)
+  print(
+      json.dumps(
+          {
+              "shape": {
+                  "batch": b,
+                  "length": t,
+                  "heads": m.num_heads,
+                  "kv_heads": m.num_kv_heads,
+                  "head_dim": m.head_dim
+              },
+              "median_s": medians,
+              "blockwise_over_xla": {
+                  name: medians[f"blockwise_{name}"] / medians[f"xla_{name}"]
+                  for name in ("causal", "segment")
+              },
+              "block": attention.BLOCK,
+              "backend": jax.default_backend()
+          },
+          indent=2))
+
+
+if __name__ == "__main__":
+  app.run(main)
