@@ -352,8 +352,8 @@ UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
 AVR_STAGES = ("trees", "search", "final_pairs")  # posttrain/avr_data.py's
-SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe"
-                   )  # tasks.TASKS (a test holds them equal)
+# tasks.TASKS, the templates self-alignment prompts come from (a test holds them equal)
+SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe")
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
@@ -499,6 +499,12 @@ def _get(config, path):
   return value
 
 
+def _check_names(path, value, names, allowed):
+  """A comma-separated field's `names` must be distinct, non-empty and among `allowed`."""
+  if not all(names) or len(set(names)) != len(names) or not set(names) <= set(allowed):
+    _fail(path, value, f"must be distinct names among {', '.join(allowed)}, comma-separated")
+
+
 def _check_rules(c):
   for path in _POSITIVE:
     if _get(c, path) <= 0:
@@ -536,19 +542,13 @@ def _check_rules(c):
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
   r = c.reflect
-  dims = r.quality_dim_names
-  if not all(dims) or len(set(dims)) != len(dims) or not set(dims) <= set(CRITIC_DIMS):
-    _fail("reflect.critic_dims", r.critic_dims,
-          f"must be distinct names among {', '.join(CRITIC_DIMS)}, comma-separated")
-  safety = r.safety_dim_names
-  if "robustness" in safety:
+  _check_names("reflect.critic_dims", r.critic_dims, r.quality_dim_names, CRITIC_DIMS)
+  if "robustness" in r.safety_dim_names:
     _fail(
         "reflect.safety_dims", r.safety_dims, "robustness is not a label of a draft but how "
         "far the critic's scores move under perturbed prompts: --mode=eval reports it "
         "(critic_robustness); train on the others")
-  if not all(safety) or len(set(safety)) != len(safety) or not set(safety) <= set(SAFETY_DIMS):
-    _fail("reflect.safety_dims", r.safety_dims,
-          f"must be distinct names among {', '.join(SAFETY_DIMS)}, comma-separated")
+  _check_names("reflect.safety_dims", r.safety_dims, r.safety_dim_names, SAFETY_DIMS)
   if r.strategies.enabled:
     try:
       r.strategies.vectors()
@@ -573,10 +573,7 @@ def _check_rules(c):
       check_path("config.data.mixture", globs)
     if c.data.files:
       _fail("data.mixture", c.data.mixture, "replaces data.files: set one of them")
-  tasks = c.self_align.task_names
-  if not all(tasks) or len(set(tasks)) != len(tasks) or not set(tasks) <= set(SELF_ALIGN_TASKS):
-    _fail("self_align.tasks", c.self_align.tasks,
-          f"must be distinct names among {', '.join(SELF_ALIGN_TASKS)}, comma-separated")
+  _check_names("self_align.tasks", c.self_align.tasks, c.self_align.task_names, SELF_ALIGN_TASKS)
   if c.data.qa_eval_files and not c.data.qa_files:
     _fail("data.qa_eval_files", c.data.qa_eval_files, "needs data.qa_files (its training split)")
   if r.enabled and r.text_rows and r.prompt_len + r.target_len > c.data.seq_len + 1:

@@ -9,6 +9,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 
+def _save(fig, path):
+  """Writes `fig` as a PNG at `path` (local or a bucket) and closes it; returns `path`."""
+  fig.tight_layout()
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=100)
+  plt.close(fig)
+  return path
+
+
 def accuracy_per_iteration(path, title, report):
   """Accuracy of y(0), y(1), ... with the answer at the learned stop as a dashed line."""
   accuracy = report["accuracy_per_iteration"]
@@ -24,11 +33,7 @@ def accuracy_per_iteration(path, title, report):
          ylim=(0, 1),
          xticks=range(len(accuracy)))
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def reliability_diagram(path, title, calibration):
@@ -50,11 +55,7 @@ def reliability_diagram(path, title, calibration):
          ylim=(0, 1),
          title=f"{title}\nECE {calibration['ece']:.3f}")
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def strategy_trace(path, records):
@@ -69,11 +70,7 @@ def strategy_trace(path, records):
     bottom.plot(steps, [r[f"strategy/probability/{s}"] for r in records], label=f"strategy {s}")
   bottom.set(xlabel="step", ylabel="bandit probability", ylim=(0, 1))
   bottom.legend(fontsize=8)
-  fig.tight_layout()
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def write_all(out_dir, reports):

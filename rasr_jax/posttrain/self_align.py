@@ -115,14 +115,20 @@ def _round_seed(config, r):
   return config.seed + SEED_OFFSET + ROUND_STRIDE * r
 
 
-def _held_out_questions(config, task_names, count):
-  return {ex.question for t in task_names for ex in bundled.held_out_examples(config, t, count)}
-
-
-def template_prompts(config, r, count) -> list[Prompt]:
-  """`count` fresh template instances, spread over the tasks in turn, none a held-out question."""
+def held_out_questions(config) -> set:
+  """The questions of the held-out evaluation of every round (no prompt may be one)."""
   cfg = config.self_align
-  held_out = _held_out_questions(config, cfg.task_names, cfg.eval_items)
+  return {
+      ex.question
+      for t in cfg.task_names
+      for ex in bundled.held_out_examples(config, t, cfg.eval_items)
+  }
+
+
+def template_prompts(config, r, count, held_out) -> list[Prompt]:
+  """`count` fresh template instances, spread over the tasks in turn, none a question of
+  `held_out` (the held-out evaluation's)."""
+  cfg = config.self_align
   seed = _round_seed(config, r)
   pools = {
       t: [ex for ex in tasks.generate(t, seed, 2 * count + 8) if ex.question not in held_out]
@@ -136,7 +142,7 @@ def template_prompts(config, r, count) -> list[Prompt]:
   return prompts
 
 
-def written_prompts(model, config, r, count) -> tuple[list[Prompt], int]:
+def written_prompts(model, config, r, count, held_out) -> tuple[list[Prompt], int]:
   """(prompts, how many attempts were dropped): the model writes each question from the
   opening of a fresh template question (its first third of words, SEED_SHARE; the tasks in
   turn), continuing it to the end of the line; a question the model added nothing to, the
@@ -158,7 +164,6 @@ def written_prompts(model, config, r, count) -> tuple[list[Prompt], int]:
                           top_p=cfg.top_p,
                           stop=("\n",),
                           reflect="off")
-  held_out = _held_out_questions(config, cfg.task_names, cfg.eval_items)
   prompts, seen = [], set()
   for t, opening, original, record in zip(task_of, openings, originals,
                                           model.generate(openings, options, seed=seed)):
@@ -311,8 +316,9 @@ def _sample_round(rounds: Rounds, r, labeler):
   config, cfg = rounds.config, rounds.cfg
   policy = rounds.model(r - 1)
   n_written = round(cfg.prompts * cfg.self_written)
-  written, dropped = written_prompts(policy, config, r, n_written)
-  prompts = template_prompts(config, r, cfg.prompts - n_written) + written
+  held_out = held_out_questions(config)
+  written, dropped = written_prompts(policy, config, r, n_written, held_out)
+  prompts = template_prompts(config, r, cfg.prompts - n_written, held_out) + written
   if not prompts:
     raise sources.DataError(f"self_align round {r}: no prompt (the model wrote none that could "
                             "be kept, and self_align.self_written leaves no template prompt)")
