@@ -45,7 +45,9 @@ def get_config():
   c.model.attention_impl = "auto"
   c.model.param_dtype = "float32"  # parameter (and optimizer state) dtype
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
-  c.model.remat_policy = "none"  # per-block rematerialisation: none | full | dots | dots_no_batch
+  # Per-block rematerialisation, cheapest first: none | dots | dots_no_batch | full, or auto (the
+  # cheapest whose compiled step fits the device memory; rasr_jax/training/memory_fit.py).
+  c.model.remat_policy = "none"
 
   c.data = config_dict.ConfigDict()
   # bundled (generated verifiable tasks) | files (.txt, .jsonl, .array_record, .parquet)
@@ -84,7 +86,12 @@ def get_config():
   c.train = config_dict.ConfigDict()
   c.train.steps = 200  # optimizer updates in the whole run
   c.train.batch_size = 16  # global batch (rows of seq_len tokens) per optimizer update
-  c.train.grad_accum_steps = 1  # micro-batches per update (accumulated inside the jitted step)
+  # Micro-batches per update (accumulated inside the jitted step), or "auto": the smallest whose
+  # compiled step fits the device memory (rasr_jax/training/memory_fit.py).
+  c.train.grad_accum_steps = config_dict.FieldReference(1, field_type=object)
+  # Caps the device memory the "auto" settings fit into, GiB (0 = no cap: what the device reports;
+  # CPUs report none, so a fake-device compile check passes the accelerator's).
+  c.train.memory_limit_gib = 0.0
   c.train.lr = 2e-4  # peak learning rate of the generator group
   c.train.warmup_steps = 20  # linear warm-up steps from 0 to the peak
   c.train.end_lr_ratio = 0.1  # final learning rate of the cosine decay, as a fraction of the peak

@@ -19,11 +19,14 @@ def get_scaled_config(*, num_layers, d_model, num_heads, num_kv_heads, head_dim,
   c.model.mlp_dim = mlp_dim
   c.model.rope_theta = 500000.0
   c.model.dtype = "bfloat16"
-  c.model.remat_policy = "dots_no_batch"
+  # Chosen at start-up to fit the preset's devices (rasr_jax/training/memory_fit.py; the
+  # choice is logged, and --mode=compile prints it ahead of time; pin it to skip the search).
+  c.model.remat_policy = "auto"
   c.data.source = "files"
   c.data.seq_len = 2048
   c.train.steps = 100000
   c.train.batch_size = batch_size
+  c.train.grad_accum_steps = "auto"
   c.train.lr = 2e-4  # section 6.1: eta_psi 2e-4, eta_phi 1e-4, eta_xi 5e-5
   c.train.critic_lr = 1e-4
   c.train.controller_lr = 5e-5

@@ -90,7 +90,7 @@ class DataConfig:
 class TrainConfig:
   steps: int
   batch_size: int
-  grad_accum_steps: int
+  grad_accum_steps: int | str  # micro-batches per update, or AUTO
   lr: float
   warmup_steps: int
   end_lr_ratio: float
@@ -107,6 +107,7 @@ class TrainConfig:
   peak_flops_per_device: float
   nan_policy: str
   profile_steps: str  # "FIRST,LAST": a jax.profiler trace of those steps ("" = none)
+  memory_limit_gib: float  # caps what AUTO settings fit into (0 = the device's reported limit)
 
   def profile_range(self) -> tuple[int, int] | None:
     """(first, last) step of the profiler trace, or None; ValueError when malformed."""
@@ -337,7 +338,9 @@ class Config:
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blockwise")  # model/attention.py's (a test holds them)
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+# Set before training by training/memory_fit.py: the smallest accumulation, the cheapest remat.
+AUTO = "auto"
+REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")  # cheapest (least recompute) first
 DATA_SOURCES = ("bundled", "files")
 DRAFT_MODES = ("teacher_forced", "autoregressive")
 REFLECT_SOURCES = ("qa", "text", "mixed")
@@ -360,28 +363,28 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
              "model.rope_factor", "model.rope_original_max_positions", "model.norm_eps",
              "model.init_std", "data.bundled_examples", "data.seq_len",
-             "data.tokenizer_sample_docs", "train.steps", "train.batch_size",
-             "train.grad_accum_steps", "train.lr", "train.eps", "train.log_every_steps",
-             "checkpoint.every_steps", "checkpoint.max_to_keep", "reflect.prompt_len",
-             "reflect.target_len", "reflect.controller_hidden", "train.critic_lr",
-             "train.controller_lr", "mesh.dcn_data", "dpo.beta", "avr.num_prompts", "avr.critiques",
-             "avr.improvements", "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds",
-             "avr.samples", "constitutional.rounds", "reflect.critics.agents", "self_align.rounds",
+             "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.lr",
+             "train.eps", "train.log_every_steps", "checkpoint.every_steps",
+             "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",
+             "reflect.controller_hidden", "train.critic_lr", "train.controller_lr", "mesh.dcn_data",
+             "dpo.beta", "avr.num_prompts", "avr.critiques", "avr.improvements",
+             "avr.max_new_tokens", "avr.chunk_prompts", "avr.search_rounds", "avr.samples",
+             "constitutional.rounds", "reflect.critics.agents", "self_align.rounds",
              "reflect.strategies.every_steps", "reflect.strategies.eta", "self_align.prompts",
              "self_align.samples", "self_align.max_new_tokens", "self_align.sft_steps",
              "self_align.eval_items")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
-                 "train.weight_decay", "train.grad_clip", "train.eval_every_steps",
-                 "train.eval_batches", "train.peak_flops_per_device", "reflect.iterations",
-                 "reflect.rows", "reflect.draft_temperature", "reflect.alpha", "reflect.beta",
-                 "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr", "reflect.min_gain",
-                 "reflect.unified.paradigm_weight", "reflect.unified.coordination_weight",
-                 "avr.temperature", "self_align.temperature")
+                 "train.weight_decay", "train.grad_clip", "train.memory_limit_gib",
+                 "train.eval_every_steps", "train.eval_batches", "train.peak_flops_per_device",
+                 "reflect.iterations", "reflect.rows", "reflect.draft_temperature", "reflect.alpha",
+                 "reflect.beta", "reflect.gamma", "reflect.stop_budget", "reflect.tau_lr",
+                 "reflect.min_gain", "reflect.unified.paradigm_weight",
+                 "reflect.unified.coordination_weight", "avr.temperature", "self_align.temperature")
 _CHOICES = {
     "model.param_dtype": DTYPES,
     "model.dtype": DTYPES,
-    "model.remat_policy": REMAT_POLICIES,
+    "model.remat_policy": REMAT_POLICIES + (AUTO,),
     "model.rope_type": ROPE_TYPES,
     "model.attention_impl": ATTENTION_IMPLS,
     "data.source": DATA_SOURCES,
@@ -487,6 +490,10 @@ def _convert(cls, raw, prefix):
       if not isinstance(value, str):
         _fail(path, value, "must be a string")
       values[name] = value
+    elif want == int | str:  # a positive int or AUTO
+      if value != AUTO and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        _fail(path, value, f'must be an int > 0 or "{AUTO}"')
+      values[name] = value
     else:
       raise TypeError(f"unsupported config field type {want} for {path}")
   return cls(**values)
@@ -538,7 +545,7 @@ def _check_rules(c):
           f"must exceed model.rope_low_freq_factor={m.rope_low_freq_factor} (llama3 rope)")
   if c.data.streams and c.train.batch_size % c.data.streams:
     _fail("data.streams", c.data.streams, f"must divide train.batch_size={c.train.batch_size}")
-  if c.train.batch_size % c.train.grad_accum_steps:
+  if c.train.grad_accum_steps != AUTO and c.train.batch_size % c.train.grad_accum_steps:
     _fail("train.batch_size", c.train.batch_size,
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
   r = c.reflect
@@ -628,7 +635,8 @@ def load(config_dict):
 def resolve_mesh(config, num_devices):
   """Fills a -1 mesh axis and checks the mesh against the devices and the shapes it shards.
 
-  Returns the `Config` with concrete mesh sizes.
+  Returns the `Config` with concrete mesh sizes (and reflection rows, unless
+  train.grad_accum_steps is AUTO: training/memory_fit.py resolves each candidate).
   """
   sizes = config.mesh.axis_sizes()
   known = math.prod(s for s in sizes.values() if s != -1)
@@ -650,6 +658,8 @@ def resolve_mesh(config, num_devices):
     if _get(config, path) % axis_sizes[axis]:
       _fail(path, _get(config, path), f"must be divisible by mesh.{axis}={axis_sizes[axis]}")
   t = config.train
+  if t.grad_accum_steps == AUTO:
+    return dataclasses.replace(config, mesh=mesh)
   batch_axes = sharding.mesh_axes("act_batch")
   batch_shards = math.prod(axis_sizes[a] for a in batch_axes)
   batch_names = "*".join(f"mesh.{a}" for a in batch_axes)

@@ -26,11 +26,29 @@ PRESETS = {
     "gpu_hosts": dict(data=-1, fsdp=8, tensor=1),
 }
 
+# Memory per device (GiB) of the accelerator a preset names: what grad_accum_steps=auto and
+# remat_policy=auto fit into where the devices report no limit (--mode=compile on fake CPU
+# devices); on the real devices the smaller of this and their reported limit counts.
+MEMORY_GIB = {
+    "tpu_v5p_64": 95.0,
+    "tpu_v5p_128": 95.0,
+    "tpu_v5e_256": 16.0,
+    "tpu_v6e_256": 32.0,
+    "tpu_v5p_2x128": 95.0,
+    "tpu_v5e_4x256": 16.0,
+    "tpu_v6e_2x256": 32.0,
+    "gpu_8": 80.0,
+    "gpu_8x8": 80.0,
+    "gpu_hosts": 80.0,
+}
+
 
 def apply(config, name):
-  """Sets `config.mesh` from the preset `name`; raises ValueError naming the known presets."""
+  """Sets `config.mesh` (and the device memory, where the preset names an accelerator) from
+  the preset `name`; raises ValueError naming the known presets."""
   if name not in PRESETS:
     raise ValueError(f"unknown mesh preset {name!r}; known: {', '.join(sorted(PRESETS))}")
   for axis, size in PRESETS[name].items():
     setattr(config.mesh, axis, size)
+  config.train.memory_limit_gib = MEMORY_GIB.get(name, 0.0)
   return config

@@ -139,7 +139,8 @@ class Transformer(nnx.Module):
       return block(x, positions, mask)
 
     policy = self.cfg.remat_policy
-    if policy != "none":
+    # "none", or "auto" where no training step resolved it (a forward pass alone keeps nothing)
+    if policy in _REMAT_POLICIES:
       body = nnx.remat(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
     scan = nnx.scan(body,
                     in_axes=(nnx.Carry, 0, None, None),
