@@ -103,8 +103,9 @@ def interleaved_call_medians(calls, rounds):
   return {name: statistics.median(values) for name, values in times.items()}
 
 
-def interleaved_medians(runs, rounds):
-  """{name: median seconds per step} of train steps timed in turn (see interleaved_call_medians).
+def interleaved_medians(runs, rounds, extra_calls=None):
+  """{name: median seconds per step} of train steps timed in turn (see interleaved_call_medians),
+  and of the zero-argument `extra_calls` {name: call} timed in the same rounds.
 
   `runs` maps a name to (step_fn, state, batch); each run carries its own state from step to
   step and calls step_fn(state, *batch).
@@ -119,4 +120,36 @@ def interleaved_medians(runs, rounds):
 
     return call
 
-  return interleaved_call_medians({name: stepper(*run) for name, run in runs.items()}, rounds)
+  calls = {name: stepper(*run) for name, run in runs.items()}
+  return interleaved_call_medians({**calls, **(extra_calls or {})}, rounds)
+
+
+def hf_llama(model_cfg):
+  """(transformers' LlamaForCausalLM of `model_cfg`'s shape with random weights in float32,
+  {library: version}), or (None, {}) when torch or transformers is not installed."""
+  try:
+    import torch
+    import transformers
+  except ImportError:
+    return None, {}
+  hf_config = transformers.LlamaConfig(vocab_size=model_cfg.vocab_size,
+                                       hidden_size=model_cfg.d_model,
+                                       intermediate_size=model_cfg.mlp_dim,
+                                       num_hidden_layers=model_cfg.num_layers,
+                                       num_attention_heads=model_cfg.num_heads,
+                                       num_key_value_heads=model_cfg.num_kv_heads,
+                                       head_dim=model_cfg.head_dim,
+                                       rms_norm_eps=model_cfg.norm_eps,
+                                       rope_theta=model_cfg.rope_theta,
+                                       tie_word_embeddings=model_cfg.tie_embeddings,
+                                       max_position_embeddings=4096,
+                                       pad_token_id=0,
+                                       eos_token_id=1,
+                                       bos_token_id=1)
+  torch.manual_seed(0)
+  versions = {
+      "torch": torch.__version__,
+      "transformers": transformers.__version__,
+      "torch_threads": torch.get_num_threads()
+  }
+  return transformers.LlamaForCausalLM(hf_config), versions

@@ -22,7 +22,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from common import interleaved_call_medians
+from common import hf_llama, interleaved_call_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import tokenizer as tok_lib
@@ -74,27 +74,11 @@ def jax_calls(config, prompt, new_tokens, iterations):
 
 def hf_calls(model_cfg, prompt, new_tokens):
   """The same shape through transformers (random weights, fp32, KV cache, greedy), or None."""
-  try:
-    import torch
-    import transformers
-  except ImportError:
+  model, versions = hf_llama(model_cfg)
+  if model is None:
     return None, {}
-  hf_config = transformers.LlamaConfig(vocab_size=model_cfg.vocab_size,
-                                       hidden_size=model_cfg.d_model,
-                                       intermediate_size=model_cfg.mlp_dim,
-                                       num_hidden_layers=model_cfg.num_layers,
-                                       num_attention_heads=model_cfg.num_heads,
-                                       num_key_value_heads=model_cfg.num_kv_heads,
-                                       head_dim=model_cfg.head_dim,
-                                       rms_norm_eps=model_cfg.norm_eps,
-                                       rope_theta=model_cfg.rope_theta,
-                                       tie_word_embeddings=model_cfg.tie_embeddings,
-                                       max_position_embeddings=4096,
-                                       pad_token_id=0,
-                                       eos_token_id=1,
-                                       bos_token_id=1)
-  torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(hf_config).eval()
+  import torch
+  model.eval()
   ids = torch.as_tensor(np.asarray(prompt), dtype=torch.long)
   mask = torch.ones_like(ids)
 
@@ -111,11 +95,6 @@ def hf_calls(model_cfg, prompt, new_tokens):
                             do_sample=False,
                             use_cache=True)
 
-  versions = {
-      "torch": torch.__version__,
-      "transformers": transformers.__version__,
-      "torch_threads": torch.get_num_threads()
-  }
   return {"hf_prefill": prefill, "hf_generate": generate_all}, versions
 
 

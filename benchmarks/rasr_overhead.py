@@ -7,6 +7,14 @@ default reflection settings of the config (R = 3), then R = 1 and R = 3 with eve
 reflecting; and the standard step without document masking (plain causal attention, no
 [B, 1, T, T] mask), for the mask's cost. One step of each variant in turn, --steps rounds,
 medians (see common.py). Prints one JSON object.
+
+`per_pass_s` breaks the default RASR step's extra time down, from jitted pieces of it timed in
+the same rounds (each alone, so fusion across them is lost): the reflection rows and their
+first draft y(0) (`draft_decoding`, times R + 1 when drafts are free-running: y(0) and one
+candidate per iteration), the critic pass (`critic`, times R), the refine pass with its loss
+(`refine`, times R), the rest of the forward pass (`forward_other`: RASR's forward minus the
+standard forward minus those), and `backward`: what the RASR step adds to the standard step
+beyond its forward pass (gradients of every pass and the optimizer's update of the heads).
 """
 
 import dataclasses
@@ -14,13 +22,18 @@ import json
 import platform
 
 import jax
+import jax.numpy as jnp
 from absl import app, flags
+from flax import nnx
 from ml_collections import config_flags
 
 from common import batch_and_pieces, bundled_tokenizer, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
-from rasr_jax.training import optim, train_state
+from rasr_jax.data import packing
+from rasr_jax.reflection import steps
+from rasr_jax.reflection.layout import Layout
+from rasr_jax.training import losses, optim, train_state
 from rasr_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
@@ -35,6 +48,74 @@ def compiled_step(config, mesh, tokenizer):
   batch, pieces = batch_and_pieces(config, mesh, tokenizer)
   step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids, pieces=pieces)
   return train_step.jit_train_step(step, shardings, mesh), state, batch
+
+
+def forward_call(config, mesh, tokenizer):
+  """A zero-argument call of the loss's forward pass alone for `config` (fresh parameters)."""
+  graphdef, _, _ = train_state.abstract_state(config)
+  state, _ = train_state.init_state(config, mesh)
+  (packed, qa), pieces = batch_and_pieces(config, mesh, tokenizer)
+  loss_fn = train_step.make_loss_fn(graphdef, config, tokenizer.marker_ids, pieces=pieces)
+  forward = jax.jit(lambda params: loss_fn(params, packed, qa, packing.target_count(packed),
+                                           jax.random.key(0), state.tau, jnp.float32(0.5))[0])
+  return lambda: forward(state.params)
+
+
+def pass_calls(config, mesh, tokenizer):
+  """Zero-argument calls of the RASR forward pieces for `config` (fresh parameters): the
+  reflection rows with y(0), one critic pass, one refine pass with its loss."""
+  r, ids = config.reflect, tokenizer.marker_ids
+  graphdef, _, _ = train_state.abstract_state(config)
+  state, _ = train_state.init_state(config, mesh)
+  (packed, qa), _ = batch_and_pieces(config, mesh, tokenizer)
+  key, progress = jax.random.key(0), jnp.float32(0.5)
+  inputs, _, _, positions, mask = packing.inputs_and_targets(packed)
+
+  logits = jax.jit(lambda params: nnx.merge(graphdef, params)
+                   (inputs, positions=positions, mask=mask)[0])(state.params)  # text windows' y(0)
+  first_drafts = jax.jit(lambda params, logits: train_step.reflection_rows(
+      graphdef, params, packed.tokens, logits, qa, r, key, ids))
+  rows, draft, length = first_drafts(state.params, logits)
+  draft_valid = jnp.arange(draft.shape[1])[None] < length[:, None]
+
+  def critique(params):
+    model = nnx.merge(graphdef, params)
+    return steps.critique(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft,
+                          draft_valid, progress, ids)
+
+  critic = jax.jit(critique)
+  live, _ = critic(state.params)
+
+  @jax.jit
+  def refine(params, live):
+    model = nnx.merge(graphdef, params)
+    logits = steps.refine_logits(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft,
+                                 draft_valid, live, rows.target, ids,
+                                 Layout(r.prompt_len, r.target_len,
+                                        r.critique_len), r.draft_mode == "teacher_forced")
+    return losses.reflection_row_losses(logits, rows.target, rows.target_valid)
+
+  return {
+      "pass_first_drafts": lambda: first_drafts(state.params, logits),
+      "pass_critic": lambda: critic(state.params),
+      "pass_refine": lambda: refine(state.params, live),
+  }
+
+
+def per_pass(times, config):
+  """Seconds per step of each part of the default RASR step's extra time (module docstring)."""
+  r = config.reflect
+  drafts = r.iterations + 1 if r.draft_mode == "autoregressive" else 1
+  parts = {
+      "draft_decoding": times["pass_first_drafts"] * drafts,
+      "critic": times["pass_critic"] * r.iterations,
+      "refine": times["pass_refine"] * r.iterations,
+  }
+  parts["forward_other"] = (times["forward_default"] - times["forward_standard"]
+                            - sum(parts.values()))
+  parts["backward"] = ((times["default"] - times["forward_default"]) -
+                       (times["standard"] - times["forward_standard"]))
+  return parts
 
 
 def main(argv):
@@ -60,10 +141,18 @@ def main(argv):
   }
   r = variants["default"].reflect
   with sharding.activate(mesh):
+    calls = {
+        "forward_standard": forward_call(variants["standard"], mesh, tokenizer),
+        "forward_default": forward_call(variants["default"], mesh, tokenizer),
+        **pass_calls(variants["default"], mesh, tokenizer)
+    }
     times = interleaved_medians(
         {
             name: compiled_step(c, mesh, tokenizer) for name, c in variants.items()
-        }, _STEPS.value)
+        },
+        _STEPS.value,
+        extra_calls=calls)
+  breakdown = per_pass(times, variants["default"])
   standard = times.pop("standard")
   print(
       json.dumps(
@@ -76,6 +165,7 @@ def main(argv):
               "ratio_k3_all_rows": times["k3_all_rows"] / standard,
               "document_mask_ratio": standard / times["standard_no_document_mask"],
               "step_s": times,
+              "per_pass_s": breakdown,
               "reflection": {
                   "iterations": r.iterations,
                   "rows": r.rows,

@@ -1,20 +1,30 @@
 """Step time, tokens/s and MFU of the standard train step, with the matmul peak measured here.
 
   python benchmarks/train_step.py --config=configs/bench.py [--steps=5] \
-      [--config.model.dtype=bfloat16]
+      [--config.model.dtype=bfloat16] [--compare=hf]
 
-Prints one JSON object. The MFU denominator is the median FLOP/s of a jitted float32 2048^3
-matmul measured in the same process (on accelerators: the vendor peak from rasr_jax.training.flops).
+Prints one JSON object. The MFU denominator is the median FLOP/s of a float32 2048^3 matmul
+measured in the same process (on accelerators: the vendor peak from rasr_jax.training.flops).
+
+--compare=hf also times HuggingFace's `LlamaForCausalLM` of the same shape in the same process,
+one step of each in turn (common.interleaved_call_medians): `torch.compile`d forward, the same
+next-token cross-entropy over all T positions, backward, global-norm clipping and fused AdamW
+with the config's hyperparameters, fp32, on the same tokens. On CPU the peak is then the larger
+of jax's and torch's matmul, so both MFUs share one denominator, and `ratio_tokens_per_sec` is
+rasr_jax's tokens/s (the top-level figures) over HuggingFace's (under "hf").
 """
 
 import json
 import platform
+import statistics
+import time
 
 import jax
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import batch_and_pieces, bundled_tokenizer, time_steps
+from common import batch_and_pieces, bundled_tokenizer, hf_llama, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.training import flops as flops_lib
@@ -23,6 +33,55 @@ from rasr_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed steps (after 2 warm-up steps).")
+_COMPARE = flags.DEFINE_enum("compare", "none", ["none", "hf"],
+                             "hf: also time HuggingFace's Llama with torch.compile, interleaved.")
+
+MATMUL = 2048  # side of the square float32 matmul whose FLOP/s is the CPU peak
+
+
+def torch_matmul_peak(size=MATMUL, repeats=10) -> float:
+  """Median FLOP/s of a float32 [size, size] matmul in torch."""
+  import torch
+  a = torch.ones((size, size))
+  a @ a
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    a @ a
+    times.append(time.perf_counter() - start)
+  return 2 * size**3 / statistics.median(times)
+
+
+def hf_step(config, tokens):
+  """A zero-argument callable running one HuggingFace training step on `tokens` [B, T + 1]
+  (returns the loss as a float), and the library versions."""
+  import torch
+  model, versions = hf_llama(config.model)
+  if model is None:
+    raise app.UsageError("--compare=hf needs torch and transformers (pip install torch "
+                         "transformers)")
+  model.train()
+  forward = torch.compile(model)
+  t = config.train
+  optimizer = torch.optim.AdamW(model.parameters(),
+                                lr=t.lr,
+                                betas=(t.b1, t.b2),
+                                eps=t.eps,
+                                weight_decay=t.weight_decay,
+                                fused=True)
+  inputs = torch.as_tensor(np.asarray(tokens[:, :-1]), dtype=torch.long)
+  targets = torch.as_tensor(np.asarray(tokens[:, 1:]), dtype=torch.long)
+
+  def step():
+    logits = forward(input_ids=inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item()
+
+  return step, versions
 
 
 def main(argv):
@@ -38,34 +97,46 @@ def main(argv):
       train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids, pieces=pieces),
       shardings, mesh)
   rows, seq = config.train.batch_size, config.data.seq_len
-  with sharding.activate(mesh):
-    median, _ = time_steps(step_fn, state, batch, _STEPS.value)
   on_cpu = jax.devices()[0].platform == "cpu"
-  peak = flops_lib.measure_matmul_peak(2048) if on_cpu else flops_lib.peak_flops_per_device(0.0)
+  calls = {"rasr_jax": (step_fn, state, batch)}
+  if _COMPARE.value == "hf":
+    hf, versions = hf_step(config, batch[0].tokens)
+    calls["hf"] = (lambda state, step: (state, step()), None, (hf,))
+  with sharding.activate(mesh):
+    median = interleaved_medians(calls, _STEPS.value)
+  peaks = {"jax": flops_lib.measure_matmul_peak(MATMUL)} if on_cpu else {}
+  if on_cpu and _COMPARE.value == "hf":
+    peaks["torch"] = torch_matmul_peak()
+  peak = max(peaks.values()) if on_cpu else flops_lib.peak_flops_per_device(0.0)
   flops = flops_lib.flops_per_step(config)
-  print(
-      json.dumps(
-          {
-              "benchmark": "train_step",
-              "step_time_s_median": median,
-              "tokens_per_sec": rows * seq / median,
-              "mfu": flops / median / (peak * jax.device_count()),
-              "peak_flops_per_device": peak,
-              "flops_per_step": flops,
-              "params": sum(x.size for x in jax.tree.leaves(abstract.params)),
-              "shape": {
-                  "d_model": config.model.d_model,
-                  "layers": config.model.num_layers,
-                  "seq_len": seq,
-                  "batch": rows,
-                  "dtype": config.model.dtype
-              },
-              "jax": jax.__version__,
-              "device": jax.devices()[0].device_kind,
-              "devices": jax.device_count(),
-              "python": platform.python_version(),
-          },
-          indent=2))
+  rates = lambda seconds: {
+      "step_time_s_median": seconds,
+      "tokens_per_sec": rows * seq / seconds,
+      "mfu": flops / seconds / (peak * jax.device_count()),
+  }
+  result = {"benchmark": "train_step", **rates(median["rasr_jax"])}
+  if _COMPARE.value == "hf":
+    result["hf"] = dict(rates(median["hf"]), versions=versions)
+    result["ratio_tokens_per_sec"] = median["hf"] / median["rasr_jax"]
+  result.update({
+      "peak_flops_per_device": peak,
+      "matmul_peaks": peaks,
+      "flops_per_step": flops,
+      "params": sum(x.size for x in jax.tree.leaves(abstract.params)),
+      "shape": {
+          "d_model": config.model.d_model,
+          "layers": config.model.num_layers,
+          "seq_len": seq,
+          "batch": rows,
+          "dtype": config.model.dtype,
+          "document_masking": config.data.document_masking
+      },
+      "jax": jax.__version__,
+      "python": platform.python_version(),
+      "device": jax.devices()[0].device_kind,
+      "devices": jax.device_count(),
+  })
+  print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

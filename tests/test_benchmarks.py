@@ -12,12 +12,16 @@ from conftest import QA, REPO, SMALL, cli_args, run_checked
 SMALL_FLAGS = cli_args()  # the SMALL test shapes, as overrides of a benchmark's --config
 
 
-def _run(script, *args):
-  """stdout of `python benchmarks/SCRIPT args`; fails the test with its stderr otherwise."""
+def _run(script, *args, env=None):
+  """stdout of `python benchmarks/SCRIPT args` (with extra environment variables `env`); fails
+  the test with its stderr otherwise."""
   benchmarks = os.path.join(REPO, "benchmarks")
   return run_checked([sys.executable, os.path.join(benchmarks, script), *args],
                      timeout=600,
-                     env={"PYTHONPATH": os.pathsep.join([REPO, benchmarks])})
+                     env={
+                         "PYTHONPATH": os.pathsep.join([REPO, benchmarks]),
+                         **(env or {})
+                     })
 
 
 def _json(stdout):
@@ -33,6 +37,24 @@ def test_train_step_benchmark():
   assert report["step_time_s_median"] > 0 and report["params"] > 0
 
 
+def test_train_step_benchmark_against_huggingface():
+  """--compare=hf times HuggingFace's Llama beside the step (torch.compile switched off here:
+  compiling takes minutes on CI's CPU, and the script's path is the same)."""
+  pytest.importorskip("transformers")
+  report = _json(
+      _run("train_step.py",
+           "--config=configs/tiny.py",
+           *SMALL_FLAGS,
+           "--steps=1",
+           "--compare=hf",
+           env={"TORCH_COMPILE_DISABLE": "1"}))
+  assert report["hf"]["step_time_s_median"] > 0 and report["hf"]["mfu"] > 0
+  assert report["ratio_tokens_per_sec"] == pytest.approx(report["tokens_per_sec"]
+                                                         / report["hf"]["tokens_per_sec"])
+  assert set(report["matmul_peaks"]) == {"jax", "torch"}
+  assert report["peak_flops_per_device"] == max(report["matmul_peaks"].values())
+
+
 def test_rasr_overhead_benchmark_with_reflection_off_in_its_config():
   """configs/bench.py has reflection off: every variant still resolves its own rows."""
   report = _json(
@@ -43,6 +65,9 @@ def test_rasr_overhead_benchmark_with_reflection_off_in_its_config():
               "document_mask_ratio", "step_s", "reflection", "shape"):
     assert key in report, key
   assert report["reflection"]["rows"] > 0 and report["ratio"] > 0
+  assert set(
+      report["per_pass_s"]) == {"draft_decoding", "critic", "refine", "forward_other", "backward"}
+  assert report["per_pass_s"]["critic"] > 0 and report["per_pass_s"]["draft_decoding"] > 0
 
 
 def test_decode_benchmark():

@@ -131,3 +131,18 @@ def test_compile_mode_prints_the_choice_on_fake_devices(tmp_path):
   }
   assert report["grad_accum_steps"] == 1 and report["remat_policy"] == "none"
   assert fit["usable_gib"] == pytest.approx(900.0, abs=0.01)
+
+
+def test_accumulation_keeps_the_reflecting_rows():
+  """Each micro-batch needs a reflecting row per data shard: an accumulation that would round
+  reflect.rows up (changing the method) is not a candidate."""
+  candidates = lambda rows: [
+      accum for accum, config in memory_fit._accumulations(
+          config_lib.resolve_mesh(
+              make_config(**{
+                  "train.grad_accum_steps": "auto",
+                  "reflect.rows": rows
+              }), 1))
+  ]
+  assert candidates(4) == [1, 2, 4]  # batch 8: 8 micro-batches would need 8 rows
+  assert candidates(0) == [1]  # B/8 = 1 row: one micro-batch

@@ -151,19 +151,23 @@ def device_memory_limit(config) -> int:
 
 def _accumulations(config):
   """(grad_accum_steps, config resolved with it) for every accumulation the batch and mesh
-  allow, smallest first (`config`'s mesh resolved)."""
-  out = []
+  allow without changing how many rows reflect, smallest first (`config`'s mesh resolved).
+
+  Reflection rows are split over the micro-batches, at least one per data shard in each, so a
+  larger accumulation would round reflect.rows up (B/8 by default) and change the method.
+  """
+  devices = math.prod(config.mesh.axis_sizes().values())
+  resolved = {}
   for accum in range(1, config.train.batch_size + 1):
     if config.train.batch_size % accum:
       continue
     train = dataclasses.replace(config.train, grad_accum_steps=accum)
     try:
-      out.append((accum,
-                  config_lib.resolve_mesh(dataclasses.replace(config, train=train),
-                                          math.prod(config.mesh.axis_sizes().values()))))
+      resolved[accum] = config_lib.resolve_mesh(dataclasses.replace(config, train=train), devices)
     except config_lib.ConfigError:
       continue
-  return out
+  rows = min((c.reflect.rows for c in resolved.values()), default=0)
+  return [(accum, c) for accum, c in resolved.items() if c.reflect.rows == rows]
 
 
 def resolve_auto(config) -> tuple[config_lib.Config, Fit | None]:
@@ -225,4 +229,5 @@ def resolve_auto(config) -> tuple[config_lib.Config, Fit | None]:
       f"config.{what}: no setting fits {usable / GIB:.2f} GiB per device ({1 - HEADROOM:.0%} of "
       f"{limit / GIB:.2f}); the smallest need is {smallest.memory.total / GIB:.2f} GiB "
       f"(grad_accum_steps={smallest.grad_accum_steps}, remat_policy={smallest.remat_policy}): "
-      "more devices, a smaller train.batch_size or data.seq_len")
+      "more devices, a smaller train.batch_size or data.seq_len, or fewer reflecting rows "
+      "(reflect.rows) so that more micro-batches can split them")
