@@ -40,8 +40,9 @@ def get_config():
   c.model.init_std = 0.02  # stddev of the normal initialiser for weight matrices
   c.model.tie_embeddings = False  # share the input embedding with the LM head
   c.model.attention_bias = False  # biases on the q, k, v projections (Qwen2's layout)
-  # auto (cuDNN flash attention on GPUs with 16-bit activations, else XLA) | xla | cudnn |
-  # blockwise (blocks with an online softmax, masked blocks skipped; docs/performance.md)
+  # auto (dense on CPUs, cuDNN flash attention on GPUs with 16-bit activations, else XLA) | xla |
+  # dense (einsums, probabilities recomputed in the backward pass) | cudnn | blockwise (blocks
+  # with an online softmax, masked blocks skipped); docs/performance.md
   c.model.attention_impl = "auto"
   c.model.param_dtype = "float32"  # parameter (and optimizer state) dtype
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16

@@ -1,6 +1,6 @@
-"""Attention implementations: blockwise equals XLA's in values and gradients (causal, padding
-and segment masks, grouped-query heads, lengths that are not a multiple of the block), `auto`
-picks per backend, and a model trains alike with either."""
+"""Attention implementations: blockwise and dense equal XLA's in values and gradients (causal,
+padding and segment masks, grouped-query heads, lengths that are not a multiple of the block),
+`auto` picks per backend, and a model trains alike with each."""
 
 import functools
 
@@ -34,8 +34,13 @@ def _masks():
   return {"causal": None, "padding": padding[:, None], "segment": segment[:, None]}
 
 
+# blockwise in 3 blocks of 8, the last padded
+IMPLS = {"blockwise": functools.partial(attention.blockwise, block=8), "dense": attention.dense}
+
+
+@pytest.mark.parametrize("impl", sorted(IMPLS))
 @pytest.mark.parametrize("name", ["causal", "padding", "segment"])
-def test_blockwise_equals_xla_values_and_gradients(name):
+def test_implementation_equals_xla_values_and_gradients(impl, name):
   mask = _masks()[name]
   mask = None if mask is None else jnp.asarray(mask)
   q, k, v = _qkv()
@@ -47,20 +52,19 @@ def test_blockwise_equals_xla_values_and_gradients(name):
     return jnp.sum(fn(q, k, v) * weights)
 
   xla = functools.partial(attention.attend, "xla", mask=mask)
-  blockwise = functools.partial(attention.blockwise, mask=mask,
-                                block=8)  # 3 blocks, the last padded
-  np.testing.assert_allclose(np.asarray(blockwise(q, k, v))[seen],
+  other = functools.partial(IMPLS[impl], mask=mask)
+  np.testing.assert_allclose(np.asarray(other(q, k, v))[seen],
                              np.asarray(xla(q, k, v))[seen],
                              atol=1e-5,
                              rtol=1e-5)
   want = jax.grad(functools.partial(loss, xla), argnums=(0, 1, 2))(q, k, v)
-  got = jax.grad(functools.partial(loss, blockwise), argnums=(0, 1, 2))(q, k, v)
+  got = jax.grad(functools.partial(loss, other), argnums=(0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, rtol=1e-5)
 
 
 def test_auto_picks_by_backend_and_dtype():
-  assert attention.resolve("auto", jnp.float32, "cpu") == "xla"
+  assert attention.resolve("auto", jnp.float32, "cpu") == "dense"
   assert attention.resolve("auto", jnp.bfloat16, "tpu") == "xla"
   assert attention.resolve("auto", jnp.bfloat16, "gpu") == "cudnn"
   assert attention.resolve("auto", jnp.float32, "gpu") == "xla"
@@ -68,16 +72,16 @@ def test_auto_picks_by_backend_and_dtype():
   assert config_lib.ATTENTION_IMPLS == attention.IMPLEMENTATIONS
 
 
-def test_a_model_trains_alike_with_blockwise_attention(straight_run, tmp_path):
-  """The tiny RASR step (trunk, critic and refine passes) with blockwise attention logs the
-  losses of the XLA run."""
+@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+def test_a_model_trains_alike_with_each_attention(impl, straight_run, tmp_path):
+  """The tiny RASR step (trunk, critic and refine passes) with blockwise or XLA attention logs
+  the losses of the default run (dense, `auto` on CPU)."""
   from rasr_jax.training import loop
   workdir, config = straight_run
-  loop.train(
-      make_config(**{
-          "train.steps": config.train.steps,
-          "model.attention_impl": "blockwise"
-      }), str(tmp_path))
+  loop.train(make_config(**{
+      "train.steps": config.train.steps,
+      "model.attention_impl": impl
+  }), str(tmp_path))
   got, want = losses(str(tmp_path)), losses(workdir)
   assert sorted(got) == sorted(want)
   for step in want:

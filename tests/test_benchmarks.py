@@ -130,3 +130,11 @@ def test_evidence_benchmark_on_the_probe_alone(tmp_path):
       for line in open(tmp_path / "probe_data" / "text.jsonl")
   }
   assert len(held_out) == 2 and not training & {r["prompt"] for r in held_out}
+
+
+def test_attention_benchmark():
+  report = _json(_run("attention.py", "--config=configs/tiny.py", "--rounds=1"))
+  assert set(report["over_xla"]) == {
+      "dense_causal", "dense_segment", "blockwise_causal", "blockwise_segment"
+  }
+  assert all(ratio > 0 for ratio in report["over_xla"].values())

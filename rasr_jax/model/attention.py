@@ -1,13 +1,16 @@
 """Attention implementations by backend (`model.attention_impl`).
 
   xla        jax.nn.dot_product_attention's XLA path: full T x T scores (the reference)
+  dense      the same full scores as einsums over [B, N, T, S], softmax in float32, with a
+             hand-written gradient that recomputes the probabilities instead of keeping them:
+             XLA's CPU compiler runs it faster than xla's (performance.md)
   cudnn      the same call with implementation="cudnn": cuDNN's fused flash attention (GPUs,
              bfloat16 or float16 activations)
   blockwise  this module's: queries and keys in blocks of BLOCK with an online softmax; a key
              block that no query of the query block may see (above the causal diagonal, or
              wholly masked) is skipped by a conditional, and each query block is rematerialised
              in the backward pass, so no T x T probabilities are kept as residuals
-  auto       cudnn on GPUs with 16-bit activations, else xla
+  auto       dense on CPUs, cudnn on GPUs with 16-bit activations, else xla
 
 Shapes: q [B, T, N, H], k and v [B, T, K, H] (N a multiple of K: grouped-query attention), mask
 [B, 1, T, T] bool or None (causal) -> [B, T, N, H].
@@ -18,7 +21,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-IMPLEMENTATIONS = ("auto", "xla", "cudnn", "blockwise")
+IMPLEMENTATIONS = ("auto", "xla", "dense", "cudnn", "blockwise")
 BLOCK = 128  # queries and keys per block of the blockwise path
 
 
@@ -28,6 +31,8 @@ def resolve(impl, dtype, backend=None):
   if impl != "auto":
     return impl
   backend = backend or jax.default_backend()
+  if backend == "cpu":
+    return "dense"
   return "cudnn" if backend == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
 
 
@@ -36,6 +41,8 @@ def attend(impl, q, k, v, mask):
   impl = resolve(impl, q.dtype)
   if impl == "blockwise":
     return blockwise(q, k, v, mask)
+  if impl == "dense":
+    return dense(q, k, v, mask)
   implementation = "cudnn" if impl == "cudnn" else None
   return jax.nn.dot_product_attention(q,
                                       k,
@@ -43,6 +50,62 @@ def attend(impl, q, k, v, mask):
                                       mask=mask,
                                       is_causal=mask is None,
                                       implementation=implementation)
+
+
+def attend_cached(impl, q, k, v, mask):
+  """Attention of T new queries over S cached keys (mask [B, 1, T, S], never None): dense where
+  `impl` resolves to it, else the XLA path (flash kernels gain nothing for a few queries)."""
+  return (dense if resolve(impl, q.dtype) == "dense" else functools.partial(
+      jax.nn.dot_product_attention, implementation=None))(q, k, v, mask=mask)
+
+
+def dense(q, k, v, mask):
+  """Full-score attention as einsums over [B, N, T, S] with a hand-written gradient that
+  recomputes the probabilities from the saved log-sum-exp, so no [B, N, T, S] array is kept for
+  the backward pass; equals `xla` within float rounding, values and gradients
+  (tests/test_attention.py). Query rows that see no key average every value."""
+  groups = q.shape[2] // k.shape[2]
+  if groups > 1:  # each query head reads its group's key and value head
+    k, v = (jnp.repeat(a, groups, axis=2) for a in (k, v))
+  if mask is None:
+    mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
+  return _dense(q, k, v, mask)
+
+
+@jax.custom_vjp
+def _dense(q, k, v, mask):
+  return _dense_forward(q, k, v, mask)[0]
+
+
+def _scores(q, k, mask):
+  """[B, N, T, S] float32 scaled scores, masked ones at float32's minimum."""
+  scores = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  return jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+
+
+def _dense_forward(q, k, v, mask):
+  scores = _scores(q, k, mask)
+  log_total = jax.nn.logsumexp(scores, axis=-1, keepdims=True)  # [B, N, T, 1]
+  out = jnp.einsum("bnts,bsnh->btnh", jnp.exp(scores - log_total).astype(v.dtype), v)
+  return out, (q, k, v, mask, out, log_total)
+
+
+def _dense_backward(residuals, d_out):
+  q, k, v, mask, out, log_total = residuals
+  f32 = lambda a: a.astype(jnp.float32)
+  probs = jnp.exp(_scores(q, k, mask) - log_total)
+  d_v = jnp.einsum("bnts,btnh->bsnh", probs, f32(d_out))
+  d_probs = jnp.einsum("btnh,bsnh->bnts", f32(d_out), f32(v))
+  # sum_s probs * d_probs, read from the outputs: sum_h d_out * out
+  row = jnp.einsum("btnh,btnh->bnt", f32(d_out), f32(out))[..., None]
+  d_scores = probs * (d_probs - row) / jnp.sqrt(jnp.float32(q.shape[-1]))
+  d_q = jnp.einsum("bnts,bsnh->btnh", d_scores, f32(k))
+  d_k = jnp.einsum("bnts,btnh->bsnh", d_scores, f32(q))
+  return d_q.astype(q.dtype), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_dense.defvjp(_dense_forward, _dense_backward)
 
 
 def blockwise(q, k, v, mask, block=BLOCK):

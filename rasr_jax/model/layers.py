@@ -1,5 +1,7 @@
 """RMSNorm, rotary positions, SwiGLU and grouped-query attention with logical axis names."""
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,15 @@ from rasr_jax.model import attention
 def param(rngs, init, shape, names, dtype):
   """A parameter initialised by `init` and annotated with logical axis `names`."""
   return nnx.Param(nnx.with_partitioning(init, names)(rngs.params(), shape, jnp.dtype(dtype)))
+
+
+def project(x, w, contract=1):
+  """x [..., *w.shape[:contract]] times w -> [..., *w.shape[contract:]], as one 2-D matmul:
+  XLA's CPU compiler runs the gradient of a 2-D dot about twice as fast as that of the same
+  product written as an einsum over [B, T, ...] (docs/performance.md)."""
+  inner = math.prod(w.shape[:contract])
+  out = x.reshape(-1, inner) @ w.reshape(inner, -1)
+  return out.reshape(*x.shape[:x.ndim - contract], *w.shape[contract:])
 
 
 def constrain(x, names):
@@ -70,8 +81,8 @@ def rotary(x, positions, frequencies):
 
 
 class Attention(nnx.Module):
-  """Grouped-query attention by `model.attention_impl` (attention.py); decoding over a KV cache
-  uses jax.nn.dot_product_attention's XLA path."""
+  """Grouped-query attention by `model.attention_impl` (attention.py; over a KV cache:
+  attention.attend_cached)."""
 
   def __init__(self, cfg, *, rngs):
     init, pd = nnx.initializers.normal(cfg.init_std), cfg.param_dtype
@@ -90,9 +101,7 @@ class Attention(nnx.Module):
   def _project(self, x, positions):
     """x [B, T, D] -> rotated q [B, T, N, H], rotated k [B, T, K, H], v [B, T, K, H]."""
     dt = x.dtype
-    q = jnp.einsum("btd,dnh->btnh", x, self.wq[...].astype(dt))
-    k = jnp.einsum("btd,dkh->btkh", x, self.wk[...].astype(dt))
-    v = jnp.einsum("btd,dkh->btkh", x, self.wv[...].astype(dt))
+    q, k, v = (project(x, w[...].astype(dt)) for w in (self.wq, self.wk, self.wv))
     if self.cfg.attention_bias:
       q, k, v = (
           a + b[...].astype(dt) for a, b in ((q, self.q_bias), (k, self.k_bias), (v, self.v_bias)))
@@ -101,7 +110,7 @@ class Attention(nnx.Module):
 
   def _output(self, out):  # [B, T, N, H] -> [B, T, D]
     out = constrain(out, ("act_batch", "act_length", "act_heads", None))
-    return jnp.einsum("btnh,nhd->btd", out, self.wo[...].astype(out.dtype))
+    return project(out, self.wo[...].astype(out.dtype), contract=2)
 
   def __call__(self, x, positions, mask):
     """x [B, T, D], positions [B, T], mask [B, 1, T, T] bool or None (causal) -> [B, T, D]."""
@@ -121,7 +130,8 @@ class Attention(nnx.Module):
                                                             axis=2)
                         for cache, new in ((cache_k, k), (cache_v, v)))
     keys, values = (cache.swapaxes(1, 2).astype(q.dtype) for cache in (cache_k, cache_v))
-    out = jax.nn.dot_product_attention(q, keys, values, mask=mask)  # keys [B, S, K, H]
+    # keys [B, S, K, H]
+    out = attention.attend_cached(self.cfg.attention_impl, q, keys, values, mask)
     return self._output(out), cache_k, cache_v
 
 
@@ -136,10 +146,9 @@ class SwiGLU(nnx.Module):
 
   def __call__(self, x):  # [B, T, D] -> [B, T, D]
     dt = x.dtype
-    gate = jnp.einsum("btd,df->btf", x, self.w_gate[...].astype(dt))
-    up = jnp.einsum("btd,df->btf", x, self.w_up[...].astype(dt))
+    gate, up = (project(x, w[...].astype(dt)) for w in (self.w_gate, self.w_up))
     hidden = constrain(jax.nn.silu(gate) * up, ("act_batch", "act_length", "act_mlp"))
-    return jnp.einsum("btf,fd->btd", hidden, self.w_down[...].astype(dt))
+    return project(hidden, self.w_down[...].astype(dt))
 
 
 class Block(nnx.Module):

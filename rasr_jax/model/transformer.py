@@ -130,7 +130,7 @@ class Transformer(nnx.Module):
 
   def logits(self, hidden):  # [B, T, D] -> [B, T, V] float32
     head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
-    logits = jnp.einsum("btd,dv->btv", hidden, head.astype(hidden.dtype))
+    logits = layers.project(hidden, head.astype(hidden.dtype))
     return layers.constrain(logits, ("act_batch", "act_length", "act_vocab")).astype(jnp.float32)
 
   def _run_blocks(self, x, positions, mask):
