@@ -138,3 +138,12 @@ def test_attention_benchmark():
       "dense_causal", "dense_segment", "blockwise_causal", "blockwise_segment"
   }
   assert all(ratio > 0 for ratio in report["over_xla"].values())
+
+
+def test_loop_trace_benchmark(tmp_path):
+  """The trace written by train.profile_steps is read back: the device ran inside its window."""
+  sets = [f"--set={flag[len('--config.'):]}" for flag in SMALL_FLAGS]
+  report = _json(_run("loop_trace.py", f"--workdir={tmp_path}", "--steps=4", "--profile=2,4",
+                      *sets))
+  assert 0 < report["device_busy_s"] <= report["window_s"]
+  assert 0 < report["device_busy_fraction"] <= 1

@@ -468,7 +468,9 @@ class _Profiler:
 
   def before(self, step):
     if self._steps and step == self._steps[0]:
-      jax.profiler.start_trace(self._folder)
+      options = jax.profiler.ProfileOptions()
+      options.python_tracer_level = 0  # tracing every Python call would slow the host it shows
+      jax.profiler.start_trace(self._folder, profiler_options=options)
       self._on = True
 
   def after(self, step, state):
