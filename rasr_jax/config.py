@@ -337,8 +337,8 @@ class Config:
 
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
-ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "blockwise"
-                  )  # model/attention.py's (a test holds them)
+# model/attention.py's (a test holds them equal)
+ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "blockwise")
 # Set before training by training/memory_fit.py: the smallest accumulation, the cheapest remat.
 AUTO = "auto"
 REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")  # cheapest (least recompute) first

@@ -55,8 +55,9 @@ def attend(impl, q, k, v, mask):
 def attend_cached(impl, q, k, v, mask):
   """Attention of T new queries over S cached keys (mask [B, 1, T, S], never None): dense where
   `impl` resolves to it, else the XLA path (flash kernels gain nothing for a few queries)."""
-  return (dense if resolve(impl, q.dtype) == "dense" else functools.partial(
-      jax.nn.dot_product_attention, implementation=None))(q, k, v, mask=mask)
+  if resolve(impl, q.dtype) == "dense":
+    return dense(q, k, v, mask)
+  return jax.nn.dot_product_attention(q, k, v, mask=mask)
 
 
 def dense(q, k, v, mask):
