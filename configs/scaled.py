@@ -23,6 +23,9 @@ def get_scaled_config(*, num_layers, d_model, num_heads, num_kv_heads, head_dim,
   # choice is logged, and --mode=compile prints it ahead of time; pin it to skip the search).
   c.model.remat_policy = "auto"
   c.data.source = "files"
+  # Grain worker processes per host tokenize and pack ahead of the step (a killed run resumes
+  # bit-identically with them: tests/test_reliability.py).
+  c.data.num_workers = 4
   c.data.seq_len = 2048
   c.train.steps = 100000
   c.train.batch_size = batch_size

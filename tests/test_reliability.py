@@ -24,6 +24,7 @@ from conftest import (
     losses,
     main_command,
     make_config,
+    params_hash,
     run_main,
     run_python,
     subprocess_env,
@@ -403,3 +404,20 @@ def test_a_profile_of_chosen_steps_is_written(tmp_path):
   bad = run_main(str(tmp_path / "bad"), **NO_REFLECT, **{"train.profile_steps": "3,2"})
   assert bad.returncode == 2
   assert "config.train.profile_steps='3,2': expected 1 <= FIRST <= LAST" in bad.stderr
+
+
+def test_grain_workers_resume_bit_identically(tmp_path):
+  """With data.num_workers > 0 (grain worker processes read ahead, as the scaled configs run), a
+  trainer killed after a step resumes its data where the checkpoint left it: the losses and the
+  parameters equal an uninterrupted run's with the same workers."""
+  overrides = {**PLAIN, "data.num_workers": 2}
+  straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+  assert run_main(straight, **overrides).returncode == 0
+  crashed = run_main(resumed, env={faults.ENV: "crash_after_step=4"}, **overrides)
+  assert crashed.returncode == faults.CRASH_EXIT_CODE, crashed.stderr[-2000:]
+  result = run_main(resumed, **overrides)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert losses(resumed) == losses(straight) and sorted(losses(straight)) == list(
+      range(1, STEPS + 1))
+  config = make_config(**overrides)
+  assert params_hash(resumed, config) == params_hash(straight, config)

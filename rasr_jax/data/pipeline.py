@@ -19,7 +19,11 @@ records (`data/qa.py`), takes every S-th and fills qa_rows / S of them per batch
 both.
 """
 
+import ctypes
 import json
+import os
+import signal
+import sys
 
 import grain
 import jax
@@ -177,8 +181,23 @@ def side_by_side(streams, num_workers=0):
   ds = streams[0] if len(streams) == 1 else grain.experimental.ZipIterDataset(streams).map(
       _concatenated)
   if num_workers:
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                        worker_init_fn=_end_with_the_trainer)
   return ds
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent ends
+
+
+def _end_with_the_trainer(worker_index, worker_count):
+  """Runs in each grain worker: the worker is killed when the trainer that started it ends, so a
+  trainer killed without cleanup (SIGKILL, a crash) leaves no workers behind (Linux only:
+  without it they were seen to outlive a killed trainer by minutes, holding its output pipes)."""
+  del worker_index, worker_count
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the trainer ended before the request took effect
+      os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _slices_as_tuples(state):
