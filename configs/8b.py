@@ -4,8 +4,11 @@
       --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_128)
   python -m rasr_jax.main --config=configs/8b.py:gpu_8 --workdir=...  # one host of 8 GPUs
   python -m rasr_jax.main --config=configs/8b.py --mode=describe  # counts and memory, no devices
+  python -m rasr_jax.main --config=configs/8b.py:gpu_8 --mode=compile  # the accumulation and remat
+      # that fit (on 8 fake CPU devices: XLA_FLAGS=--xla_force_host_platform_device_count=8)
 
-The argument after ':' names a mesh preset of configs/mesh/presets.py.
+The argument after ':' names a mesh preset of configs/mesh/presets.py. grad_accum_steps and
+remat_policy are "auto" (configs/scaled.py): chosen at start-up to fit the preset's devices.
 """
 
 from configs import scaled
