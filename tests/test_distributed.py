@@ -107,3 +107,29 @@ def test_compile_mode_reports_per_device_memory(tmp_path):
   assert 0 <= used["arguments"] - estimate["total"] < 0.01 * estimate["total"] + 4096
   assert used["total"] > used["arguments"] and used["temporaries"] > 0
   assert not os.listdir(tmp_path)  # nothing written
+
+
+def test_processes_fit_memory_with_process_zeros_limit(tmp_path):
+  """grad_accum_steps=auto on 2 processes x 2 devices: each process's own limit differs (process
+  1's alone would fit nothing), yet both search with process 0's and choose alike."""
+  port = _free_port()
+  address = f"127.0.0.1:{port}"
+  procs = [
+      subprocess.Popen(main_command(
+          str(tmp_path), "--mode=compile", f"--coordinator_address={address}",
+          f"--coordinator_bind_address={address}", "--num_processes=2", f"--process_id={i}", **{
+              "train.grad_accum_steps": "auto",
+              "train.memory_limit_gib": limit
+          }),
+                       cwd=REPO,
+                       env=subprocess_env(2),
+                       stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE,
+                       text=True) for i, limit in enumerate((1000.0, 1e-4))
+  ]
+  outputs = [p.communicate(timeout=600) for p in procs]
+  for p, (_, err) in zip(procs, outputs):
+    assert p.returncode == 0, err[-3000:]
+  reports = [json.loads(out[out.index("{"):]) for out, _ in outputs]
+  assert [r["memory_fit"]["limit_gib"] for r in reports] == [1000.0, 1000.0]
+  assert [r["grad_accum_steps"] for r in reports] == [1, 1]

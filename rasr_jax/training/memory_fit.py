@@ -17,6 +17,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
@@ -146,7 +147,11 @@ def device_memory_limit(config) -> int:
     raise config_lib.ConfigError(
         f"config.train.memory_limit_gib=0: {jax.devices()[0].device_kind} devices report no "
         "memory limit to fit the auto settings into; set the accelerator's (GiB per device)")
-  return min(limits)
+  if jax.process_count() == 1:
+    return min(limits)
+  # Every process searches with process 0's limit, so all of them choose the same settings.
+  gib = multihost_utils.broadcast_one_to_all(np.float32(min(limits) / GIB))
+  return int(float(gib) * GIB)
 
 
 def _accumulations(config):
