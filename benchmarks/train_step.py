@@ -98,12 +98,11 @@ def main(argv):
       shardings, mesh)
   rows, seq = config.train.batch_size, config.data.seq_len
   on_cpu = jax.devices()[0].platform == "cpu"
-  calls = {"rasr_jax": (step_fn, state, batch)}
+  others = {}  # timed in the same rounds
   if _COMPARE.value == "hf":
-    hf, versions = hf_step(config, batch[0].tokens)
-    calls["hf"] = (lambda state, step: (state, step()), None, (hf,))
+    others["hf"], versions = hf_step(config, batch[0].tokens)
   with sharding.activate(mesh):
-    median = interleaved_medians(calls, _STEPS.value)
+    median = interleaved_medians({"rasr_jax": (step_fn, state, batch)}, _STEPS.value, others)
   peaks = {"jax": flops_lib.measure_matmul_peak(MATMUL)} if on_cpu else {}
   if on_cpu and _COMPARE.value == "hf":
     peaks["torch"] = torch_matmul_peak()

@@ -37,14 +37,22 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _start_processes(workdir, num_processes, devices_each, buckets=None, **overrides):
-  """The trainer as `num_processes` processes joined through a coordinator on 127.0.0.1 (with
-  gs:// served from the folder `buckets` when given)."""
+def _start_processes(workdir,
+                     num_processes,
+                     devices_each,
+                     *extra,
+                     buckets=None,
+                     each=None,
+                     **overrides):
+  """The trainer (`extra` flags) as `num_processes` processes joined through a coordinator on
+  127.0.0.1 (with gs:// served from the folder `buckets` when given); process i gets
+  `overrides` and `each[i]`."""
   port = _free_port()
   address = f"127.0.0.1:{port}"
   argv = lambda i: main_command(
       workdir, f"--coordinator_address={address}", f"--coordinator_bind_address={address}",
-      f"--num_processes={num_processes}", f"--process_id={i}", **overrides)
+      f"--num_processes={num_processes}", f"--process_id={i}", *extra, **overrides,
+      **(each[i] if each else {}))
   return [
       subprocess.Popen(on_fake_gcs(buckets, argv(i)) if buckets else argv(i),
                        cwd=REPO,
@@ -56,11 +64,11 @@ def _start_processes(workdir, num_processes, devices_each, buckets=None, **overr
 
 
 def _finish(procs):
-  """Every process's stderr, once all have exited with code 0."""
+  """Every process's (stdout, stderr), once all have exited with code 0."""
   outputs = [p.communicate(timeout=600) for p in procs]
   for p, (_, err) in zip(procs, outputs):
     assert p.returncode == 0, err[-3000:]
-  return [err for _, err in outputs]
+  return outputs
 
 
 def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
@@ -73,14 +81,16 @@ def test_two_processes_train_preempt_and_resume_like_one(tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   buckets = str(tmp_path / "buckets")
   workdir = os.path.join(buckets, "bucket", "two_processes")  # gs://bucket/two_processes
-  start = lambda: _start_processes("gs://bucket/two_processes", 2, 4, buckets, **MESH, **
-                                   {"mesh.dcn_data": 2})
+  start = lambda: _start_processes(
+      "gs://bucket/two_processes", 2, 4, buckets=buckets, **MESH, **{"mesh.dcn_data": 2})
   procs = start()
   deadline = time.time() + 300
   while logged_steps(workdir) < 1 and procs[1].poll() is None and time.time() < deadline:
     time.sleep(0.01)
   procs[1].send_signal(signal.SIGTERM)
-  stopped = [set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err)) for err in _finish(procs)]
+  stopped = [
+      set(re.findall(r"stopping at step (\d+) \(SIGTERM\)", err)) for _, err in _finish(procs)
+  ]
   assert stopped[0] == stopped[1] and len(stopped[0]) == 1, stopped
   step = int(stopped[0].pop())
   assert step < STEPS and max(losses(workdir)) == step
@@ -112,24 +122,14 @@ def test_compile_mode_reports_per_device_memory(tmp_path):
 def test_processes_fit_memory_with_process_zeros_limit(tmp_path):
   """grad_accum_steps=auto on 2 processes x 2 devices: each process's own limit differs (process
   1's alone would fit nothing), yet both search with process 0's and choose alike."""
-  port = _free_port()
-  address = f"127.0.0.1:{port}"
-  procs = [
-      subprocess.Popen(main_command(
-          str(tmp_path), "--mode=compile", f"--coordinator_address={address}",
-          f"--coordinator_bind_address={address}", "--num_processes=2", f"--process_id={i}", **{
-              "train.grad_accum_steps": "auto",
-              "train.memory_limit_gib": limit
-          }),
-                       cwd=REPO,
-                       env=subprocess_env(2),
-                       stdout=subprocess.PIPE,
-                       stderr=subprocess.PIPE,
-                       text=True) for i, limit in enumerate((1000.0, 1e-4))
-  ]
-  outputs = [p.communicate(timeout=600) for p in procs]
-  for p, (_, err) in zip(procs, outputs):
-    assert p.returncode == 0, err[-3000:]
-  reports = [json.loads(out[out.index("{"):]) for out, _ in outputs]
+  procs = _start_processes(str(tmp_path),
+                           2,
+                           2,
+                           "--mode=compile",
+                           each=[{
+                               "train.memory_limit_gib": limit
+                           } for limit in (1000.0, 1e-4)],
+                           **{"train.grad_accum_steps": "auto"})
+  reports = [json.loads(out[out.index("{"):]) for out, _ in _finish(procs)]
   assert [r["memory_fit"]["limit_gib"] for r in reports] == [1000.0, 1000.0]
   assert [r["grad_accum_steps"] for r in reports] == [1, 1]
