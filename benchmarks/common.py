@@ -12,6 +12,7 @@ from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import packing, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.interop import hf
 from rasr_jax.reflection.rows import ReflectRows
 
 TOKENIZER_DOCS = 5000  # bundled documents the benchmark tokenizer is trained on
@@ -124,32 +125,21 @@ def interleaved_medians(runs, rounds, extra_calls=None):
   return interleaved_call_medians({**calls, **(extra_calls or {})}, rounds)
 
 
-def hf_llama(model_cfg):
-  """(transformers' LlamaForCausalLM of `model_cfg`'s shape with random weights in float32,
-  {library: version}), or (None, {}) when torch or transformers is not installed."""
+def hf_model(config):
+  """(transformers' causal LM of `config`'s model, the config.json `interop.hf export` writes for
+  it, with random weights in float32, {library: version}), or (None, {}) when torch or
+  transformers is not installed."""
   try:
     import torch
     import transformers
   except ImportError:
     return None, {}
-  hf_config = transformers.LlamaConfig(vocab_size=model_cfg.vocab_size,
-                                       hidden_size=model_cfg.d_model,
-                                       intermediate_size=model_cfg.mlp_dim,
-                                       num_hidden_layers=model_cfg.num_layers,
-                                       num_attention_heads=model_cfg.num_heads,
-                                       num_key_value_heads=model_cfg.num_kv_heads,
-                                       head_dim=model_cfg.head_dim,
-                                       rms_norm_eps=model_cfg.norm_eps,
-                                       rope_theta=model_cfg.rope_theta,
-                                       tie_word_embeddings=model_cfg.tie_embeddings,
-                                       max_position_embeddings=4096,
-                                       pad_token_id=0,
-                                       eos_token_id=1,
-                                       bos_token_id=1)
+  fields = hf.hf_config_of(config, {})
+  hf_config = transformers.AutoConfig.for_model(fields.pop("model_type"), **fields)
   torch.manual_seed(0)
   versions = {
       "torch": torch.__version__,
       "transformers": transformers.__version__,
       "torch_threads": torch.get_num_threads()
   }
-  return transformers.LlamaForCausalLM(hf_config), versions
+  return transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32), versions

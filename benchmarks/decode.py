@@ -22,7 +22,7 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from common import hf_llama, interleaved_call_medians
+from common import hf_model, interleaved_call_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import tokenizer as tok_lib
@@ -72,9 +72,9 @@ def jax_calls(config, prompt, new_tokens, iterations):
     }
 
 
-def hf_calls(model_cfg, prompt, new_tokens):
+def hf_calls(config, prompt, new_tokens):
   """The same shape through transformers (random weights, fp32, KV cache, greedy), or None."""
-  model, versions = hf_llama(model_cfg)
+  model, versions = hf_model(config)
   if model is None:
     return None, {}
   import torch
@@ -117,7 +117,7 @@ def main(argv):
   prompt = np.random.RandomState(0).randint(6, config.model.vocab_size, (rows, prompt_len))
   prompt = prompt.astype(np.int32)
   calls = jax_calls(config, prompt, new, _ITERATIONS.value)
-  hf, versions = hf_calls(config.model, prompt, new)
+  hf, versions = hf_calls(config, prompt, new)
   calls.update(hf or {})
   times = interleaved_call_medians(calls, _ROUNDS.value)
   result = {"benchmark": "decode", "jax": rates("jax", times, rows, prompt_len, new)}

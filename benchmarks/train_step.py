@@ -24,7 +24,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import batch_and_pieces, bundled_tokenizer, hf_llama, interleaved_medians
+from common import batch_and_pieces, bundled_tokenizer, hf_model, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.training import flops as flops_lib
@@ -56,7 +56,7 @@ def hf_step(config, tokens):
   """A zero-argument callable running one HuggingFace training step on `tokens` [B, T + 1]
   (returns the loss as a float), and the library versions."""
   import torch
-  model, versions = hf_llama(config.model)
+  model, versions = hf_model(config)
   if model is None:
     raise app.UsageError("--compare=hf needs torch and transformers (pip install torch "
                          "transformers)")

@@ -1,6 +1,7 @@
 """Every benchmark script runs: the smallest shapes, one timed round, its JSON keys checked
 (the evidence benchmark behind --slow)."""
 
+import importlib.util
 import json
 import os
 import sys
@@ -79,6 +80,8 @@ def test_decode_benchmark():
               "end_to_end_tokens_per_s"):
     assert key in report["jax"], key
   assert {"shape", "versions", "device"} <= set(report)
+  if importlib.util.find_spec("transformers") is not None:  # the test extra installs it
+    assert report["ratio_decode_tokens_per_s"] > 0
 
 
 def test_data_startup_benchmark(tmp_path):

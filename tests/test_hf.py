@@ -46,7 +46,7 @@ def _hf_logits(model, ids):
 
 
 def _imported_logits(workdir, ids):
-  config = config_lib.load(hf._workdir_config(workdir))
+  config = config_lib.load(hf.workdir_config(workdir))
   _, abstract, _ = train_state.abstract_model(config)
   params = checkpoint.restore_params(checkpoint.imported_params_dir(workdir), abstract)
   return _our_logits(config, params, ids)
@@ -139,7 +139,7 @@ def test_training_starts_from_imported_parameters(tmp_path):
   _save_hf(str(tmp_path / "hf"))
   workdir = str(tmp_path / "w")
   hf.import_checkpoint(str(tmp_path / "hf"), workdir, base)
-  cd = hf._workdir_config(workdir)
+  cd = hf.workdir_config(workdir)
   for key, value in {
       "train.steps": 1,
       "train.batch_size": 4,

@@ -21,23 +21,21 @@ and the tokenizer, from the newest checkpoint of W (or W/imported_params), and
 rasr_jax names.
 
 Tensors move one name at a time; the stacked [layers, ...] arrays are assembled from, or cut
-into, per-layer tensors, so the model is held in host memory once.
+into, per-layer tensors, so the model is held in host memory once. The command line lives in
+`hf_cli.py`, so programs that import this module keep their own flags.
 """
 
 import dataclasses
 import glob
 import json
 import os
-import sys
 
 import jax
 import ml_dtypes
 import numpy as np
 import safetensors
-from absl import app, flags
 from etils import epath
 from flax import nnx
-from ml_collections import config_flags
 from safetensors import numpy as st_numpy
 
 from rasr_jax import config as config_lib
@@ -472,6 +470,14 @@ def hf_config_of(config, token_ids):
   }
 
 
+def workdir_config(workdir):
+  """The config `import` wrote into the work directory."""
+  path = config_lib.workdir_config_file(workdir)
+  if not epath.Path(path).is_file():
+    raise ConversionError(f"{path} not found: pass --config")
+  return config_lib.config_file(path)
+
+
 def export_checkpoint(workdir, out_dir, config):
   """W's newest parameters -> out_dir/{config.json, generation_config.json, model.safetensors,
   rasr_heads.safetensors} and the work directory's tokenizer (with tokenizer_config.json for an
@@ -506,49 +512,6 @@ def export_checkpoint(workdir, out_dir, config):
     json.dump(_token_id_fields(token_ids), f, indent=2)
 
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "rasr_jax config: for import, the base the HF shape is written into "
-    "(default configs/base.py); for export, the run's config (default WORKDIR/config.py).")
-_HF_DIR = flags.DEFINE_string("hf_dir", None, "HuggingFace model directory (import).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "rasr_jax work directory.")
-_OUT = flags.DEFINE_string("out", None, "Output directory for the HF checkpoint (export).")
-
-
-def _workdir_config(workdir):
-  """The config `import` wrote into the work directory."""
-  path = config_lib.workdir_config_file(workdir)
-  if not epath.Path(path).is_file():
-    raise ConversionError(f"{path} not found: pass --config")
-  return config_lib.config_file(path)
-
-
-def main(argv):
-  if len(argv) != 2 or argv[1] not in ("import", "export"):
-    raise app.UsageError("usage: python -m rasr_jax.interop.hf import|export [flags]")
-  from configs import base
-  try:
-    for flag in (_HF_DIR, _WORKDIR, _OUT):
-      if flag.value:  # safetensors files are read and written locally
-        config_lib.check_path(f"--{flag.name}", flag.value, local_only=flag is not _WORKDIR)
-    if not _WORKDIR.value:
-      raise ConversionError("--workdir is required")
-    if argv[1] == "import":
-      if not _HF_DIR.value:
-        raise ConversionError("--hf_dir is required")
-      config = import_checkpoint(_HF_DIR.value, _WORKDIR.value, _CONFIG.value or base.get_config())
-      print(f"imported {_HF_DIR.value} -> {ckpt_lib.imported_params_dir(_WORKDIR.value)} "
-            f"({config.model.num_layers} layers, d_model {config.model.d_model})")
-    else:
-      if not _OUT.value:
-        raise ConversionError("--out is required")
-      config = config_lib.load(_CONFIG.value or _workdir_config(_WORKDIR.value))
-      export_checkpoint(_WORKDIR.value, _OUT.value, config)
-      print(f"exported {_WORKDIR.value} -> {_OUT.value}")
-  except (ConversionError, config_lib.ConfigError, ckpt_lib.CheckpointError,
-          tok_lib.TokenizerError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
-  app.run(main)
+  from rasr_jax.interop import hf_cli
+  hf_cli.run()
