@@ -2,12 +2,14 @@
 compiled step's memory analysis says fit a memory limit passed in (the test's CPU device
 reports none), smallest accumulation and cheapest remat first."""
 
+import dataclasses
 import json
 
 import pytest
 
 from conftest import make_config, run_main
 from rasr_jax import config as config_lib
+from rasr_jax.posttrain import dpo
 from rasr_jax.training import loop, memory_fit
 
 STANDARD = {"reflect.enabled": False}  # the cheapest step to compile; the rules are the same
@@ -78,6 +80,28 @@ def test_both_auto_prefer_accumulation_to_remat(needs):
       "train.memory_limit_gib": limit
   })
   assert (config.train.grad_accum_steps, config.model.remat_policy) == (2, "none")
+
+
+def test_a_dpo_run_fits_its_own_step():
+  """A DPO pair takes two rows: the fit compiles DPO's step, which needs more than pretraining's
+  at the same batch, so a limit pretraining fits at accumulation 1 takes 2 for DPO."""
+  config = config_lib.resolve_mesh(make_config(**STANDARD), 1)
+  objective = dpo.make_objective(config.dpo, ["generation"])
+  pretraining = memory_fit.step_memory(config).total
+  pairs = {
+      accum:
+          memory_fit.step_memory(
+              dataclasses.replace(config,
+                                  train=dataclasses.replace(config.train, grad_accum_steps=accum)),
+              objective).total for accum in (1, 2)
+  }
+  assert pretraining < pairs[1] and pairs[2] < pairs[1]
+  limit = _limit_gib((max(pretraining, pairs[2]) + pairs[1]) // 2)
+  auto = {"train.grad_accum_steps": "auto", "train.memory_limit_gib": limit}
+  assert _fit(**auto)[0].train.grad_accum_steps == 1
+  fitted, fit = memory_fit.resolve_auto(config_lib.resolve_mesh(make_config(**STANDARD, **auto), 1),
+                                        objective)
+  assert fitted.train.grad_accum_steps == 2 and fit.chosen.memory.total == pairs[2]
 
 
 def test_nothing_fits_or_no_limit_is_one_error():

@@ -125,7 +125,17 @@ def make_objective(cfg, pair_types) -> train_step.Objective:
     return metrics
 
   return train_step.Objective(make_loss_fn, lambda rows: jnp.float32(rows.pair_type.shape[0]),
-                              finish)
+                              finish, abstract_rows)
+
+
+def abstract_rows(batch_size, row_len, batch_sharding) -> PreferenceRows:
+  """One batch of pairs as jax.ShapeDtypeStructs (the memory fit compiles the step from them)."""
+  array = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
+  side = lambda: PackedRows(array(
+      (batch_size, row_len), "int32"), array(
+          (batch_size, row_len), "int32"), array((batch_size, row_len), "bool"))
+  return PreferenceRows(side(), side(), array((batch_size,), "float32"),
+                        array((batch_size,), "float32"), array((batch_size,), "int32"))
 
 
 @dataclasses.dataclass(frozen=True)

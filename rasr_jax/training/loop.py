@@ -341,12 +341,7 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   and the jitted step, restores the newest checkpoint (or initialises); `faults` wrap the step,
   the data and the checkpointer."""
   config = config_lib.resolve_mesh(config, jax.device_count())
-  if data is not None and data.objective is not None and config_lib.AUTO in (
-      config.train.grad_accum_steps, config.model.remat_policy):
-    raise config_lib.ConfigError(
-        "config.train.grad_accum_steps / model.remat_policy=auto fit the step of --mode=train "
-        "and sft; a DPO pair's step needs numbers (--mode=compile's choice halved is a start)")
-  config, _ = memory_fit.resolve_auto(config)
+  config, _ = memory_fit.resolve_auto(config, data.objective if data is not None else None)
   if faults.crashes_at_commit and not config.checkpoint.async_save:
     raise config_lib.ConfigError(f"{faults_lib.ENV}: crash_in_save at commit needs "
                                  "checkpoint.async_save=True")

@@ -102,9 +102,10 @@ def _abstract_rows(r, reference_width, batch_sharding):
       })
 
 
-def step_memory(config) -> StepMemory:
-  """Per-device bytes of pretraining's compiled train step for `config` (mesh and reflection
-  rows resolved, no AUTO left), on the devices present."""
+def step_memory(config, objective=None) -> StepMemory:
+  """Per-device bytes of the compiled train step for `config` (mesh and reflection rows resolved,
+  no AUTO left), on the devices present: pretraining's, or `objective`'s (a
+  train_step.Objective with `abstract_rows`) on its own rows."""
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
@@ -116,17 +117,21 @@ def step_memory(config) -> StepMemory:
                                  config,
                                  tx,
                                  tok_lib.TRAINED_MARKER_IDS,
-                                 pieces=pieces if config.reflect.qa_rows else None), shardings,
-      mesh)
+                                 pieces=pieces if config.reflect.qa_rows else None,
+                                 objective=objective), shardings, mesh)
   batch = sharding.batch_sharding(mesh)
   tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1),
                                 "int32",
                                 sharding=batch)
-  packed = PackedRows(tokens, tokens if config.data.document_masking else None)
-  qa_rows = _abstract_rows(config.reflect, pieces.text_bytes(config.reflect.target_len), batch)
+  if objective is None:
+    rows = PackedRows(tokens, tokens if config.data.document_masking else None)
+    qa_rows = _abstract_rows(config.reflect, pieces.text_bytes(config.reflect.target_len), batch)
+  else:
+    rows = objective.abstract_rows(config.train.batch_size, config.data.seq_len + 1, batch)
+    qa_rows = None
   start = time.perf_counter()
   with sharding.activate(mesh):
-    compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), packed,
+    compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), rows,
                              qa_rows).compile()
   memory = compiled.memory_analysis()
   return StepMemory(arguments=memory.argument_size_in_bytes,
@@ -175,9 +180,10 @@ def _accumulations(config):
   return [(accum, c) for accum, c in resolved.items() if c.reflect.rows == rows]
 
 
-def resolve_auto(config) -> tuple[config_lib.Config, Fit | None]:
-  """`config` (mesh resolved) with any AUTO grad_accum_steps / remat_policy chosen, and how they
-  were chosen (None when neither is AUTO). Raises ConfigError when nothing fits.
+def resolve_auto(config, objective=None) -> tuple[config_lib.Config, Fit | None]:
+  """`config` (mesh resolved) with any AUTO grad_accum_steps / remat_policy chosen for
+  pretraining's step or `objective`'s (see `step_memory`), and how they were chosen (None when
+  neither is AUTO). Raises ConfigError when nothing fits.
 
   Per policy, the smallest fitting accumulation is found by bisection: a step's memory does not
   grow with the accumulation (each micro-batch is smaller).
@@ -203,7 +209,7 @@ def resolve_auto(config) -> tuple[config_lib.Config, Fit | None]:
     candidate_config = dataclasses.replace(resolved,
                                            model=dataclasses.replace(resolved.model,
                                                                      remat_policy=policy))
-    candidate = Candidate(accum, policy, step_memory(candidate_config))
+    candidate = Candidate(accum, policy, step_memory(candidate_config, objective))
     tried.append(candidate)
     logging.info(
         "memory fit: grad_accum_steps=%d remat_policy=%s needs %.2f GiB per device "

@@ -166,6 +166,9 @@ class Objective:
   make_loss_fn: Callable
   normalizer: Callable  # rows -> [] float32: what the loss's sums are divided by
   finish: Callable  # the summed metrics -> the metrics reported
+  # (batch_size, row_len, batch sharding) -> one batch's rows as jax.ShapeDtypeStructs, for
+  # compiling the step ahead of time (training/memory_fit.py)
+  abstract_rows: Callable | None = None
 
 
 def _pretraining_objective(config, special_ids, pieces, safety):
