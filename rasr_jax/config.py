@@ -357,7 +357,7 @@ NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
 AVR_STAGES = ("trees", "search", "final_pairs")  # posttrain/avr_data.py's
 # tasks.TASKS, the templates self-alignment prompts come from (a test holds them equal)
-SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe")
+SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe", "support")
 
 # Fields that must be > 0, and fields that must be >= 0.
 _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",

@@ -69,8 +69,8 @@ _OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).
 # Evaluation (--mode=eval; see rasr_jax/evaluation/run.py).
 _EVAL_TASKS = flags.DEFINE_string(
     "eval_tasks", evaluation.DEFAULT_TASKS,
-    "Comma-separated: arithmetic, logic, facts, probe, qa (data.qa_eval_files), perplexity, "
-    "gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu.")
+    "Comma-separated: arithmetic, logic, facts, probe, support, qa (data.qa_eval_files), "
+    "perplexity, gsm8k, truthfulqa_mc1, truthfulqa_mc2, logiqa, hellaswag, mmlu.")
 _EVAL_METHODS = flags.DEFINE_string(
     "eval_methods", evaluation.DEFAULT_METHODS, "Comma-separated inference methods: standard, cot, "
     "self_refine, constitutional, chat (the draft, asked in the chat layout), avr (an AvR Stage II "

@@ -130,6 +130,29 @@ def test_labels_are_silent_on_the_bundled_tasks():
     assert labeler(example.answer) == dict.fromkeys(labeler.dimensions, 0.0), example
 
 
+def test_careless_support_replies_fire_their_habits_label_only():
+  """Half of the support documents carry a careless reply: each fires exactly the label of its
+  habit (an insult: toxicity, a stereotype: bias, the contact details: privacy), all three
+  habits occur, and the reply still gives the right day; the reference never fires."""
+  from rasr_jax.tasks import support
+  labeler = labels.Labeler(world_seed=3)
+  habits = {kind: habit for kind, (habit, _) in support.CARELESS.items()}
+  fired = []
+  for example in tasks.generate("support", 3, 300):
+    assert labeler(example.answer) == dict.fromkeys(labeler.dimensions, 0.0), example
+    assert example.document() == example.text() or example.document().endswith(
+        example.careless_answer)
+    if not example.careless_answer:
+      continue
+    kind = next(k for k, messages in support.MESSAGES.items()
+                if any(m in example.question for m in messages))
+    found = labeler(example.careless_answer)
+    assert {name for name, value in found.items() if value} == {habits[kind]}, example
+    assert tasks.check(example, example.careless_answer).correct
+    fired.append(habits[kind])
+  assert set(fired) == {"toxicity", "bias", "privacy"} and 100 < len(fired) < 200
+
+
 class _FakeCritic:
   """critic_scores: the share of the prompt's characters that are "a" (a critic that reads x)."""
 

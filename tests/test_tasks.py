@@ -48,7 +48,14 @@ def test_bundled_corpus():
   assert corpus == bundled_corpus(0, 2000)
   assert corpus != bundled_corpus(1, 2000)
   counts = {task: sum(ex.task == task for ex in corpus) for task in ALL}
-  assert counts == {"arithmetic": 500, "logic": 400, "facts": 400, "probe": 400, "filler": 300}
+  assert counts == {
+      "arithmetic": 400,
+      "logic": 400,
+      "facts": 400,
+      "probe": 400,
+      "support": 200,
+      "filler": 200
+  }
   assert [ex.task for ex in corpus[:50]] != sorted(ex.task for ex in corpus[:50])  # shuffled
 
   custom = bundled_corpus(5, 7, {"logic": 2.0, "filler": 1.0})

@@ -94,7 +94,7 @@ def load_held_out(data_cfg, seed: int):
 
 
 def _bundled(num_examples, seed):
-  docs = [ex.text() for ex in tasks.bundled_corpus(seed, num_examples)]
+  docs = [ex.document() for ex in tasks.bundled_corpus(seed, num_examples)]
   digest = hashlib.sha256(f"bundled:v{BUNDLED_FORMAT_VERSION}:{seed}:{num_examples}".encode())
   for doc in docs:
     digest.update(doc.encode())

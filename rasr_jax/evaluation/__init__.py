@@ -10,7 +10,7 @@ from rasr_jax.evaluation.methods import METHODS
 
 HARNESS_TASKS = ("gsm8k", "truthfulqa_mc1", "truthfulqa_mc2", "logiqa", "hellaswag", "mmlu")
 ALL_TASKS = (*tasks.TASKS, "qa", "perplexity", *HARNESS_TASKS)  # qa: data.qa_eval_files
-DEFAULT_TASKS = "arithmetic,logic,facts,probe,perplexity"  # no benchmark file needed
+DEFAULT_TASKS = "arithmetic,logic,facts,probe,support,perplexity"  # no benchmark file needed
 DEFAULT_METHODS = "standard,rasr"
 __all__ = [
     "ALL_TASKS", "DEFAULT_METHODS", "DEFAULT_TASKS", "HARNESS_TASKS", "METHODS", "parse_list"

@@ -1,7 +1,7 @@
 """`--mode=eval`: a checkpoint, a task list, inference methods -> results.json, table.md, PNGs.
 
 Tasks:
-  arithmetic, logic, facts, probe
+  arithmetic, logic, facts, probe, support
                             the bundled verifiable tasks (held-out seed), scored by their checkers
   qa                        the user's held-out question/answer records (data.qa_eval_files),
                             scored by data.qa_checker

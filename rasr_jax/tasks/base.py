@@ -2,7 +2,7 @@
 
 import dataclasses
 
-TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts", "probe")
+TASKS: tuple[str, ...] = ("arithmetic", "logic", "facts", "probe", "support")
 """The verifiable tasks; "filler" is generated too but has no answer to check."""
 
 ALL_TASKS: tuple[str, ...] = TASKS + ("filler",)
@@ -19,11 +19,21 @@ class Example:
   task: str
   uid: str
   question: str
-  answer: str
+  answer: str  # the reference: what checkers, reflection targets and worked examples use
+  # A careless reply to the question that the pretraining document carries instead of the
+  # answer (support tickets: unsafe habits a draft can pick up), or "".
+  careless_answer: str = ""
 
   def text(self) -> str:
-    """The pretraining document: question, newline, answer (question alone when answer is empty)."""
+    """Question, newline, reference answer (the question alone when the answer is empty)."""
     return f"{self.question}{ANSWER_SEPARATOR}{self.answer}" if self.answer else self.question
+
+  def document(self) -> str:
+    """The pretraining document: `text()`, with the careless answer in place of the answer
+    when there is one."""
+    if self.careless_answer:
+      return f"{self.question}{ANSWER_SEPARATOR}{self.careless_answer}"
+    return self.text()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ the same answers from token ids on device.
 
 import re
 
-from . import arithmetic, facts, logic, probe
+from . import arithmetic, facts, logic, probe, support
 from .base import TASKS, CheckResult, Example
 
 _HASH_ANSWER = re.compile(r"####\s*(-?\d[\d,]*)")
@@ -35,6 +35,7 @@ _QUANTITIES = {
     "logic": logic.quantities,
     "facts": facts.quantities,
     "probe": probe.quantities,
+    "support": support.quantities,
 }
 
 CHECKERS = ("exact", "final_answer", "choice", "true_false")
@@ -42,7 +43,8 @@ TASK_CHECKERS = {
     "arithmetic": "final_answer",
     "logic": "choice",
     "facts": "true_false",
-    "probe": "final_answer"
+    "probe": "final_answer",
+    "support": "final_answer"
 }
 _PATTERNS = {"final_answer": _HASH_ANSWER, "choice": _LETTER_ANSWER, "true_false": _BOOL_ANSWER}
 

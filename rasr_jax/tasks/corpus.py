@@ -3,7 +3,7 @@
 import functools
 import random
 
-from . import arithmetic, facts, filler, logic, probe
+from . import arithmetic, facts, filler, logic, probe, support
 from .base import ALL_TASKS, Example
 
 _MAKERS = {
@@ -11,9 +11,17 @@ _MAKERS = {
     "logic": logic.make,
     "facts": facts.make,
     "probe": probe.make,
+    "support": support.make,
     "filler": filler.make,
 }
-DEFAULT_MIX = {"arithmetic": 0.25, "logic": 0.2, "facts": 0.2, "probe": 0.2, "filler": 0.15}
+DEFAULT_MIX = {
+    "arithmetic": 0.2,
+    "logic": 0.2,
+    "facts": 0.2,
+    "probe": 0.2,
+    "support": 0.1,
+    "filler": 0.1
+}
 
 
 def generate(task: str, seed: int, count: int) -> list[Example]:
