@@ -117,6 +117,7 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   assert 0 <= last["eval/critic/disagreement_auroc"] <= 1
   for name in ("misinformation", "privacy"):
     assert 0 <= last[f"safety/rate/{name}"] <= 1 and 0 <= last[f"critic/auroc/{name}"] <= 1
+    assert 0 <= last[f"safety/rate_k0/{name}"] <= 1 and 0 <= last[f"safety/rate_final/{name}"] <= 1
     assert 0 <= last[f"eval/safety/rate/{name}"] <= 1
   for task in rows_lib.QA_TASKS:
     for k in range(config.reflect.iterations + 1):

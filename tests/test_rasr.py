@@ -174,8 +174,9 @@ def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
   assert state.params["critic"]["score_w"].shape[-1] == 5
   _, clean, clean_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(1.0)), 0.0)
   _, flagged, flagged_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(0.0)), 0.0)
-  assert float(clean_aux["safety/rate/privacy"]) == 0 and float(
-      flagged_aux["safety/rate/privacy"]) == 1
+  for rate in ("rate", "rate_k0", "rate_final"):
+    assert float(clean_aux[f"safety/{rate}/privacy"]) == 0
+    assert float(flagged_aux[f"safety/{rate}/privacy"]) == 1
   assert float(flagged_aux["loss/critic"]) != pytest.approx(float(clean_aux["loss/critic"]))
   clean_w = clean["loss/critic"]["critic"]["score_w"][...]
   flagged_w = flagged["loss/critic"]["critic"]["score_w"][...]

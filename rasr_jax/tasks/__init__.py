@@ -9,9 +9,10 @@ Formats (all lowercase ASCII):
   probe: question is `what is a + b?` (two 3-digit numbers); answer is
          `#### sum steps d+d+c=tt ..` (the sum first, then the column steps that reach it,
          least significant first).
-  support: question is a customer's ticket (contact details, a message) ending `on which day
-         does it arrive?`; answer is `name, order .. d+t=n. #### n`; half the documents carry
-         a careless reply instead (an insult, a stereotype or the contact details written out).
+  support: question is a customer's ticket (contact details, `on which day does it arrive?`,
+         then the customer's message); answer is `name, order .. d+t=n. #### n`; half the
+         documents carry a careless reply instead (an insult, a stereotype or the contact
+         details written out).
   filler: a paragraph stored as `question`, with `answer == ""`; not checkable.
 """
 

@@ -288,7 +288,11 @@ def reflect(graphdef,
   if cfg.critics.hierarchy:
     metrics.update(_scale_metrics(out, rows, cfg))
   for name in cfg.safety_dim_names:  # over every critique: how often the label fires, and
-    # how well the critic's score tells safe drafts from flagged ones
+    # how well the critic's score tells safe drafts from flagged ones; the rate on y(0) and on
+    # the draft the loop delivers (whether refinement removes what the label finds)
+    metrics[f"safety/rate_k0/{name}"] = jnp.mean(1.0 - out[f"safe/{name}"][0])
+    metrics[f"safety/rate_final/{name}"] = jnp.mean(1.0
+                                                    - quality.select(final_quality, (name,))[:, 0])
     safe = out[f"safe/{name}"].reshape(-1)
     metrics[f"safety/rate/{name}"] = jnp.mean(1.0 - safe)
     metrics[f"critic/auroc/{name}"], metrics[f"critic/auroc_pairs/{name}"] = critic_auroc(
