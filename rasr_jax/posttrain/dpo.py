@@ -131,9 +131,8 @@ def make_objective(cfg, pair_types) -> train_step.Objective:
 def abstract_rows(batch_size, row_len, batch_sharding) -> PreferenceRows:
   """One batch of pairs as jax.ShapeDtypeStructs (the memory fit compiles the step from them)."""
   array = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharding)
-  side = lambda: PackedRows(array(
-      (batch_size, row_len), "int32"), array(
-          (batch_size, row_len), "int32"), array((batch_size, row_len), "bool"))
+  row = lambda dtype: array((batch_size, row_len), dtype)  # [B, T + 1]
+  side = lambda: PackedRows(row("int32"), row("int32"), row("bool"))
   return PreferenceRows(side(), side(), array((batch_size,), "float32"),
                         array((batch_size,), "float32"), array((batch_size,), "int32"))
 
