@@ -348,10 +348,13 @@ REFLECT_SOURCES = ("qa", "text", "mixed")
 # tasks.CHECKERS, without importing the tasks here (a test holds them equal)
 QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")
 CRITIC_DIMS = ("factual", "logic", "relevance")
-# The safety dimensions a critic can be trained on: those with a label of a text (the safety
-# labels', rasr_jax/safety/labels.py; a test holds them equal). Adversarial robustness is a
-# property of the critic, measured by --mode=eval, not a label.
+# The safety dimensions with a label of a text (the safety labels', rasr_jax/safety/labels.py;
+# a test holds them equal), and those a critic can be trained on: these and adversarial
+# robustness, whose quality is the stability of the critic's own scores under perturbed prompts
+# (training/safety_quality.py).
 SAFETY_DIMS = ("bias", "toxicity", "misinformation", "privacy")
+ROBUSTNESS = "robustness"
+CRITIC_SAFETY_DIMS = (*SAFETY_DIMS, ROBUSTNESS)
 UTF8_POLICIES = ("error", "replace")
 NAN_POLICIES = ("stop", "skip")
 LENGTH_CONTROLS = ("none", "drop_longer", "normalize")
@@ -551,12 +554,7 @@ def _check_rules(c):
           f"must be divisible by train.grad_accum_steps={c.train.grad_accum_steps}")
   r = c.reflect
   _check_names("reflect.critic_dims", r.critic_dims, r.quality_dim_names, CRITIC_DIMS)
-  if "robustness" in r.safety_dim_names:
-    _fail(
-        "reflect.safety_dims", r.safety_dims, "robustness is not a label of a draft but how "
-        "far the critic's scores move under perturbed prompts: --mode=eval reports it "
-        "(critic_robustness); train on the others")
-  _check_names("reflect.safety_dims", r.safety_dims, r.safety_dim_names, SAFETY_DIMS)
+  _check_names("reflect.safety_dims", r.safety_dims, r.safety_dim_names, CRITIC_SAFETY_DIMS)
   if r.strategies.enabled:
     try:
       r.strategies.vectors()

@@ -86,7 +86,7 @@ def test_a_malformed_qa_file_is_one_error_line_at_start_up(tmp_path):
 QA_RUN = {
     "reflect.stop_warmup": 0.0,
     "reflect.critics.agents": 2,
-    "reflect.safety_dims": "misinformation,privacy",
+    "reflect.safety_dims": "misinformation,privacy,robustness",
     **QA
 }
 
@@ -95,7 +95,7 @@ QA_RUN = {
 def qa_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("qa"))
   # A committee of two critics (A = 1 is every other reflection test's) with two safety
-  # dimensions, labelled on the host through a callback from the step.
+  # dimensions labelled on the host through a callback from the step, and robustness.
   config = make_config(**{**QA_RUN, "train.steps": STEPS})
   loop.train(config, workdir)
   return workdir, config
@@ -115,7 +115,8 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   assert last["critic/disagreement"] > 0 and last["critic/loss_consensus"] > 0
   assert 0 <= last["critic/disagreement_auroc"] <= 1
   assert 0 <= last["eval/critic/disagreement_auroc"] <= 1
-  for name in ("misinformation", "privacy"):
+  assert 0 < last["safety/rate/robustness"] < 0.5  # the critic's scores move a little
+  for name in ("misinformation", "privacy", "robustness"):
     assert 0 <= last[f"safety/rate/{name}"] <= 1 and 0 <= last[f"critic/auroc/{name}"] <= 1
     assert 0 <= last[f"safety/rate_k0/{name}"] <= 1 and 0 <= last[f"safety/rate_final/{name}"] <= 1
     assert 0 <= last[f"eval/safety/rate/{name}"] <= 1

@@ -19,7 +19,7 @@ from rasr_jax.model import heads
 from rasr_jax.reflection import quality, steps
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection.layout import Layout
-from rasr_jax.training import losses, optim, reflect, train_state
+from rasr_jax.training import losses, optim, reflect, safety_quality, train_state
 from rasr_jax.training import step as train_step
 
 IDS = tok_lib.TRAINED_MARKER_IDS
@@ -159,9 +159,12 @@ def test_the_unified_loss_weighs_the_paradigms_alike_and_coordination_apart():
   assert float(total) == pytest.approx(0.2 * paradigms + 0.15 * coordination, rel=1e-5)
 
 
-def _constant_safety(value):
-  """A stand-in for the host labels: every draft's safety quality is `value` in every dim."""
-  return lambda draft, length: jnp.full((draft.shape[0], len(config_lib.SAFETY_DIMS)), value)
+def _constant_safety(value, **robustness):
+  """A stand-in for the host labels: every draft's safety quality is `value` in every text
+  dim (`robustness`: SafetyQuality's ordinary_ids and rate)."""
+  return safety_quality.SafetyQuality(
+      lambda draft, length: jnp.full((draft.shape[0], len(config_lib.SAFETY_DIMS)), value),
+      **robustness)
 
 
 def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
@@ -183,6 +186,27 @@ def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
   assert float(jnp.max(jnp.abs(clean_w[:, 3:] - flagged_w[:, 3:]))) > 0
   with pytest.raises(ValueError, match="needs `safety`"):
     train_step.make_loss_fn(setup[4], config, IDS)
+
+
+def test_robustness_is_a_critic_dimension_trained_by_the_critics_stability():
+  """reflect.safety_dims=robustness: its quality is 1 - the mean change of the critic's other
+  scores under perturbed questions. Unperturbed (rate 0) it is exactly 1; with every question
+  token replaced it falls, which moves L_critic and the gradient of the robustness column, with
+  the groups routed as without it."""
+  setup = _setup(**{"reflect.safety_dims": "robustness"})
+  config, _, state, _, _, _ = setup
+  assert config.reflect.dim_names == ("factual", "logic", "relevance", "robustness")
+  ordinary = np.arange(10, 200, dtype=np.int32)
+  _, still, still_aux = _check_routing(
+      setup, _routing_grads(setup, _constant_safety(1.0, ordinary_ids=ordinary, rate=0.0)), 0.0)
+  _, moved, moved_aux = _check_routing(
+      setup, _routing_grads(setup, _constant_safety(1.0, ordinary_ids=ordinary, rate=1.0)), 0.0)
+  assert float(still_aux["safety/rate/robustness"]) == 0
+  assert float(moved_aux["safety/rate/robustness"]) > 0
+  assert float(moved_aux["loss/critic"]) != pytest.approx(float(still_aux["loss/critic"]))
+  still_w = still["loss/critic"]["critic"]["score_w"][...]
+  moved_w = moved["loss/critic"]["critic"]["score_w"][...]
+  assert float(jnp.max(jnp.abs(still_w[:, 3] - moved_w[:, 3]))) > 0
 
 
 def _refine_inputs(config, graphdef, params, rows=2):

@@ -78,7 +78,8 @@ def row_quality(draft, length, rows: ReflectRows, pieces):
 
 
 def select(quality, dim_names):
-  """Columns of a [..., 3] quality array (DIMENSIONS), or [..., 3 + 4] with the safety
-  qualities appended (config.SAFETY_DIMS), for the configured critic dimensions."""
-  names = DIMENSIONS + config_lib.SAFETY_DIMS
+  """Columns of a [..., 3] quality array (DIMENSIONS), or [..., 3 + 4 (+ 1)] with the safety
+  qualities appended (config.SAFETY_DIMS, then robustness), for the configured critic
+  dimensions."""
+  names = DIMENSIONS + config_lib.CRITIC_SAFETY_DIMS
   return quality[..., [names.index(name) for name in dim_names]]

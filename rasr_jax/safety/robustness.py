@@ -9,6 +9,7 @@ A perturbation replaces each prompt token, with probability `rate`, by a random 
 import numpy as np
 
 _CHANGE_LIMIT = 1.0  # critic scores lie in [0, 1]
+RATE = 0.1  # the share of prompt tokens a perturbation replaces (evaluation and training)
 
 
 def ordinary_ids(tokenizer) -> np.ndarray:
@@ -33,7 +34,7 @@ def perturb(tokenizer, prompt: str, rate: float, rng: np.random.Generator, choic
   return tokenizer.decode(ids.tolist())
 
 
-def critic_robustness(model, prompts, responses, *, rate=0.1, samples=2, seed=0) -> dict:
+def critic_robustness(model, prompts, responses, *, rate=RATE, samples=2, seed=0) -> dict:
   """The critic's score c of each (prompt, response) against its scores after `samples`
   perturbations of every prompt at `rate` -> {"perturbation_rate", "samples",
   "mean_abs_change", "robustness": 1 - mean_abs_change}. `model`: an InferenceModel with

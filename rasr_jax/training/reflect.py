@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from rasr_jax import config as config_lib
 from rasr_jax.model import heads, sampling
 from rasr_jax.reflection import answers, quality, steps
 from rasr_jax.reflection import rows as rows_lib
@@ -44,13 +45,32 @@ def _coordination(parts):
   return sum((parts[name] for name in names if name in parts), jnp.zeros((), jnp.float32))
 
 
-def _row_quality(draft, length, rows, pieces, safety):
-  """quality.row_quality, with the safety qualities appended when `safety` (safety_quality.py's
-  function) is given -> (quality [B, 3 (+ 4)], labels [B, Y], label mask [B, Y])."""
+def _row_quality(draft, length, rows, pieces, safety, robust=None):
+  """quality.row_quality, with the safety qualities appended when `safety` (a SafetyQuality) is
+  given, then the robustness quality `robust` [B] when given -> (quality [B, 3 (+ 4 (+ 1))],
+  labels [B, Y], label mask [B, Y])."""
   q_all, labels, label_mask = quality.row_quality(draft, length, rows, pieces)
   if safety is not None:
-    q_all = jnp.concatenate([q_all, safety(draft, length)], axis=-1)
+    q_all = jnp.concatenate([q_all, safety.labels(draft, length)], axis=-1)
+  if robust is not None:
+    q_all = jnp.concatenate([q_all, robust[:, None]], axis=-1)
   return q_all, labels, label_mask
+
+
+def _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, safety, key,
+                dim_names):
+  """The robustness quality of a critique [B] (a label: no gradient), or None without the
+  dimension: 1 - the mean |change| of the critic's other scores when x's question tokens are
+  perturbed (safety_quality.py)."""
+  if config_lib.ROBUSTNESS not in dim_names:
+    return None
+  replaceable = rows.prompt_valid & (rows.prompt != ids.eos)
+  perturbed = safety.perturb(rows.prompt, replaceable, key)
+  _, moved = steps.critique(model, model.embed_tokens(perturbed), rows.prompt_valid, draft,
+                            draft_valid, progress, ids, marks)
+  others = [i for i, name in enumerate(dim_names) if name != config_lib.ROBUSTNESS]
+  change = jnp.mean(jnp.abs(frozen.scores[:, others] - moved.scores[:, others]), axis=-1)
+  return jax.lax.stop_gradient(1.0 - change)
 
 
 def _mean_quality(q_all):
@@ -58,9 +78,10 @@ def _mean_quality(q_all):
   return jnp.mean(q_all[..., :len(quality.DIMENSIONS)])
 
 
-def _critic_terms(draft, length, rows, frozen, dim_names, pieces, safety):
+def _critic_terms(draft, length, rows, frozen, dim_names, pieces, safety, robust):
   """TrueQuality of a draft and L_critic of its critique -> (q_all, q, loss, parts, calibration)."""
-  q_all, labels, label_mask = _row_quality(draft, length, rows, pieces, safety)  # [B, 3+], [B, Y]
+  q_all, labels, label_mask = _row_quality(draft, length, rows, pieces, safety,
+                                           robust)  # [B, 3+], [B, Y]
   q = quality.select(q_all, dim_names)  # [B, C]
   loss, parts = losses.critic_loss(frozen, q, labels, label_mask)
   return q_all, q, loss, parts, jnp.mean(jnp.abs(frozen.scores - q))
@@ -129,19 +150,21 @@ def iterate(graphdef,
   def iteration(state: loop_state.LoopState, _):
     draft, k = state.draft, state.iteration
     draft_valid = _draft_valid(state)
+    draft_key = jax.random.fold_in(key, k)
     model = nnx.merge(graphdef, params)
     x_emb = model.embed_tokens(rows.prompt)
     live, frozen = steps.critique(model, x_emb, rows.prompt_valid, draft, draft_valid, progress,
                                   ids, marks)
+    robust = _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, safety,
+                         jax.random.fold_in(draft_key, 1), cfg.dim_names)
     q_all, q, critic_loss, critic_parts, calibration = _critic_terms(draft, state.length, rows,
                                                                      frozen, cfg.dim_names, pieces,
-                                                                     safety)
+                                                                     safety, robust)
     stop_prob, stop = steps.decide(model, jax.lax.stop_gradient(frozen), state, tau, stopping)
     state = steps.stop_rows(state, stop)
     logits = steps.refine_logits(model, x_emb, rows.prompt_valid, draft, draft_valid, live,
                                  rows.target, ids, layout, aligned)
     row_loss = losses.reflection_row_losses(logits, rows.target, rows.target_valid)  # [B]
-    draft_key = jax.random.fold_in(key, k)
     if aligned:  # y(k+1)_i read y*_<i only
       candidate = sampling.sample(jax.lax.stop_gradient(logits), draft_key,
                                   sampling.SamplingParams(cfg.draft_temperature))
@@ -153,7 +176,8 @@ def iterate(graphdef,
       decoded = steps.decode_after(graphdef, params, prefix, prefix_valid, cfg.target_len,
                                    cfg.draft_temperature, draft_key, ids)
       candidate, candidate_len = decoded.tokens, decoded.lengths
-    q_next_all = _row_quality(candidate, candidate_len, rows, pieces, safety)[0]
+    # The candidate keeps its critique's robustness: it does not enter the controller's gain.
+    q_next_all = _row_quality(candidate, candidate_len, rows, pieces, safety, robust)[0]
     q_next = quality.select(q_next_all, cfg.dim_names)
     target = losses.controller_targets(_weighted(q, frozen.weights),
                                        _weighted(q_next, frozen.weights), cfg.quality_target,
@@ -188,6 +212,8 @@ def iterate(graphdef,
     for name in cfg.safety_dim_names:  # the label and the critic's score of each safety dim
       out[f"safe/{name}"] = quality.select(q_all, (name,))[:, 0]
       out[f"safe_score/{name}"] = frozen.scores[:, cfg.dim_names.index(name)]
+    if robust is not None:
+      out["robust"] = robust
     return steps.accept(state, candidate, candidate_len), out
 
   return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
@@ -230,8 +256,8 @@ def reflect(graphdef,
 
   The model is `nnx.merge(graphdef, params)`; rows: the reflection sub-batch; draft0 [B, Y]
   int with lengths length0 [B]; tau, progress [] float; cfg: ReflectConfig; pieces: the
-  tokenizer's PieceBytes (None for text windows only); safety: the safety qualities of drafts
-  (safety_quality.py; None without reflect.safety_dims); marks: the tokenizer's sentence marks
+  tokenizer's PieceBytes (None for text windows only); safety: a SafetyQuality (labels of drafts,
+  robustness perturbations; None without reflect.safety_dims); marks: the tokenizer's sentence marks
   (reflection/spans.py) for a hierarchical critic.
   """
   k_total = cfg.iterations
@@ -240,8 +266,11 @@ def reflect(graphdef,
     draft_valid = jnp.arange(draft0.shape[1])[None] < length0[:, None]
     _, frozen = steps.critique(model, model.embed_tokens(rows.prompt), rows.prompt_valid, draft0,
                                draft_valid, progress, ids, marks)
+    robust = _robustness(model, rows, draft0, draft_valid, frozen, progress, ids, marks, safety,
+                         key, cfg.dim_names)
     q_all, _, critic_loss, critic_parts, calibration = _critic_terms(draft0, length0, rows, frozen,
-                                                                     cfg.dim_names, pieces, safety)
+                                                                     cfg.dim_names, pieces, safety,
+                                                                     robust)
     zero = jnp.zeros((), jnp.float32)
     metrics = {
         "reflect/mean_iterations": zero,
@@ -273,7 +302,9 @@ def reflect(graphdef,
                        pieces=pieces,
                        safety=safety,
                        marks=marks)
-  final_quality = _row_quality(final.draft, final.length, rows, pieces, safety)[0]
+  # The delivered drafts keep the last critique's robustness.
+  final_quality = _row_quality(final.draft, final.length, rows, pieces, safety,
+                               out["robust"][-1] if "robust" in out else None)[0]
   metrics = {
       "reflect/mean_iterations": jnp.mean(final.refinements.astype(jnp.float32)),
       "critic/calibration_error": jnp.mean(out["calibration"]),

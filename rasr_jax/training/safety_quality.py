@@ -1,13 +1,22 @@
-"""TrueQuality of the safety dimensions inside the step: the safety labels of each draft.
+"""TrueQuality of the safety dimensions inside the step.
 
-A draft's safety quality in a dimension is 1 - its label (safety/labels.py): 1 when the rule
-finds nothing, 0 when it finds the problem. The labels are the host's rules exactly (the same
-Labeler as --mode=eval's), reached from the jitted step by `jax.pure_callback`: the drafts
+A draft's safety quality in a text dimension is 1 - its label (safety/labels.py): 1 when the
+rule finds nothing, 0 when it finds the problem. The labels are the host's rules exactly (the
+same Labeler as --mode=eval's), reached from the jitted step by `jax.pure_callback`: the drafts
 [B, Y] are gathered onto one device, decoded by the tokenizer and labelled on the host, and the
 [B, 4] qualities come back. Misinformation is judged against the facts world of `config.seed`,
 that of the bundled training data. The callback makes the step wait for the host once per
-critique (the price of exact labels; only runs with `reflect.safety_dims` pay it).
+critique (the price of exact labels; only runs with text safety dimensions pay it).
+
+Adversarial robustness is not a label of a text but of the critic (safety/robustness.py): a
+critique's robustness quality is 1 - the mean absolute change of the critic's other scores when
+each question token of x is replaced, with probability robustness.RATE, by a random ordinary
+token (one draw per critique, on the token ids: no decode and re-encode as evaluation's). The
+step computes it with a second critic pass (training/reflect.py).
 """
+
+import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -15,7 +24,26 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from rasr_jax import config as config_lib
-from rasr_jax.safety import labels
+from rasr_jax.safety import labels, robustness
+
+
+@dataclasses.dataclass(frozen=True)
+class SafetyQuality:
+  """What the step needs for reflect.safety_dims."""
+  # (draft [B, Y], length [B]) -> [B, 4] float32 qualities in SAFETY_DIMS order
+  labels: Callable
+  # [V'] int32: the ordinary token ids a perturbation draws from; None without robustness
+  ordinary_ids: np.ndarray | None = None
+  rate: float = robustness.RATE  # the share of question tokens a perturbation replaces
+
+  def perturb(self, prompt, replaceable, key):
+    """prompt [B, P] int with each `replaceable` [B, P] token replaced, with probability `rate`,
+    by an ordinary id."""
+    swap_key, pick_key = jax.random.split(key)
+    swap = replaceable & (jax.random.uniform(swap_key, prompt.shape) < self.rate)
+    choices = jnp.asarray(self.ordinary_ids, jnp.int32)
+    picked = choices[jax.random.randint(pick_key, prompt.shape, 0, choices.shape[0])]
+    return jnp.where(swap, picked, prompt)
 
 
 def host_qualities(draft, length, tokenizer, labeler) -> np.ndarray:
@@ -27,11 +55,7 @@ def host_qualities(draft, length, tokenizer, labeler) -> np.ndarray:
   return out
 
 
-def make_safety_quality(config, tokenizer):
-  """quality(draft [B, Y], length [B]) -> [B, 4] float32 for the step, or None without
-  `reflect.safety_dims`."""
-  if not config.reflect.safety_dim_names:
-    return None
+def _host_labels(config, tokenizer):
   labeler = labels.labeler(config)
 
   def quality(draft, length):
@@ -45,3 +69,19 @@ def make_safety_quality(config, tokenizer):
                              vmap_method="sequential")
 
   return quality
+
+
+def make_safety_quality(config, tokenizer) -> SafetyQuality | None:
+  """The SafetyQuality of `config.reflect.safety_dims` (None without any): host labels when a
+  text dimension is chosen (else every text quality is 1 and nothing waits for the host), the
+  tokenizer's ordinary ids when robustness is."""
+  names = config.reflect.safety_dim_names
+  if not names:
+    return None
+  if set(names) & set(config_lib.SAFETY_DIMS):
+    quality = _host_labels(config, tokenizer)
+  else:
+    quality = lambda draft, length: jnp.ones((draft.shape[0], len(config_lib.SAFETY_DIMS)))
+  ordinary = (robustness.ordinary_ids(tokenizer).astype(np.int32)
+              if config_lib.ROBUSTNESS in names else None)
+  return SafetyQuality(quality, ordinary)
