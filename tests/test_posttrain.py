@@ -623,6 +623,19 @@ def test_greedy_search_keeps_rounds_while_the_reward_rises(sft_run):
   assert flat[0].answers == ("z",) and avr_search.sft_record(flat[0]) is None
 
 
+def test_records_longer_than_a_row_are_left_out_and_counted(sft_run):
+  """SFT and DPO refuse a record longer than data.seq_len + 1 tokens, so the AvR stages write
+  only records that fit (a long answer can outgrow the row) and count the others."""
+  tokenizer = _tokenizer(sft_run[0])
+  short = avr.pair([chat.Turn("user", "q")], "a", "b", "final", 1.0, 0.0)
+  long = avr.pair([chat.Turn("user", "q")], "a " * 200, "b", "final", 1.0, 0.0)
+  record = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
+  rows = avr.Rows(tokenizer, 64)
+  assert rows.fits(short) and not rows.fits(long) and rows.fits(record)
+  assert rows.keep([short, long, record]) == ([short, record], 1)
+  assert avr.Rows(tokenizer, 1000).keep([short, long]) == ([short, long], 0)
+
+
 def test_final_pairs_prefer_the_better_final_answer_unless_it_is_longer():
   record = {
       "prompt": "2+2",

@@ -144,6 +144,28 @@ def distribution(values) -> dict:
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class Rows:
+  """The training rows the written records are for: SFT and DPO refuse a record longer than
+  data.seq_len + 1 tokens, so the stages leave such records out (and count them)."""
+  tokenizer: object
+  max_tokens: int  # data.seq_len + 1
+
+  def fits(self, record) -> bool:
+    """Whether every dialogue of an SFT record or a preference pair fits a row."""
+    if "chosen" in record:
+      pair = chat.preference_pair(record, "an AvR pair")
+      dialogues = (pair.chosen, pair.rejected)
+    else:
+      dialogues = (chat.sft_dialogue(record, "an AvR record"),)
+    return all(len(chat.encode(d, self.tokenizer)[0]) <= self.max_tokens for d in dialogues)
+
+  def keep(self, records) -> tuple[list, int]:
+    """(the records that fit, how many did not)."""
+    kept = [r for r in records if self.fits(r)]
+    return kept, len(records) - len(kept)
+
+
 def write_jsonl(path, records):
   """`records` (JSON-ready dicts) as a .jsonl file at `path`, written atomically."""
   storage.write_atomically(

@@ -21,7 +21,7 @@ from rasr_jax.data.sources import DataError
 from rasr_jax.posttrain import avr, avr_search, avr_trees
 
 # stage -> (chunk builder (model, prompts, reward, cfg, seed) -> JSON records,
-#           writer (every record, output folder) -> summary)
+#           writer (every record, output folder, avr.Rows) -> summary)
 STAGES = {
     "trees": (avr_trees.build_chunk, avr_trees.write_outputs),
     "search": (avr_search.search_chunk, avr_search.write_search),
@@ -78,7 +78,7 @@ def build(config, workdir, checkpoint=None) -> dict:
   ]
   result = {}
   if writer:
-    result = write_outputs(records, output)
+    result = write_outputs(records, output, avr.Rows(model.tokenizer, config.data.seq_len + 1))
     storage.write_atomically(os.path.join(output, "summary.json"),
                              json.dumps(dict(result, stage=cfg.stage), indent=2).encode())
   return dict(result, stage=cfg.stage, output=output)

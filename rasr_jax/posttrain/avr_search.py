@@ -103,18 +103,20 @@ def search_chunk(model, prompts, reward, cfg, seed) -> list:
   return [dataclasses.asdict(t) for t in search(model, prompts, reward, cfg, seed)]
 
 
-def write_search(records, output) -> dict:
-  """search.jsonl (every trajectory) and sft.jsonl; returns the summary."""
+def write_search(records, output, rows: avr.Rows) -> dict:
+  """search.jsonl (every trajectory) and sft.jsonl (records too long for `rows` left out,
+  counted as `too_long`); returns the summary."""
   found = [
       Trajectory(r["prompt"], tuple(r["answers"]), tuple(r["critiques"]), tuple(r["rewards"]))
       for r in records
   ]
-  sft = [r for r in map(sft_record, found) if r is not None]
+  sft, too_long = rows.keep([r for r in map(sft_record, found) if r is not None])
   avr.write_jsonl(os.path.join(output, "search.jsonl"), records)
   avr.write_jsonl(os.path.join(output, "sft.jsonl"), sft)
   return {
       "trajectories": len(found),
       "sft_records": len(sft),
+      "too_long": too_long,
       "improved": float(np.mean([len(t.answers) > 1 for t in found])) if found else 0.0,
       "rounds_kept": avr.distribution([len(t.answers) - 1 for t in found]),
       "reward_y0": avr.distribution([t.rewards[0] for t in found]),
@@ -163,15 +165,17 @@ def final_pair(record):
                   record["rewards"][worst]), False
 
 
-def write_finals(records, output) -> dict:
-  """samples.jsonl (every sampled long answer) and pairs.jsonl; returns the summary."""
+def write_finals(records, output, rows: avr.Rows) -> dict:
+  """samples.jsonl (every sampled long answer) and pairs.jsonl (pairs too long for `rows` left
+  out, counted as `too_long`); returns the summary."""
   outcomes = [final_pair(r) for r in records]
-  pairs = [p for p, _ in outcomes if p is not None]
+  pairs, too_long = rows.keep([p for p, _ in outcomes if p is not None])
   avr.write_jsonl(os.path.join(output, "samples.jsonl"), records)
   avr.write_jsonl(os.path.join(output, "pairs.jsonl"), pairs)
   return {
       "prompts": len(records),
       "pairs": len(pairs),
       "dropped_longer_chosen": sum(dropped for _, dropped in outcomes),
+      "too_long": too_long,
       "reward_final": avr.distribution([r for record in records for r in record["rewards"]]),
   }

@@ -157,12 +157,13 @@ def from_record(record) -> Tree:
               tuple(tuple(r) for r in record["rewards"]))
 
 
-def write_outputs(records, output) -> dict:
-  """trees.jsonl, rsft.jsonl and pairs.jsonl of every tree (JSON records); returns the
-  summary."""
+def write_outputs(records, output, rows: avr.Rows) -> dict:
+  """trees.jsonl, rsft.jsonl and pairs.jsonl of every tree (JSON records; those too long for
+  `rows` left out); returns the summary, with the count left out under `too_long`."""
   trees = [from_record(r) for r in records]
+  rsft, rsft_too_long = rows.keep([r for r in map(rsft_record, trees) if r is not None])
+  pairs, pairs_too_long = rows.keep([p for tree in trees for p in preference_pairs(tree)])
   avr.write_jsonl(os.path.join(output, "trees.jsonl"), records)
-  avr.write_jsonl(os.path.join(output, "rsft.jsonl"), filter(None, map(rsft_record, trees)))
-  avr.write_jsonl(os.path.join(output, "pairs.jsonl"),
-                  [p for tree in trees for p in preference_pairs(tree)])
-  return summary(trees)
+  avr.write_jsonl(os.path.join(output, "rsft.jsonl"), rsft)
+  avr.write_jsonl(os.path.join(output, "pairs.jsonl"), pairs)
+  return dict(summary(trees), too_long={"rsft": rsft_too_long, "pairs": pairs_too_long})
