@@ -131,7 +131,8 @@ def get_config():
   c.reflect.draft_temperature = 0.0  # sampling temperature of drafts (0 = argmax)
   c.reflect.critic_dims = "factual,logic,relevance"  # critic dimensions (any non-empty subset)
   # Safety dimensions the critic also scores, each trained on its programmatic label of the
-  # draft (docs/ufarsap.md#safety-dimensions): any of bias, toxicity, misinformation, privacy.
+  # draft (docs/ufarsap.md#safety-dimensions): any of bias, toxicity, misinformation, privacy,
+  # and robustness (the critic's own stability under perturbed questions).
   c.reflect.safety_dims = ""
   c.reflect.alpha = 0.6  # weight of L_standard
   c.reflect.beta = 0.3  # weight of L_reflection
