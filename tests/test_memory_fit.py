@@ -104,6 +104,19 @@ def test_a_dpo_run_fits_its_own_step():
   assert fitted.train.grad_accum_steps == 2 and fit.chosen.memory.total == pairs[2]
 
 
+def test_a_run_with_safety_dimensions_fits():
+  """The fit compiles the RASR step with its safety dimensions (text labels and robustness)."""
+  config, fit = memory_fit.resolve_auto(
+      config_lib.resolve_mesh(
+          make_config(
+              **{
+                  "reflect.safety_dims": "privacy,robustness",
+                  "train.grad_accum_steps": "auto",
+                  "train.memory_limit_gib": 1000.0
+              }), 1))
+  assert config.train.grad_accum_steps == 1 and fit.chosen.memory.total > 0
+
+
 def test_nothing_fits_or_no_limit_is_one_error():
   with pytest.raises(config_lib.ConfigError, match=r"no setting fits .* the smallest need"):
     _fit(**{"train.grad_accum_steps": "auto", "train.memory_limit_gib": 1e-4})

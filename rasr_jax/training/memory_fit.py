@@ -15,6 +15,7 @@ import math
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
@@ -25,7 +26,7 @@ from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.packing import PackedRows
 from rasr_jax.reflection import answers
 from rasr_jax.reflection.rows import ReflectRows
-from rasr_jax.training import checkpoint, optim, train_state
+from rasr_jax.training import checkpoint, optim, safety_quality, train_state
 from rasr_jax.training import step as train_step
 
 GIB = 1024**3
@@ -102,6 +103,15 @@ def _abstract_rows(r, reference_width, batch_sharding):
       })
 
 
+def _stand_in_safety(config):
+  """A SafetyQuality of the right shapes for compiling (no tokenizer at hand): every text
+  label safe, every id ordinary. None without reflect.safety_dims."""
+  if not config.reflect.safety_dim_names:
+    return None
+  labels = lambda draft, length: jnp.ones((draft.shape[0], len(config_lib.SAFETY_DIMS)))
+  return safety_quality.SafetyQuality(labels, np.arange(config.model.vocab_size, dtype=np.int32))
+
+
 def step_memory(config, objective=None) -> StepMemory:
   """Per-device bytes of the compiled train step for `config` (mesh and reflection rows resolved,
   no AUTO left), on the devices present: pretraining's, or `objective`'s (a
@@ -118,6 +128,7 @@ def step_memory(config, objective=None) -> StepMemory:
                                  tx,
                                  tok_lib.TRAINED_MARKER_IDS,
                                  pieces=pieces if config.reflect.qa_rows else None,
+                                 safety=_stand_in_safety(config),
                                  objective=objective), shardings, mesh)
   batch = sharding.batch_sharding(mesh)
   tokens = jax.ShapeDtypeStruct((config.train.batch_size, config.data.seq_len + 1),
