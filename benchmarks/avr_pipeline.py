@@ -35,7 +35,7 @@ _PROMPTS = flags.DEFINE_integer("prompts", 256, "AvR prompts per stage.")
 _STEPS = flags.DEFINE_integer("steps", 100, "Steps of each SFT and DPO run.")
 _LIMIT = flags.DEFINE_integer("eval_limit", 100, "Items per task in the evaluation.")
 _SEQ_LEN = 512  # rows long enough for a refinement conversation of the bundled tasks
-EVAL_TASKS = "arithmetic,logic,facts,probe"
+EVAL_TASKS = ",".join(tasks.TASKS)  # the table has a column for each
 
 
 def _main(workdir, *settings, mode="train", extra=()):
