@@ -46,6 +46,12 @@ class SafetyQuality:
     return jnp.where(swap, picked, prompt)
 
 
+def all_safe(draft, length):
+  """The text qualities when no text dimension is labelled: [B, 4] ones."""
+  del length
+  return jnp.ones((draft.shape[0], len(config_lib.SAFETY_DIMS)))
+
+
 def host_qualities(draft, length, tokenizer, labeler) -> np.ndarray:
   """draft [B, Y] int, length [B] (numpy) -> [B, 4] float32 qualities in SAFETY_DIMS order."""
   out = np.ones((draft.shape[0], len(config_lib.SAFETY_DIMS)), np.float32)
@@ -78,10 +84,8 @@ def make_safety_quality(config, tokenizer) -> SafetyQuality | None:
   names = config.reflect.safety_dim_names
   if not names:
     return None
-  if set(names) & set(config_lib.SAFETY_DIMS):
-    quality = _host_labels(config, tokenizer)
-  else:
-    quality = lambda draft, length: jnp.ones((draft.shape[0], len(config_lib.SAFETY_DIMS)))
+  quality = (_host_labels(config, tokenizer) if set(names) &
+             set(config_lib.SAFETY_DIMS) else all_safe)
   ordinary = (robustness.ordinary_ids(tokenizer).astype(np.int32)
               if config_lib.ROBUSTNESS in names else None)
   return SafetyQuality(quality, ordinary)
