@@ -34,10 +34,8 @@ def main(argv):
   k, v = (jnp.asarray(rng.normal(size=(b, t, m.num_kv_heads, m.head_dim)), jnp.float32)
           for _ in range(2))
   w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
-  causal = np.tril(np.ones((t, t), bool))
   documents = np.arange(t) * 4 // t  # four packed documents per row
-  segment = jnp.asarray(causal & (documents[:, None] == documents[None, :]))[None, None]
-  segment = jnp.broadcast_to(segment, (b, 1, t, t))
+  segment = attention.Mask(segment_ids=jnp.asarray(np.broadcast_to(documents, (b, t)), jnp.int32))
   calls = {}
   for mask_name, mask in (("causal", None), ("segment", segment)):
     for impl in ("xla", "dense", "blockwise"):

@@ -38,7 +38,7 @@ class ModelConfig:
   init_std: float
   tie_embeddings: bool
   attention_bias: bool
-  attention_impl: str  # model/attention.py: auto | xla | dense | cudnn | blockwise
+  attention_impl: str  # model/attention.py: auto | xla | dense | cudnn | splash | blockwise
   param_dtype: str
   dtype: str
   remat_policy: str
@@ -338,7 +338,7 @@ class Config:
 DTYPES = ("float32", "bfloat16")
 ROPE_TYPES = ("default", "linear", "llama3")
 # model/attention.py's (a test holds them equal)
-ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "blockwise")
+ATTENTION_IMPLS = ("auto", "xla", "dense", "cudnn", "splash", "blockwise")
 # Set before training by training/memory_fit.py: the smallest accumulation, the cheapest remat.
 AUTO = "auto"
 REMAT_POLICIES = ("none", "dots", "dots_no_batch", "full")  # cheapest (least recompute) first

@@ -1,5 +1,6 @@
-"""Attention implementations: blockwise and dense equal XLA's in values and gradients (causal,
-padding and segment masks, grouped-query heads, lengths that are not a multiple of the block),
+"""Attention implementations: blockwise, dense and splash (Pallas, interpret mode on CPU) equal
+XLA's in values and gradients (causal, padding, segment and aligned masks, grouped-query heads,
+lengths that are not a multiple of the block), splash under a mesh equals splash on one device,
 `auto` picks per backend, and a model trains alike with each."""
 
 import functools
@@ -9,52 +10,63 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import losses, make_config
+from conftest import losses, make_config, run_python
 from rasr_jax import config as config_lib
 from rasr_jax.model import attention
+from rasr_jax.reflection import steps
 
 B, T, N, K, H = 2, 20, 4, 2, 8
 RNG = np.random.RandomState(0)
 
 
-def _qkv():
-  q = jnp.asarray(RNG.normal(size=(B, T, N, H)), jnp.float32)
-  k = jnp.asarray(RNG.normal(size=(B, T, K, H)), jnp.float32)
-  v = jnp.asarray(RNG.normal(size=(B, T, K, H)), jnp.float32)
+def _qkv(batch=B):
+  q = jnp.asarray(RNG.normal(size=(batch, T, N, H)), jnp.float32)
+  k = jnp.asarray(RNG.normal(size=(batch, T, K, H)), jnp.float32)
+  v = jnp.asarray(RNG.normal(size=(batch, T, K, H)), jnp.float32)
   return q, k, v
 
 
 def _masks():
-  causal = np.tril(np.ones((T, T), bool))
   start = np.asarray([0, 7])  # row 1 is left-padded: its first 7 positions are padding
-  valid = np.arange(T)[None] >= start[:, None]
-  padding = causal[None] & valid[:, None, :] & valid[:, :, None]
+  valid = jnp.asarray(np.arange(T)[None] >= start[:, None])
+  padding = steps.padded_attention(valid)[1]
   segments = np.where(np.arange(T) < 9, 1, 2)[None].repeat(B, 0)  # two packed documents
-  segment = causal[None] & (segments[:, :, None] == segments[:, None, :])
-  return {"causal": None, "padding": padding[:, None], "segment": segment[:, None]}
+  # padding, and two queries that may not see some earlier keys (as the aligned refine pass)
+  aligned = padding.replace(hidden=((12, 9, 11), (15, 3, 14)))
+  return {
+      "causal": None,
+      "padding": padding,
+      "segment": attention.Mask(segment_ids=jnp.asarray(segments, jnp.int32)),
+      "aligned": aligned,
+  }
 
 
-# blockwise in 3 blocks of 8, the last padded
-IMPLS = {"blockwise": functools.partial(attention.blockwise, block=8), "dense": attention.dense}
+# blockwise in 3 blocks of 8, the last padded; splash in one block of 128, padded
+IMPLS = {
+    "blockwise":
+        lambda q, k, v, mask: attention.blockwise(
+            q, k, v, None if mask is None else mask.dense(T), block=8),
+    "dense":
+        lambda q, k, v, mask: attention.dense(q, k, v, None if mask is None else mask.dense(T)),
+    "splash":
+        attention.splash,
+}
 
 
 @pytest.mark.parametrize("impl", sorted(IMPLS))
-@pytest.mark.parametrize("name", ["causal", "padding", "segment"])
+@pytest.mark.parametrize("name", ["causal", "padding", "segment", "aligned"])
 def test_implementation_equals_xla_values_and_gradients(impl, name):
   mask = _masks()[name]
-  mask = None if mask is None else jnp.asarray(mask)
   q, k, v = _qkv()
-  # Query rows that see no key (padding) are outputs nobody reads; compare the others.
-  seen = np.ones((B, T), bool) if mask is None else np.asarray(mask[:, 0].any(-1))
-  weights = jnp.asarray(RNG.normal(size=(B, T, N, H)), jnp.float32) * seen[..., None, None]
+  weights = jnp.asarray(RNG.normal(size=(B, T, N, H)), jnp.float32)
 
   def loss(fn, q, k, v):
     return jnp.sum(fn(q, k, v) * weights)
 
   xla = functools.partial(attention.attend, "xla", mask=mask)
   other = functools.partial(IMPLS[impl], mask=mask)
-  np.testing.assert_allclose(np.asarray(other(q, k, v))[seen],
-                             np.asarray(xla(q, k, v))[seen],
+  np.testing.assert_allclose(np.asarray(other(q, k, v)),
+                             np.asarray(xla(q, k, v)),
                              atol=1e-5,
                              rtol=1e-5)
   want = jax.grad(functools.partial(loss, xla), argnums=(0, 1, 2))(q, k, v)
@@ -63,16 +75,66 @@ def test_implementation_equals_xla_values_and_gradients(impl, name):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=1e-5, rtol=1e-5)
 
 
+def test_masks_hide_what_they_say():
+  """The dense form of each mask: causal, padding sees only itself, documents do not see each
+  other, hidden spans are hidden (the reference every implementation is compared with)."""
+  masks = _masks()
+  padding = np.asarray(masks["padding"].dense(T))[:, 0]
+  assert padding[0].sum() == T * (T + 1) // 2  # row 0 has no padding: causal
+  assert padding[1, 3].sum() == 1 and padding[1, 3, 3]  # a padding query sees only itself
+  assert not padding[1, 10, :7].any() and padding[1, 10, 7:11].all()
+  segment = np.asarray(masks["segment"].dense(T))[:, 0]
+  assert not segment[:, 9, :9].any() and segment[:, 8, :9].all()
+  aligned = np.asarray(masks["aligned"].dense(T))[:, 0]
+  assert not aligned[:, 12, 9:11].any() and aligned[1, 12, 11:13].all()
+  assert (aligned[:, 13] == padding[:, 13]).all()
+
+
+def test_splash_under_a_mesh_equals_one_device():
+  """Splash per shard (shard_map over the batch and head axes) on 8 fake devices, several mesh
+  shapes and a row count that does not divide the batch axes: values and gradients equal the
+  one-device kernel's."""
+  out = run_python("""
+import json
+import jax, jax.numpy as jnp, numpy as np
+from rasr_jax import sharding
+from rasr_jax.config import MeshConfig
+from rasr_jax.model import attention
+rng = np.random.RandomState(0)
+found = {}
+for rows, shape in ((4, (2, 2, 2)), (8, (1, 4, 2)), (2, (2, 2, 2))):
+  q = jnp.asarray(rng.normal(size=(rows, 20, 4, 8)), jnp.float32)
+  k, v = (jnp.asarray(rng.normal(size=(rows, 20, 2, 8)), jnp.float32) for _ in range(2))
+  mask = attention.Mask(segment_ids=jnp.asarray(rng.randint(0, 2, (rows, 20)), jnp.int32))
+  loss = lambda q, k, v: jnp.sum(jnp.sin(attention.splash(q, k, v, mask)))
+  want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  mesh = sharding.make_mesh(MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2]))
+  with sharding.activate(mesh):
+    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+  # the loss relative to its size (a sum of 2560 terms), the gradients absolute
+  errors = [float(jnp.abs(got[0] - want[0]) / jnp.abs(want[0]))]
+  errors += [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got[1], want[1])]
+  found[str((rows, shape))] = max(errors)
+print(json.dumps(found))
+""",
+                   devices=8)
+  import json
+  found = json.loads(out.strip().splitlines()[-1])
+  assert len(found) == 3
+  for case, error in found.items():
+    assert error < 1e-5, (case, error)
+
+
 def test_auto_picks_by_backend_and_dtype():
   assert attention.resolve("auto", jnp.float32, "cpu") == "dense"
-  assert attention.resolve("auto", jnp.bfloat16, "tpu") == "xla"
+  assert attention.resolve("auto", jnp.bfloat16, "tpu") == "splash"
   assert attention.resolve("auto", jnp.bfloat16, "gpu") == "cudnn"
   assert attention.resolve("auto", jnp.float32, "gpu") == "xla"
   assert attention.resolve("blockwise", jnp.float32, "gpu") == "blockwise"
   assert config_lib.ATTENTION_IMPLS == attention.IMPLEMENTATIONS
 
 
-@pytest.mark.parametrize("impl", ["blockwise", "xla"])
+@pytest.mark.parametrize("impl", ["blockwise", "splash", "xla"])
 def test_a_model_trains_alike_with_each_attention(impl, straight_run, tmp_path):
   """The tiny RASR step (trunk, critic and refine passes) with blockwise or XLA attention logs
   the losses of the default run (dense, `auto` on CPU)."""

@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from rasr_jax.model.attention import Mask
+
 
 @struct.dataclass
 class PackedRows:
@@ -44,8 +46,8 @@ def _target_weights(rows: PackedRows):
 
 def inputs_and_targets(rows: PackedRows):
   """-> inputs [B, T], targets [B, T], weights [B, T] float32 (0 for a target in another
-  document than its input), positions [B, T] or None, mask [B, 1, T, T] bool or None (None:
-  plain causal attention over the whole row)."""
+  document than its input), positions [B, T] or None, attention Mask or None (None: plain
+  causal attention over the whole row)."""
   inputs, targets, weights = rows.tokens[:, :-1], rows.tokens[:, 1:], _target_weights(rows)
   if rows.segment_ids is None:
     return inputs, targets, weights, None, None
@@ -54,9 +56,7 @@ def inputs_and_targets(rows: PackedRows):
   starts = jnp.concatenate(
       [jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
   first = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)  # [B, T] where each document starts
-  same = segments[:, :, None] == segments[:, None, :]  # [B, T, T]
-  mask = (same & (index[:, None] >= index[None, :]))[:, None]  # [B, 1, T, T]
-  return inputs, targets, weights, index - first, mask
+  return inputs, targets, weights, index - first, Mask(segment_ids=segments)
 
 
 def target_count(rows: PackedRows):

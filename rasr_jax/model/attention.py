@@ -6,23 +6,64 @@
              XLA's CPU compiler runs it faster than xla's (performance.md)
   cudnn      the same call with implementation="cudnn": cuDNN's fused flash attention (GPUs,
              bfloat16 or float16 activations)
+  splash     Pallas splash attention (TPUs): a flash kernel that skips the blocks the causal
+             mask, the segments and the static spans hide; under a mesh it runs per shard
+             (shard_map over the batch and head axes). On other backends it runs in Pallas's
+             interpret mode, for tests only.
   blockwise  this module's: queries and keys in blocks of BLOCK with an online softmax; a key
              block that no query of the query block may see (above the causal diagonal, or
              wholly masked) is skipped by a conditional, and each query block is rematerialised
              in the backward pass, so no T x T probabilities are kept as residuals
-  auto       dense on CPUs, cudnn on GPUs with 16-bit activations, else xla
+  auto       dense on CPUs, cudnn on GPUs with 16-bit activations, splash on TPUs, else xla
 
 Shapes: q [B, T, N, H], k and v [B, T, K, H] (N a multiple of K: grouped-query attention), mask
-[B, 1, T, T] bool or None (causal) -> [B, T, N, H].
+a `Mask` or None (causal) -> [B, T, N, H].
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import struct
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
+from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
 
-IMPLEMENTATIONS = ("auto", "xla", "dense", "cudnn", "blockwise")
+from rasr_jax import sharding
+
+IMPLEMENTATIONS = ("auto", "xla", "dense", "cudnn", "splash", "blockwise")
 BLOCK = 128  # queries and keys per block of the blockwise path
+SPLASH_BLOCK = 512  # queries and keys per block of the splash kernel (at most; a multiple of 128)
+_LANES = 128  # splash's blocks are multiples of the TPU's 128 lanes
+
+
+@struct.dataclass
+class Mask:
+  """Which keys each query of an uncached pass sees: the causal ones of its own segment, less
+  the static `hidden` spans. Kept as segment ids and spans rather than a [T, T] array because
+  that is what a flash kernel (splash) takes; `dense` gives the array for the other paths."""
+  # [B, T] int32: a query sees only keys with its own id (the documents of a packed row; each
+  # padding token has an id of its own, so it sees only itself); None = one segment per row.
+  segment_ids: jax.Array | None = None
+  # ((query, lo, hi), ...): keys lo .. hi - 1 are hidden from that query (the aligned refine
+  # pass, reflection/layout.py); static, so part of the compiled step.
+  hidden: tuple[tuple[int, int, int], ...] = struct.field(pytree_node=False, default=())
+
+  def static(self, length):
+    """[length, length] bool numpy: causal, less the hidden spans."""
+    visible = np.tril(np.ones((length, length), bool))
+    for query, lo, hi in self.hidden:
+      visible[query, lo:hi] = False
+    return visible
+
+  def dense(self, length):
+    """[B or 1, 1, T, T] bool (True: may attend)."""
+    visible = jnp.asarray(self.static(length))[None]
+    if self.segment_ids is not None:
+      segments = self.segment_ids
+      visible = visible & (segments[:, :, None] == segments[:, None, :])
+    return visible[:, None]
 
 
 def resolve(impl, dtype, backend=None):
@@ -33,21 +74,26 @@ def resolve(impl, dtype, backend=None):
   backend = backend or jax.default_backend()
   if backend == "cpu":
     return "dense"
+  if backend == "tpu":
+    return "splash"
   return "cudnn" if backend == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
 
 
-def attend(impl, q, k, v, mask):
+def attend(impl, q, k, v, mask: Mask | None):
   """Attention by `impl` (one of IMPLEMENTATIONS)."""
   impl = resolve(impl, q.dtype)
+  if impl == "splash":
+    return splash(q, k, v, mask)
+  dense_mask = None if mask is None else mask.dense(q.shape[1])
   if impl == "blockwise":
-    return blockwise(q, k, v, mask)
+    return blockwise(q, k, v, dense_mask)
   if impl == "dense":
-    return dense(q, k, v, mask)
+    return dense(q, k, v, dense_mask)
   implementation = "cudnn" if impl == "cudnn" else None
   return jax.nn.dot_product_attention(q,
                                       k,
                                       v,
-                                      mask=mask,
+                                      mask=dense_mask,
                                       is_causal=mask is None,
                                       implementation=implementation)
 
@@ -58,6 +104,96 @@ def attend_cached(impl, q, k, v, mask):
   if resolve(impl, q.dtype) == "dense":
     return dense(q, k, v, mask)
   return jax.nn.dot_product_attention(q, k, v, mask=mask)
+
+
+def splash(q, k, v, mask: Mask | None):
+  """Splash attention (see the module docstring); equals `xla` within float rounding, values and
+  gradients (tests/test_attention.py). Under a mesh each device attends its own rows and heads:
+  the batch axes split the rows where they divide them, the tensor axis the heads."""
+  segments = None if mask is None else mask.segment_ids
+  hidden = () if mask is None else mask.hidden
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return functools.partial(_splash_local, kernel=_splash_kernel(q.shape, hidden))(q, k, v,
+                                                                                    segments)
+  batch = tuple(a for a in sharding.mesh_axes("act_batch") if a in mesh.axis_names)
+  if q.shape[0] % math.prod(mesh.shape[a] for a in batch):
+    batch = ()  # rows that do not divide over the batch axes are attended whole on each device
+  heads = sharding.mesh_axes("act_heads")  # the kv heads are split over the same axis
+  local_heads = q.shape[2] // math.prod(mesh.shape[a] for a in heads)
+  # built outside shard_map: its block tables are constants, not values of the manual axes
+  local = functools.partial(_splash_local,
+                            kernel=_splash_kernel((*q.shape[:2], local_heads), hidden))
+  spec = jax.sharding.PartitionSpec(batch or None, None, heads or None, None)
+  rows = jax.sharding.PartitionSpec(batch or None, None)
+  if segments is None:
+    return jax.shard_map(lambda q, k, v: local(q, k, v, None),
+                         mesh=mesh,
+                         in_specs=(spec, spec, spec),
+                         out_specs=spec,
+                         check_vma=False)(q, k, v)
+  return jax.shard_map(local,
+                       mesh=mesh,
+                       in_specs=(spec, spec, spec, rows),
+                       out_specs=spec,
+                       check_vma=False)(q, k, v, segments)
+
+
+def _splash_local(q, k, v, segments, *, kernel):
+  """Splash attention of one device's q [B, T, N, H], k, v [B, T, K, H], segments [B, T] or None.
+  T is padded to a whole number of blocks at the end: causal masking hides the padding from
+  every real query."""
+  length, dim = q.shape[1], q.shape[3]
+  padded = _splash_blocks(length)[1]
+
+  def heads_first(a):  # [B, T, heads, H] -> [B, heads, padded, H]
+    return jnp.pad(a, ((0, 0), (0, padded - length), (0, 0), (0, 0))).swapaxes(1, 2)
+
+  q = heads_first(q * jnp.asarray(dim**-0.5, q.dtype))  # the kernel does not scale the scores
+  k, v = heads_first(k), heads_first(v)
+  if segments is None:
+    out = jax.vmap(kernel)(q, k, v)
+  else:
+    segments = jnp.pad(segments, ((0, 0), (0, padded - length)))
+    out = jax.vmap(lambda q, k, v, s: kernel(q, k, v, segment_ids=splash_lib.SegmentIds(s, s)))(
+        q, k, v, segments)
+  return out.swapaxes(1, 2)[:, :length]
+
+
+def _splash_blocks(length):
+  """(block, padded length) of the splash kernel for `length` positions."""
+  block = min(SPLASH_BLOCK, -(-length // _LANES) * _LANES)
+  return block, -(-length // block) * block
+
+
+def _splash_kernel(shape, hidden):
+  """The splash kernel for queries of `shape` (.., T, N, ..) and the `hidden` spans."""
+  block, length = _splash_blocks(shape[1])
+  return _cached_splash_kernel(length, shape[2], block, hidden, jax.default_backend() != "tpu")
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_splash_kernel(length, heads, block, hidden, interpret):
+  """The splash kernel for `heads` query heads over `length` positions (built once per shape:
+  its block tables are computed on the host)."""
+  if hidden:
+    head_mask = splash_masks.NumpyMask(Mask(hidden=hidden).static(length))
+  else:
+    head_mask = splash_masks.CausalMask((length, length))
+  sizes = splash_lib.BlockSizes(block_q=block,
+                                block_kv=block,
+                                block_kv_compute=block,
+                                block_q_dkv=block,
+                                block_kv_dkv=block,
+                                block_kv_dkv_compute=block,
+                                block_q_dq=block,
+                                block_kv_dq=block)
+  with jax.ensure_compile_time_eval():  # the block tables are constants, not values of a trace
+    return splash_lib.make_splash_mha(splash_masks.MultiHeadMask([head_mask] * heads),
+                                      block_sizes=sizes,
+                                      head_shards=1,
+                                      q_seq_shards=1,
+                                      interpret=interpret)
 
 
 def dense(q, k, v, mask):
@@ -129,7 +265,8 @@ def blockwise(q, k, v, mask, block=BLOCK):
   if mask is None:
     mb = None
   else:  # [q blocks, k blocks, B, block, block]
-    mb = mask[:, 0].reshape(batch, blocks, block, blocks, block).transpose(1, 3, 0, 2, 4)
+    mask = jnp.broadcast_to(mask[:, 0], (batch, padded, padded))
+    mb = mask.reshape(batch, blocks, block, blocks, block).transpose(1, 3, 0, 2, 4)
   scale = 1.0 / jnp.sqrt(jnp.float32(dim))
 
   @functools.partial(jax.checkpoint, prevent_cse=False)

@@ -113,7 +113,7 @@ class Attention(nnx.Module):
     return project(out, self.wo[...].astype(out.dtype), contract=2)
 
   def __call__(self, x, positions, mask):
-    """x [B, T, D], positions [B, T], mask [B, 1, T, T] bool or None (causal) -> [B, T, D]."""
+    """x [B, T, D], positions [B, T], mask an attention.Mask or None (causal) -> [B, T, D]."""
     q, k, v = self._project(x, positions)
     return self._output(attention.attend(self.cfg.attention_impl, q, k, v, mask))
 

@@ -62,8 +62,7 @@ class Transformer(nnx.Module):
   def hidden_states(self, x, *, positions=None, mask=None):
     """x [B, T, D] -> final (normed) hidden states [B, T, D], without the LM head.
 
-    positions [B, T] default 0..T-1; mask [B or 1, 1, T, T] bool (True = may attend), default
-    causal.
+    positions [B, T] default 0..T-1; mask an attention.Mask, default causal.
     """
     x = x.astype(self.cfg.dtype)
     if positions is None:

@@ -14,7 +14,6 @@ see draft tokens <= i only and not the critique (the aligned mask).
 import dataclasses
 
 import jax.numpy as jnp
-import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,14 +63,11 @@ class Layout:
     tokens after i, the `<critique>` marker and the soft tokens (they pool the whole draft)."""
     return self.draft_start + i + 1, self.refine_token
 
-  def aligned_mask(self):
-    """[1, 1, S, S] bool: the teacher-forced refine pass's aligned visibility (False where the
-    query predicting y*_i may not look, `aligned_hidden(i)`), to combine with its causal mask."""
-    mask = np.ones((self.length, self.length), bool)
-    for i in range(self.target_len):
-      lo, hi = self.aligned_hidden(i)
-      mask[self.refine_token + i, lo:hi] = False
-    return jnp.asarray(mask[None, None])
+  def aligned_spans(self):
+    """((query, lo, hi), ...): the key spans the teacher-forced refine pass's queries may not see
+    under the aligned mask (`aligned_hidden(i)` for the query predicting y*_i); an attention
+    Mask's `hidden`."""
+    return tuple((self.refine_token + i, *self.aligned_hidden(i)) for i in range(self.target_len))
 
   def aligned_query_mask(self, i):
     """[1, 1, cache_slots] bool: the cache slots visible to the query predicting y*_i (aligned)."""

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rasr_jax.model import decoding, sampling
+from rasr_jax.model.attention import Mask
 from rasr_jax.reflection import spans
 from rasr_jax.reflection.layout import Layout, SpecialIds
 from rasr_jax.reflection.state import LoopState
@@ -30,14 +31,13 @@ def draft_segment(model, draft, ids: SpecialIds):
 
 
 def padded_attention(valid):
-  """valid [B, S] bool -> (positions [B, S], mask [B, 1, S, S]) of an uncached pass in which
+  """valid [B, S] bool -> (positions [B, S], attention Mask) of an uncached pass in which
   padding is never attended and takes no rotary position, exactly as in a KV cache
-  (`Transformer.cached_hidden_states`)."""
+  (`Transformer.cached_hidden_states`): the tokens share segment 0, each padding token has a
+  segment of its own (so it sees only itself)."""
   positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-  length = valid.shape[1]
-  causal = jnp.tril(jnp.ones((length, length), bool))
-  mask = causal[None] & (valid[:, None, :] | jnp.eye(length, dtype=bool)[None])
-  return positions, mask[:, None]
+  own = -1 - jnp.arange(valid.shape[1], dtype=jnp.int32)
+  return positions, Mask(segment_ids=jnp.where(valid, 0, own[None]))
 
 
 def _sentences(draft, draft_valid, marks):
@@ -141,7 +141,7 @@ def refine_logits(model, x_emb, prompt_valid, draft, draft_valid, critique_k, y_
       axis=1)  # [B, S, D]
   positions, mask = padded_attention(layout.refine_valid(prompt_valid, draft_valid))
   if aligned:
-    mask &= layout.aligned_mask()
+    mask = mask.replace(hidden=layout.aligned_spans())
   hidden = model.hidden_states(seq, positions=positions, mask=mask)
   return model.logits(hidden[:, -layout.target_len:])
 
