@@ -85,6 +85,19 @@ def test_decode_benchmark():
         report["jax"]) - {"reflect_loop_s", "reflect_loop_tokens_per_s", "reflect_loop_over_draft"}
 
 
+def test_decode_parts_benchmark():
+  sets = [f"--set={k}={v}" for k, v in SMALL.items() if k.startswith("model.")]
+  report = _json(
+      _run("decode_parts.py", "--config=configs/tiny.py", *sets, "--batch=2", "--prompt_len=8",
+           "--new_tokens=4", "--rounds=1"))
+  assert report["benchmark"] == "decode_parts"
+  parts = {"step", "matmuls", "cache_attention", "lm_head", "read"}
+  assert set(report["median_s"]) == set(report["bytes"]) == set(report["gb_per_s"]) == parts
+  assert set(report["share_of_step"]) == parts - {"step", "read"}
+  assert report["bytes"]["step"] == sum(report["bytes"][p] for p in parts - {"step", "read"})
+  assert report["step_over_floor"] > 0
+
+
 def test_data_startup_benchmark(tmp_path):
   report = _json(_run("data_startup.py", f"--workdir={tmp_path}", "--gigabytes=0.001",
                       "--rounds=1"))
