@@ -42,6 +42,7 @@ from absl import app, flags
 
 from common import load_config, mean_ci
 from rasr_jax import config as config_lib
+from rasr_jax import tasks
 from rasr_jax.tasks import probe
 from rasr_jax.training import flops
 
@@ -63,7 +64,6 @@ _TRAININGS = flags.DEFINE_string(
     "standard_compute, rasr, rasr_teacher; UFARSAP's and self_align when named).")
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUNDLED_TASKS = ("arithmetic", "logic", "facts", "probe")
 PROBE_EXAMPLES = 60_000  # question/answer records, and as many further additions as text
 PROBE_HELD_OUT_SEED = 7_777_777
 UFARSAP = {
@@ -115,7 +115,7 @@ ROWS = (  # (row label, training, method)
 
 
 def _tasks():
-  return ("qa",) if _PROBE_ONLY.value else BUNDLED_TASKS
+  return ("qa",) if _PROBE_ONLY.value else tasks.TASKS
 
 
 def _write_jsonl(path, records):
