@@ -114,8 +114,7 @@ def splash(q, k, v, mask: Mask | None):
   hidden = () if mask is None else mask.hidden
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
-    return functools.partial(_splash_local, kernel=_splash_kernel(q.shape, hidden))(q, k, v,
-                                                                                    segments)
+    return _splash_local(q, k, v, segments, kernel=_splash_kernel(q.shape, hidden))
   batch = tuple(a for a in sharding.mesh_axes("act_batch") if a in mesh.axis_names)
   if q.shape[0] % math.prod(mesh.shape[a] for a in batch):
     batch = ()  # rows that do not divide over the batch axes are attended whole on each device
