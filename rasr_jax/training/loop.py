@@ -360,9 +360,13 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   mesh = sharding.make_mesh(config.mesh)
   graphdef, abstract, specs = train_state.abstract_state(config)
   shardings = train_state.to_shardings(specs, mesh)
-  logging.info("attention: %s (model.attention_impl=%s)",
-               attention.resolve(config.model.attention_impl, config.model.dtype),
+  attention_impl = attention.resolve(config.model.attention_impl, config.model.dtype)
+  logging.info("attention: %s (model.attention_impl=%s)", attention_impl,
                config.model.attention_impl)
+  if attention_impl == "splash" and jax.default_backend() != "tpu":
+    logging.warning(
+        "attention: splash runs in Pallas's interpret mode on %s: correct, but "
+        "slow (a test path; use auto)", jax.default_backend())
 
   batches = pipeline.ResumableIterator(data.batches(tokenizer, pieces, config.data.num_workers))
   if jax.process_index() == 0:
