@@ -22,7 +22,6 @@ Prints one JSON object: median seconds of each part, its bytes, GB/s, its share 
 and the step's floor (its bytes at the plain read rate).
 """
 
-import dataclasses
 import json
 
 import jax
@@ -62,7 +61,6 @@ def _nbytes(tree):
 def main(argv):
   del argv
   config = load_config(_CONFIG.value, _SET.value)
-  config = dataclasses.replace(config, model=dataclasses.replace(config.model, remat_policy="none"))
   m = config.model
   rows, slots = _BATCH.value, _PROMPT_LEN.value + _NEW_TOKENS.value
   filled = _PROMPT_LEN.value + _NEW_TOKENS.value // 2  # the average decode step's cache
