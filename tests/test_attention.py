@@ -114,8 +114,8 @@ def test_masks_hide_what_they_say():
 
 def test_splash_under_a_mesh_equals_one_device():
   """Splash per shard (shard_map over the batch and head axes) on 8 fake devices, several mesh
-  shapes and a row count that does not divide the batch axes: values and gradients equal the
-  one-device kernel's."""
+  shapes and a row count that does not divide the batch axes, with and without segment ids:
+  values and gradients equal the one-device kernel's."""
   out = run_python("""
 import json
 import jax, jax.numpy as jnp, numpy as np
@@ -127,22 +127,23 @@ found = {}
 for rows, shape in ((4, (2, 2, 2)), (8, (1, 4, 2)), (2, (2, 2, 2))):
   q = jnp.asarray(rng.normal(size=(rows, 20, 4, 8)), jnp.float32)
   k, v = (jnp.asarray(rng.normal(size=(rows, 20, 2, 8)), jnp.float32) for _ in range(2))
-  mask = attention.Mask(segment_ids=jnp.asarray(rng.randint(0, 2, (rows, 20)), jnp.int32))
-  loss = lambda q, k, v: jnp.sum(jnp.sin(attention.splash(q, k, v, mask)))
-  want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
-  mesh = sharding.make_mesh(MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2]))
-  with sharding.activate(mesh):
-    got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
-  # the loss relative to its size (a sum of 2560 terms), the gradients absolute
-  errors = [float(jnp.abs(got[0] - want[0]) / jnp.abs(want[0]))]
-  errors += [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got[1], want[1])]
-  found[str((rows, shape))] = max(errors)
+  segments = attention.Mask(segment_ids=jnp.asarray(rng.randint(0, 2, (rows, 20)), jnp.int32))
+  for name, mask in (("segments", segments), ("causal", None)):
+    loss = lambda q, k, v: jnp.sum(jnp.sin(attention.splash(q, k, v, mask)))
+    want = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    mesh = sharding.make_mesh(MeshConfig(data=shape[0], fsdp=shape[1], tensor=shape[2]))
+    with sharding.activate(mesh):
+      got = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(q, k, v)
+    # the loss relative to its size (a sum of 2560 terms), the gradients absolute
+    errors = [float(jnp.abs(got[0] - want[0]) / jnp.abs(want[0]))]
+    errors += [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got[1], want[1])]
+    found[str((rows, shape, name))] = max(errors)
 print(json.dumps(found))
 """,
                    devices=8)
   import json
   found = json.loads(out.strip().splitlines()[-1])
-  assert len(found) == 3
+  assert len(found) == 6
   for case, error in found.items():
     assert error < 1e-5, (case, error)
 

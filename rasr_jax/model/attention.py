@@ -124,21 +124,13 @@ def splash(q, k, v, mask: Mask | None):
   local = functools.partial(_splash_local,
                             kernel=_splash_kernel((*q.shape[:2], local_heads), hidden))
   spec = jax.sharding.PartitionSpec(batch or None, None, heads or None, None)
-  rows = jax.sharding.PartitionSpec(batch or None, None)
-  if segments is None:
-    return jax.shard_map(lambda q, k, v: local(q, k, v, None),
-                         mesh=mesh,
-                         in_specs=(spec, spec, spec),
-                         out_specs=spec,
-                         check_vma=False)(q, k, v)
-  return jax.shard_map(local,
-                       mesh=mesh,
-                       in_specs=(spec, spec, spec, rows),
-                       out_specs=spec,
-                       check_vma=False)(q, k, v, segments)
+  operands, specs = (q, k, v), (spec, spec, spec)
+  if segments is not None:
+    operands, specs = (*operands, segments), (*specs, jax.sharding.PartitionSpec(batch or None))
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=spec, check_vma=False)(*operands)
 
 
-def _splash_local(q, k, v, segments, *, kernel):
+def _splash_local(q, k, v, segments=None, *, kernel):
   """Splash attention of one device's q [B, T, N, H], k, v [B, T, K, H], segments [B, T] or None.
   T is padded to a whole number of blocks at the end: causal masking hides the padding from
   every real query."""
