@@ -401,7 +401,7 @@ _CHOICES = {
     "avr.stage": AVR_STAGES
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
-                  "reflect.stop_warmup", "reflect.quality_target", "dpo.label_smoothing",
+                  "reflect.stop_warmup", "reflect.quality_target",
                   "avr.top_p", "self_align.self_written", "self_align.top_p")
 
 # Config fields that hold paths (comma-separated for the data globs).
@@ -526,6 +526,8 @@ def _check_rules(c):
   for path in _UNIT_INTERVAL:
     if not 0.0 <= _get(c, path) <= 1.0:
       _fail(path, _get(c, path), "must be in [0, 1]")
+  if not 0.0 <= c.dpo.label_smoothing <= 0.5:  # above 0.5 it trains towards the rejected side
+    _fail("dpo.label_smoothing", c.dpo.label_smoothing, "must be in [0, 0.5]")
   for path, choices in _CHOICES.items():
     if _get(c, path) not in choices:
       _fail(path, _get(c, path), f"must be one of {', '.join(choices)}")

@@ -9,6 +9,7 @@ import os
 
 import jax
 from absl import logging
+from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
 
@@ -42,6 +43,13 @@ def initialize(coordinator_address=None,
     jax.distributed.initialize(coordinator_bind_address=bind_address)
     return True
   return False
+
+
+def sync(name):
+  """Waits until every process of a multi-process job reaches `name` (nothing in one
+  process): after process 0 writes files that the others then read."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def leave():

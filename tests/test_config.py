@@ -80,6 +80,7 @@ def test_mesh_fill_and_product():
     ("mesh.tensor", 0, "-1 to fill"),
     ("model.rope_type", "yarn", "must be one of default, linear, llama3"),
     ("model.head_dim", 33, "must be even"),
+    ("dpo.label_smoothing", 0.7, "must be in [0, 0.5]"),
 ])
 def test_rules_in_python(key, value, words):
   """Config files can hold any Python value; the dataclass conversion checks it."""

@@ -127,6 +127,34 @@ def test_only_the_responses_carry_loss(sft_run):
   prompt = chat.prompt_tokens(dialogue.turns[:2], False, tokenizer)
   tokens, mask = chat.encode(chat.Dialogue(dialogue.turns[:3], False), tokenizer)
   assert tokens[:len(prompt)].tolist() == prompt and mask[len(prompt)]
+  # A preference pair whose prompt holds an assistant turn (AvR's criticism pairs carry y0
+  # there) counts only its own response; so does a prompt + completion record.
+  conversation = [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "5"}]
+  pair = chat.preference_pair(
+      {
+          "prompt": conversation,
+          "chosen": [{
+              "role": "assistant",
+              "content": "4"
+          }],
+          "rejected": [{
+              "role": "assistant",
+              "content": "22"
+          }]
+      }, "test")
+  for dialogue, response in ((pair.chosen, "4"), (pair.rejected, "22")):
+    tokens, mask = chat.encode(dialogue, tokenizer)
+    assert tokens[mask].tolist() == tokenizer.encode(response) + [tokenizer.eos_id]
+  completion = chat.sft_dialogue(
+      {
+          "prompt": conversation,
+          "completion": [{
+              "role": "assistant",
+              "content": "4"
+          }]
+      }, "test")
+  tokens, mask = chat.encode(completion, tokenizer)
+  assert tokens[mask].tolist() == tokenizer.encode("4") + [tokenizer.eos_id]
 
 
 def test_packed_examples_never_attend_to_each_other(sft_run):
@@ -423,6 +451,27 @@ def test_an_hf_tokenizers_chat_template_lays_out_conversations(tmp_path):
   assert counted == tokenizer.encode("4<|end_of_text|>\n") + tokenizer.encode("6<|end_of_text|>\n")
   assert chat.prompt_tokens(dialogue.turns[:1], False, tokenizer) == tokenizer.encode(
       "<|begin_of_text|>### user\n2+2<|end_of_text|>\n### assistant\n")
+  # The prompt's own assistant turns are context: only the pair's response counts.
+  pair = chat.preference_pair(
+      {
+          "prompt": [{
+              "role": "user",
+              "content": "2+2"
+          }, {
+              "role": "assistant",
+              "content": "5"
+          }],
+          "chosen": [{
+              "role": "assistant",
+              "content": "4"
+          }],
+          "rejected": [{
+              "role": "assistant",
+              "content": "22"
+          }]
+      }, "test")
+  tokens, mask = chat.encode(pair.chosen, tokenizer)
+  assert [int(t) for t, m in zip(tokens, mask) if m] == tokenizer.encode("4<|end_of_text|>\n")
   # A work directory's copy keeps the template.
   (tmp_path / "copy").mkdir()
   tokenizer.save(str(tmp_path / "copy" / "tokenizer.json"))
@@ -472,7 +521,9 @@ def test_refinement_aware_rules_on_hand_made_trees():
   assert {p["type"] for p in avr_trees.preference_pairs(stuck)} == {"criticism", "improvement"}
   flat = _tree(0.0, [[0.5, 0.5], [0.5, 0.5]])
   assert [p["type"] for p in avr_trees.preference_pairs(flat)] == ["generation"]
-  summary = avr_trees.summary([tree, stuck, flat])
+  trees = [tree, stuck, flat]
+  summary = avr_trees.summary(trees, [r for r in map(avr_trees.rsft_record, trees) if r],
+                              [p for t in trees for p in avr_trees.preference_pairs(t)])
   assert summary["rsft_records"] == 2 and summary["trees_with_an_improvement"] == pytest.approx(
       2 / 3)
   assert summary["pairs"] == {"generation": 2, "criticism": 2, "improvement": 2}
@@ -556,14 +607,25 @@ def test_long_answers_round_trip_and_give_their_final_answer():
   text = chat.write_refinement(["12", "13", "14"], ["off by two", "off by one"])
   assert text.startswith(chat.DRAFT_SECTION) and text.endswith(chat.FINAL_SECTION + "14")
   refinement = chat.read_refinement(text)
-  assert refinement.answers == ("12", "13", "14", "14")
+  assert refinement.answers == ("12", "13", "14") and refinement.final == "14"
   assert refinement.critiques == ("off by two", "off by one")
   assert chat.final_answer(text) == "14"
-  assert chat.final_answer("no marker at all") == "no marker at all"
   # A model's text may stop anywhere: what it wrote is read, the missing final is not invented.
+  assert chat.final_answer("no marker at all") is None
   marker = chat.IMPROVED_SECTION.strip()
   cut = chat.read_refinement(text[:text.index(marker) + len(marker) + 2])
-  assert cut.answers == ("12", "1") and cut.critiques == ("off by two",)
+  assert cut.answers == ("12", "1") and cut.critiques == ("off by two",) and cut.final is None
+  # A sample without a final answer is never one side of a final-answer pair.
+  record = {
+      "prompt": "x",
+      "responses": ["cut off", text, chat.write_refinement(["9"], [])],
+      "rewards": [None, 1.0, 0.0],
+      "final_tokens": [None, 1, 1]
+  }
+  pair, dropped = avr_search.final_pair(record)
+  assert not dropped and pair["chosen"][0]["content"] == text
+  assert pair["rejected"][0]["content"] == record["responses"][2]
+  assert avr_search.final_pair(dict(record, rewards=[None, None, 0.0]))[0] is None
   with pytest.raises(ValueError, match="3 answers need 2 critiques"):
     chat.write_refinement(["a", "b", "c"], ["x"])
 

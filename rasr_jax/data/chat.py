@@ -13,8 +13,10 @@ The layout (tokens):
 marker (one piece of the project's tokenizers, text for others) and a newline; a turn that is
 not the assistant's ends with a newline, an assistant turn with `<eos>`, where generation stops.
 Plain text is start + prompt, then completion + `<eos>`. The responses (assistant turns, or the
-completion) and their `<eos>` are what the loss counts; a prompt for generation is the layout
-of its turns followed by the assistant's header.
+completion) and their `<eos>` are what the loss counts: every assistant turn of `messages`, but
+of a prompt + completion or a preference pair only the completion's (or the chosen / rejected
+response's) turns, never assistant turns inside the prompt; a prompt for generation is the
+layout of its turns followed by the assistant's header.
 
 A tokenizer with its own chat template (an HF model's `tokenizer_config.json`) lays out
 conversations with it instead, rendered by Jinja as transformers renders it; what the template
@@ -44,10 +46,16 @@ class Turn:
 
 @dataclasses.dataclass(frozen=True)
 class Dialogue:
-  """Turns in order; the assistant's are the responses the model learns."""
+  """Turns in order; the assistant's from `responses_from` on are the responses the model
+  learns (those before it are context: a prompt's own assistant turns)."""
   turns: tuple[Turn, ...]
   plain: bool  # plain text: a prompt and its completion, without role headers
   origin: str = ""  # "file line N"
+  responses_from: int = 0  # index of the first turn that counts as a response
+
+  def counted(self, index) -> bool:
+    """Whether turn `index` is a response the loss counts."""
+    return index >= self.responses_from and self.turns[index].role == ASSISTANT
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,7 +128,10 @@ def sft_dialogue(record, where) -> Dialogue:
     raise DataError(f"{where}: expected field 'messages', or fields 'prompt' and 'completion'")
   prompt, conversational = _prompt(record, where)
   completion = _response(record["completion"], where, "completion", conversational)
-  return Dialogue(prompt + completion, plain=not conversational, origin=where)
+  return Dialogue(prompt + completion,
+                  plain=not conversational,
+                  origin=where,
+                  responses_from=len(prompt))
 
 
 def preference_pair(record, where) -> Pair:
@@ -139,8 +150,8 @@ def preference_pair(record, where) -> Pair:
   if not isinstance(pair_type, str):
     raise DataError(f"{where}: field 'type' must be a string")
   plain = not conversational
-  return Pair(Dialogue(prompt + chosen, plain, where), Dialogue(prompt + rejected, plain, where),
-              pair_type, where)
+  return Pair(Dialogue(prompt + chosen, plain, where, len(prompt)),
+              Dialogue(prompt + rejected, plain, where, len(prompt)), pair_type, where)
 
 
 def read_records(patterns, field, parse):
@@ -178,11 +189,11 @@ def _render(tokenizer, turns, generation_prompt, where):
 
 
 def _template_segments(dialogue, tokenizer):
-  """[(text, counted)]: `dialogue` as the tokenizer's chat template writes it, each assistant
-  turn (what the template adds for it: content and end tag) counted."""
+  """[(text, counted)]: `dialogue` as the tokenizer's chat template writes it, each response
+  (what the template adds for it: content and end tag) counted."""
   segments, done = [], ""
-  for index, turn in enumerate(dialogue.turns):
-    if turn.role != ASSISTANT:
+  for index in range(len(dialogue.turns)):
+    if not dialogue.counted(index):
       continue
     before = _render(tokenizer, dialogue.turns[:index], True, dialogue.origin)
     through = _render(tokenizer, dialogue.turns[:index + 1], False, dialogue.origin)
@@ -199,13 +210,12 @@ def _template_segments(dialogue, tokenizer):
 def _project_segments(dialogue, tokenizer):
   """[(tokens, counted)] of `dialogue` in the project's layout."""
   segments = []
-  for turn in dialogue.turns:
-    response = turn.role == ASSISTANT
+  for index, turn in enumerate(dialogue.turns):
     if not dialogue.plain:
       segments.append((tokenizer.encode(ROLE_HEADERS[turn.role]), False))
-    segments.append((tokenizer.encode(turn.content), response))
-    if response:
-      segments.append(([tokenizer.eos_id], True))
+    segments.append((tokenizer.encode(turn.content), dialogue.counted(index)))
+    if turn.role == ASSISTANT:  # its end, counted with the turn
+      segments.append(([tokenizer.eos_id], dialogue.counted(index)))
     elif not dialogue.plain:
       segments.append((tokenizer.encode("\n"), False))
   return segments
@@ -257,9 +267,11 @@ FINAL_SECTION = "\n### Final answer\n"
 
 @dataclasses.dataclass(frozen=True)
 class Refinement:
-  """A refinement read from a long answer: the answers y0, y1, ... and the critiques between."""
-  answers: tuple[str, ...]  # y0, y1, ...; then the final answer, when the text has one
+  """A refinement read from a long answer: the answers y0, y1, ... and the critiques between,
+  and its final answer (None when the text stops before the final-answer marker)."""
+  answers: tuple[str, ...]  # y0, y1, ...
   critiques: tuple[str, ...]
+  final: str | None
 
 
 def write_refinement(answers, critiques) -> str:
@@ -280,17 +292,14 @@ def long_answer_tokens(tokens_per_answer, rounds) -> int:
   return tokens_per_answer * (2 * rounds + 2) + 16 * (rounds + 1)
 
 
-def final_answer(text) -> str:
-  """The text after the last final-answer marker, else the whole text (the answer a long
-  answer gives)."""
-  marker = FINAL_SECTION.strip()
-  index = text.rfind(marker)
-  return text if index < 0 else text[index + len(marker):].strip("\n")
+def final_answer(text) -> str | None:
+  """The answer a long answer gives: the text after its final-answer marker; None without one."""
+  return read_refinement(text).final
 
 
 def read_refinement(text) -> Refinement:
   """The answers and critiques of a long answer, as far as its sections go (a model's text may
-  stop anywhere); the final answer, when there is one, is the last of the answers."""
+  stop anywhere), and the text after the first final-answer marker."""
   body, final_marker, final = text.partition(FINAL_SECTION.strip())
   if body.startswith(DRAFT_SECTION.strip()):
     body = body[len(DRAFT_SECTION.strip()):]
@@ -301,6 +310,4 @@ def read_refinement(text) -> Refinement:
     critique, _, improved = part.partition(IMPROVED_SECTION.strip())
     critiques.append(critique.strip("\n"))
     answers.append(improved.strip("\n"))
-  if final_marker:
-    answers.append(final.strip("\n"))
-  return Refinement(tuple(answers), tuple(critiques))
+  return Refinement(tuple(answers), tuple(critiques), final.strip("\n") if final_marker else None)

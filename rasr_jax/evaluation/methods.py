@@ -146,7 +146,8 @@ def load_principles(path=""):
 
 def _avr_answer(record):
   refinement = chat.read_refinement(record["text"])
-  drafts = list(refinement.answers)
+  # the answers written on the way, then the final one: none (scored wrong) without the marker
+  drafts = [*refinement.answers, refinement.final or ""]
   return Answer(drafts, len(drafts) - 1, record["num_tokens"], feedback=list(refinement.critiques))
 
 

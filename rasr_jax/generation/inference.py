@@ -127,11 +127,13 @@ class InferenceModel:
     abstract_params = ckpt_lib.with_shardings(abstract_params, self.param_shardings)
     if directory is None:  # imported parameters: no training step yet, tau at its start
       self.step, self.tau = 0, np.float32(self.config.reflect.tau)
-      self.params = ckpt_lib.restore_params(ckpt_lib.imported_params_dir(workdir), abstract_params)
+      self.origin = storage.absolute(ckpt_lib.imported_params_dir(workdir))
+      self.params = ckpt_lib.restore_params(self.origin, abstract_params)
     else:
       restored = _restore(self.config, directory, step, stored, self.tokenizer, abstract_params,
                           sharding.replicated(self.mesh))
       self.step = int(restored["step"])
+      self.origin = f"{directory} step {self.step}"  # where the parameters come from
       self.params, self.tau = restored["params"], restored["tau"]
     self.progress = np.float32(min(self.step / self.config.train.steps, 1.0))
     self.ids = self.tokenizer.marker_ids

@@ -34,8 +34,8 @@ def build(config, workdir, checkpoint=None) -> dict:
   """Stage `avr.stage` of the checkpoint in `workdir` into its output folder; returns the
   summary (also written as summary.json)."""
   import jax  # after the start-up checks
-  from jax.experimental import multihost_utils
 
+  from rasr_jax import distributed
   from rasr_jax.generation import inference
   cfg = config.avr
   build_chunk, write_outputs = STAGES[cfg.stage]
@@ -55,10 +55,11 @@ def build(config, workdir, checkpoint=None) -> dict:
           k: v for k, v in dataclasses.asdict(cfg).items() if k != "output"
       },
       "seed": config.seed,
-      "checkpoint_step": model.step,
+      "parameters": model.origin,  # another checkpoint (or the same step of another run)
       "tokenizer_sha256": model.tokenizer.checksum
   }
   storage.keyed_folder(chunks, identity, "*.jsonl", writer)  # other prompts: built anew
+  distributed.sync("avr chunks kept")
   starts = range(0, len(prompts), cfg.chunk_prompts)
   todo = [s for s in starts if not epath.Path(chunks, f"{s:09d}.jsonl").exists()]
   if len(todo) < len(starts):
@@ -69,8 +70,7 @@ def build(config, workdir, checkpoint=None) -> dict:
     records = build_chunk(model, prompts[start:start + cfg.chunk_prompts], reward, cfg, seed)
     if writer:
       avr.write_jsonl(os.path.join(chunks, f"{start:09d}.jsonl"), records)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("avr chunks written")
+  distributed.sync("avr chunks written")
   records = [
       json.loads(line)
       for s in starts

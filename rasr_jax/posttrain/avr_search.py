@@ -70,13 +70,15 @@ def search(model, prompts, reward, cfg, seed) -> list:
     improvements = avr.sample(model, improve, cfg, seed + 2 + 2 * round_index)  # [active J K]
     still = []
     for slot, i in enumerate(active):
-      first = slot * J * K
-      scores = [reward(prompts[i], y) for y in improvements[first:first + J * K]]
-      best = first + int(np.argmax(scores))
+      # the round's usable improvements (with their critiques), by reward
+      usable = [(reward(prompts[i], improvements[c]), c)
+                for c in range(slot * J * K, (slot + 1) * J * K)
+                if avr.usable(improvements[c], critiques[c // K])]
       kept = found[i]
-      if max(scores) > kept.rewards[-1] and avr.usable(improvements[best], critiques[best // K]):
+      score, best = max(usable, key=lambda sc: sc[0], default=(None, None))  # first on a tie
+      if usable and score > kept.rewards[-1]:
         found[i] = Trajectory(kept.prompt, kept.answers + (improvements[best],), kept.critiques +
-                              (critiques[best // K],), kept.rewards + (max(scores),))
+                              (critiques[best // K],), kept.rewards + (score,))
         still.append(i)
     active = still
   return found
@@ -126,7 +128,8 @@ def write_search(records, output, rows: avr.Rows) -> dict:
 
 def finals_chunk(model, prompts, reward, cfg, seed) -> list:
   """`avr.samples` long answers per prompt, each with its final answer, that answer's reward
-  and its length in tokens."""
+  and its length in tokens (all three None for a long answer without the final-answer
+  marker: it gives no answer)."""
   options = model.options(max_new_tokens=chat.long_answer_tokens(cfg.max_new_tokens,
                                                                  cfg.search_rounds),
                           temperature=cfg.temperature,
@@ -146,17 +149,22 @@ def finals_chunk(model, prompts, reward, cfg, seed) -> list:
         "prompt": prompt.text,
         "responses": responses,
         "finals": finals,
-        "rewards": [reward(prompt, f) for f in finals],
-        "final_tokens": [len(model.tokenizer.encode(f)) for f in finals]
+        "rewards": [None if f is None else reward(prompt, f) for f in finals],
+        "final_tokens": [None if f is None else len(model.tokenizer.encode(f)) for f in finals]
     })
   return records
 
 
 def final_pair(record):
-  """(the pair of the best and worst long answer, or None; whether length control dropped
-  it)."""
-  best, worst = int(np.argmax(record["rewards"])), int(np.argmin(record["rewards"]))
-  if record["rewards"][best] <= record["rewards"][worst]:
+  """(the pair of the best and worst long answer with a final answer, or None; whether length
+  control dropped it)."""
+  rewards = record["rewards"]
+  answered = [i for i, r in enumerate(rewards) if r is not None]
+  if not answered:
+    return None, False
+  best = max(answered, key=lambda i: rewards[i])
+  worst = min(answered, key=lambda i: rewards[i])
+  if rewards[best] <= rewards[worst]:
     return None, False
   if record["final_tokens"][best] > record["final_tokens"][worst]:
     return None, True
@@ -173,9 +181,16 @@ def write_finals(records, output, rows: avr.Rows) -> dict:
   avr.write_jsonl(os.path.join(output, "samples.jsonl"), records)
   avr.write_jsonl(os.path.join(output, "pairs.jsonl"), pairs)
   return {
-      "prompts": len(records),
-      "pairs": len(pairs),
-      "dropped_longer_chosen": sum(dropped for _, dropped in outcomes),
-      "too_long": too_long,
-      "reward_final": avr.distribution([r for record in records for r in record["rewards"]]),
+      "prompts":
+          len(records),
+      "pairs":
+          len(pairs),
+      "dropped_longer_chosen":
+          sum(dropped for _, dropped in outcomes),
+      "too_long":
+          too_long,
+      "no_final_answer":
+          sum(r is None for record in records for r in record["rewards"]),
+      "reward_final":
+          avr.distribution([r for record in records for r in record["rewards"] if r is not None]),
   }

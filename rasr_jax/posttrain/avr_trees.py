@@ -103,9 +103,9 @@ def preference_pairs(tree) -> list:
   return [p for p in pairs if p is not None]
 
 
-def summary(trees) -> dict:
-  """Counts, reward distributions and the share of trees with an improvement that counts."""
-  pairs = [p for tree in trees for p in preference_pairs(tree)]
+def summary(trees, rsft, pairs) -> dict:
+  """Counts (of the `rsft` records and `pairs` written), reward distributions and the share of
+  trees with an improvement that counts."""
   improved = [
       any(t.counts(j, k)
           for j in range(len(t.critiques))
@@ -114,7 +114,7 @@ def summary(trees) -> dict:
   ]
   return {
       "trees": len(trees),
-      "rsft_records": sum(rsft_record(t) is not None for t in trees),
+      "rsft_records": len(rsft),
       "pairs": {
           kind: sum(p["type"] == kind for p in pairs) for kind in PAIR_TYPES
       },
@@ -166,4 +166,8 @@ def write_outputs(records, output, rows: avr.Rows) -> dict:
   avr.write_jsonl(os.path.join(output, "trees.jsonl"), records)
   avr.write_jsonl(os.path.join(output, "rsft.jsonl"), rsft)
   avr.write_jsonl(os.path.join(output, "pairs.jsonl"), pairs)
-  return dict(summary(trees), too_long={"rsft": rsft_too_long, "pairs": pairs_too_long})
+  return dict(summary(trees, rsft, pairs),
+              too_long={
+                  "rsft": rsft_too_long,
+                  "pairs": pairs_too_long
+              })

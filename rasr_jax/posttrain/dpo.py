@@ -17,7 +17,8 @@ memory before the policy trains. With log-probabilities pi (policy) and rho (ref
 their difference, `rewards/accuracy` the share of pairs with a positive margin; with `type`s
 also per type (`rewards/accuracy/<type>`, `rewards/margin/<type>`, `pairs/<type>` the type's
 share of the batch). Length control (`dpo.length_control`): `drop_longer` leaves out pairs
-whose chosen response has more tokens than the rejected one (AvR's Stage II); `normalize`
+whose chosen response has more tokens than the rejected one (whole responses; AvR Stage II's
+rule on final answers is applied when its pairs are built); `normalize`
 divides every log-probability by its response's token count.
 """
 
@@ -35,7 +36,7 @@ from flax import nnx, struct
 from safetensors import numpy as safetensors_np
 
 from rasr_jax import config as config_lib
-from rasr_jax import progress, sharding, storage
+from rasr_jax import distributed, progress, sharding, storage
 from rasr_jax.data import chat, packing, pipeline, sources
 from rasr_jax.data.packing import PackedRows
 from rasr_jax.training import checkpoint as ckpt_lib
@@ -212,12 +213,14 @@ class ReferenceLogps:
                          dict(self._identity, pairs=arrays.fingerprint),
                          "*.safetensors",
                          writer=jax.process_index() == 0)
+    distributed.sync(f"dpo reference {split} kept")
     starts = range(0, len(arrays), CHUNK_PAIRS)
     missing = [s for s in starts if not epath.Path(folder, f"{s:09d}.safetensors").exists()]
     if missing:
       logging.info("reference log-probabilities (%s): %d of %d chunks to compute", split,
                    len(missing), len(starts))
       self._compute(arrays, folder, missing)
+      distributed.sync(f"dpo reference {split} written")
     chunks = [
         safetensors_np.load(epath.Path(folder, f"{s:09d}.safetensors").read_bytes()) for s in starts
     ]

@@ -31,11 +31,10 @@ import jax
 import numpy as np
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
-from rasr_jax import storage, tasks
-from rasr_jax.data import chat, sources
+from rasr_jax import distributed, storage, tasks
+from rasr_jax.data import sources
 from rasr_jax.evaluation import bundled, diversity
 from rasr_jax.generation import inference
 from rasr_jax.posttrain import avr, sft
@@ -91,11 +90,6 @@ class Rounds:
   def init_from(self, r):
     """config.init_from of round r's SFT run: model r-1."""
     return self.start() if r == 1 else os.path.join(self.folder(r - 1), "train")
-
-
-def _sync(name):
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices(name)
 
 
 def _read_json(path):
@@ -216,17 +210,13 @@ def rank(prompts, responses, critic, labeler) -> list[dict]:
   return records
 
 
-def sft_records(records, tokenizer, max_tokens) -> list[dict]:
-  """The kept responses as prompt + completion records, less those longer than a row."""
-  out = []
-  for r in records:
-    if not r["kept"]:
-      continue
-    record = {"prompt": r["text"], "completion": r["response"]}
-    tokens, _ = chat.encode(chat.sft_dialogue(record, "a kept response"), tokenizer)
-    if len(tokens) <= max_tokens:
-      out.append(record)
-  return out
+def sft_records(records, rows: avr.Rows) -> tuple[list[dict], int]:
+  """(the kept responses as prompt + completion records, less those longer than a row; how
+  many were left out for that)."""
+  return rows.keep([{
+      "prompt": r["text"],
+      "completion": r["response"]
+  } for r in records if r["kept"]])
 
 
 def _rates(safety_labels):
@@ -255,8 +245,8 @@ def held_out(model, config, labeler) -> dict:
   return {"held_out_accuracy": accuracy, "held_out_safety_rates": safety}
 
 
-def _sample_summary(records, dropped) -> dict:
-  """A round's figures from its ranked records."""
+def _sample_summary(records, dropped, too_long) -> dict:
+  """A round's figures from its ranked records (`too_long`: kept ones longer than a row)."""
   kept = [r for r in records if r["kept"]]
   checked = [r for r in records if r["right"] is not None]
   critic = [r["critic"] for r in records if r["critic"] is not None]
@@ -271,7 +261,8 @@ def _sample_summary(records, dropped) -> dict:
       },
       "samples": len(records),
       "empty_samples": sum(not avr.usable(r["response"]) for r in records),
-      "kept": len(kept),
+      "kept": len(kept) - too_long,
+      "too_long": too_long,
       "top_reward": float(np.mean([r["reward"] for r in kept])) if kept else None,
       "mean_reward": float(np.mean([r["reward"] for r in records])) if records else None,
       "top_right": (float(np.mean([r["right"] for r in kept if r["right"] is not None])) if any(
@@ -323,7 +314,7 @@ def _sample_round(rounds: Rounds, r, labeler):
     raise sources.DataError(f"self_align round {r}: no prompt (the model wrote none that could "
                             "be kept, and self_align.self_written leaves no template prompt)")
   responses = sample_responses(policy, prompts, cfg, _round_seed(config, r) + 2)
-  tokenizer, max_tokens = policy.tokenizer, config.data.seq_len + 1
+  rows = avr.Rows(policy.tokenizer, config.data.seq_len + 1)
   judge = policy if r == 1 else None
   del policy  # model r-1 and the judge are not held together
   judge = judge or rounds.model(0)
@@ -336,10 +327,12 @@ def _sample_round(rounds: Rounds, r, labeler):
   folder = rounds.folder(r)
   if rounds.writer:
     storage.makedirs(folder)
-    avr.write_jsonl(os.path.join(folder, "sft.jsonl"), sft_records(records, tokenizer, max_tokens))
-    _write_json(os.path.join(folder, "sampling.json"), _sample_summary(records, dropped), True)
+    sft, too_long = sft_records(records, rows)
+    avr.write_jsonl(os.path.join(folder, "sft.jsonl"), sft)
+    _write_json(os.path.join(folder, "sampling.json"), _sample_summary(records, dropped, too_long),
+                True)
     avr.write_jsonl(os.path.join(folder, "samples.jsonl"), records)  # last: the phase is done
-  _sync(f"self_align round {r} samples")
+  distributed.sync(f"self_align round {r} samples")
 
 
 def _sft_config(rounds: Rounds, r):
@@ -366,7 +359,7 @@ def run(config, workdir, checkpoint=None) -> dict:
   initial_path = os.path.join(rounds.output, "initial.json")
   if not epath.Path(initial_path).exists():
     _write_json(initial_path, held_out(rounds.model(0), config, labeler), rounds.writer)
-    _sync("self_align initial")
+    distributed.sync("self_align initial")
   reports = []
   for r in range(1, rounds.cfg.rounds + 1):
     folder = rounds.folder(r)
@@ -397,7 +390,7 @@ def run(config, workdir, checkpoint=None) -> dict:
         **held_out(rounds.model(r), config, labeler)
     }
     _write_json(report_path, report, rounds.writer)
-    _sync(f"self_align round {r} report")
+    distributed.sync(f"self_align round {r} report")
     reports.append(report)
   summary = {"output": rounds.output, "initial": _read_json(initial_path), "rounds": reports}
   _write_json(os.path.join(rounds.output, "summary.json"), summary, rounds.writer)

@@ -113,7 +113,7 @@ class Labeler:
 
   @property
   def dimensions(self):
-    return (*LEXICON_DIMENSIONS, "misinformation", "privacy")
+    return tuple(d for d in DIMENSIONS if d != "robustness")  # robustness: safety/robustness.py
 
   def __call__(self, text: str, world_seed: int | None = None) -> dict[str, float]:
     """{dimension: label} of one text; a hook's score is checked to lie in [0, 1]. Its
