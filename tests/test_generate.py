@@ -329,3 +329,19 @@ def test_generate_without_checkpoint_is_one_clear_error(tmp_path):
       f"error: no checkpoint at {tmp_path}/checkpoints (train first, or pass --checkpoint)")
   assert "Traceback" not in result.stderr
   assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_a_prompt_longer_than_p_keeps_its_last_p_tokens_when_reflecting(straight_run):
+  """With reflection on, x holds the prompt's last P tokens, as a reflection row does in
+  training: the same drafts and scores as the cut prompt (and not those of the whole prompt,
+  read when max_prompt_tokens says so)."""
+  workdir, config = straight_run
+  model = inference.InferenceModel(config, workdir)
+  p = config.reflect.prompt_len
+  ids = model.tokenizer.encode_prompt("Tom has 3 apples and 4 pears. " * 4)
+  assert len(ids) > p
+  options = model.options(max_new_tokens=8, reflect="fixed")
+  whole, cut = model.generate_tokens([ids, ids[-p:]], options)
+  assert whole["drafts"] == cut["drafts"] and whole["scores"] == cut["scores"]
+  uncut = model.generate_tokens([ids], options, max_prompt_tokens=len(ids))[0]
+  assert uncut["scores"] != cut["scores"]  # the cut matters: the critic reads x

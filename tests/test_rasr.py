@@ -440,13 +440,20 @@ def test_tau_adapts_toward_the_budget():
 def test_text_quality_by_hand():
   target = jnp.asarray([[1, 2, 3, 4], [5, 5, 6, 7]])
   draft = jnp.asarray([[1, 2, 9, 3], [5, 6, 5, 5]])
-  q, labels = quality.text_quality(draft, target)
+  q, labels, mask = quality.text_quality(draft, jnp.asarray([4, 4]), target)
   # Row 0: 2 of 4 right; prefix 2; overlap {1, 2, 3} = 3.  Row 1: 1 right; prefix 1;
   # overlap: 5 twice (target has two 5s) + 6 once = 3.
   np.testing.assert_allclose(q, [[0.5, 0.5, 0.75], [0.25, 0.25, 0.75]])
   np.testing.assert_array_equal(labels, [[0, 0, 1, 1], [0, 1, 1, 1]])
+  assert bool(jnp.all(mask))
   np.testing.assert_allclose(quality.select(q, ("relevance", "factual")),
                              [[0.75, 0.5], [0.75, 0.25]])
+  # A free-running draft that ends early: what follows its `<eos>` (here copies of the target)
+  # is neither right nor labelled. Row 0: 2 tokens, both right; F1 = 2 * 2 / (2 + 4).
+  q, labels, mask = quality.text_quality(jnp.asarray([[1, 2, 3, 4]]), jnp.asarray([2]),
+                                         jnp.asarray([[1, 2, 3, 4]]))
+  np.testing.assert_allclose(q, [[0.5, 0.5, 2 / 3]], rtol=1e-6)
+  np.testing.assert_array_equal(mask, [[True, True, False, False]])
 
 
 def test_loss_terms_by_hand():
@@ -456,9 +463,14 @@ def test_loss_terms_by_hand():
                               token_errors=jnp.asarray([[0.5, 0.5]]),
                               weights=jnp.asarray([[0.25, 0.75]]))
   assert float(critique.critique[0]) == 0.875
-  loss, parts = losses.critic_loss(critique, jnp.asarray([[1.0, 1.0]]), jnp.asarray([[0.0, 1.0]]),
-                                   jnp.asarray([[True, True]]))
+  loss, parts = losses.critic_loss(critique,
+                                   jnp.asarray([[1.0, 1.0]]),
+                                   jnp.asarray([[0.0, 1.0]]),
+                                   jnp.asarray([[True, True]]),
+                                   dim_names=("factual", "logic"))
   assert float(parts["critic/loss_scores"]) == pytest.approx(0.125)  # (0.25 + 0) / 2
+  assert float(parts["critic/loss_scores/factual"]) == pytest.approx(0.25)
+  assert float(parts["critic/loss_scores/logic"]) == 0.0
   assert float(parts["critic/loss_tokens"]) == pytest.approx(np.log(2), rel=1e-5)
   assert float(parts["critic/loss_scalar"]) == pytest.approx(0.125**2)
   assert float(loss) == pytest.approx(0.125 + np.log(2) + 0.015625, rel=1e-5)

@@ -231,7 +231,8 @@ class InferenceModel:
     """One dict per prompt (see `options()`): final text, every draft, critic scores, stop
     iteration. Each draft's text is cut at the first stop string. A prompt's samples depend on
     `seed` and its index only, not on its batch. Prompts longer than `max_prompt_tokens` keep
-    their last tokens.
+    their last tokens; with reflection on, the default is P (reflect.prompt_len), what a
+    reflection row's x keeps in training.
     """
     encoded = [self.tokenizer.encode_prompt(p) for p in prompts]
     return self.generate_tokens(encoded,
@@ -253,6 +254,8 @@ class InferenceModel:
     data/chat.py's layout); `labels` are the records' "prompt" values (default the decoded
     ids)."""
     labels = labels or [self.tokenizer.decode(ids) for ids in prompts]
+    if max_prompt_tokens is None and options.reflect != "off":
+      max_prompt_tokens = self.config.reflect.prompt_len  # x as training's rows hold it
     rows, batches = self._batches(list(zip(prompts, labels)), batch_size)
     fn = self._generate_fn(options)
     results = []
@@ -325,7 +328,8 @@ class InferenceModel:
   def critic_scores(self, prompts, responses, batch_size=8):
     """The critic's weighted score c (RASR.md eq. 13) of each response read as a draft of its
     prompt, as a reflection row holds them: x = the prompt's last P tokens after the start
-    token, left-padded; the draft = the response's tokens and `<eos>`, at most Y of them."""
+    token, left-padded; the draft = the response's first Y tokens, valid as a decoded draft's
+    are (its `<eos>` and the padding after it never attended)."""
     r = self.config.reflect
     if not r.enabled:
       raise config_lib.ConfigError("the critic scores drafts: it needs a model with reflection "
@@ -348,8 +352,9 @@ class InferenceModel:
         for row, (prompt, response) in enumerate(chunk):
           ids = self.tokenizer.encode_prompt(prompt)[-r.prompt_len:]
           x[row, r.prompt_len - len(ids):], x_valid[row, r.prompt_len - len(ids):] = ids, True
-          tokens = (self.tokenizer.encode(response) + [self.tokenizer.eos_id])[:r.target_len]
+          tokens = self.tokenizer.encode(response)[:r.target_len]
           draft[row, :len(tokens)], draft_valid[row, :len(tokens)] = tokens, True
+          draft[row, len(tokens):len(tokens) + 1] = self.tokenizer.eos_id  # as decoding ends it
         out = self._compiled["critic"](self.params, *map(self._put,
                                                          (x, x_valid, draft, draft_valid)),
                                        self.progress)

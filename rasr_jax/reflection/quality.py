@@ -14,23 +14,23 @@ from rasr_jax.reflection.rows import ReflectRows
 DIMENSIONS = ("factual", "logic", "relevance")
 
 
-def text_quality(draft, target):
-  """draft, target [B, Y] int -> (quality [B, 3] in DIMENSIONS order, labels [B, Y] float).
+def text_quality(draft, length, target):
+  """draft [B, Y] int, length [B] (its tokens before `<eos>`: Y for a teacher-forced draft),
+  target [B, Y] int -> (quality [B, 3] in DIMENSIONS order, labels [B, Y] float, label mask
+  [B, Y]: the draft's tokens).
 
-  factual: positionwise token accuracy; logic: correct prefix length / Y; relevance: unigram F1
-  (equal lengths, so the multiset overlap / Y); labels: 1 where the draft token is wrong.
+  factual: positionwise token accuracy over the Y target positions (a position past the draft's
+  end is wrong); logic: correct prefix length / Y; relevance: unigram F1 between the draft's
+  tokens and the target's; labels: 1 where the draft token is wrong.
   """
   y = draft.shape[-1]
-  right = draft == target  # [B, Y]
+  draft_valid = jnp.arange(y)[None] < length[:, None]  # [B, Y]
+  right = (draft == target) & draft_valid
   factual = jnp.mean(right, axis=-1)
   logic = jnp.sum(jnp.cumprod(right, axis=-1), axis=-1) / y
-  same_draft = draft[:, :, None] == draft[:, None, :]  # [B, Y, Y]
-  # The i-th occurrence of a token in the draft counts if the target has at least i of it.
-  rank = jnp.sum(jnp.tril(same_draft), axis=-1)  # [B, Y] occurrences of draft_i in draft_<=i
-  in_target = jnp.sum(draft[:, :, None] == target[:, None, :], axis=-1)  # [B, Y]
-  relevance = jnp.sum(rank <= in_target, axis=-1) / y
+  relevance = 2 * _overlap(draft, draft_valid, target, jnp.ones_like(draft_valid)) / (length + y)
   quality = jnp.stack([factual, logic, relevance], axis=-1).astype(jnp.float32)
-  return quality, (~right).astype(jnp.float32)
+  return quality, (~right).astype(jnp.float32), draft_valid
 
 
 def _overlap(draft, draft_valid, target, target_valid):
@@ -69,12 +69,13 @@ def answer_quality(draft, length, rows: ReflectRows, pieces: answers.PieceBytes)
 def row_quality(draft, length, rows: ReflectRows, pieces):
   """Each row's oracle: `answer_quality` for question/answer rows, `text_quality` for text
   windows -> (quality [B, 3], labels [B, Y], label mask [B, Y])."""
-  text_q, text_labels = text_quality(draft, rows.target)
+  text_q, text_labels, text_mask = text_quality(draft, length, rows.target)
   if pieces is None:  # text windows only
-    return text_q, text_labels, jnp.ones(draft.shape, bool)
+    return text_q, text_labels, text_mask
   qa_q, qa_labels, qa_mask = answer_quality(draft, length, rows, pieces)
   text = (rows.checker == answers.TEXT)[:, None]
-  return (jnp.where(text, text_q, qa_q), jnp.where(text, text_labels, qa_labels), text | qa_mask)
+  return (jnp.where(text, text_q, qa_q), jnp.where(text, text_labels,
+                                                   qa_labels), jnp.where(text, text_mask, qa_mask))
 
 
 def select(quality, dim_names):

@@ -30,17 +30,19 @@ def reflection_row_losses(refine_logits, target, target_valid):
   return total / jnp.maximum(jnp.sum(weights, axis=-1), 1.0)
 
 
-def critic_loss(critique, quality, labels, label_mask):
+def critic_loss(critique, quality, labels, label_mask, dim_names=()):
   """L_critic (RASR.md §5): score MSE + per-token BCE + (c - sum_d w_d q_d)^2, each averaged,
   and over the agents of a committee; a committee adds the consensus term (sum_m a_md C_md -
   q_d)^2 on stop-gradient agent scores, which trains the consensus weights a only; a
   hierarchical critic adds its sentence and coordination terms (`_hierarchy_terms`).
 
-  critique: heads.Critique; quality [B, C] targets of the configured dims; labels [B, Y] over
-  the draft positions in label_mask [B, Y].
+  critique: heads.Critique; quality [B, C] targets of the configured dims (named `dim_names`:
+  each has its score term as `critic/loss_scores/<name>`); labels [B, Y] over the draft
+  positions in label_mask [B, Y].
   """
   agents = critique.agent_scores.shape[1]
-  scores = jnp.mean((critique.agent_scores - quality[:, None])**2)
+  per_dim = jnp.mean((critique.agent_scores - quality[:, None])**2, axis=(0, 1))  # [C]
+  scores = jnp.mean(per_dim)
   weights = jnp.broadcast_to(
       label_mask.astype(jnp.float32)[:, None], critique.agent_token_errors.shape)  # [B, A, Y]
   tokens = jnp.sum(binary_cross_entropy(critique.agent_token_errors, labels[:, None])
@@ -48,6 +50,7 @@ def critic_loss(critique, quality, labels, label_mask):
   scalar = jnp.mean(
       (critique.agent_critique - jnp.sum(critique.agent_weights * quality[:, None], axis=-1))**2)
   parts = {"critic/loss_scores": scores, "critic/loss_tokens": tokens, "critic/loss_scalar": scalar}
+  parts.update({f"critic/loss_scores/{name}": per_dim[d] for d, name in enumerate(dim_names)})
   total = scores + tokens + scalar
   if agents > 1:
     consensus = jnp.sum(critique.consensus * jax.lax.stop_gradient(critique.agent_scores), axis=1)

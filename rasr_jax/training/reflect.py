@@ -83,7 +83,7 @@ def _critic_terms(draft, length, rows, frozen, dim_names, pieces, safety, robust
   q_all, labels, label_mask = _row_quality(draft, length, rows, pieces, safety,
                                            robust)  # [B, 3+], [B, Y]
   q = quality.select(q_all, dim_names)  # [B, C]
-  loss, parts = losses.critic_loss(frozen, q, labels, label_mask)
+  loss, parts = losses.critic_loss(frozen, q, labels, label_mask, dim_names=dim_names)
   return q_all, q, loss, parts, jnp.mean(jnp.abs(frozen.scores - q))
 
 
