@@ -401,8 +401,8 @@ _CHOICES = {
     "avr.stage": AVR_STAGES
 }
 _UNIT_INTERVAL = ("train.end_lr_ratio", "train.b1", "train.b2", "reflect.tau",
-                  "reflect.stop_warmup", "reflect.quality_target",
-                  "avr.top_p", "self_align.self_written", "self_align.top_p")
+                  "reflect.stop_warmup", "reflect.quality_target", "avr.top_p",
+                  "self_align.self_written", "self_align.top_p")
 
 # Config fields that hold paths (comma-separated for the data globs).
 PATH_FIELDS = ("init_from", "data.files", "data.eval_files", "data.qa_files", "data.qa_eval_files",
