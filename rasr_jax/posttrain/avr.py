@@ -24,6 +24,26 @@ IMPROVE_REQUEST = "Write an improved answer, using the review."
 CRITIC = "critic"  # avr.reward: the model's own RASR critic (self-reward)
 
 
+def conversation(prompt, answers, critiques) -> list:
+  """The refinement conversation (Turns): user x, assistant y0, then for each round the
+  critique request, the critique, the improvement request and the improved answer
+  (len(critiques) == len(answers) - 1)."""
+  turns = [chat.Turn("user", prompt), chat.Turn("assistant", answers[0])]
+  for critique, answer in zip(critiques, answers[1:], strict=True):
+    turns = [*improve_request(critique_request(turns), critique), chat.Turn("assistant", answer)]
+  return turns
+
+
+def critique_request(turns) -> list:
+  """`turns` (ending with an answer) followed by the request for a critique of that answer."""
+  return [*turns, chat.Turn("user", CRITIQUE_REQUEST)]
+
+
+def improve_request(asked, critique) -> list:
+  """A critique request `asked`, the critique, then the request for an improved answer."""
+  return [*asked, chat.Turn("assistant", critique), chat.Turn("user", IMPROVE_REQUEST)]
+
+
 @dataclasses.dataclass(frozen=True)
 class Prompt:
   """A prompt to refine answers to, and what the checker scores them against."""

@@ -37,15 +37,7 @@ class Trajectory:
 
   def conversation(self):
     """The refinement conversation through the last kept answer."""
-    turns = [Turn("user", self.prompt), Turn("assistant", self.answers[0])]
-    for critique, answer in zip(self.critiques, self.answers[1:]):
-      turns += [
-          Turn("user", avr.CRITIQUE_REQUEST),
-          Turn("assistant", critique),
-          Turn("user", avr.IMPROVE_REQUEST),
-          Turn("assistant", answer)
-      ]
-    return turns
+    return avr.conversation(self.prompt, self.answers, self.critiques)
 
 
 def search(model, prompts, reward, cfg, seed) -> list:
@@ -57,15 +49,10 @@ def search(model, prompts, reward, cfg, seed) -> list:
   for round_index in range(cfg.search_rounds):
     if not active:
       break
-    asks = [
-        found[i].conversation() + [Turn("user", avr.CRITIQUE_REQUEST)]
-        for i in active
-        for _ in range(J)
-    ]
+    asks = [avr.critique_request(found[i].conversation()) for i in active for _ in range(J)]
     critiques = avr.sample(model, asks, cfg, seed + 1 + 2 * round_index)  # [active J]
     improve = [
-        asks[c] + [Turn("assistant", critiques[c]),
-                   Turn("user", avr.IMPROVE_REQUEST)] for c in range(len(asks)) for _ in range(K)
+        avr.improve_request(asks[c], critiques[c]) for c in range(len(asks)) for _ in range(K)
     ]
     improvements = avr.sample(model, improve, cfg, seed + 2 + 2 * round_index)  # [active J K]
     still = []

@@ -54,13 +54,10 @@ class Tree:
 
 
 def _turns(tree, j=None, k=None):
-  """The conversation of `tree` through critique j and improvement k (None: not reached)."""
-  turns = [Turn("user", tree.prompt), Turn("assistant", tree.y0)]
-  if j is not None:
-    turns += [Turn("user", avr.CRITIQUE_REQUEST), Turn("assistant", tree.critiques[j])]
-  if k is not None:
-    turns += [Turn("user", avr.IMPROVE_REQUEST), Turn("assistant", tree.improvements[j][k])]
-  return turns
+  """The conversation of `tree` through improvement k of critique j (None: y0 alone)."""
+  if j is None:
+    return avr.conversation(tree.prompt, (tree.y0,), ())
+  return avr.conversation(tree.prompt, (tree.y0, tree.improvements[j][k]), (tree.critiques[j],))
 
 
 def rsft_record(tree):
@@ -90,13 +87,13 @@ def preference_pairs(tree) -> list:
   worth = tree.critique_worth()
   worst_j = int(np.argmin(worth))
   if worth[j] > worth[worst_j]:
-    prompt = _turns(tree) + [Turn("user", avr.CRITIQUE_REQUEST)]
+    prompt = avr.critique_request(_turns(tree))
     pairs.append(
         avr.pair(prompt, tree.critiques[j], tree.critiques[worst_j], "criticism", worth[j],
                  worth[worst_j]))
   worst_k = int(np.argmin(tree.rewards[j]))
   if tree.rewards[j][k] > tree.rewards[j][worst_k]:
-    prompt = _turns(tree, j) + [Turn("user", avr.IMPROVE_REQUEST)]
+    prompt = avr.improve_request(avr.critique_request(_turns(tree)), tree.critiques[j])
     pairs.append(
         avr.pair(prompt, best, tree.improvements[j][worst_k], "improvement", tree.rewards[j][k],
                  tree.rewards[j][worst_k]))
@@ -128,13 +125,13 @@ def build_trees(model, prompts, reward, cfg, seed) -> list:
   """The refinement trees of `prompts` (model: an InferenceModel), three batched rounds."""
   n, J, K = len(prompts), cfg.critiques, cfg.improvements
   y0 = avr.sample(model, [[Turn("user", p.text)] for p in prompts], cfg, seed)
-  base = [[Turn("user", p.text), Turn("assistant", y)] for p, y in zip(prompts, y0)]
-  asks = [base[i] + [Turn("user", avr.CRITIQUE_REQUEST)] for i in range(n) for _ in range(J)]
-  critiques = avr.sample(model, asks, cfg, seed + 1)  # [n J]
-  improve = [
-      asks[c] + [Turn("assistant", critiques[c]),
-                 Turn("user", avr.IMPROVE_REQUEST)] for c in range(n * J) for _ in range(K)
+  asks = [
+      avr.critique_request(avr.conversation(p.text, (y,), ()))
+      for p, y in zip(prompts, y0)
+      for _ in range(J)
   ]
+  critiques = avr.sample(model, asks, cfg, seed + 1)  # [n J]
+  improve = [avr.improve_request(asks[c], critiques[c]) for c in range(n * J) for _ in range(K)]
   improvements = avr.sample(model, improve, cfg, seed + 2)  # [n J K]
   trees = []
   for i, prompt in enumerate(prompts):
