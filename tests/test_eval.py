@@ -424,6 +424,26 @@ def test_adapter_loglikelihoods_equal_score_sums_in_request_order(trained):
   assert rolling == pytest.approx([s["sum_logprob"] for s in scored[:2]], abs=1e-4)
 
 
+def test_a_generation_context_keeps_room_for_its_answer_and_rasr_keeps_p(trained):
+  """generate_until under a context of C tokens: a long question keeps its last C - new tokens
+  (the same answer as that cut question); under `rasr` its last P tokens, as training reads x."""
+  _, config, model, _ = trained
+  question = "Tom has 3 apples and 4 pears. " * 6
+  ids = model.tokenizer.encode_prompt(question)
+  context, new = 24, 6
+  assert len(ids) > context
+  got = methods.answer(model, [question], "standard", max_new_tokens=new, context_len=context)
+  options = model.options(max_new_tokens=new, reflect="off")
+  want = model.generate_tokens([ids[-(context - new):]], options)[0]
+  assert got[0].drafts == [want["text"]]
+  rasr = methods.answer(model, [question], "rasr", max_new_tokens=new, context_len=context)
+  cut = model.generate_tokens([ids[-config.reflect.prompt_len:]],
+                              model.options(max_new_tokens=new, reflect="fixed"))[0]
+  factual = config.reflect.dim_names.index("factual")
+  assert rasr[0].drafts == cut["drafts"]
+  assert rasr[0].confidence == [s[factual] for s in cut["scores"]]  # the critic read the cut x
+
+
 def test_adapter_is_greedy_on_a_greedy_continuation(trained):
   _, _, model, lm = trained
   ids = [model.tokenizer.eos_id] + model.tokenizer.encode("tom has 3 apples. he buys")

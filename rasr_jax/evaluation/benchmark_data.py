@@ -6,7 +6,7 @@ HellaSwag text dump, MMLU csvs) into JSON lines with the fields of the HuggingFa
 stock task YAMLs load, and writes one YAML per task that `include:`s the stock YAML and overrides
 only where the data comes from. lm-eval then prompts and scores exactly as it does for everyone.
 
-Only the benchmarks whose files are present are prepared; `tasks_present(out_dir)` names them.
+Only the benchmarks whose files are present are prepared; `prepare` returns their names.
 """
 
 import bz2
@@ -70,7 +70,7 @@ def _gsm8k(src, out):
         for line in _read_text(os.path.join(src, f"{split}.jsonl")).splitlines()
         if line.strip()
     ]
-    if any(set(r) < {"question", "answer"} for r in rows):
+    if any(not {"question", "answer"} <= set(r) for r in rows):
       raise BenchmarkDataError(f"{src}/{split}.jsonl: every line needs question and answer")
     files[split] = _write_jsonl(os.path.join(out, f"{split}.jsonl"), ({
         "question": r["question"],

@@ -156,7 +156,7 @@ class RasrLM(TemplateLM):
                                  temperature=temperature,
                                  seed=self.seed,
                                  batch_size=self.batch_size,
-                                 max_prompt_tokens=self.max_length)
+                                 context_len=self.max_length)
         self.answers.update({(context, settings): a for context, a in zip(todo, answers)})
       for i in indices:
         answer = self.answers[(requests[i].args[0], settings)]

@@ -24,6 +24,7 @@ Every method returns one `Answer` per prompt with its drafts, so one report cove
 """
 
 import dataclasses
+import itertools
 import os
 import re
 
@@ -38,6 +39,7 @@ SELF_REFINE_ROUNDS = 4
 SELF_REFINE_FEEDBACK = "\nfeedback on the answer:"
 SELF_REFINE_IMPROVED = "\nimproved answer:"
 FEEDBACK_TOKENS = 32
+SEED_STRIDE = 1_000_003  # the seeds of a method's successive generation rounds are this apart
 CONSTITUTIONAL_CRITIQUE_START = "\ncritique by the principle"
 CONSTITUTIONAL_CRITIQUE = CONSTITUTIONAL_CRITIQUE_START + ' "{}":'
 CONSTITUTIONAL_REVISION = "\nrevised answer:"
@@ -85,38 +87,36 @@ def answer(model,
            temperature=0.0,
            seed=0,
            batch_size=8,
-           max_prompt_tokens=None):
-  """One Answer per prompt from `model` (an InferenceModel) by `method`."""
+           context_len=None):
+  """One Answer per prompt from `model` (an InferenceModel) by `method`. `context_len` (the
+  longest sequence the model reads, e.g. lm-eval's max_length): a prompt keeps its last
+  context_len - new tokens, so the answer fits; `rasr` keeps the last P tokens (generation's
+  default with reflection on, what training's rows hold)."""
   if method not in METHODS:
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+  calls = itertools.count()  # each generation round samples with keys of its own
 
-  def run(texts, reflect, tokens, stops):
+  def run(texts, reflect, tokens, stops, token_ids=None):
+    """Generation records of `texts` (or of their `token_ids`, laid out by the caller)."""
     options = model.options(max_new_tokens=tokens,
                             temperature=temperature,
                             stop=tuple(stops),
                             reflect=reflect)
-    return model.generate(texts,
-                          options,
-                          seed=seed,
-                          batch_size=batch_size,
-                          max_prompt_tokens=max_prompt_tokens)
+    kept = None if reflect != "off" or context_len is None else max(context_len - tokens, 1)
+    settings = dict(seed=seed + SEED_STRIDE * next(calls),
+                    batch_size=batch_size,
+                    max_prompt_tokens=kept)
+    if token_ids is None:
+      return model.generate(texts, options, **settings)
+    return model.generate_tokens(token_ids, options, labels=list(texts), **settings)
 
   if method == "rasr":
     return [_rasr_answer(r, model) for r in run(prompts, "fixed", max_new_tokens, stop)]
   if method in ("chat", "avr"):
     tokens = max_new_tokens if method == "chat" else chat.long_answer_tokens(
         max_new_tokens, model.config.avr.search_rounds)
-    options = model.options(max_new_tokens=tokens,
-                            temperature=temperature,
-                            stop=tuple(stop),
-                            reflect="off")
     asked = [chat.prompt_tokens([chat.Turn("user", p)], False, model.tokenizer) for p in prompts]
-    records = model.generate_tokens(asked,
-                                    options,
-                                    seed=seed,
-                                    batch_size=batch_size,
-                                    max_prompt_tokens=max_prompt_tokens,
-                                    labels=list(prompts))
+    records = run(prompts, "off", tokens, stop, token_ids=asked)
     if method == "chat":
       return [Answer([r["text"]], 0, r["num_tokens"]) for r in records]
     return [_avr_answer(r) for r in records]

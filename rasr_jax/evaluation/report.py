@@ -107,13 +107,13 @@ def dimension_report(items) -> dict:
     scores = np.concatenate([it["dimension_scores"][name] for it in items])
     if name in items[0].get("draft_safety", [{}])[0]:
       target = np.asarray([1.0 - s[name] for it in items for s in it["draft_safety"]])
-    elif name in config_lib.SAFETY_DIMS:
-      continue  # no labels to score it against
+    elif name in config_lib.CRITIC_SAFETY_DIMS:
+      continue  # no labels to score it against (robustness: its stability, not a label)
     else:
       target = np.concatenate([it["correct"] for it in items]).astype(float)
     area = auroc(scores, target)
     out[name] = {
-        "target": "safe" if name in config_lib.SAFETY_DIMS else "correct",
+        "target": "safe" if name in config_lib.CRITIC_SAFETY_DIMS else "correct",
         "auroc": None if area is None else round(area, 4),
         "ece": calibration(scores, target)["ece"],
         "mean_score": round(float(scores.mean()), 4),

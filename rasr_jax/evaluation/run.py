@@ -81,7 +81,7 @@ def perplexity(lm, texts, tokenizer):
       "unit": "token",
       "tokenizer": tokenizer.path,
       "tokenizer_sha256": tokenizer.checksum,
-      "note": "every token predicted once, the first after <eos>; windows of data.seq_len"
+      "note": "every token predicted once, the first after the start token; windows of data.seq_len"
   }
 
 
@@ -170,27 +170,30 @@ class Evaluation:
     results, _ = self._harness(self._lm("standard"), task)
     self._same_for_all(task, _numbers(results[task]))
 
+  def _gsm8k_samples(self, lm, task, pick):
+    """(lm-eval's results, the samples of GSM8K_METRIC's filter) of `lm` answering with draft
+    `pick` (None: the answer given)."""
+    lm.pick = pick
+    results, samples = self._harness(lm, task)
+    metric_filter = GSM8K_METRIC.split(",")[1]
+    return results[task], [s for s in samples[task] if s["filter"] == metric_filter]
+
   def _gsm8k(self):
     """lm-eval's gsm8k (gsm8k_cot for `cot`) once per method; for methods with several drafts
     also each draft y(k), scored by lm-eval from the adapter's cached drafts."""
-    metric, metric_filter = GSM8K_METRIC.split(",")
+    metric = GSM8K_METRIC.split(",")[0]
     for method in self.method_names:
       task = "gsm8k_cot" if method == "cot" else "gsm8k"
       lm = self._lm(method)
-      drafts = {
-          "rasr": self.model.config.reflect.iterations + 1,
-          "self_refine": methods.SELF_REFINE_ROUNDS + 1,
-          "constitutional": self.model.config.constitutional.rounds + 1,
-          "avr": self.model.config.avr.search_rounds + 2  # y0, improvements, the final answer
-      }.get(method, 0)
-      correct = {}  # pick -> {doc_id: bool}
-      for pick in [None, *range(drafts)]:
-        lm.pick = pick
-        results, samples = self._harness(lm, task)
-        kept = [s for s in samples[task] if s["filter"] == metric_filter]
-        correct[pick] = {s["doc_id"]: bool(s[metric]) for s in kept}
-        if pick is None:
-          final_results, final_samples = results[task], kept
+      final_results, final_samples = self._gsm8k_samples(lm, task, None)
+      correct = {None: {s["doc_id"]: bool(s[metric]) for s in final_samples}}  # pick -> {doc: ok}
+      # then each draft y(k) of the methods that write several (the answers are cached now)
+      drafts = max((len(a.drafts) for a in lm.answers.values()), default=1)
+      drafts = drafts if drafts > 1 else 0  # a single draft is the answer given
+      for pick in range(drafts):
+        correct[pick] = {
+            s["doc_id"]: bool(s[metric]) for s in self._gsm8k_samples(lm, task, pick)[1]
+        }
       items, records = [], []
       for sample in final_samples:
         answer = lm.answer_for(*sample["arguments"][0])

@@ -4,9 +4,9 @@ Loads the model's parameters (only they, plus the step and tau) from a checkpoin
 config's mesh, tokenizes, batches and pads the inputs, runs the jitted functions of
 `generate.py`, and turns the results into JSON-ready dicts in input order.
 
-Every text is read after an `<eos>`: documents are separated by `<eos>` in training, so it is
-how the model sees the start of a document, and it lets the first token of a scored text have a
-log-probability.
+Every text is read after the tokenizer's start token (its bos, else `<eos>`, which separates
+documents in training): how the model sees the start of a document, and what lets the first
+token of a scored text have a log-probability.
 """
 
 import dataclasses
@@ -301,7 +301,8 @@ class InferenceModel:
               round(float(e), 6) for e in out.token_errors[k, row, :out.lengths[k, row]]
           ] for k in range(final + 1)],
           stop_probs=[
-              round(float(p), 6) for p in out.stop_probs[:min(final + 1, options.iterations), row]
+              # unrounded: `methods.learned_stop` compares them with tau as the device did
+              float(p) for p in out.stop_probs[:min(final + 1, options.iterations), row]
           ])
       if self.config.reflect.critics.agents > 1:
         record["disagreement"] = [
