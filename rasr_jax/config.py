@@ -76,13 +76,11 @@ class DataConfig:
         value = None
       if not sep or not globs.strip() or value is None:
         raise ValueError(f"component {part!r} is not GLOBS=WEIGHT")
-      if not 0 <= value < math.inf:
-        raise ValueError(f"component {part!r}: the weight must be a finite number >= 0")
+      if not 0 < value < math.inf:  # a weight of 0: leave the component out
+        raise ValueError(f"component {part!r}: the weight must be a finite number > 0")
       components.append((globs.strip(), value))
     if not components:
       raise ValueError("names no component (expected GLOBS=WEIGHT;GLOBS=WEIGHT)")
-    if sum(w for _, w in components) <= 0:
-      raise ValueError("the weights sum to 0")
     return components
 
 

@@ -109,7 +109,9 @@ def _cases(tmp):
       ("Parquet without the text column", fresh, [FILES, f"--config.data.files={no_text_column}"],
        {}, [no_text_column, "no string column 'text'"]),
       ("negative mixture weight", fresh, [FILES, f"--config.data.mixture={empty}=-1;{bad_utf8}=1"],
-       {}, ["config.data.mixture", "weight must be a finite number >= 0"]),
+       {}, ["config.data.mixture", "weight must be a finite number > 0"]),
+      ("zero mixture weight", fresh, [FILES, f"--config.data.mixture={empty}=0;{bad_utf8}=1"],
+       {}, ["config.data.mixture", "weight must be a finite number > 0"]),
       ("token shards and no tokenizer", fresh,
        [FILES, f"--config.data.files={shard_glob}", "--config.reflect.source=text"
        ], {}, ["token shards, which hold no text", "config.data.tokenizer"]),

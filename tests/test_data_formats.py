@@ -106,8 +106,9 @@ def _ids(batches):
 
 def test_parquet_is_read_in_row_group_blocks_once_per_epoch_and_resumes_exactly(tmp_path):
   """40 documents in row groups of 5, 2 tokens each, one stream: 16 tokens a batch, an epoch
-  every 5 batches. Each epoch holds every document once; a stream's first 5 documents are one
-  row group (blocks are shuffled, not documents); a resume from the JSON state is exact."""
+  every 5 batches. Each epoch holds every document once, in an order of its own; a stream's
+  first 5 documents are one row group (blocks are shuffled, not documents); a resume from the
+  JSON state is exact."""
   _parquet(tmp_path / "a.parquet", [str(i) for i in range(40)], row_group_size=5)
   corpus = sources.load_corpus(_data_cfg(str(tmp_path / "*.parquet")), seed=0)
   assert len(corpus.documents) == 40 and corpus.documents[13] == "13"
@@ -116,6 +117,7 @@ def test_parquet_is_read_in_row_group_blocks_once_per_epoch_and_resumes_exactly(
   ids = _ids(want)
   for epoch in range(2):
     assert sorted(ids[40 * epoch:40 * (epoch + 1)]) == list(range(40))
+  assert ids[40:80] != ids[:40]  # each epoch its own order
   assert len({i // 5 for i in ids[:5]}) == 1 and ids[:5] != sorted(ids[:5])
   assert ids[:40] != sorted(ids[:40])
   it, first = _batches(corpus, _OneTokenPerDoc(), 3, streams=1)
@@ -167,8 +169,8 @@ def test_a_mixture_draws_by_weight_and_each_component_once_per_its_epoch(tmp_pat
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("a.txt=-1;b.txt=1", "weight must be a finite number >= 0"),
-    ("a.txt=0;b.txt=0", "the weights sum to 0"),
+    ("a.txt=-1;b.txt=1", "weight must be a finite number > 0"),
+    ("a.txt=0;b.txt=1", "weight must be a finite number > 0"),
     ("a.txt", "is not GLOBS=WEIGHT"),
     ("a.txt=x", "is not GLOBS=WEIGHT"),
 ])

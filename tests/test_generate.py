@@ -345,3 +345,20 @@ def test_a_prompt_longer_than_p_keeps_its_last_p_tokens_when_reflecting(straight
   assert whole["drafts"] == cut["drafts"] and whole["scores"] == cut["scores"]
   uncut = model.generate_tokens([ids], options, max_prompt_tokens=len(ids))[0]
   assert uncut["scores"] != cut["scores"]  # the cut matters: the critic reads x
+
+
+def test_reading_a_checkpoint_leaves_a_save_in_flight_alone(straight_run, tmp_path):
+  """Generation (and evaluation, export) beside a training run that is saving: loading the
+  model never deletes the save's temporary directory; the trainer's own Checkpointer does."""
+  import shutil
+
+  from rasr_jax.training import checkpoint as ckpt_lib
+  workdir, config = straight_run
+  copy = tmp_path / "run"
+  shutil.copytree(workdir, copy)
+  in_flight = copy / "checkpoints" / "99999.orbax-checkpoint-tmp-1"
+  in_flight.mkdir()
+  inference.InferenceModel(config, str(copy))
+  assert in_flight.is_dir()
+  ckpt_lib.Checkpointer(ckpt_lib.checkpoint_dir(str(copy)), config.checkpoint).close()
+  assert not in_flight.exists()

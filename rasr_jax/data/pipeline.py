@@ -46,33 +46,50 @@ class _Tokenize(grain.transforms.Map):
     return {"tokens": np.asarray(ids, np.int32)}
 
 
-class _Reordered:
-  """`documents` read in the order `order` (an index array)."""
+class _BlockShuffled(grain.MapDataset):
+  """Documents read in blocks (Parquet row groups), shuffled anew each epoch as grain's shuffle
+  is (an index past the length is a later epoch): the blocks in random order and each block's
+  documents in random order."""
 
-  def __init__(self, documents, order):
+  def __init__(self, documents, seed):
+    super().__init__()
     self._documents = documents
-    self._order = order
+    self._seed = seed
+    self._bounds = np.append(np.asarray(documents.blocks), len(documents))
+    self._epoch_order = (None, None)  # (epoch, its order): the one a stream is reading
 
   def __len__(self):
-    return len(self._order)
+    return len(self._documents)
+
+  def __str__(self):
+    return "BlockShuffled"
+
+  def _order(self, epoch):
+    if self._epoch_order[0] != epoch:
+      rng = np.random.default_rng((self._seed, epoch))
+      bounds = self._bounds
+      order = np.concatenate([
+          bounds[b] + rng.permutation(bounds[b + 1] - bounds[b])
+          for b in rng.permutation(len(bounds) - 1)
+      ])
+      self._epoch_order = (epoch, order)
+    return self._epoch_order[1]
 
   def __getitem__(self, index):
-    return self._documents[int(self._order[index])]
+    if isinstance(index, slice):
+      return self.slice(index)
+    epoch, index = divmod(index, len(self))
+    return self._documents[int(self._order(epoch)[index])]
 
 
 def document_order(documents, seed) -> grain.MapDataset:
-  """`documents` shuffled with `seed`: one by one (grain's shuffle), or, for collections read
-  in blocks (Parquet row groups), the blocks in random order and each block's documents in
-  random order, so that a stream decodes a block once rather than once per document."""
+  """`documents` shuffled with `seed`, anew each epoch: one by one (grain's shuffle), or, for
+  collections read in blocks (Parquet row groups), the blocks in random order and each block's
+  documents in random order, so that a stream decodes a block once rather than once per
+  document."""
   if not docs_lib.has_blocks(documents):
     return grain.MapDataset.source(documents).shuffle(seed=seed)
-  rng = np.random.default_rng(seed)
-  bounds = np.append(np.asarray(documents.blocks), len(documents))
-  order = np.concatenate([
-      bounds[b] + rng.permutation(bounds[b + 1] - bounds[b])
-      for b in rng.permutation(len(bounds) - 1)
-  ])
-  return grain.MapDataset.source(_Reordered(documents, order))
+  return _BlockShuffled(documents, seed)
 
 
 class _Records:

@@ -68,7 +68,7 @@ def cut_at_stop(text, stop_strings):
 
 def _stored_meta(config, directory, step):
   """(step, metadata) of checkpoint `step` (default newest) in `directory`."""
-  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint, read_only=True)
   try:
     step = checkpointer.latest_step() if step is None else step
     if step is None:
@@ -91,7 +91,7 @@ def _as_trained(config, stored):
 def _restore(config, directory, step, stored, tokenizer, abstract_params, replicated):
   """{"params", "step", "tau"} of checkpoint `step` in `directory` (metadata `stored`), after
   checking its parameters and tokenizer against the config's model."""
-  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+  checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint, read_only=True)
   try:
     problems = ckpt_lib.param_problems(stored,
                                        {"params": ckpt_lib.param_signature(abstract_params)})

@@ -396,7 +396,7 @@ def _newest_params(workdir, config):
   _, abstract, _ = train_state.abstract_model(config)
   directory = ckpt_lib.checkpoint_dir(workdir)
   if os.path.isdir(directory):
-    checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint)
+    checkpointer = ckpt_lib.Checkpointer(directory, config.checkpoint, read_only=True)
     try:
       step = checkpointer.latest_step()
       if step is not None:

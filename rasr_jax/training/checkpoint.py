@@ -68,23 +68,26 @@ class Checkpointer:
   """Saves and restores (state, data iterator, metadata) under DIR/<step>.
 
   `on_commit(step)`, when given, runs in orbax's background thread once every file of a save is
-  written to its temporary directory, before the rename that publishes it.
+  written to its temporary directory, before the rename that publishes it. `read_only`: a
+  reader (generation, evaluation, export) beside a training run that may be saving: it never
+  deletes or cleans up anything.
   """
 
-  def __init__(self, directory, ckpt_cfg, on_commit=None):
+  def __init__(self, directory, ckpt_cfg, on_commit=None, read_only=False):
     self.directory = storage.absolute(directory)
     self._on_commit = on_commit
     # The step of the newest save request. Set only once the save before it is complete, so
     # orbax's commit thread reads the step it is committing.
     self._last_requested_step = None
-    if jax.process_index() == 0 and not storage.is_remote(self.directory):
+    if not read_only and jax.process_index() == 0 and not storage.is_remote(self.directory):
       # An interrupted local save, never listed (on an object store orbax marks complete steps
       # with commit_success.txt instead of renaming them).
       for leftover in glob.glob(os.path.join(self.directory, "*.orbax-checkpoint-tmp*")):
         shutil.rmtree(leftover, ignore_errors=True)
     at_commit = self._at_commit if on_commit is not None else None
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=ckpt_cfg.max_to_keep,
+        read_only=read_only,
+        max_to_keep=None if read_only else ckpt_cfg.max_to_keep,
         enable_async_checkpointing=ckpt_cfg.async_save,
         cleanup_tmp_directories=True,
         async_options=ocp.AsyncOptions(
@@ -317,7 +320,7 @@ def check_writable(directory):
 
 def restore_latest(workdir, config, abstract_state, shardings):
   """(step, TrainState) of the newest checkpoint in `workdir`, placed on `shardings`."""
-  checkpointer = Checkpointer(checkpoint_dir(workdir), config.checkpoint)
+  checkpointer = Checkpointer(checkpoint_dir(workdir), config.checkpoint, read_only=True)
   try:
     step = checkpointer.latest_step()
     if step is None:
