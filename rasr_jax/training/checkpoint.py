@@ -60,6 +60,10 @@ def compare_meta(stored: dict, expected: dict):
                     ("data_fingerprint", "data files")):
     if stored.get(key) != expected[key]:
       problems.append(f"{what} differ(s) from the checkpoint's ({key})")
+  for name, value in stored.get("data_order", {}).items():  # absent in older checkpoints
+    if expected["data_order"].get(name) != value:
+      problems.append(f"{name}={expected['data_order'].get(name)} differs from the checkpoint's "
+                      f"{value} (the saved data position would point into another order)")
   if problems:
     raise CheckpointError("checkpoint does not match the run: " + "; ".join(problems))
 

@@ -77,6 +77,20 @@ def run_metadata(config, state, tokenizer, corpus):
       "mesh": config.mesh.axis_sizes(),
       "tokenizer_sha256": tokenizer.checksum,
       "data_fingerprint": corpus.fingerprint,
+      "data_order": data_order(config),
+  }
+
+
+def data_order(config) -> dict:
+  """The settings that decide which document the data iterator's saved position points at: a
+  resume with others would continue from the same position in another order."""
+  d = config.data
+  return {
+      "seed": config.seed,
+      "data.seq_len": d.seq_len,
+      "data.text_field": d.text_field,
+      "data.streams": d.streams or jax.process_count(),
+      "data.num_workers": d.num_workers,
   }
 
 
@@ -159,20 +173,26 @@ def pretraining_data(config) -> TrainingData:
     return _dataset(config, corpus, _encode_qa(config, qa_records, tokenizer, pieces), tokenizer,
                     num_workers)
 
+  # read at start-up, with the training data: a bad held-out file stops the run before anything
+  wanted = config.train.eval_batches or config.reflect.strategies.enabled
+  held_out_corpus = sources.load_held_out(config.data, config.seed) if wanted else None
+  held_out_qa = (qa.load_held_out(config.data, config.seed)
+                 if held_out_corpus is not None and config.reflect.qa_rows else None)
+
   def held_out(tokenizer, pieces):
-    held_out_corpus = sources.load_held_out(config.data, config.seed)
     if held_out_corpus is None:
       return None
     qa_arrays = None
     if config.reflect.qa_rows:
-      qa_arrays = _encode_qa(config, qa.load_held_out(config.data, config.seed), tokenizer, pieces)
+      qa_arrays = _encode_qa(config, held_out_qa, tokenizer, pieces)
       if qa_arrays is None:
         logging.warning(
             "no held-out evaluation: reflect.source=%s needs held-out question/answer "
             "records (data.qa_eval_files)", config.reflect.source)
         return None
     sources.check_tokenized(held_out_corpus, tokenizer.checksum)
-    return lambda: _dataset(config, held_out_corpus, qa_arrays, tokenizer)
+    dataset = _dataset(config, held_out_corpus, qa_arrays, tokenizer)  # its checks run now
+    return lambda: dataset  # iterated from its start at every evaluation
 
   return TrainingData(corpus,
                       functools.partial(packed_rows, document_masking=config.data.document_masking),
