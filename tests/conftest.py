@@ -146,8 +146,15 @@ def restored_params(workdir, config):
   config = config_lib.resolve_mesh(config, 1)
   mesh = sharding.make_mesh(config.mesh)
   _, abstract, specs = train_state.abstract_state(config)
-  _, state = checkpoint.restore_latest(workdir, config, abstract,
-                                       train_state.to_shardings(specs, mesh))
+  checkpointer = checkpoint.Checkpointer(checkpoint.checkpoint_dir(workdir),
+                                         config.checkpoint,
+                                         read_only=True)
+  try:
+    state = checkpointer.restore(
+        checkpointer.latest_step(),
+        checkpoint.with_shardings(abstract, train_state.to_shardings(specs, mesh)))
+  finally:
+    checkpointer.close()
   return [np.asarray(leaf) for leaf in jax.tree.leaves(state.params)]
 
 

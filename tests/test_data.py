@@ -317,3 +317,26 @@ def test_question_answer_rows_resume_exactly_and_come_once_per_epoch():
   for epoch in range(2):
     assert sorted(ids[6 * epoch:6 * (epoch + 1)]) == list(range(6))
   assert ids[:6] != list(range(6))  # shuffled
+
+
+def test_a_file_digest_sees_an_edit_anywhere_in_a_mid_sized_file_and_the_ends_of_a_large_one(
+    tmp_path):
+  """Files up to 128 KiB are hashed whole; larger ones by their size and first and last 64 KiB."""
+  from rasr_jax.data import documents
+  path = tmp_path / "a.bin"
+  for size, edit_at, seen in ((100_000, 90_000, True), (300_000, 250_000, True), (300_000, 150_000,
+                                                                                  False)):
+    data = bytearray(size)
+    path.write_bytes(bytes(data))
+    before = documents.file_digest(str(path))
+    data[edit_at] = 1
+    path.write_bytes(bytes(data))
+    assert (documents.file_digest(str(path)) != before) == seen, (size, edit_at)
+
+
+def test_txt_lines_end_at_newlines_only():
+  """A .txt document is a line as an editor numbers it: CRLF endings dropped, and a U+2028 or a
+  form feed inside a line does not split it."""
+  text = "one\r\ntwo\u2028still two\n\n\x0cthree\n"
+  assert sources.line_documents("a.txt", text, "text") == [(1, "one"), (2, "two\u2028still two"),
+                                                           (4, "\x0cthree")]

@@ -50,8 +50,8 @@ def file_digest(path) -> bytes:
     f.seek(0)
     digest = hashlib.sha256(str(size).encode())
     digest.update(f.read(DIGEST_ENDS))
-    if size > 2 * DIGEST_ENDS:
-      f.seek(size - DIGEST_ENDS)
+    if size > DIGEST_ENDS:  # the rest, or the last 64 KiB (every byte is read once at most)
+      f.seek(max(DIGEST_ENDS, size - DIGEST_ENDS))
       digest.update(f.read())
   return digest.digest()
 

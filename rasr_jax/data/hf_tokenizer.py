@@ -70,6 +70,8 @@ class HFTokenizer(Tokenizer):
         config = json.loads(epath.Path(config_path).read_text())
       except ValueError as e:
         raise TokenizerError(f"tokenizer config {config_path}: not JSON ({e})") from None
+      if not isinstance(config, dict):
+        raise TokenizerError(f"tokenizer config {config_path}: not a JSON object")
       self._names = {k: _token_name(config.get(f"{k}_token")) for k in ("bos", "eos", "pad")}
       self.chat_template = _default_template(config.get("chat_template"))
     self.eos_pieces = tuple(filter(None, (self._names.get("eos"), *EOS_PIECES)))
@@ -119,8 +121,8 @@ class HFTokenizer(Tokenizer):
   def save(self, path: str):
     """tokenizer.json at `path`, and tokenizer_config.json beside it naming bos / eos / pad and
     holding the chat template (so that this class and transformers' AutoTokenizer read the copy
-    as the original)."""
-    super().save(path)
+    as the original). The config first: a process that finds tokenizer.json (written whole)
+    finds its config too."""
     config = {
         f"{name}_token": None if index is None else self._tok.id_to_token(index)
         for name, index in (("bos", self.bos_id), ("eos", self.eos_id), ("pad", self.pad_id))
@@ -129,6 +131,7 @@ class HFTokenizer(Tokenizer):
       config["chat_template"] = self.chat_template
     storage.write_atomically(os.path.join(os.path.dirname(path), CONFIG_NAME),
                              json.dumps(config, indent=2).encode())
+    super().save(path)
 
   @property
   def template_tokens(self) -> dict:

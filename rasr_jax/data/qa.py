@@ -4,7 +4,8 @@ Records come from the bundled tasks' verifiable examples (the training seed's, t
 examples the corpus holds; evaluation never scores a question training saw) or from the user's
 `data.qa_files`: `.jsonl` lines with string fields `prompt` and `answer`, read by
 `data.qa_checker`. A record's document is prompt, newline, answer, as a bundled task's is
-(`tasks.ANSWER_SEPARATOR`). A row is x = `<eos>` + prompt, left-padded to P (a longer prompt
+(`tasks.ANSWER_SEPARATOR`). A row is x = the tokenizer's start token (its bos, else `<eos>`) +
+prompt, left-padded to P (a longer prompt
 keeps its last P tokens, as generation does), and y* = the newline, the answer and `<eos>`
 (what a model prompted with the question writes after it), right-padded to Y, with the answer
 the checker reads in the reference (`reflection.answers.reference_bytes`).

@@ -41,15 +41,19 @@ class Corpus:
     return docs_lib.concatenated(list(self.components))
 
   def texts(self, count) -> list:
-    """The first `count` documents as text (tokenizer training, perplexity); DataError when
-    they are token shards, which hold no text."""
-    documents = self.documents  # a mixture of lists is joined anew on each call
-    shards = docs_lib.token_parts(documents)
+    """About `count` documents as text (tokenizer training, perplexity): the first ones of each
+    component, as many as its weight's share; DataError when they are token shards, which hold
+    no text."""
+    shards = docs_lib.token_parts(self.documents)
     if shards:
       raise DataError(f"data files {shards[0].paths[0]} are token shards, which hold no text: "
                       "set config.data.tokenizer to the tokenizer they were converted with "
                       f"(its sha256 is {shards[0].tokenizer_sha256})")
-    return [documents[i] for i in range(min(count, len(documents)))]
+    return [
+        component[i]
+        for component, weight in zip(self.components, self.weights)
+        for i in range(min(len(component), round(count * weight)))
+    ]
 
 
 def single_corpus(documents, fingerprint="", replaced=0) -> Corpus:
@@ -154,10 +158,10 @@ def decode_utf8(where, raw, policy):
 
 
 def _nonempty_lines(text, first_line=1):
-  """[(line number, line)] for every line that is not blank."""
-  return [
-      (number, line) for number, line in enumerate(text.splitlines(), first_line) if line.strip()
-  ]
+  """[(line number, line)] for every line that is not blank; lines end at "\n" (a "\r"
+  before it dropped) and nowhere else, so the numbers are an editor's."""
+  lines = (line.removesuffix("\r") for line in text.split("\n"))
+  return [(number, line) for number, line in enumerate(lines, first_line) if line.strip()]
 
 
 def json_lines(text, where, first_line=1):

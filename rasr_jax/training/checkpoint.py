@@ -320,15 +320,3 @@ def check_writable(directory):
   except OSError as e:
     raise CheckpointError(f"checkpoint directory {directory} is not writable "
                           f"({e.strerror or e})") from None
-
-
-def restore_latest(workdir, config, abstract_state, shardings):
-  """(step, TrainState) of the newest checkpoint in `workdir`, placed on `shardings`."""
-  checkpointer = Checkpointer(checkpoint_dir(workdir), config.checkpoint, read_only=True)
-  try:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise CheckpointError(f"no checkpoint in {checkpoint_dir(workdir)}")
-    return step, checkpointer.restore(step, with_shardings(abstract_state, shardings))
-  finally:
-    checkpointer.close()

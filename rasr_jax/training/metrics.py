@@ -28,8 +28,10 @@ class MetricWriter:
       from tensorboardX import SummaryWriter
       storage.register_tensorboard_writers()
       self._file = storage.GrowingFile(self.path, self._kept(start_step))
+      # steps after the restored one (all of them for a run restarted before its first
+      # checkpoint) are hidden from the earlier attempt's event files
       self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"),
-                               purge_step=start_step + 1 if start_step else None)
+                               purge_step=start_step + 1)
     if enabled and wandb_project:
       import wandb
       run_id = hashlib.sha256(storage.absolute(workdir).encode()).hexdigest()[:16]
