@@ -219,6 +219,27 @@ def test_host_safety_qualities_of_hand_made_drafts(tokenizer):
   assert cut[0, order.index("privacy")] == 1  # the address lies past the draft's length
 
 
+def test_the_held_out_evaluation_judges_misinformation_in_the_held_out_world(tokenizer):
+  """The step's labels of held-out drafts (the training loop's held-out evaluation) use the
+  held-out seed's facts world: its reference answers are safe there, not in the training one."""
+  from conftest import make_config
+  from rasr_jax import sharding
+  from rasr_jax.data import sources
+  from rasr_jax.training import safety_quality
+  config = make_config(**{"reflect.safety_dims": "misinformation"})
+  held_out = config.seed + sources.HELD_OUT_SEED_OFFSET
+  ids = [tokenizer.encode(ex.answer) for ex in tasks.generate("facts", held_out, 40)]
+  draft = np.zeros((len(ids), max(map(len, ids))), np.int32)
+  for row, tokens in enumerate(ids):
+    draft[row, :len(tokens)] = tokens
+  lengths = np.asarray([len(t) for t in ids])
+  column = config_lib.SAFETY_DIMS.index("misinformation")
+  with sharding.activate(sharding.make_mesh(config_lib.resolve_mesh(config, 1).mesh)):
+    there = safety_quality.make_safety_quality(config, tokenizer, held_out).labels(draft, lengths)
+    here = safety_quality.make_safety_quality(config, tokenizer).labels(draft, lengths)
+  assert np.all(np.asarray(there)[:, column] == 1) and np.any(np.asarray(here)[:, column] == 0)
+
+
 @pytest.mark.parametrize("value, message", [
     ("privacy,honesty",
      "must be distinct names among bias, toxicity, misinformation, privacy, robustness"),

@@ -21,7 +21,8 @@ def _state(log_weights, current):
   return strategy.StrategyState(log_weights=jnp.asarray(log_weights, jnp.float32),
                                 current=jnp.asarray(current, jnp.int32),
                                 gains=jnp.zeros((len(log_weights),), jnp.float32),
-                                switches=jnp.zeros((), jnp.int32))
+                                switches=jnp.zeros((), jnp.int32),
+                                adopted=jnp.arange(len(log_weights)) == current)
 
 
 def test_a_strategy_is_adopted_only_when_it_beats_the_current_one():
@@ -29,6 +30,11 @@ def test_a_strategy_is_adopted_only_when_it_beats_the_current_one():
   after = strategy.update(_state([0, 0, 0], 0), jnp.asarray([0.1, 0.3, -0.2]), 1.0)
   np.testing.assert_allclose(after.log_weights, [1 / 3, 1, -2 / 3], rtol=1e-6)
   assert int(after.current) == 1 and int(after.switches) == 1
+  assert after.adopted.tolist() == [True, True, False]
+  # Going back to a strategy used before is a switch, not a new one.
+  back = strategy.update(after, jnp.asarray([5.0, 0.0, 0.0]), 10.0)
+  assert int(back.current) == 0 and int(back.switches) == 2
+  assert int(strategy.metrics(back)["strategy/distinct"]) == 2
   # Its favourite (by past batches) loses this batch to the current one: kept out.
   after = strategy.update(_state([0, 5, 0], 0), jnp.asarray([0.2, 0.1, 0.0]), 1.0)
   assert int(np.argmax(after.log_weights)) == 1

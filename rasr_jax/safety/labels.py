@@ -131,10 +131,10 @@ class Labeler:
     return labels
 
 
-def labeler(config) -> Labeler:
+def labeler(config, world_seed=None) -> Labeler:
   """The Labeler of a config: `config.safety`'s lexicons and hooks, the facts world of
-  `config.seed` (the bundled data's)."""
+  `world_seed` (default `config.seed`, the bundled training data's)."""
   cfg = config.safety
   lexicons = {"toxicity": cfg.toxicity_lexicon, "bias": cfg.bias_lexicon}
   hooks = {"toxicity": cfg.toxicity_hook, "bias": cfg.bias_hook}
-  return Labeler(lexicons, hooks, world_seed=config.seed)
+  return Labeler(lexicons, hooks, world_seed=config.seed if world_seed is None else world_seed)

@@ -424,9 +424,14 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
                                     safety=safety,
                                     objective=data.objective)
   step_fn = train_step.jit_train_step(step, shardings, mesh)
-  evaluate = _held_out_eval(config, data, tokenizer, pieces, safety, graphdef, shardings, mesh)
-  decide = _strategy_decision(config, data, tokenizer, pieces, safety, graphdef, tx, shardings,
-                              mesh)
+  # the bundled held-out data is another seed's, with a facts world of its own
+  held_out_world = (config.seed
+                    + sources.HELD_OUT_SEED_OFFSET if config.data.source == "bundled" else None)
+  held_out_safety = safety_quality.make_safety_quality(config, tokenizer, held_out_world)
+  evaluate = _held_out_eval(config, data, tokenizer, pieces, held_out_safety, graphdef, shardings,
+                            mesh)
+  decide = _strategy_decision(config, data, tokenizer, pieces, held_out_safety, graphdef, tx,
+                              shardings, mesh)
   writer = metrics_lib.MetricWriter(workdir,
                                     enabled=jax.process_index() == 0,
                                     start_step=start,

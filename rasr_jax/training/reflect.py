@@ -64,7 +64,9 @@ def _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, s
   perturbed (safety_quality.py)."""
   if config_lib.ROBUSTNESS not in dim_names:
     return None
-  replaceable = rows.prompt_valid & (rows.prompt != ids.eos)
+  # x's question tokens: every valid one after the start token (the first valid position)
+  before = jnp.pad(rows.prompt_valid[:, :-1], ((0, 0), (1, 0)))
+  replaceable = rows.prompt_valid & before
   perturbed = safety.perturb(rows.prompt, replaceable, key)
   _, moved = steps.critique(model, model.embed_tokens(perturbed), rows.prompt_valid, draft,
                             draft_valid, progress, ids, marks)

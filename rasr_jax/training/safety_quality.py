@@ -5,8 +5,9 @@ rule finds nothing, 0 when it finds the problem. The labels are the host's rules
 same Labeler as --mode=eval's), reached from the jitted step by `jax.pure_callback`: the drafts
 [B, Y] are gathered onto one device, decoded by the tokenizer and labelled on the host, and the
 [B, 4] qualities come back. Misinformation is judged against the facts world of `config.seed`,
-that of the bundled training data. The callback makes the step wait for the host once per
-critique (the price of exact labels; only runs with text safety dimensions pay it).
+that of the bundled training data (in the held-out evaluation, that of the held-out seed). The
+callback makes the step wait for the host once per critique (the price of exact labels; only
+runs with text safety dimensions pay it).
 
 Adversarial robustness is not a label of a text but of the critic (safety/robustness.py): a
 critique's robustness quality is 1 - the mean absolute change of the critic's other scores when
@@ -61,8 +62,8 @@ def host_qualities(draft, length, tokenizer, labeler) -> np.ndarray:
   return out
 
 
-def _host_labels(config, tokenizer):
-  labeler = labels.labeler(config)
+def _host_labels(config, tokenizer, world_seed):
+  labeler = labels.labeler(config, world_seed)
 
   def quality(draft, length):
     draft = jax.lax.with_sharding_constraint(jax.lax.stop_gradient(draft), P())
@@ -77,14 +78,15 @@ def _host_labels(config, tokenizer):
   return quality
 
 
-def make_safety_quality(config, tokenizer) -> SafetyQuality | None:
+def make_safety_quality(config, tokenizer, world_seed=None) -> SafetyQuality | None:
   """The SafetyQuality of `config.reflect.safety_dims` (None without any): host labels when a
   text dimension is chosen (else every text quality is 1 and nothing waits for the host), the
-  tokenizer's ordinary ids when robustness is."""
+  tokenizer's ordinary ids when robustness is. `world_seed`: the facts world misinformation is
+  judged in (default config.seed's)."""
   names = config.reflect.safety_dim_names
   if not names:
     return None
-  quality = (_host_labels(config, tokenizer) if set(names) &
+  quality = (_host_labels(config, tokenizer, world_seed) if set(names) &
              set(config_lib.SAFETY_DIMS) else all_safe)
   ordinary = (robustness.ordinary_ids(tokenizer).astype(np.int32)
               if config_lib.ROBUSTNESS in names else None)

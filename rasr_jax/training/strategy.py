@@ -23,6 +23,7 @@ class StrategyState:
   current: jax.Array  # [] int32: the strategy the step trains with
   gains: jax.Array  # [S] float32: each strategy's held-out gain at the latest decision
   switches: jax.Array  # [] int32: strategies adopted so far
+  adopted: jax.Array  # [S] bool: the strategies ever trained with (the first from the start)
 
 
 def table(cfg) -> jax.Array:
@@ -35,7 +36,8 @@ def init(cfg) -> StrategyState:
   return StrategyState(log_weights=jnp.zeros((count,), jnp.float32),
                        current=jnp.zeros((), jnp.int32),
                        gains=jnp.zeros((count,), jnp.float32),
-                       switches=jnp.zeros((), jnp.int32))
+                       switches=jnp.zeros((), jnp.int32),
+                       adopted=jnp.arange(count) == 0)
 
 
 def loss_weights(state: StrategyState, cfg) -> jax.Array:
@@ -52,10 +54,12 @@ def update(state: StrategyState, gains, eta) -> StrategyState:
   log_weights = state.log_weights + eta * gains / scale
   candidate = jnp.argmax(log_weights).astype(jnp.int32)  # the first on a tie
   adopt = finite[candidate] & (gains[candidate] > gains[state.current])
+  current = jnp.where(adopt, candidate, state.current)
   return StrategyState(log_weights=log_weights,
-                       current=jnp.where(adopt, candidate, state.current),
+                       current=current,
                        gains=gains.astype(jnp.float32),
-                       switches=state.switches + adopt.astype(jnp.int32))
+                       switches=state.switches + adopt.astype(jnp.int32),
+                       adopted=state.adopted.at[current].set(True))
 
 
 def probabilities(state: StrategyState) -> jax.Array:
@@ -64,8 +68,14 @@ def probabilities(state: StrategyState) -> jax.Array:
 
 
 def metrics(state: StrategyState) -> dict:
-  """strategy/current, strategy/switches, and per strategy s its probability and latest gain."""
-  out = {"strategy/current": state.current, "strategy/switches": state.switches}
+  """strategy/current, strategy/switches, strategy/distinct (the novelty of the strategies
+  chosen: how many different ones have been trained with), and per strategy s its probability
+  and latest gain."""
+  out = {
+      "strategy/current": state.current,
+      "strategy/switches": state.switches,
+      "strategy/distinct": jnp.sum(state.adopted).astype(jnp.int32)
+  }
   for s, (p, g) in enumerate(zip(probabilities(state), state.gains)):
     out[f"strategy/probability/{s}"] = p
     out[f"strategy/gain/{s}"] = g
