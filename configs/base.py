@@ -96,7 +96,7 @@ def get_config():
   c.train.lr = 2e-4  # peak learning rate of the generator group
   c.train.warmup_steps = 20  # linear warm-up steps from 0 to the peak
   c.train.end_lr_ratio = 0.1  # final learning rate of the cosine decay, as a fraction of the peak
-  c.train.weight_decay = 0.1  # AdamW decoupled weight decay (matrices only)
+  c.train.weight_decay = 0.1  # AdamW decoupled weight decay (weights only: optim.decays)
   c.train.b1 = 0.9  # AdamW first-moment decay
   c.train.b2 = 0.95  # AdamW second-moment decay
   c.train.eps = 1e-8  # AdamW epsilon

@@ -21,4 +21,5 @@ may not redefine a letter):
   H head width       V vocabulary     L layers           R refinement iterations
   C critic dimensions                 P reflection prompt length
   Y reflection target / draft length  A critic agents    M mesh devices
+  E sentences of a draft (a hierarchical critic's)
 """

@@ -294,6 +294,24 @@ def test_an_unsupported_rope_type_is_refused_by_name(tmp_path, rope):
   assert not os.path.exists(tmp_path / "w")
 
 
+def test_rope_scaling_that_disagrees_with_rope_parameters_is_refused(tmp_path):
+  """transformers 5 reads a set rope_scaling before rope_parameters: a config whose two differ
+  (a hand-extended context) is refused rather than imported by the other one."""
+  _save_hf(str(tmp_path / "hf"),
+           rope_theta=1e4,
+           rope_scaling={
+               "rope_type": "linear",
+               "factor": 4.0
+           })
+  path = tmp_path / "hf" / "config.json"
+  cfg = json.loads(path.read_text())
+  cfg["rope_scaling"] = {"rope_type": "linear", "factor": 8.0}
+  path.write_text(json.dumps(cfg))
+  from configs import tiny
+  with pytest.raises(hf.ConversionError, match="rope_scaling .* disagrees with rope_parameters"):
+    hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
+
+
 def test_the_import_cli_refuses_with_one_error_line(tmp_path):
   _save_hf(str(tmp_path / "hf"))
   path = tmp_path / "hf" / "config.json"

@@ -138,3 +138,28 @@ def test_cached_forward_equals_full_forward(model_cfg):
     got.append(model.logits(hidden))
   assert int(cache.length) == 11
   np.testing.assert_allclose(jnp.concatenate(got, axis=1), want, rtol=1e-5, atol=1e-5)
+
+
+def test_weight_decay_takes_the_weights_and_leaves_norms_biases_and_mixing_logits():
+  """AdamW's decay mask over every parameter of a RASR model with a committee and hierarchical
+  critics: exactly the norm scales, the heads' biases and the mixing logits are left out."""
+  from rasr_jax import config as config_lib
+  from rasr_jax.training import optim
+  config = config_lib.resolve_mesh(
+      make_config(**{
+          "reflect.critics.agents": 2,
+          "reflect.critics.hierarchy": True
+      }), 1)
+  _, abstract, _ = train_state.abstract_state(config)
+  mask = optim._decay_mask(abstract.params)
+  left_out = {
+      "/".join(str(k.key)
+               for k in path)
+      for path, decayed in jax.tree_util.tree_flatten_with_path(mask)[0]
+      if not decayed
+  }
+  assert left_out == {
+      "blocks/attn_norm/scale", "blocks/mlp_norm/scale", "final_norm/scale", "controller/b_out",
+      "critic/consensus_logits", "critic/scale_logits", "critic/score_b", "critic/sentence_b",
+      "critic/token_b", "critic/weight_b"
+  }

@@ -163,6 +163,12 @@ def _rope_fields(hf_config, problems):
     if top_theta is not None and inner_theta is not None and float(top_theta) != float(inner_theta):
       problems.append(f"rope_theta {top_theta} disagrees with rope_parameters.rope_theta "
                       f"{inner_theta}")
+    scaling = hf_config.get("rope_scaling")  # transformers 5 reads this one when it is set
+    if isinstance(scaling, dict) and any(
+        rope.get("rope_type" if key == "type" else key) != value
+        for key, value in scaling.items()
+        if key != "rope_theta"):
+      problems.append(f"rope_scaling {scaling!r} disagrees with rope_parameters {rope!r}")
   elif hf_config.get("rope_parameters") is not None:
     problems.append(f"rope_parameters {hf_config['rope_parameters']!r} (one dict expected; "
                     "per-layer-type rope is not supported)")

@@ -36,8 +36,8 @@ class Critique:
   consensus: jax.Array  # [A, C] a_md: each agent's share of dimension d (sums to 1 over A)
   disagreement: jax.Array  # [B] variance of C_md over the agents, averaged over d (0 if A = 1)
   # Hierarchical critics (None without): with them `critique` is the combination of the scales.
-  sentence_scores: jax.Array | None = None  # [B, S] probability that sentence s is right
-  sentence_valid: jax.Array | None = None  # [B, S] bool: sentence s exists
+  sentence_scores: jax.Array | None = None  # [B, E] probability that sentence e is right
+  sentence_valid: jax.Array | None = None  # [B, E] bool: sentence e exists
   sentence_index: jax.Array | None = None  # [B, Y] the sentence of each draft token (-1: none)
   scale_scores: jax.Array | None = None  # [B, 3] token, sentence and document scale scores
   scale_weights: jax.Array | None = None  # [3] their learned weights (sum to 1)
@@ -58,11 +58,6 @@ def one_critic(embed_x, embed_y, scores, token_errors, weights) -> Critique:
                   agent_critique=critique[:, None],
                   consensus=jnp.ones((1, scores.shape[-1]), jnp.float32),
                   disagreement=jnp.zeros_like(critique))
-
-
-def _zeros_init(key, shape, dtype):
-  del key
-  return jnp.zeros(shape, dtype)
 
 
 def _masked_mean(hidden, mask):
@@ -90,11 +85,11 @@ def _scales(critique: Critique, sentence_w, sentence_b, scale_logits, hy, y_mask
   mean per-token error, sentence scale the mean of per-sentence scores (a head on each
   sentence's mean hidden state), document scale c; combined with softmax(scale_logits)."""
   rows, width = sentences.shape
-  member = (sentences[..., None] == jnp.arange(width)) & y_mask[..., None]  # [B, Y, S]
-  counts = jnp.sum(member, axis=1)  # [B, S]
+  member = (sentences[..., None] == jnp.arange(width)) & y_mask[..., None]  # [B, Y, E]
+  counts = jnp.sum(member, axis=1)  # [B, E]
   pooled = jnp.einsum("bys,byd->bsd", member.astype(hy.dtype), hy) / jnp.maximum(
-      counts, 1)[..., None]  # [B, S, D]
-  sentence_scores = jax.nn.sigmoid(pooled @ sentence_w + sentence_b)  # [B, S]
+      counts, 1)[..., None]  # [B, E, D]
+  sentence_scores = jax.nn.sigmoid(pooled @ sentence_w + sentence_b)  # [B, E]
   sentence_valid = counts > 0
   mask = y_mask.astype(jnp.float32)
   token = 1.0 - jnp.sum(critique.token_errors * mask, 1) / jnp.maximum(jnp.sum(mask, 1), 1.0)
@@ -129,17 +124,18 @@ class Critic(nnx.Module):
       return layers.param(rngs, initializer, lead + shape, axes + (None,) * len(shape), pd)
 
     self.score_w = param(init, (2 * d_model, num_dims))
-    self.score_b = param(_zeros_init, (num_dims,))
+    self.score_b = param(nnx.initializers.zeros, (num_dims,))
     self.token_u = param(init, (d_model,))
-    self.token_b = param(_zeros_init, ())
+    self.token_b = param(nnx.initializers.zeros, ())
     self.weight_w = param(init, (d_model + NUM_PROGRESS_FEATURES, num_dims))
-    self.weight_b = param(_zeros_init, (num_dims,))
+    self.weight_b = param(nnx.initializers.zeros, (num_dims,))
     if agents > 1:  # zeros: the committee starts as the agents' plain mean
-      self.consensus_logits = layers.param(rngs, _zeros_init, (agents, num_dims), (None, None), pd)
+      self.consensus_logits = layers.param(rngs, nnx.initializers.zeros, (agents, num_dims),
+                                           (None, None), pd)
     if hierarchy:  # zeros: the scales start equally weighted
       self.sentence_w = layers.param(rngs, init, (d_model,), (None,), pd)
-      self.sentence_b = layers.param(rngs, _zeros_init, (), (), pd)
-      self.scale_logits = layers.param(rngs, _zeros_init, (len(SCALES),), (None,), pd)
+      self.sentence_b = layers.param(rngs, nnx.initializers.zeros, (), (), pd)
+      self.scale_logits = layers.param(rngs, nnx.initializers.zeros, (len(SCALES),), (None,), pd)
     self.agents, self.hierarchy = agents, hierarchy
 
   def __call__(self, hidden_x, hidden_y, progress, x_mask=None, y_mask=None, sentences=None):
@@ -203,7 +199,7 @@ class Controller(nnx.Module):
     self.iteration_embed = layers.param(rngs, init, (max(max_iterations, 1), hidden), (None, None),
                                         pd)
     self.w_out = layers.param(rngs, init, (hidden,), (None,), pd)
-    self.b_out = layers.param(rngs, _zeros_init, (), (), pd)
+    self.b_out = layers.param(rngs, nnx.initializers.zeros, (), (), pd)
 
   def __call__(self, critique: Critique, iteration):
     """-> stop probability [B]; `iteration` is the index k of the critiqued draft."""

@@ -18,6 +18,7 @@ _PEAK_FLOPS = {
     "TPU v5": 459e12,
     "TPU v6 lite": 918e12,
     "TPU v6e": 918e12,
+    "NVIDIA H100 PCIe": 756e12,  # before "NVIDIA H100": the first prefix that matches wins
     "NVIDIA H100": 989e12,
     "NVIDIA H200": 989e12,
     "NVIDIA A100": 312e12,

@@ -68,9 +68,9 @@ def _hierarchy_terms(critique, quality, labels, label_mask):
   coordination term (sum_s b_s sg(c_s) - sum_d sg(w_d) q_d)^2 (eq. 6 with the scales as the
   orchestrated parts), which trains the scale weights b only."""
   width = critique.sentence_scores.shape[1]
-  member = critique.sentence_index[..., None] == jnp.arange(width)  # [B, Y, S]
+  member = critique.sentence_index[..., None] == jnp.arange(width)  # [B, Y, E]
   labelled = member & label_mask[..., None]
-  wrong = jnp.any(labelled & (labels[..., None] > 0.5), axis=1)  # [B, S]
+  wrong = jnp.any(labelled & (labels[..., None] > 0.5), axis=1)  # [B, E]
   counted = (jnp.any(labelled, axis=1) & critique.sentence_valid).astype(jnp.float32)
   sentences = jnp.sum(
       binary_cross_entropy(critique.sentence_scores,

@@ -24,11 +24,17 @@ def group_labels(params):
   return jax.tree_util.tree_map_with_path(lambda p, _: group_of(_key_names(p)), params)
 
 
+def decays(name: str) -> bool:
+  """Whether the parameter called `name` (its last key) takes decoupled weight decay: weights
+  do; norm scales, biases (`*_bias`, `*_b`, `b_*`) and mixing logits (`*_logits`: a zero decay
+  target would pull the mixture toward uniform) do not."""
+  return not ("norm" in name or name.endswith(("_bias", "_b", "_logits")) or name.startswith("b_"))
+
+
 def _decay_mask(params):
-  """Decoupled weight decay on weight matrices, not on norm scales or biases."""
   return jax.tree_util.tree_map_with_path(
-      lambda p, _: not any("norm" in str(k) or str(k).endswith("_bias") for k in _key_names(p)),
-      params)
+      lambda p, _: all("norm" not in str(k)
+                       for k in _key_names(p)) and decays(str(_key_names(p)[-1])), params)
 
 
 def schedule(train_cfg, peak_lr):
