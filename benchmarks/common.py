@@ -40,7 +40,16 @@ def load_config(path, settings):
     *parents, leaf = field.split(".")
     node = functools.reduce(getattr, parents, config)
     old = getattr(node, leaf)
-    setattr(node, leaf, value == "True" if isinstance(old, bool) else type(old)(value))
+    if isinstance(old, bool):
+      if value not in ("True", "False"):
+        raise config_lib.ConfigError(f"--set={setting}: {field} is True or False")
+      value = value == "True"
+    elif not isinstance(old, str):
+      try:
+        value = type(old)(value)
+      except ValueError:  # e.g. "auto" for an int field: the config's own rules judge it
+        pass
+    setattr(node, leaf, value)
   return config_lib.load(config)
 
 

@@ -1,7 +1,7 @@
 """RASR-8B: 36 layers x 4096 (seed 000, section 6.1).
 
   python -m rasr_jax.main --config=configs/8b.py --workdir=gs://BUCKET/rasr_8b \
-      --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_128)
+      --config.data.files='/data/corpus/*.jsonl'  # TPU slice (default preset tpu_v5p_256)
   python -m rasr_jax.main --config=configs/8b.py:gpu_8 --workdir=...  # one host of 8 GPUs
   python -m rasr_jax.main --config=configs/8b.py --mode=describe  # counts and memory, no devices
   python -m rasr_jax.main --config=configs/8b.py:gpu_8 --mode=compile  # the accumulation and remat
@@ -14,7 +14,7 @@ remat_policy are "auto" (configs/scaled.py): chosen at start-up to fit the prese
 from configs import scaled
 
 
-def get_config(mesh_preset="tpu_v5p_128"):
+def get_config(mesh_preset="tpu_v5p_256"):
   return scaled.get_scaled_config(num_layers=36,
                                   d_model=4096,
                                   num_heads=32,

@@ -40,9 +40,10 @@ def get_config():
   c.model.init_std = 0.02  # stddev of the normal initialiser for weight matrices
   c.model.tie_embeddings = False  # share the input embedding with the LM head
   c.model.attention_bias = False  # biases on the q, k, v projections (Qwen2's layout)
-  # auto (dense on CPUs, cuDNN flash attention on GPUs with 16-bit activations, else XLA) | xla |
-  # dense (einsums, probabilities recomputed in the backward pass) | cudnn | blockwise (blocks
-  # with an online softmax, masked blocks skipped); docs/performance.md
+  # auto (dense on CPUs, splash on TPUs, cuDNN flash attention on GPUs with 16-bit activations,
+  # else XLA) | xla | dense (einsums, probabilities recomputed in the backward pass) | cudnn |
+  # splash (Pallas, TPUs) | blockwise (blocks with an online softmax, masked blocks skipped);
+  # docs/performance.md
   c.model.attention_impl = "auto"
   c.model.param_dtype = "float32"  # parameter (and optimizer state) dtype
   c.model.dtype = "float32"  # compute dtype: float32 or bfloat16
@@ -153,10 +154,6 @@ def get_config():
   # Hierarchical critics (docs/ufarsap.md#hierarchical-critics): the critique c combines a token,
   # a sentence and a document scale with learned weights.
   c.reflect.critics.hierarchy = False
-  # Adaptive strategy evolution (docs/ufarsap.md#adaptive-strategy-evolution): candidate loss
-  # weight vectors "alpha,beta,gamma;..." among which a multiplicative-weights bandit chooses
-  # every `every_steps` steps, by the held-out quality gain of a look-ahead update ("" = off:
-  # alpha, beta and gamma above, fixed).
   # UFARSAP's unified loss (docs/ufarsap.md#the-unified-loss): lambda_i of every paradigm loss
   # (in place of alpha, beta, gamma and the controller's 1; adaptive strategies still choose the
   # first three) and lambda_coord of the coordination terms, seed 003's defaults.
@@ -164,6 +161,10 @@ def get_config():
   c.reflect.unified.enabled = False
   c.reflect.unified.paradigm_weight = 0.2
   c.reflect.unified.coordination_weight = 0.15
+  # Adaptive strategy evolution (docs/ufarsap.md#adaptive-strategy-evolution): candidate loss
+  # weight vectors "alpha,beta,gamma;..." among which a multiplicative-weights bandit chooses
+  # every `every_steps` steps, by the held-out quality gain of a look-ahead update ("" = off:
+  # alpha, beta and gamma above, fixed).
   c.reflect.strategies = config_dict.ConfigDict()
   c.reflect.strategies.weights = ""
   c.reflect.strategies.every_steps = 50

@@ -2,7 +2,7 @@
 # Train on every worker of a Cloud TPU VM slice: copy this checkout, install, start, stream logs.
 #
 #   launch/tpu_vm.sh TPU_NAME ZONE CONFIG WORKDIR [trainer flags...]
-#   launch/tpu_vm.sh my-v5p-128 us-east5-a configs/8b.py gs://my-bucket/rasr_8b \
+#   launch/tpu_vm.sh my-v5p-256 us-east5-a configs/8b.py gs://my-bucket/rasr_8b \
 #       --config.data.files='/mnt/data/corpus/*.array_record'
 #
 # WORKDIR must be shared by all workers: a bucket (gs://, read and written through etils.epath
@@ -10,7 +10,7 @@
 # Filestore); ArrayRecord data must be on a mounted filesystem (docs/scale_out.md). Set PROJECT
 # to pass --project to gcloud. The workers find each other through jax's
 # TPU cluster detection (--distributed); the mesh comes from the config (configs/8b.py defaults
-# to the tpu_v5p_128 preset; pick another with CONFIG:preset, e.g. configs/8b.py:tpu_fsdp).
+# to the tpu_v5p_256 preset; pick another with CONFIG:preset, e.g. configs/8b.py:tpu_fsdp).
 # Logs: ~/rasr_jax.log on each worker; this script follows worker 0's. Stop with
 #   gcloud compute tpus tpu-vm ssh TPU_NAME --zone=ZONE --worker=all --command='pkill -TERM -f rasr_jax.main'
 # (SIGTERM: every worker saves a checkpoint at the next step boundary and exits 0).

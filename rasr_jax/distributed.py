@@ -39,6 +39,8 @@ def initialize(coordinator_address=None,
                                process_id=process_id,
                                coordinator_bind_address=bind_address)
     return True
+  if num_processes is not None or process_id is not None:  # else each host would train alone
+    raise config_lib.ConfigError("--num_processes and --process_id need --coordinator_address")
   if detect or cluster_detected():
     jax.distributed.initialize(coordinator_bind_address=bind_address)
     return True

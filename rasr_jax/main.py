@@ -31,7 +31,8 @@ _MODE = flags.DEFINE_enum(
     "a checkpoint (docs/ufarsap.md); describe: sizes from shapes; "
     "compile: compile the sharded step ahead of time and print XLA's per-device memory; "
     "generate / score / eval: from a checkpoint.")
-# Multi-process runs (see distributed.py; SLURM and multi-host TPU VMs need none of these).
+# Multi-process runs (see distributed.py; SLURM needs none of these, TPU VM slices pass
+# --distributed).
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0's coordinator.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job.")
@@ -64,7 +65,9 @@ _REFLECT = flags.DEFINE_enum(
 _ITERATIONS = flags.DEFINE_integer("iterations", None, "Refinements, at most (default "
                                    "config.reflect.iterations).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
-_BATCH_SIZE = flags.DEFINE_integer("batch_size", 8, "Prompts or texts per device batch.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 8, "Prompts or texts per batch (rounded up to a multiple of the "
+    "data-parallel size).")
 _OUTPUT = flags.DEFINE_string("output", "-", "JSON lines go here ('-' = stdout).")
 # Evaluation (--mode=eval; see rasr_jax/evaluation/run.py).
 _EVAL_TASKS = flags.DEFINE_string(
@@ -141,8 +144,9 @@ def parse_flags(argv):
     _exit_bad_input(f"--config: no config file at {missing}")
   try:
     return flags.FLAGS(argv)
-  except flags.Error as e:
-    _exit_bad_input(str(e).splitlines()[0])
+  except flags.Error as e:  # ml_collections puts the cause (e.g. get_config's) on the last line
+    lines = [line for line in str(e).splitlines() if line.strip()]
+    _exit_bad_input(lines[0] if len(lines) == 1 else f"{lines[0]} {lines[-1].strip()}")
   except (AttributeError, KeyError) as e:
     _exit_bad_input(_override_problem(argv, e))
   except (TypeError, ValueError) as e:
@@ -174,6 +178,8 @@ def main(argv):
                  _BENCHMARKS_DIR):
       if flag.value:
         config_lib.check_path(f"--{flag.name}", flag.value, local_only=flag is _BENCHMARKS_DIR)
+    if _BATCH_SIZE.value < 1:
+      raise config_lib.ConfigError(f"--batch_size={_BATCH_SIZE.value}: must be >= 1")
     if _MODE.value == "eval":
       evaluation.parse_list(_EVAL_TASKS.value, evaluation.ALL_TASKS, "tasks")
       evaluation.parse_list(_EVAL_METHODS.value, evaluation.METHODS, "methods")
