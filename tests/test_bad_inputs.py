@@ -218,8 +218,7 @@ def test_bad_inputs_fail_fast_with_one_line_and_leave_checkpoints_alone(straight
   for name, code, seconds, stderr, words in results:
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     if (code != 2 or len(errors) != 1 or "Traceback" in stderr
-        or "compiling the training step" in stderr
-        or not all(word in errors[0] for word in words)):
+        or "compiling the training step" in stderr or not all(word in errors[0] for word in words)):
       failures.append(f"{name}: exit {code} after {seconds:.1f}s, wanted {words}: "
                       f"{(errors or [stderr[-1500:]])[0]}")
   assert not failures, "\n".join(failures)
