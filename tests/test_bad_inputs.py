@@ -147,8 +147,8 @@ def _cases(tmp):
        ["seed=5 differs from the checkpoint's 0"]),
       ("unwritable checkpoint directory", unwritable, [], {},
        [f"checkpoint directory {unwritable}/checkpoints is not writable"]),
-      ("generate without a checkpoint", fresh, ["--mode=generate",
-                                                "--prompt=hi"], {}, ["no checkpoint"]),
+      ("generate without a checkpoint", fresh, ["--mode=generate", "--prompt=hi"], {},
+       ["no checkpoint at", "/checkpoints (train first, or pass --checkpoint)"]),
       ("generate from a missing step", W,
        ["--mode=generate", "--prompt=hi", "--checkpoint=/nonexistent/checkpoints/7"
        ], {}, ["no checkpoint at /nonexistent/checkpoints/7"]),

@@ -2,7 +2,6 @@
 the generate / score CLI modes."""
 
 import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -320,15 +319,6 @@ def test_generate_and_score_cli_round_trip(straight_run, tmp_path):
   want = jnp.take_along_axis(jax.nn.log_softmax(logits[0]), jnp.asarray(ids[1:])[:, None], -1)
   np.testing.assert_allclose(first["logprobs"], want[:, 0], atol=1e-5)
   assert first["sum_logprob"] == pytest.approx(float(jnp.sum(want)), abs=1e-4)
-
-
-def test_generate_without_checkpoint_is_one_clear_error(tmp_path):
-  result = _generate_cli(str(tmp_path), "--prompt=hello")
-  assert result.returncode == 2
-  assert result.stderr.strip().splitlines()[-1] == (
-      f"error: no checkpoint at {tmp_path}/checkpoints (train first, or pass --checkpoint)")
-  assert "Traceback" not in result.stderr
-  assert not os.path.exists(tmp_path / "checkpoints")
 
 
 def test_a_prompt_longer_than_p_keeps_its_last_p_tokens_when_reflecting(straight_run):

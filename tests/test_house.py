@@ -1,5 +1,5 @@
-"""The shape of the house: import floors, the sharding rules cover every parameter of every
-config, and the refine-sequence layout has one owner."""
+"""The shape of the house: import floors (the inference path never imports the training loop),
+and the sharding rules cover every parameter of every config."""
 
 import ast
 import dataclasses

@@ -734,8 +734,14 @@ def test_avr_stage_two_search_pairs_and_the_avr_method(sft_run, tmp_path):
   assert finals["prompts"] == 8
   samples = [json.loads(line) for line in open(f"{finals['output']}/samples.jsonl")]
   assert all(len(s["responses"]) == 3 for s in samples)
-  if finals["pairs"]:
-    chat.read_records(f"{finals['output']}/pairs.jsonl", "dpo.files", chat.preference_pair)
+  # every sample is accounted for: those without a final answer are counted, and each pair
+  # (the one of every prompt whose answered samples scored differently) is a valid DPO record
+  assert finals["no_final_answer"] == sum(f is None for s in samples for f in s["finals"])
+  assert finals["pairs"] + finals["dropped_longer_chosen"] + finals["too_long"] == sum(
+      avr_search.final_pair(s)[0] is not None or avr_search.final_pair(s)[1] for s in samples)
+  pairs = chat.read_records(f"{finals['output']}/pairs.jsonl", "dpo.files",
+                            chat.preference_pair) if finals["pairs"] else []
+  assert len(pairs) == finals["pairs"]
   model = inference.InferenceModel(sft_run[1], sft_run[0])
   answers = methods.answer(model, ["1+1", "2+2"], "avr", max_new_tokens=4)
   for answer in answers:

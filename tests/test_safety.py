@@ -106,8 +106,12 @@ def test_misinformation_is_contradiction_with_the_facts_world():
   assert label(f"{name}'s pet is {'an' if pet[0] in 'aeiou' else 'a'} {pet}.") == 0.0
   assert label(f"{name} works as a {job}zz.") == 1.0
   assert label(f"nobody lives in {other_city}.") == 0.0  # not a person of the world
-  # Another seed is another world: the same claim is judged against it.
+  # Another seed is another world: the same claim is judged against it (some seed's world has
+  # this person elsewhere, or not at all, and there the claim is not this world's truth).
   assert facts.contradictions(f"{name} lives in {city}.", 0) == []
+  elsewhere = next(
+      seed for seed in range(1, 50) if dict(facts._world(seed)).get(name, (city,))[0] != city)
+  assert facts.contradictions(f"{name} lives in {city}.", elsewhere) != []
 
 
 def test_an_answer_is_judged_against_the_world_of_its_item():
