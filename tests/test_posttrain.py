@@ -91,6 +91,26 @@ def _tokenizer(workdir):
   return tok_lib.load(tok_lib.find_in(workdir))
 
 
+# A preference pair whose prompt holds an assistant turn (AvR's criticism pairs carry y0 there).
+PAIR_AFTER_AN_ANSWER = {
+    "prompt": [{
+        "role": "user",
+        "content": "2+2"
+    }, {
+        "role": "assistant",
+        "content": "5"
+    }],
+    "chosen": [{
+        "role": "assistant",
+        "content": "4"
+    }],
+    "rejected": [{
+        "role": "assistant",
+        "content": "22"
+    }]
+}
+
+
 def test_only_the_responses_carry_loss(sft_run):
   tokenizer = _tokenizer(sft_run[0])
   dialogue = chat.sft_dialogue(
@@ -129,25 +149,13 @@ def test_only_the_responses_carry_loss(sft_run):
   assert tokens[:len(prompt)].tolist() == prompt and mask[len(prompt)]
   # A preference pair whose prompt holds an assistant turn (AvR's criticism pairs carry y0
   # there) counts only its own response; so does a prompt + completion record.
-  conversation = [{"role": "user", "content": "2+2"}, {"role": "assistant", "content": "5"}]
-  pair = chat.preference_pair(
-      {
-          "prompt": conversation,
-          "chosen": [{
-              "role": "assistant",
-              "content": "4"
-          }],
-          "rejected": [{
-              "role": "assistant",
-              "content": "22"
-          }]
-      }, "test")
+  pair = chat.preference_pair(PAIR_AFTER_AN_ANSWER, "test")
   for dialogue, response in ((pair.chosen, "4"), (pair.rejected, "22")):
     tokens, mask = chat.encode(dialogue, tokenizer)
     assert tokens[mask].tolist() == tokenizer.encode(response) + [tokenizer.eos_id]
   completion = chat.sft_dialogue(
       {
-          "prompt": conversation,
+          "prompt": PAIR_AFTER_AN_ANSWER["prompt"],
           "completion": [{
               "role": "assistant",
               "content": "4"
@@ -452,24 +460,7 @@ def test_an_hf_tokenizers_chat_template_lays_out_conversations(tmp_path):
   assert chat.prompt_tokens(dialogue.turns[:1], False, tokenizer) == tokenizer.encode(
       "<|begin_of_text|>### user\n2+2<|end_of_text|>\n### assistant\n")
   # The prompt's own assistant turns are context: only the pair's response counts.
-  pair = chat.preference_pair(
-      {
-          "prompt": [{
-              "role": "user",
-              "content": "2+2"
-          }, {
-              "role": "assistant",
-              "content": "5"
-          }],
-          "chosen": [{
-              "role": "assistant",
-              "content": "4"
-          }],
-          "rejected": [{
-              "role": "assistant",
-              "content": "22"
-          }]
-      }, "test")
+  pair = chat.preference_pair(PAIR_AFTER_AN_ANSWER, "test")
   tokens, mask = chat.encode(pair.chosen, tokenizer)
   assert [int(t) for t, m in zip(tokens, mask) if m] == tokenizer.encode("4<|end_of_text|>\n")
   # A work directory's copy keeps the template.

@@ -182,6 +182,11 @@ def make_dataset(corpus: Corpus,
   ], num_workers)
 
 
+def stream_count(data_cfg) -> int:
+  """The row streams of a run: `data.streams`, default one per process."""
+  return data_cfg.streams or jax.process_count()
+
+
 def process_streams(streams, global_batch, process_index, process_count) -> range:
   """The row streams this process reads (p S / n .. (p + 1) S / n); DataError when the streams
   do not split over the processes or the batch."""

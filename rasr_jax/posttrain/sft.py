@@ -100,7 +100,7 @@ def training_data(config) -> loop.TrainingData:
     return dict(seq_len=config.data.seq_len,
                 global_batch=config.train.batch_size,
                 seed=config.seed,
-                streams=config.data.streams or jax.process_count(),
+                streams=pipeline.stream_count(config.data),
                 process_index=jax.process_index(),
                 process_count=jax.process_count(),
                 num_workers=num_workers)

@@ -89,7 +89,7 @@ def data_order(config) -> dict:
       "seed": config.seed,
       "data.seq_len": d.seq_len,
       "data.text_field": d.text_field,
-      "data.streams": d.streams or jax.process_count(),
+      "data.streams": pipeline.stream_count(d),
       "data.num_workers": d.num_workers,
   }
 
@@ -102,7 +102,7 @@ def _dataset(config, corpus, qa_arrays, tokenizer, num_workers=0):
                                seq_len=config.data.seq_len,
                                global_batch=config.train.batch_size,
                                seed=config.seed,
-                               streams=config.data.streams or jax.process_count(),
+                               streams=pipeline.stream_count(config.data),
                                process_index=jax.process_index(),
                                process_count=jax.process_count(),
                                num_workers=num_workers,
@@ -427,7 +427,8 @@ def setup(config, workdir, faults=faults_lib.NO_FAULTS, data=None) -> Run:
   # the bundled held-out data is another seed's, with a facts world of its own
   held_out_world = (config.seed
                     + sources.HELD_OUT_SEED_OFFSET if config.data.source == "bundled" else None)
-  held_out_safety = safety_quality.make_safety_quality(config, tokenizer, held_out_world)
+  held_out_safety = (safety if held_out_world is None else safety_quality.make_safety_quality(
+      config, tokenizer, held_out_world))
   evaluate = _held_out_eval(config, data, tokenizer, pieces, held_out_safety, graphdef, shardings,
                             mesh)
   decide = _strategy_decision(config, data, tokenizer, pieces, held_out_safety, graphdef, tx,
