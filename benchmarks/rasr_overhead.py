@@ -8,13 +8,15 @@ reflecting; and the standard step without document masking (plain causal attenti
 [B, 1, T, T] mask), for the mask's cost. One step of each variant in turn, --steps rounds,
 medians (see common.py). Prints one JSON object.
 
-`per_pass_s` breaks the default RASR step's extra time down, from jitted pieces of it timed in
-the same rounds (each alone, so fusion across them is lost): the reflection rows and their
-first draft y(0) (`draft_decoding`, times R + 1 when drafts are free-running: y(0) and one
-candidate per iteration), the critic pass (`critic`, times R), the refine pass with its loss
-(`refine`, times R), the rest of the forward pass (`forward_other`: RASR's forward minus the
-standard forward minus those), and `backward`: what the RASR step adds to the standard step
-beyond its forward pass (gradients of every pass and the optimizer's update of the heads).
+`per_pass_s` breaks the default RASR step's extra time down, from jitted pieces of it timed in the
+same rounds (each alone, so fusion across them is lost): the reflection rows and their first draft
+y(0) (`draft_decoding`, times R + 1 when drafts are free-running: y(0) and one candidate per
+iteration), the critic pass (`critic`, times R), the refine pass with its loss (`refine`, times R),
+the TrueQuality oracle on the rows' drafts (`oracle`, times 2R + 1: y(k) and the candidate y(k+1) of
+each iteration, and the delivered draft), the rest of the forward pass (`forward_other`: RASR's
+forward minus the standard forward minus those), and `backward`: what the RASR step adds to the
+standard step beyond its forward pass (gradients of every pass and the optimizer's update of the
+heads).
 """
 
 import dataclasses
@@ -31,7 +33,7 @@ from common import batch_and_pieces, bundled_tokenizer, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import packing
-from rasr_jax.reflection import steps
+from rasr_jax.reflection import quality, steps
 from rasr_jax.reflection.layout import Layout
 from rasr_jax.training import losses, optim, train_state
 from rasr_jax.training import step as train_step
@@ -63,11 +65,12 @@ def forward_call(config, mesh, tokenizer):
 
 def pass_calls(config, mesh, tokenizer):
   """Zero-argument calls of the RASR forward pieces for `config` (fresh parameters): the
-  reflection rows with y(0), one critic pass, one refine pass with its loss."""
+  reflection rows with y(0), one critic pass, one refine pass with its loss, one call of the
+  TrueQuality oracle."""
   r, ids = config.reflect, tokenizer.marker_ids
   graphdef, _, _ = train_state.abstract_state(config)
   state, _ = train_state.init_state(config, mesh)
-  (packed, qa), _ = batch_and_pieces(config, mesh, tokenizer)
+  (packed, qa), pieces = batch_and_pieces(config, mesh, tokenizer)
   key, progress = jax.random.key(0), jnp.float32(0.5)
   inputs, _, _, positions, mask = packing.inputs_and_targets(packed)
 
@@ -95,7 +98,9 @@ def pass_calls(config, mesh, tokenizer):
                                         r.critique_len), r.draft_mode == "teacher_forced")
     return losses.reflection_row_losses(logits, rows.target, rows.target_valid)
 
+  oracle = jax.jit(lambda draft, length: quality.row_quality(draft, length, rows, pieces))
   return {
+      "pass_oracle": lambda: oracle(draft, length),
       "pass_first_drafts": lambda: first_drafts(state.params, logits),
       "pass_critic": lambda: critic(state.params),
       "pass_refine": lambda: refine(state.params, live),
@@ -110,6 +115,7 @@ def per_pass(times, config):
       "draft_decoding": times["pass_first_drafts"] * drafts,
       "critic": times["pass_critic"] * r.iterations,
       "refine": times["pass_refine"] * r.iterations,
+      "oracle": times["pass_oracle"] * (2 * r.iterations + 1),
   }
   parts["forward_other"] = (times["forward_default"] - times["forward_standard"]
                             - sum(parts.values()))

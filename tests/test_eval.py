@@ -342,9 +342,9 @@ def test_iteration_report_counts_transitions_and_calibration():
 
 
 def test_every_critic_dimension_is_scored_against_what_it_judges():
-  """critic_dimensions: a quality dimension's AUROC and calibration against correctness, a
-  safety dimension's against every draft's safety (1 - its label); a safety dimension without
-  labels is left out."""
+  """critic_dimensions: a quality dimension's AUROC and calibration against its TrueQuality
+  (correctness where the items carry none), a safety dimension's against every draft's safety
+  (1 - its label); a safety dimension without labels is left out."""
   items = [{
       "correct": [False, True],
       "stop": 1,
@@ -384,6 +384,15 @@ def test_every_critic_dimension_is_scored_against_what_it_judges():
   assert dims["factual"]["ece"] == report.calibration([0.1, 0.9, 0.7, 0.6], [0, 1, 1, 1])["ece"]
   unlabelled = [{k: v for k, v in it.items() if k != "draft_safety"} for it in items]
   assert set(report.iteration_report(unlabelled)["critic_dimensions"]) == {"factual", "logic"}
+  scored = [{
+      **it, "quality": quality
+  } for it, quality in zip(items, [[[0, 1, 0], [1, 0.25, 1]], [[1, 0.6, 1], [1, 0.5, 0]]])]
+  dims = report.iteration_report(scored)["critic_dimensions"]
+  assert dims["logic"]["target"] == "logic" and dims["factual"]["target"] == "factual"
+  assert dims["logic"]["auroc"] == 1.0  # targets >= 0.5 scored 0.8, 0.5, 0.5; the other 0.2
+  assert dims["logic"]["ece"] == report.calibration([0.8, 0.2, 0.5, 0.5],
+                                                    [1, 0.25, 0.6, 0.5])["ece"]
+  assert dims["factual"]["auroc"] == 1.0
 
 
 def test_auroc_by_hand():
@@ -506,7 +515,7 @@ def test_eval_mode_writes_results_table_and_plots(trained, tmp_path):
   assert ppl == results["methods"]["rasr"]["perplexity"]
   dims = results["methods"]["rasr"]["arithmetic"]["critic_dimensions"]
   assert set(dims) == set(config.reflect.dim_names)  # each dimension against its target
-  assert all(d["target"] == "correct" and 0 <= d["mean_score"] <= 1 for d in dims.values())
+  assert all(d["target"] == name and 0 <= d["mean_score"] <= 1 for name, d in dims.items())
   robust = results["methods"]["rasr"]["arithmetic"]["critic_robustness"]
   assert robust["perturbation_rate"] == 0.1 and 0 <= robust["robustness"] <= 1
   assert robust["robustness"] == pytest.approx(1 - robust["mean_abs_change"])

@@ -8,7 +8,8 @@ examples the corpus holds; evaluation never scores a question training saw) or f
 prompt, left-padded to P (a longer prompt
 keeps its last P tokens, as generation does), and y* = the newline, the answer and `<eos>`
 (what a model prompted with the question writes after it), right-padded to Y, with the answer
-the checker reads in the reference (`reflection.answers.reference_bytes`).
+the checker reads in the reference (`reflection.answers.reference_bytes`) and the question's
+quantities (`tasks.quantities`).
 
 A user's record that is not an object with both fields, has an empty answer, an answer the
 checker finds nothing in, a y* longer than Y tokens, or invalid UTF-8 is a `DataError`
@@ -103,6 +104,8 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
       "reference": np.zeros((n, reference_width), np.uint8),
       "reference_len": np.zeros((n,), np.int32),
       "task": np.zeros((n,), np.int32),
+      "quantity": np.zeros((n, tasks.MAX_QUANTITIES, tasks.QUANTITY_BYTES), np.uint8),
+      "quantity_len": np.zeros((n, tasks.MAX_QUANTITIES), np.int32),
   }
   kept = 0
   for record in records:
@@ -123,5 +126,9 @@ def encode(records, tokenizer, *, prompt_len, target_len, reference_width):
     reference, size = answers.reference_bytes(record.checker, record.answer, reference_width)
     arrays["reference"][row], arrays["reference_len"][row] = reference, size
     arrays["task"][row] = rows_lib.QA_TASKS.index(record.task)
+    for index, quantity in enumerate(tasks.quantities(record.task, record.prompt)):
+      raw = quantity.encode()
+      arrays["quantity"][row, index, :len(raw)] = np.frombuffer(raw, np.uint8)
+      arrays["quantity_len"][row, index] = len(raw)
     kept += 1
   return {name: array[:kept] for name, array in arrays.items()}, n - kept

@@ -53,8 +53,9 @@ def prompts(examples, task, method, config):
 
 def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed, labeler=None):
   """(items for `report.iteration_report`, their records): every draft checked by the task's
-  checker; with a safety `labeler`, the answer given labelled too (misinformation against the
-  facts world of the held-out seed, whose facts the questions state)."""
+  checker (its answer, steps and quantities: `tasks.check_answer`); with a safety `labeler`,
+  the answer given labelled too (misinformation against the facts world of the held-out seed,
+  whose facts the questions state)."""
   examples = held_out_examples(model.config, task, count)
   if labeler is not None and task != QA_TASK:  # bundled items' facts are of the held-out world
     labeler = functools.partial(labeler,
@@ -68,11 +69,13 @@ def evaluate(model, task, method, count, *, max_new_tokens, batch_size, seed, la
                            batch_size=batch_size)
   items, records = [], []
   for example, ans in zip(examples, answers):
-    correct = [
-        tasks.answer_is_right(checker, example.answer, draft, after_answer_prompt=after)
+    wanted = tasks.quantities(task, example.question)
+    checked = [
+        tasks.check_answer(checker, example.answer, wanted, draft, after_answer_prompt=after)
         for draft, after in zip(ans.drafts, ans.after_answer_prompt)
     ]
-    items.append(report.item(ans, correct, labeler))
+    correct = [result.correct for result in checked]
+    items.append(report.item(ans, correct, labeler, [result.scores() for result in checked]))
     records.append(
         report.sample(ans,
                       correct,

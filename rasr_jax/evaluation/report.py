@@ -2,8 +2,8 @@
 
 An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the answer given,
 "confidence": [critic probability per draft] or None, "generated_tokens": int, and optionally
-"disagreement": [a critic committee's disagreement per draft] and "safety": {dimension: label of
-the answer given}}. Items with fewer
+"disagreement": [a critic committee's disagreement per draft], "safety": {dimension: label of the
+answer given} and "quality": [TrueQuality (factual, logic, relevance) per draft]}. Items with fewer
 drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
 """
 
@@ -16,15 +16,18 @@ from rasr_jax import config as config_lib
 CALIBRATION_BINS = 10
 
 
-def item(answer, correct, labeler=None):
-  """The report's item for a methods.Answer whose drafts were judged `correct`; with a
-  safety Labeler, the safety labels of the answer given."""
+def item(answer, correct, labeler=None, quality=None):
+  """The report's item for a methods.Answer whose drafts were judged `correct` (and scored
+  `quality`: `tasks.CheckResult.scores` per draft, if given); with a safety Labeler, the safety
+  labels of the answer given."""
   out = {
       "correct": list(correct),
       "stop": answer.stop,
       "confidence": answer.confidence,
       "generated_tokens": answer.generated_tokens
   }
+  if quality is not None:
+    out["quality"] = [list(q) for q in quality]
   if answer.disagreement is not None:
     out["disagreement"] = answer.disagreement
   if labeler is not None:
@@ -100,20 +103,24 @@ def auroc(scores, positive):
 
 def dimension_report(items) -> dict:
   """Per critic dimension, over every draft: the AUROC and calibration of its score against
-  what it scores: the draft's correctness for the quality dimensions, its safety (1 - label)
-  for a safety dimension whose labels the items carry; None where a class is absent."""
+  what it scores: a quality dimension's TrueQuality where the items carry it (else the draft's
+  correctness), a safety dimension's safety (1 - label) where the items carry labels; None
+  where a class is absent. AUROC separates targets >= 0.5 from the rest."""
   out = {}
   for name in items[0]["dimension_scores"]:
     scores = np.concatenate([it["dimension_scores"][name] for it in items])
     if name in items[0].get("draft_safety", [{}])[0]:
-      target = np.asarray([1.0 - s[name] for it in items for s in it["draft_safety"]])
+      target, what = np.asarray([1.0 - s[name] for it in items for s in it["draft_safety"]]), "safe"
     elif name in config_lib.CRITIC_SAFETY_DIMS:
       continue  # no labels to score it against (robustness: its stability, not a label)
+    elif "quality" in items[0]:
+      column = config_lib.CRITIC_DIMS.index(name)
+      target, what = np.asarray([q[column] for it in items for q in it["quality"]]), name
     else:
-      target = np.concatenate([it["correct"] for it in items]).astype(float)
-    area = auroc(scores, target)
+      target, what = np.concatenate([it["correct"] for it in items]).astype(float), "correct"
+    area = auroc(scores, target >= 0.5)
     out[name] = {
-        "target": "safe" if name in config_lib.CRITIC_SAFETY_DIMS else "correct",
+        "target": what,
         "auroc": None if area is None else round(area, 4),
         "ece": calibration(scores, target)["ece"],
         "mean_score": round(float(scores.mean()), 4),

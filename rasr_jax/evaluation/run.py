@@ -47,7 +47,8 @@ from rasr_jax.safety import labels, robustness
 from rasr_jax.training import metrics as metrics_lib
 
 BUNDLED_TASKS = tasks.TASKS
-GSM8K_METRIC = "exact_match,strict-match"  # the GSM8K figure: `#### N` extracted
+GSM8K_SCORE, GSM8K_FILTER = "exact_match", "strict-match"  # the GSM8K figure: `#### N` extracted
+GSM8K_METRIC = f"{GSM8K_SCORE},{GSM8K_FILTER}"
 # The source's Table 1 columns, then the bundled tasks: (header, task, metric key).
 TABLE_COLUMNS = (
     ("GSM8K", "gsm8k", GSM8K_METRIC),
@@ -175,24 +176,26 @@ class Evaluation:
     `pick` (None: the answer given)."""
     lm.pick = pick
     results, samples = self._harness(lm, task)
-    metric_filter = GSM8K_METRIC.split(",")[1]
-    return results[task], [s for s in samples[task] if s["filter"] == metric_filter]
+    return results[task], [s for s in samples[task] if s["filter"] == GSM8K_FILTER]
 
   def _gsm8k(self):
     """lm-eval's gsm8k (gsm8k_cot for `cot`) once per method; for methods with several drafts
     also each draft y(k), scored by lm-eval from the adapter's cached drafts."""
-    metric = GSM8K_METRIC.split(",")[0]
     for method in self.method_names:
       task = "gsm8k_cot" if method == "cot" else "gsm8k"
       lm = self._lm(method)
       final_results, final_samples = self._gsm8k_samples(lm, task, None)
-      correct = {None: {s["doc_id"]: bool(s[metric]) for s in final_samples}}  # pick -> {doc: ok}
+      correct = {
+          None: {
+              s["doc_id"]: bool(s[GSM8K_SCORE]) for s in final_samples
+          }
+      }  # pick -> {doc: ok}
       # then each draft y(k) of the methods that write several (the answers are cached now)
       drafts = max((len(a.drafts) for a in lm.answers.values()), default=1)
       drafts = drafts if drafts > 1 else 0  # a single draft is the answer given
       for pick in range(drafts):
         correct[pick] = {
-            s["doc_id"]: bool(s[metric]) for s in self._gsm8k_samples(lm, task, pick)[1]
+            s["doc_id"]: bool(s[GSM8K_SCORE]) for s in self._gsm8k_samples(lm, task, pick)[1]
         }
       items, records = [], []
       for sample in final_samples:

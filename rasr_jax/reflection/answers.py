@@ -7,11 +7,10 @@ A draft's text is rebuilt from its token ids with a byte table of the tokenizer'
 whitespace-normalised). A row's checker is an id: CHECKER_IDS[name], or TEXT (no answer: a
 text window, scored by token overlap).
 
-The host patterns run on Unicode text, these on UTF-8 bytes: whitespace is ASCII whitespace and
-\\x1c-\\x1f, and a word character (for `\\b`) is an ASCII letter, digit or `_` or any non-ASCII
-byte. A draft whose answer touches a non-ASCII character or a Unicode space may be read
-differently; the parity test (tests/test_answers.py) holds the two readers equal on drafts of
-ASCII text, the bundled tasks' alphabet.
+The host patterns run on Unicode text, these on UTF-8 bytes (`byte_text` says what counts as
+whitespace and as a word character there). A draft whose answer touches a non-ASCII character or a
+Unicode space may be read differently; the parity test (tests/test_answers.py) holds the two readers
+equal on drafts of ASCII text, the bundled tasks' alphabet.
 """
 
 import dataclasses
@@ -21,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rasr_jax import tasks
+from rasr_jax.reflection import byte_text
 
 TEXT = 0
 CHECKER_IDS = {name: index + 1 for index, name in enumerate(tasks.CHECKERS)}
@@ -59,51 +59,6 @@ def draft_bytes(draft, length, pieces: PieceBytes):
   return _compact(table[draft].reshape(rows, -1), byte_valid.reshape(rows, -1))  # [B, N]
 
 
-def _at(text, index):
-  """text [B, N] at index [B, ...] (0 past the end)."""
-  width = text.shape[1]
-  flat = index.reshape(index.shape[0], -1)
-  got = jnp.take_along_axis(text, jnp.clip(flat, 0, width - 1), axis=1)
-  return jnp.where((flat >= 0) & (flat < width), got, 0).reshape(index.shape)
-
-
-def _lower(c):
-  return jnp.where((c >= 65) & (c <= 90), c + 32, c)
-
-
-def _is_space(c):
-  return (c == 32) | ((c >= 9) & (c <= 13)) | ((c >= 28) & (c <= 31))
-
-
-def _is_digit(c):
-  return (c >= 48) & (c <= 57)
-
-
-def _is_word(c):
-  letter = (_lower(c) >= 97) & (_lower(c) <= 122)
-  return letter | _is_digit(c) | (c == 95) | (c >= 128)
-
-
-def _first_at_or_after(keep, width):
-  """[B, N] bool -> [B, N]: the first index >= i where `keep` holds (width if none)."""
-  index = jnp.where(keep, jnp.arange(width)[None], width)
-  return jax.lax.cummin(index, axis=1, reverse=True)
-
-
-def _follow(table, index, width):
-  """table [B, N] looked up at index [B, N] (width past the end)."""
-  return jnp.where(index < width, _at(table, index), width)
-
-
-def _spells(text, start, word, ignore_case=False):
-  """Whether `word` (str) is spelled at every start [B, N] of text."""
-  hit = jnp.ones(start.shape, bool)
-  for offset, char in enumerate(word.encode()):
-    got = _at(text, start + offset)
-    hit &= (_lower(got) if ignore_case else got) == char
-  return hit
-
-
 def _compact(text, keep, first=None):
   """The bytes of text [B, N] where keep [B, N], packed left (after `first` [B] if given, a
   byte or 0 for none) -> ([B, N], [B] count)."""
@@ -126,17 +81,17 @@ def _last(ok, width):
 def _final_answer(text, next_word, width):
   """`####\\s*(-?\\d[\\d,]*)`, last match; commas and leading zeros dropped."""
   starts = jnp.broadcast_to(jnp.arange(width)[None], text.shape)
-  after = _follow(next_word, starts + 4, width)  # first non-space after `####`
-  negative = _at(text, after) == ord("-")
+  after = byte_text.follow(next_word, starts + 4, width)  # first non-space after `####`
+  negative = byte_text.at(text, after) == ord("-")
   digits_from = after + negative
-  ok = _spells(text, starts, "####") & _is_digit(_at(text, digits_from))
+  ok = byte_text.spells(text, starts, "####") & byte_text.is_digit(byte_text.at(text, digits_from))
   last, found = _last(ok, width)
   lo = jnp.take_along_axis(digits_from, last[:, None], axis=1)  # [B, 1]
   negative = jnp.take_along_axis(negative, last[:, None], axis=1)[:, 0]
-  number_end = _first_at_or_after(~(_is_digit(text) | (text == ord(","))), width)
+  number_end = byte_text.first_at_or_after(~(byte_text.is_digit(text) | (text == ord(","))), width)
   hi = jnp.take_along_axis(number_end, lo, axis=1)  # [B, 1]
   in_number = (starts >= lo) & (starts < hi)
-  digit = in_number & _is_digit(text)
+  digit = in_number & byte_text.is_digit(text)
   keep = digit & (jnp.cumsum(digit & (text != ord("0")), axis=1) > 0)  # leading zeros dropped
   zero = ~jnp.any(keep, axis=1)
   keep = keep | (zero[:, None] & (starts == 0))  # "0": written below
@@ -149,17 +104,19 @@ def _after_answer_colon(text, next_word, width):
   """For every start: whether `answer\\s*:` is spelled there (any case), and the first
   non-space after the colon."""
   starts = jnp.broadcast_to(jnp.arange(width)[None], text.shape)
-  colon = _follow(next_word, starts + 6, width)
-  ok = _spells(text, starts, "answer", ignore_case=True) & (_at(text, colon) == ord(":"))
-  return ok, _follow(next_word, colon + 1, width)
+  colon = byte_text.follow(next_word, starts + 6, width)
+  ok = byte_text.spells(text, starts, "answer", ignore_case=True) & (byte_text.at(text, colon)
+                                                                     == ord(":"))
+  return ok, byte_text.follow(next_word, colon + 1, width)
 
 
 def _choice(text, next_word, width):
   """`answer\\s*:\\s*\\(?([a-d])\\b`, any case, last match -> the lowercase letter."""
   ok, value = _after_answer_colon(text, next_word, width)
-  value = value + (_at(text, value) == ord("("))
-  letter = _lower(_at(text, value))
-  ok &= (letter >= ord("a")) & (letter <= ord("d")) & ~_is_word(_at(text, value + 1))
+  value = value + (byte_text.at(text, value) == ord("("))
+  letter = byte_text.lower(byte_text.at(text, value))
+  ok &= (letter >= ord("a")) & (letter
+                                <= ord("d")) & ~byte_text.is_word(byte_text.at(text, value + 1))
   last, found = _last(ok, width)
   answer = jnp.zeros_like(text).at[:,
                                    0].set(jnp.take_along_axis(letter, last[:, None], axis=1)[:, 0])
@@ -169,8 +126,10 @@ def _choice(text, next_word, width):
 def _true_false(text, next_word, width):
   """`answer\\s*:\\s*(true|false)\\b`, any case, last match -> "true" or "false"."""
   ok, value = _after_answer_colon(text, next_word, width)
-  is_true = _spells(text, value, "true", True) & ~_is_word(_at(text, value + 4))
-  is_false = _spells(text, value, "false", True) & ~_is_word(_at(text, value + 5))
+  is_true = byte_text.spells(text, value, "true",
+                             True) & ~byte_text.is_word(byte_text.at(text, value + 4))
+  is_false = byte_text.spells(text, value, "false",
+                              True) & ~byte_text.is_word(byte_text.at(text, value + 5))
   last, found = _last(ok & (is_true | is_false), width)
   is_true = jnp.take_along_axis(is_true, last[:, None], axis=1)[:, 0]
   true_bytes = jnp.asarray(list(b"true\0"), jnp.int32)
@@ -184,7 +143,7 @@ def _exact(text, count):
   """The whole text, runs of whitespace made one space, stripped."""
   width = text.shape[1]
   positions = jnp.arange(width)[None]
-  space = _is_space(text) | (positions >= count[:, None])
+  space = byte_text.is_space(text) | (positions >= count[:, None])
   word = ~space
   seen = jnp.cumsum(word, axis=1) > 0
   later = jnp.flip(jnp.cumsum(jnp.flip(word, axis=1), axis=1), axis=1) > 0
@@ -198,8 +157,8 @@ def read(checker, text, count):
   """checker [B] int (CHECKER_IDS), text [B, N], count [B] -> (found [B] bool, answer [B, N]
   int32 zero-padded, answer length [B])."""
   width = text.shape[1]
-  space = _is_space(text) | (jnp.arange(width)[None] >= count[:, None])
-  next_word = _first_at_or_after(~space, width)
+  space = byte_text.is_space(text) | (jnp.arange(width)[None] >= count[:, None])
+  next_word = byte_text.first_at_or_after(~space, width)
   text = jnp.where(jnp.arange(width)[None] < count[:, None], text, 0)
   readers = {
       "exact": lambda: _exact(text, count),
@@ -218,12 +177,12 @@ def read(checker, text, count):
   return found, answer, size
 
 
-def correct(draft, length, checker, reference, reference_len, pieces: PieceBytes):
+def correct(text, count, checker, reference, reference_len):
   """Whether each draft's answer equals the reference's -> [B] bool (False for TEXT rows).
 
-  draft [B, Y] int, length [B]; reference [B, N] the reference's answer bytes (`reference_bytes`).
+  text [B, N], count [B]: the drafts' bytes (`draft_bytes`); reference [B, N] the reference's
+  answer bytes (`reference_bytes`).
   """
-  text, count = draft_bytes(draft, length, pieces)
   found, answer, size = read(checker, text, count)
   width = text.shape[1]
   inside = jnp.arange(width)[None] < reference_len[:, None]

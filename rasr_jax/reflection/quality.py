@@ -1,17 +1,18 @@
 """TrueQuality oracles (RASR.md §5): the targets of L_critic and of the controller.
 
 `row_quality` is what the jitted step uses: `text_quality` (token overlap) for text windows and
-`answer_quality` for question/answer rows, both jnp functions of token ids. Evaluation checks
+`answer_quality` for question/answer rows (the checkers of `answers.py` and `working.py`), both
+jnp functions of token ids. Evaluation checks
 decoded drafts with the host checkers of `rasr_jax/tasks` instead.
 """
 
 import jax.numpy as jnp
 
 from rasr_jax import config as config_lib
-from rasr_jax.reflection import answers
+from rasr_jax.reflection import answers, working
 from rasr_jax.reflection.rows import ReflectRows
 
-DIMENSIONS = ("factual", "logic", "relevance")
+DIMENSIONS = config_lib.CRITIC_DIMS
 
 
 def text_quality(draft, length, target):
@@ -46,24 +47,23 @@ def answer_quality(draft, length, rows: ReflectRows, pieces: answers.PieceBytes)
   """Question/answer rows: draft [B, Y], length [B] -> (quality [B, 3], labels [B, Y], label
   mask [B, Y]).
 
-  factual: the checker reads the reference's answer in the draft (on device, `answers.correct`);
-  logic: the length of the draft's prefix that follows the reference answer token by token,
-  over the reference's length (how far the draft's reasoning follows the worked solution);
-  relevance: unigram F1 between the draft's and the reference answer's tokens; labels: 1 where
-  a draft token differs from the reference's at its position (draft positions only).
+  As `tasks.CheckResult.scores` on the decoded draft: factual = the checker reads the
+  reference's answer in it (`answers.correct`); logic = the share of its `a op b = c` steps that
+  are right (`working.steps`); relevance = the share of the question's quantities it mentions
+  (`working.quantities_used`); with no step (no quantity), logic (relevance) is factual.
+  Labels: 1 where a draft token differs from the reference's at its position (draft positions
+  only).
   """
-  positions = jnp.arange(draft.shape[1])[None]
-  draft_valid = positions < length[:, None]
-  answer_valid = rows.answer_valid
-  answer_len = jnp.sum(answer_valid, axis=1)
-  wrong = draft != rows.target
-  factual = answers.correct(draft, length, rows.checker, rows.reference, rows.reference_len, pieces)
-  follows = jnp.cumprod(~wrong & draft_valid & answer_valid, axis=1)
-  logic = jnp.sum(follows, axis=1) / jnp.maximum(answer_len, 1)
-  relevance = 2 * _overlap(draft, draft_valid, rows.target, answer_valid) / jnp.maximum(
-      length + answer_len, 1)
+  draft_valid = jnp.arange(draft.shape[1])[None] < length[:, None]
+  text, count = answers.draft_bytes(draft, length, pieces)
+  factual = answers.correct(text, count, rows.checker, rows.reference, rows.reference_len)
+  factual = factual.astype(jnp.float32)
+  steps, right = working.steps(text)
+  logic = jnp.where(steps > 0, right / jnp.maximum(steps, 1), factual)
+  used, wanted = working.quantities_used(text, rows.checker, rows.quantity, rows.quantity_len)
+  relevance = jnp.where(wanted > 0, used / jnp.maximum(wanted, 1), factual)
   quality = jnp.stack([factual, logic, relevance], axis=-1).astype(jnp.float32)
-  return quality, wrong.astype(jnp.float32), draft_valid
+  return quality, (draft != rows.target).astype(jnp.float32), draft_valid
 
 
 def row_quality(draft, length, rows: ReflectRows, pieces):

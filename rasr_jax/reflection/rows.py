@@ -1,8 +1,9 @@
 """The reflection sub-batch: prompts x, targets y* and what the quality oracle needs (RASR.md §2).
 
 Question/answer rows: x = `<eos>` + question, left-padded to P; y* = newline + answer + `<eos>`,
-right-padded to Y; the checker reads the reference's answer (`reference`). Text-window rows: x
-and y* are P and Y tokens of a packed row, every position valid, checker TEXT.
+right-padded to Y; the checker reads the reference's answer (`reference`); the question's
+quantities (`tasks.quantities`) are what relevance counts. Text-window rows: x and y* are P and
+Y tokens of a packed row, every position valid, checker TEXT, no quantities.
 """
 
 import flax.struct
@@ -27,6 +28,8 @@ class ReflectRows:
   reference: jax.Array  # [B, N] uint8: the answer the checker reads in the reference
   reference_len: jax.Array  # [B] int32
   task: jax.Array  # [B] int32: index into QA_TASKS, -1 for a text window
+  quantity: jax.Array  # [B, tasks.MAX_QUANTITIES, tasks.QUANTITY_BYTES] uint8
+  quantity_len: jax.Array  # [B, tasks.MAX_QUANTITIES] int32, 0: none
 
   @property
   def answer_valid(self):
@@ -47,7 +50,10 @@ def text_rows(prompt, target, reference_width):
                      checker=jnp.full((rows,), answers.TEXT, jnp.int32),
                      reference=jnp.zeros((rows, reference_width), jnp.uint8),
                      reference_len=jnp.zeros((rows,), jnp.int32),
-                     task=jnp.full((rows,), -1, jnp.int32))
+                     task=jnp.full((rows,), -1, jnp.int32),
+                     quantity=jnp.zeros((rows, tasks.MAX_QUANTITIES, tasks.QUANTITY_BYTES),
+                                        jnp.uint8),
+                     quantity_len=jnp.zeros((rows, tasks.MAX_QUANTITIES), jnp.int32))
 
 
 def concat(parts):

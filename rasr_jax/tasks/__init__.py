@@ -19,17 +19,21 @@ Formats (all lowercase ASCII):
 from .base import ANSWER_SEPARATOR, TASKS, CheckResult, Example
 from .checks import (
     CHECKERS,
+    MAX_QUANTITIES,
+    QUANTITY_BYTES,
     TASK_CHECKERS,
     answer_is_right,
     check,
+    check_answer,
     elicited_answer,
     final_answer,
+    quantities,
     read_answer,
 )
 from .corpus import bundled_corpus, generate
 
 __all__ = [
-    "ANSWER_SEPARATOR", "CHECKERS", "TASKS", "TASK_CHECKERS", "CheckResult", "Example",
-    "answer_is_right", "bundled_corpus", "check", "elicited_answer", "final_answer", "generate",
-    "read_answer"
+    "ANSWER_SEPARATOR", "CHECKERS", "MAX_QUANTITIES", "QUANTITY_BYTES", "TASKS", "TASK_CHECKERS",
+    "CheckResult", "Example", "answer_is_right", "bundled_corpus", "check", "check_answer",
+    "elicited_answer", "final_answer", "generate", "quantities", "read_answer"
 ]

@@ -45,3 +45,12 @@ class CheckResult:
   steps_right: int
   quantities_total: int
   quantities_used: int
+
+  def scores(self) -> tuple[float, float, float]:
+    """TrueQuality of the draft (RASR.md §5): factual = the answer is right; logic = the share
+    of its steps that are right; relevance = the share of the question's quantities it
+    mentions. With no step (no quantity) to count, logic (relevance) is factual."""
+    factual = float(self.correct)
+    logic = self.steps_right / self.steps_total if self.steps_total else factual
+    relevance = self.quantities_used / self.quantities_total if self.quantities_total else factual
+    return factual, logic, relevance

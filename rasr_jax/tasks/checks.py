@@ -4,8 +4,9 @@ Every answer is read by one of the CHECKERS: `final_answer` (the number after th
 the GSM8K convention; commas and leading zeros dropped), `choice` (the letter of the last
 `answer: <a-d>`), `true_false` (the last `answer: true|false`) and `exact` (the whole text,
 whitespace-normalised). The bundled tasks use the first three (TASK_CHECKERS); a user's
-question/answer files name theirs (`data.qa_checker`). `rasr_jax/reflection/answers.py` reads
-the same answers from token ids on device.
+question/answer files name theirs (`data.qa_checker`). Beside the answer, `check_answer` counts
+a draft's `a op b = c` steps and the question's quantities it mentions (RASR.md §5).
+`rasr_jax/reflection/answers.py` and `working.py` read the same from token ids on device.
 """
 
 import re
@@ -37,6 +38,11 @@ _QUANTITIES = {
     "probe": probe.quantities,
     "support": support.quantities,
 }
+
+# What a draft of a question should mention (relevance): at most MAX_QUANTITIES of the question's
+# quantities, each at most QUANTITY_BYTES bytes of UTF-8 (the widths of a reflection row).
+MAX_QUANTITIES = 8
+QUANTITY_BYTES = 16
 
 CHECKERS = ("exact", "final_answer", "choice", "true_false")
 TASK_CHECKERS = {
@@ -109,9 +115,18 @@ def _steps(draft: str) -> tuple[int, int]:
   return len(matches), sum(_evaluate(expression) == int(result) for expression, result in matches)
 
 
-def _mentions(task: str, draft: str) -> set[str]:
-  """The numbers (tasks answered by a number) or lowercase words (the others) of a draft."""
-  if TASK_CHECKERS[task] == "final_answer":
+def quantities(task: str, question: str) -> list[str]:
+  """The quantities of `question` a draft should use: a bundled task's own (its numbers, names
+  or entities), the question's numbers for any other task (a user's records); the first
+  MAX_QUANTITIES of those with at most QUANTITY_BYTES bytes."""
+  found = _QUANTITIES.get(task, arithmetic.quantities)(question)
+  return [q for q in found if len(q.encode()) <= QUANTITY_BYTES][:MAX_QUANTITIES]
+
+
+def _mentions(checker: str, draft: str) -> set[str]:
+  """The numbers (answers read by `final_answer`: digit runs, leading zeros dropped) or
+  lowercase words (other checkers: runs of [a-z0-9]) of a draft."""
+  if checker == "final_answer":
     return set(arithmetic.quantities(draft))
   return set(_WORD.findall(draft.lower()))
 
@@ -144,13 +159,24 @@ def answer_is_right(checker: str,
   return expected is not None and read == expected
 
 
-def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:
-  """Score `draft` against `example`; any string draft is accepted, ValueError for filler
-  examples. `after_answer_prompt`: as in `answer_is_right`."""
-  _require_verifiable(example.task)
-  correct = answer_is_right(TASK_CHECKERS[example.task], example.answer, draft, after_answer_prompt)
-  steps_total, steps_right = _steps(draft) if example.task == "arithmetic" else (0, 0)
-  wanted = _QUANTITIES[example.task](example.question)
-  mentioned = _mentions(example.task, draft)
+def check_answer(checker: str,
+                 reference: str,
+                 wanted: list[str],
+                 draft: str,
+                 after_answer_prompt: bool = False) -> CheckResult:
+  """Score `draft` against a `reference` answer read by `checker` and the question's `wanted`
+  quantities (`quantities`): the answer, the draft's `a op b = c` steps and the quantities it
+  mentions. `after_answer_prompt`: as in `answer_is_right`."""
+  correct = answer_is_right(checker, reference, draft, after_answer_prompt)
+  steps_total, steps_right = _steps(draft)
+  mentioned = _mentions(checker, draft)
   used = sum(q in mentioned for q in wanted)
   return CheckResult(correct, steps_total, steps_right, len(wanted), used)
+
+
+def check(example: Example, draft: str, after_answer_prompt: bool = False) -> CheckResult:
+  """Score `draft` against `example` (`check_answer` with the task's checker and quantities);
+  any string draft is accepted, ValueError for filler examples."""
+  _require_verifiable(example.task)
+  return check_answer(TASK_CHECKERS[example.task], example.answer,
+                      quantities(example.task, example.question), draft, after_answer_prompt)

@@ -20,7 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from rasr_jax import config as config_lib
-from rasr_jax import sharding
+from rasr_jax import sharding, tasks
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.packing import PackedRows
 from rasr_jax.reflection import answers
@@ -94,6 +94,8 @@ def _abstract_rows(r, reference_width, batch_sharding):
       "reference": ((reference_width,), "uint8"),
       "reference_len": ((), "int32"),
       "task": ((), "int32"),
+      "quantity": ((tasks.MAX_QUANTITIES, tasks.QUANTITY_BYTES), "uint8"),
+      "quantity_len": ((tasks.MAX_QUANTITIES,), "int32"),
   }
   return ReflectRows(
       **{
