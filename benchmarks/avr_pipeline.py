@@ -3,16 +3,16 @@
   PYTHONPATH=. python benchmarks/avr_pipeline.py --workdir=/tmp/avr_pipeline [--prompts=256] \
       [--config=configs/small.py] [--seeds=0,1,2]
 
-Runs, for each seed, as subprocesses of `python -m rasr_jax.main` (a finished step is reused:
-every mode resumes): pretraining (--config, default configs/tiny.py, RASR on); an SFT-only
-model fine-tuned on the bundled tasks' own question/answer records as conversations; AvR Stage
-I (trees of the pretrained model, RSFT, DPO); AvR Stage II (search with the Stage I model, SFT
-on the long answers, pairs of that model's final answers, DPO). Then `--mode=eval` on the
-bundled tasks: the pretrained model with standard, cot, self_refine, constitutional and rasr,
-the SFT-only and Stage I models with `chat`, the Stage II model with `avr`. Prints one JSON
-object: per seed each stage's summary, each fine-tuning's last metrics, the wall time of every
-step and the table; then each row's mean over the seeds with the half-width of its 95 %
-t-interval. Not in CI.
+Runs, for each seed, as subprocesses of `python -m rasr_jax.main` (a finished step is reused: every
+mode resumes, and an evaluation whose results.json exists is read back): pretraining (--config,
+default configs/tiny.py, RASR on); an SFT-only model fine-tuned on the bundled tasks' own
+question/answer records as conversations; AvR Stage I (trees of the pretrained model, RSFT, DPO);
+AvR Stage II (search with the Stage I model, SFT on the long answers, pairs of that model's final
+answers, DPO). Then `--mode=eval` on the bundled tasks: the pretrained model with standard, cot,
+self_refine, constitutional and rasr, the SFT-only and Stage I models with `chat`, the Stage II
+model with `avr`. Prints one JSON object: per seed each stage's summary, each fine-tuning's last
+metrics, the wall time of every step and the table; then each row's mean over the seeds with the
+half-width of its 95 % t-interval. Not in CI.
 """
 
 import json
@@ -162,12 +162,17 @@ def run_seed(root, seed):
   for name, method_list in rows.items():
     if not method_list or not os.path.exists(dirs[name]):
       continue
-    out, times[f"eval_{name}"] = _main(
-        dirs[name],
-        *seq,
-        mode="eval",
-        extra=(f"--eval_tasks={EVAL_TASKS}", f"--eval_methods={method_list}",
-               f"--eval_limit={_LIMIT.value}", f"--eval_output={dirs[name]}/eval_pipeline"))
+    output = os.path.join(dirs[name], "eval_pipeline")
+    if os.path.exists(os.path.join(output, "results.json")):  # a finished evaluation is reused
+      with open(os.path.join(output, "results.json")) as f:
+        out = f.read()
+    else:
+      out, times[f"eval_{name}"] = _main(
+          dirs[name],
+          *seq,
+          mode="eval",
+          extra=(f"--eval_tasks={EVAL_TASKS}", f"--eval_methods={method_list}",
+                 f"--eval_limit={_LIMIT.value}", f"--eval_output={output}"))
     results = json.loads(out)["methods"]
     for method, by_task in results.items():
       table[f"{name} / {method}"] = {
