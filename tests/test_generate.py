@@ -27,13 +27,22 @@ def _split(config, seed=0):
   return graphdef, nnx.to_pure_dict(params)
 
 
-def _run(graphdef, params, prompt, valid=None, *, tau=0.5, progress=1.0, seed=0, **options):
+def _run(graphdef,
+         params,
+         prompt,
+         valid=None,
+         *,
+         tau=0.5,
+         progress=1.0,
+         seed=0,
+         live=None,
+         **options):
   prompt = jnp.asarray(prompt, jnp.int32)
   valid = jnp.ones(prompt.shape, bool) if valid is None else jnp.asarray(valid)
   keys = jax.random.split(jax.random.key(seed), prompt.shape[0])
   opts = generate.GenerateOptions(**options)
   fn = jax.jit(lambda p, x, v, k, t: generate.generate(
-      graphdef, p, x, v, k, t, progress, options=opts, ids=IDS))
+      graphdef, p, x, v, k, t, progress, options=opts, ids=IDS, live=live))
   return jax.device_get(fn(params, prompt, valid, keys, jnp.float32(tau)))
 
 
@@ -179,6 +188,20 @@ def test_reflection_off_fixed_and_learned_stopping(rasr_model):
   never = _run(graphdef, _with_stop_bias(params, -30.0), prompt, **dict(common, reflect="learned"))
   assert always.stop_iteration.tolist() == [0] * 4 and never.stop_iteration.tolist() == [3] * 4
   assert fixed.scores.shape == (4, 4, config.reflect.num_dims)
+
+
+def test_filler_rows_decode_nothing_and_leave_the_live_rows_alone(rasr_model):
+  """A partial batch's filler rows (not live) get empty drafts and are never refined; the live
+  rows' drafts equal those of the same batch with every row live."""
+  _, graphdef, params = rasr_model
+  prompt = RNG.randint(6, 512, (4, 8))
+  common = dict(max_new_tokens=6, eos_id=None, iterations=2, reflect="fixed")
+  every = _run(graphdef, params, prompt, **common)
+  live = np.asarray([True, False, True, False])
+  partial = _run(graphdef, params, prompt, live=jnp.asarray(live), **common)
+  np.testing.assert_array_equal(partial.drafts[:, live], every.drafts[:, live])
+  assert (partial.lengths[:, ~live] == 0).all() and (every.lengths[:, ~live] == 6).all()
+  assert partial.stop_iteration.tolist() == [2, 0, 2, 0]
 
 
 def test_per_example_stopping_leaves_stopped_rows_unchanged(rasr_model):

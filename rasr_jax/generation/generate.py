@@ -71,11 +71,14 @@ def generate(graphdef,
              options: GenerateOptions,
              ids: SpecialIds,
              first: decoding.Decoded | None = None,
-             marks=None):
+             marks=None,
+             live=None):
   """prompt [B, P] int32 left-padded, prompt_valid [B, P] bool, keys [B] PRNG keys, tau and
   progress [] float -> Generation. Row b's draft k is drawn with keys fold_in(keys[b], k).
   `first`: the drafts y(0) to start from ([B, Y] tokens, padding after their lengths) instead
-  of decoding them. `marks`: the tokenizer's sentence marks, for a hierarchical critic."""
+  of decoding them. `marks`: the tokenizer's sentence marks, for a hierarchical critic.
+  `live` [B] bool: the rows to generate for (default all); the others (the filler rows of a
+  partial batch) get empty drafts and hold no loop up."""
   model = nnx.merge(graphdef, params)
   rows, prompt_slots = prompt.shape
   n, k_total = options.max_new_tokens, options.iterations if options.reflect != "off" else 0
@@ -97,9 +100,15 @@ def generate(graphdef,
                                                  model.init_cache(rows, size),
                                                  valid=prompt_valid,
                                                  layers=layers)
+  live = jnp.ones((rows,), bool) if live is None else live
   if first is None:
-    first = decoding.decode(graphdef, params, x_cache,
-                            model.logits(hidden_x[:, -1:])[:, 0], draft_keys(0), **decode_kw)
+    first = decoding.decode(graphdef,
+                            params,
+                            x_cache,
+                            model.logits(hidden_x[:, -1:])[:, 0],
+                            draft_keys(0),
+                            done=~live,
+                            **decode_kw)
   if not k_total:
     return Generation(drafts=first.tokens[None],
                       lengths=first.lengths[None],
@@ -168,8 +177,8 @@ def generate(graphdef,
                       token_errors=jnp.zeros((k_total + 1, rows, n)),
                       stop_probs=jnp.zeros((k_total, rows)),
                       stop_iteration=jnp.zeros((rows,), jnp.int32))
-  final, record = jax.lax.while_loop(cond, body,
-                                     (loop_state.start(first.tokens, first.lengths), record))
+  start = loop_state.start(first.tokens, first.lengths).replace(active=live)
+  final, record = jax.lax.while_loop(cond, body, (start, record))
   # The final draft's own critique (drafts critiqued in the loop keep theirs).
   crit, _ = critique(model, final)
   is_final = (jnp.arange(k_total + 1)[:, None] == final.refinements[None])[..., None]  # [R+1, B, 1]

@@ -160,7 +160,7 @@ class InferenceModel:
 
   def _jit_generate(self, options):
 
-    def run(params, prompt, valid, indices, seed, tau, progress):
+    def run(params, prompt, valid, indices, live, seed, tau, progress):
       base = jax.random.key(seed)
       keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(indices)
       return gen_lib.generate(self.graphdef,
@@ -172,10 +172,13 @@ class InferenceModel:
                               progress,
                               options=options,
                               ids=self.ids,
-                              marks=self.marks)
+                              marks=self.marks,
+                              live=live)
 
     batch = self._batch_sharding
-    return jax.jit(run, in_shardings=(self.param_shardings, batch, batch, batch, None, None, None))
+    return jax.jit(run,
+                   in_shardings=(self.param_shardings, batch, batch, batch, batch, None, None,
+                                 None))
 
   def _score_fn(self):
     if "score" not in self._compiled:
@@ -269,11 +272,12 @@ class InferenceModel:
         valid = np.zeros((rows, width), bool)
         for row, ids in enumerate(encoded):  # left padding: every prompt ends at the last slot
           prompt[row, width - len(ids):], valid[row, width - len(ids):] = ids, True
-        valid[len(chunk):, -1] = True  # filler rows
+        valid[len(chunk):, -1] = True  # filler rows: one pad token, nothing decoded
         indices = np.arange(start, start + rows, dtype=np.int32)
+        live = np.arange(rows) < len(chunk)
         out = jax.device_get(
             fn(self.params, self._put(prompt), self._put(valid), self._put(indices),
-               np.uint32(seed), self.tau, self.progress))
+               self._put(live), np.uint32(seed), self.tau, self.progress))
         results.extend(
             self._generation_record(label, out, row, options)
             for row, (_, label) in enumerate(chunk))

@@ -2,8 +2,8 @@
 
 `row_quality` is what the jitted step uses: `text_quality` (token overlap) for text windows and
 `answer_quality` for question/answer rows (the checkers of `answers.py` and `working.py`), both
-jnp functions of token ids. Evaluation checks
-decoded drafts with the host checkers of `rasr_jax/tasks` instead.
+jnp functions of token ids. Evaluation checks decoded drafts with the host checkers of
+`rasr_jax/tasks` instead.
 """
 
 import jax.numpy as jnp
