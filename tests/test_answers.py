@@ -105,8 +105,9 @@ def _device_results(tokenizer, drafts, target_len):
     draft[row, :len(ids)] = ids
     reference[row], reference_len[row] = answers.reference_bytes(name, example.answer, width)
     for index, q in enumerate(tasks.quantities(_task(example, name), example.question)):
-      quantity[row, index, :len(q)] = np.frombuffer(q.encode(), np.uint8)
-      quantity_len[row, index] = len(q)
+      raw = q.encode()
+      quantity[row, index, :len(raw)] = np.frombuffer(raw, np.uint8)
+      quantity_len[row, index] = len(raw)
 
   @jax.jit
   def fn(draft, length, checker, reference, reference_len, quantity, quantity_len):

@@ -1,8 +1,11 @@
 """Array operations on a draft's text as UTF-8 bytes ([B, N] int32, zero past its end): the
 primitives the on-device readers (`answers.py`, `working.py`) match patterns with.
 
-Whitespace is ASCII whitespace and \\x1c-\\x1f; a word character (for `\\b`) is an ASCII
-letter, digit or `_`, or any non-ASCII byte.
+Whitespace is ASCII whitespace and \\x1c-\\x1f; a digit is an ASCII digit; a word character
+(for `\\b`) is an ASCII letter, digit or `_`, or any non-ASCII byte; lowercasing changes ASCII
+letters only. Python's `re` and `str.lower` on the host also know Unicode spaces, digits and
+case mappings (a no-break space, an Arabic-Indic digit, the Kelvin sign lowercased to `k`), so
+text that touches such characters may be read differently there.
 """
 
 import jax

@@ -2,14 +2,14 @@
 text (RASR.md §5: the logic and relevance of question/answer rows).
 
 `steps`: the draft's `a op b = c` steps and how many are right. The host reads them with one
-pattern, found left to right without overlap: a run of integers of at most 12 digits (not after
-a digit or `.`) joined by `+ - *`, optionally followed by `= r` (r an integer of at most 12
-digits, not followed by more digits or a decimal part); a step is a run with an operator and a
-result, right when the run's value (`*` binding tighter) is r. Here a reverse scan over the
-bytes evaluates the run that starts at each integer, and a forward scan keeps the runs the
-host's left-to-right search finds. Python evaluates with exact integers; here every value is
-taken modulo two primes below 2^15 (so products stay inside int32): a wrong step reads as right
-only if both residues agree by chance, about one in 10^9.
+pattern, found left to right without overlap: a run of integers (not after a digit or `.`; an
+integer's first 12 digits, a longer one ending the run) joined by `+ - *`, optionally followed by
+`= r` (r an integer of at most 12 digits, not followed by more digits or a decimal part); a step is
+a run with an operator and a result, right when the run's value (`*` binding tighter) is r. Here a
+reverse scan over the bytes evaluates the run that starts at each integer, and a forward scan keeps
+the runs the host's left-to-right search finds. Python evaluates with exact integers; here every
+value is taken modulo two primes below 2^15 (so products stay inside int32): a wrong step reads as
+right only if both residues agree by chance, about one in 10^9.
 
 `quantities_used`: how many of the question's quantities (`tasks.quantities`, written into the
 row as bytes) the draft mentions: as a number (rows read by `final_answer`: a maximal digit
@@ -129,11 +129,11 @@ def quantities_used(text, checker, quantity, quantity_len):
   begins = inside & ~byte_text.at(inside.astype(jnp.int32), pos - 1).astype(bool)
   end = byte_text.first_at_or_after(~inside, width)
   significant = byte_text.first_at_or_after(~digit | (text != ord("0")), width)
-  from_ = jnp.where(numbers, jnp.where(significant == end, end - 1, significant), pos)
-  span = end - from_  # [B, N] the mention's length at each `begins`
+  mention = jnp.where(numbers, jnp.where(significant == end, end - 1, significant), pos)
+  span = end - mention  # [B, N] the mention's length at each `begins`
   same = (begins[:, None] & (span[:, None] == quantity_len[..., None]))  # [B, Q, N]
   for offset in range(quantity.shape[-1]):
-    got = byte_text.at(lowered, from_ + offset)  # [B, N]
+    got = byte_text.at(lowered, mention + offset)  # [B, N]
     want = quantity[..., offset].astype(jnp.int32)  # [B, Q]
     same &= (offset >= quantity_len[..., None]) | (got[:, None] == want[..., None])
   wanted = quantity_len > 0

@@ -6,7 +6,7 @@ the GSM8K convention; commas and leading zeros dropped), `choice` (the letter of
 whitespace-normalised). The bundled tasks use the first three (TASK_CHECKERS); a user's
 question/answer files name theirs (`data.qa_checker`). Beside the answer, `check_answer` counts
 a draft's `a op b = c` steps and the question's quantities it mentions (RASR.md §5).
-`rasr_jax/reflection/answers.py` and `working.py` read the same from token ids on device.
+`rasr_jax/reflection/answers.py` and `working.py` read the same from a draft's bytes on device.
 """
 
 import re
