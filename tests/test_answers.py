@@ -59,6 +59,53 @@ STEPS = ("2 * 3 = 6. 6 - 2 = 4.", "2 * 3 = 7. 7 - 2 = 5. #### 5", "5+3=8+2=10", 
          "8-2*3+1=3", "12.5+3=15", "3+4=7.2", "3+4=7.x", "40 - 13 = 27\n27 * 2 = 54")
 
 
+def _step_strings(count, rng):
+  """Texts of chained `a op b = r` steps (right and off by one; `*` with `+ -`; spaces, leading
+  zeros, negative results; decimals, `=`, operators or digits after the result) between
+  integers of up to 13 digits and stray characters."""
+
+  def chain():
+    numbers = [rng.randint(0, 12) for _ in range(rng.randint(1, 4))]
+    expression = str(numbers[0]) + "".join(
+        rng.choice(["", " "]) + rng.choice("+-*") + rng.choice(["", " ", "  "]) + str(n)
+        for n in numbers[1:])
+    value = tasks.checks._evaluate(expression) + (rng.random() < 0.3) * rng.choice([-1, 1])
+    result = (rng.choice(["", "0"]) + str(value) if value >= 0 else rng.choice(["-", "- "])
+              + str(-value))
+    return (expression + rng.choice(["=", " = ", "= ", " ="]) + result
+            + rng.choice(["", ".", ".5", " ", "+", "=", "=3", ". ", "0", "x"]))
+
+  def integer():
+    return str(rng.choice([rng.randint(0, 20), rng.randint(10**11, 10**13)]))
+
+  def stray():
+    return rng.choice([" ", ".", "=", "+", "-", "*", "x", "\n", "= "])
+
+  return [
+      "".join(
+          rng.choice([chain, chain, chain, integer, stray])()
+          for _ in range(rng.randint(1, 6)))
+      for _ in range(count)
+  ]
+
+
+def test_device_steps_equal_the_host_pattern_on_generated_step_strings():
+  """working.steps on raw bytes against the host's pattern, on step-rich texts where the host's
+  left-to-right search consumes results that could start the next run."""
+  texts = _step_strings(3000, random.Random(2))
+  width = max(len(t) for t in texts) + 2
+  text = np.zeros((len(texts), width), np.int32)
+  for row, t in enumerate(texts):
+    text[row, :len(t)] = np.frombuffer(t.encode(), np.uint8)
+  total, right = (np.asarray(a) for a in jax.jit(working.steps)(text))
+  host = np.asarray([tasks.checks._steps(t) for t in texts])
+  disagree = [
+      (t, tuple(h), (s, r)) for t, h, s, r in zip(texts, host, total, right) if tuple(h) != (s, r)
+  ]
+  assert not disagree, disagree[:5]
+  assert host[:, 0].sum() > 2000 and 0.2 < host[:, 1].sum() / host[:, 0].sum() < 0.8
+
+
 def _task(example, checker):
   """The example's task, or a user's ("qa") when read by another checker than its task's."""
   return example.task if checker == tasks.TASK_CHECKERS.get(example.task) else "qa"

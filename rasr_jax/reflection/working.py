@@ -5,11 +5,13 @@ text (RASR.md §5: the logic and relevance of question/answer rows).
 pattern, found left to right without overlap: a run of integers (not after a digit or `.`; an
 integer's first 12 digits, a longer one ending the run) joined by `+ - *`, optionally followed by
 `= r` (r an integer of at most 12 digits, not followed by more digits or a decimal part); a step is
-a run with an operator and a result, right when the run's value (`*` binding tighter) is r. Here a
-reverse scan over the bytes evaluates the run that starts at each integer, and a forward scan keeps
-the runs the host's left-to-right search finds. Python evaluates with exact integers; here every
-value is taken modulo two primes below 2^15 (so products stay inside int32): a wrong step reads as
-right only if both residues agree by chance, about one in 10^9.
+a run with an operator and a result, right when the run's value (`*` binding tighter) is r. Here
+every step is found without a sequential pass over the bytes: the runs are linked lists of integers,
+whose values compose as affine maps by pointer doubling, and which run's head the host's search
+skips (consumed as the previous match's result) is a one-bit recurrence along chains of runs,
+composed the same way; log2(N) rounds of gathers each. Python evaluates with exact integers; here
+every value is taken modulo two primes below 2^15 (so products stay inside int32): a wrong step
+reads as right only if both residues agree by chance, about one in 10^9.
 
 `quantities_used`: how many of the question's quantities (`tasks.quantities`, written into the
 row as bytes) the draft mentions: as a number (rows read by `final_answer`: a maximal digit
@@ -17,7 +19,6 @@ run, leading zeros dropped) or as a word (other checkers: a maximal run of [a-z0
 lowercased text).
 """
 
-import jax
 import jax.numpy as jnp
 
 from rasr_jax.reflection import answers, byte_text
@@ -37,9 +38,54 @@ def _residues(text, start, digits):
   return values
 
 
+def _gather(table, index):
+  """table [B, N] at index [B, N] (clipped into range)."""
+  return jnp.take_along_axis(table, jnp.clip(index, 0, table.shape[1] - 1), axis=1)
+
+
+def _suffix_values(linked, op, value, operand):
+  """The value of the run from each integer to the end of its run, per prime -> list of [B, N].
+
+  Each integer maps (first term, rest) of the run after it to its own: `a * ...` multiplies the
+  first term, `a + ...` / `a - ...` start a new one, the last integer is (a, 0). The maps are
+  affine ([[a11, a12], [a21, a22]], [b1, b2]), so pointer doubling along the run composes them
+  in log2(N) rounds."""
+  width = linked.shape[1]
+  times, plus, minus = op == ord("*"), op == ord("+"), op == ord("-")
+  jump = jnp.where(linked, operand, jnp.arange(width)[None])
+  values = []
+  for v, p in zip(value, _PRIMES):
+    zero, one = jnp.zeros_like(v), jnp.ones_like(v)
+    maps = (
+        jnp.where(linked & times, v, zero),  # a11
+        zero,  # a12
+        jnp.where(plus, one, jnp.where(minus, p - 1, zero)) * linked,  # a21
+        jnp.where(linked, one, zero),  # a22
+        jnp.where(linked & times, zero, v),  # b1
+        zero,  # b2
+    )
+    pointer = jump
+    for _ in range(max(1, (width - 1).bit_length())):
+      later = [_gather(m, pointer) for m in maps]
+      maps = _compose(maps, later, p)
+      pointer = _gather(pointer, pointer)
+    values.append((maps[4] + maps[5]) % p)
+  return values
+
+
+def _compose(outer, inner, p):
+  """outer after inner, two affine maps of (first term, rest) modulo p."""
+  a11, a12, a21, a22, b1, b2 = outer
+  c11, c12, c21, c22, d1, d2 = inner
+  mul = lambda x, y: (x * y) % p
+  return ((mul(a11, c11) + mul(a12, c21)) % p, (mul(a11, c12) + mul(a12, c22)) % p,
+          (mul(a21, c11) + mul(a22, c21)) % p, (mul(a21, c12) + mul(a22, c22)) % p,
+          (mul(a11, d1) + mul(a12, d2) + b1) % p, (mul(a21, d1) + mul(a22, d2) + b2) % p)
+
+
 def steps(text):
   """text [B, N] (zero past each draft's end) -> (steps [B] int32, right steps [B] int32)."""
-  width = text.shape[1]
+  rows, width = text.shape
   pos = jnp.broadcast_to(jnp.arange(width)[None], text.shape)
   digit = byte_text.is_digit(text)
   before = byte_text.at(text, pos - 1)
@@ -51,8 +97,8 @@ def steps(text):
   after = byte_text.follow(next_solid, pos + taken, width)  # first non-space after the integer
   op = byte_text.at(text, after)
   operand = byte_text.follow(next_solid, after + 1, width)
-  linked = ((op == ord("+")) | (op == ord("-")) | (op == ord("*"))) & byte_text.is_digit(
-      byte_text.at(text, operand))  # the run goes on: the next start is `operand`
+  linked = start & ((op == ord("+")) | (op == ord("-")) | (op == ord("*"))) & byte_text.is_digit(
+      byte_text.at(text, operand))  # the run goes on: its next integer is at `operand`
   # `= r` after the integer: r's sign, first digit, length and value.
   negative = byte_text.at(text, operand) == ord("-")
   first = operand + negative
@@ -66,54 +112,42 @@ def steps(text):
       jnp.where(negative, (p - r) % p, r)
       for r, p in zip(_residues(text, first, jnp.minimum(length, _MAX_DIGITS)), _PRIMES)
   ]
-  match_end_alone = jnp.where(has_result, past, pos + taken)
-
-  def evaluate(carry, at):
-    """Right to left: the run from each start, as (first term, rest) of its value per prime,
-    whether it holds an operator, its result and where its match ends."""
-    (term, rest, has_op, result_ok, result_value, end) = carry
-    (is_start, is_linked, op, value, alone_ok, alone_value, alone_end) = at
-    times, plus, minus = op == ord("*"), op == ord("+"), op == ord("-")
-    new_term, new_rest = [], []
-    for t, r, v, p in zip(term, rest, value, _PRIMES):
-      linked_term = jnp.where(times, (v * t) % p, v)
-      linked_rest = jnp.where(plus, (t + r) % p, jnp.where(minus, (r - t) % p, r))
-      new_term.append(jnp.where(is_linked, linked_term, v))
-      new_rest.append(jnp.where(is_linked, linked_rest, 0))
-    out = (new_term, new_rest, is_linked, jnp.where(is_linked, result_ok, alone_ok),
-           [jnp.where(is_linked, rv, av) for rv, av in zip(result_value, alone_value)],
-           jnp.where(is_linked, end, alone_end))
-    carry = jax.tree.map(lambda new, old: jnp.where(is_start, new, old), out, carry)
-    return carry, out
-
-  rows = text.shape[0]
-  zeros = [jnp.zeros((rows,), jnp.int32) for _ in _PRIMES]
-  init = (zeros, zeros, jnp.zeros((rows,), bool), jnp.zeros(
-      (rows,), bool), zeros, jnp.zeros((rows,), jnp.int32))
-  by_position = jax.tree.map(lambda a: jnp.moveaxis(a, 1, 0),
-                             (start, linked, op, value, has_result, result, match_end_alone))
-  _, (term, rest, has_op, result_ok, result_value, match_end) = jax.lax.scan(evaluate,
-                                                                             init,
-                                                                             by_position,
-                                                                             reverse=True,
-                                                                             unroll=8)
-  is_step = has_op & result_ok  # [N, B]
+  run_value = _suffix_values(linked, op, value, operand)
+  # Runs: a head is an integer no other integer links to; its run ends at the first integer at
+  # or after it that links to none, whose `= r` is the run's result.
+  row = jnp.arange(rows)[:, None]
+  linked_to = jnp.zeros((rows, width + 1),
+                        bool).at[row, jnp.where(linked, operand, width)].set(True)[:, :width]
+  head = start & ~linked_to
+  last = byte_text.first_at_or_after(start & ~linked, width)
+  result_ok = _gather(has_result, last) & head
+  result_at = _gather(first, last)  # the head of the next run when result_ok
+  # The host's search skips a run's head when the previous match consumed it as its result, and
+  # then matches from the run's second integer. A run's match exists unless its head was
+  # consumed and it has one integer; its result is consumed only if the match exists, so
+  # "consumed" follows x(next) = result_ok and (not x or linked), along chains of runs, composed
+  # as functions of one bit (their values at False and True) by pointer doubling.
+  previous = jnp.full((rows, width + 1), -1,
+                      jnp.int32).at[row, jnp.where(result_ok, result_at, width)].set(pos)[:, :width]
+  # x(head) as a function of x(pointer's head): its value when that one was free / consumed.
+  if_free = previous >= 0  # the previous run's match exists and consumes this head
+  if_consumed = if_free & _gather(linked, previous)
+  pointer = previous
+  for _ in range(max(1, (width - 1).bit_length())):
+    more = pointer >= 0
+    earlier_free, earlier_consumed = _gather(if_free, pointer), _gather(if_consumed, pointer)
+    if_free, if_consumed = (jnp.where(more, jnp.where(earlier_free, if_consumed, if_free), if_free),
+                            jnp.where(more, jnp.where(earlier_consumed, if_consumed, if_free),
+                                      if_consumed))
+    pointer = jnp.where(more, _gather(pointer, pointer), pointer)
+  consumed = if_free & head  # every chain starts at a run whose head nothing consumed
+  second = operand  # a linked integer's next one: where a run's match starts when consumed
+  is_step = head & result_ok & linked & jnp.where(consumed, _gather(linked, second), True)
   right = is_step
-  for t, r, v, p in zip(term, rest, result_value, _PRIMES):
-    right &= (t + r) % p == v
-
-  def search(resume, at):
-    """Left to right: a match starts at an integer the previous match does not cover."""
-    index, is_start, end = at
-    found = is_start & (index >= resume)
-    return jnp.where(found, end, resume), found
-
-  _, found = jax.lax.scan(search,
-                          jnp.zeros((rows,), jnp.int32),
-                          (jnp.arange(width), jnp.moveaxis(start, 1, 0), match_end),
-                          unroll=8)
-  return (jnp.sum(found & is_step, axis=0,
-                  dtype=jnp.int32), jnp.sum(found & right, axis=0, dtype=jnp.int32))
+  for v, r in zip(run_value, result):
+    matched = jnp.where(consumed, _gather(v, second), v)
+    right &= matched == _gather(r, last)
+  return jnp.sum(is_step, axis=1, dtype=jnp.int32), jnp.sum(right, axis=1, dtype=jnp.int32)
 
 
 def quantities_used(text, checker, quantity, quantity_len):
