@@ -12,12 +12,16 @@ import jax
 import jax.numpy as jnp
 
 
+def clipped_at(table, index):
+  """table [B, N] at index [B, M], the index clipped into [0, N)."""
+  return jnp.take_along_axis(table, jnp.clip(index, 0, table.shape[1] - 1), axis=1)
+
+
 def at(text, index):
   """text [B, N] at index [B, ...] (0 outside the text)."""
-  width = text.shape[1]
   flat = index.reshape(index.shape[0], -1)
-  got = jnp.take_along_axis(text, jnp.clip(flat, 0, width - 1), axis=1)
-  return jnp.where((flat >= 0) & (flat < width), got, 0).reshape(index.shape)
+  inside = (flat >= 0) & (flat < text.shape[1])
+  return jnp.where(inside, clipped_at(text, flat), 0).reshape(index.shape)
 
 
 def lower(c):

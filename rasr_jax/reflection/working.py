@@ -38,11 +38,6 @@ def _residues(text, start, digits):
   return values
 
 
-def _gather(table, index):
-  """table [B, N] at index [B, N] (clipped into range)."""
-  return jnp.take_along_axis(table, jnp.clip(index, 0, table.shape[1] - 1), axis=1)
-
-
 def _suffix_values(linked, op, value, operand):
   """The value of the run from each integer to the end of its run, per prime -> list of [B, N].
 
@@ -66,9 +61,9 @@ def _suffix_values(linked, op, value, operand):
     )
     pointer = jump
     for _ in range(max(1, (width - 1).bit_length())):
-      later = [_gather(m, pointer) for m in maps]
+      later = [byte_text.clipped_at(m, pointer) for m in maps]
       maps = _compose(maps, later, p)
-      pointer = _gather(pointer, pointer)
+      pointer = byte_text.clipped_at(pointer, pointer)
     values.append((maps[4] + maps[5]) % p)
   return values
 
@@ -120,8 +115,8 @@ def steps(text):
                         bool).at[row, jnp.where(linked, operand, width)].set(True)[:, :width]
   head = start & ~linked_to
   last = byte_text.first_at_or_after(start & ~linked, width)
-  result_ok = _gather(has_result, last) & head
-  result_at = _gather(first, last)  # the head of the next run when result_ok
+  result_ok = byte_text.clipped_at(has_result, last) & head
+  result_at = byte_text.clipped_at(first, last)  # the head of the next run when result_ok
   # The host's search skips a run's head when the previous match consumed it as its result, and
   # then matches from the run's second integer. A run's match exists unless its head was
   # consumed and it has one integer; its result is consumed only if the match exists, so
@@ -131,22 +126,24 @@ def steps(text):
                       jnp.int32).at[row, jnp.where(result_ok, result_at, width)].set(pos)[:, :width]
   # x(head) as a function of x(pointer's head): its value when that one was free / consumed.
   if_free = previous >= 0  # the previous run's match exists and consumes this head
-  if_consumed = if_free & _gather(linked, previous)
+  if_consumed = if_free & byte_text.clipped_at(linked, previous)
   pointer = previous
   for _ in range(max(1, (width - 1).bit_length())):
     more = pointer >= 0
-    earlier_free, earlier_consumed = _gather(if_free, pointer), _gather(if_consumed, pointer)
+    earlier_free = byte_text.clipped_at(if_free, pointer)
+    earlier_consumed = byte_text.clipped_at(if_consumed, pointer)
     if_free, if_consumed = (jnp.where(more, jnp.where(earlier_free, if_consumed, if_free), if_free),
                             jnp.where(more, jnp.where(earlier_consumed, if_consumed, if_free),
                                       if_consumed))
-    pointer = jnp.where(more, _gather(pointer, pointer), pointer)
+    pointer = jnp.where(more, byte_text.clipped_at(pointer, pointer), pointer)
   consumed = if_free & head  # every chain starts at a run whose head nothing consumed
   second = operand  # a linked integer's next one: where a run's match starts when consumed
-  is_step = head & result_ok & linked & jnp.where(consumed, _gather(linked, second), True)
+  second_linked = byte_text.clipped_at(linked, second)
+  is_step = head & result_ok & linked & jnp.where(consumed, second_linked, True)
   right = is_step
   for v, r in zip(run_value, result):
-    matched = jnp.where(consumed, _gather(v, second), v)
-    right &= matched == _gather(r, last)
+    matched = jnp.where(consumed, byte_text.clipped_at(v, second), v)
+    right &= matched == byte_text.clipped_at(r, last)
   return jnp.sum(is_step, axis=1, dtype=jnp.int32), jnp.sum(right, axis=1, dtype=jnp.int32)
 
 
