@@ -336,9 +336,10 @@ def test_the_import_cli_refuses_with_one_error_line(tmp_path):
 
 
 def test_a_full_vocabulary_grows_for_the_markers(tmp_path):
-  """A tokenizer that fills the model's vocabulary and lacks the markers: the import appends
-  three ids whose embedding rows (and head columns) are the mean of the others; the original
-  ids' logits are unchanged."""
+  """A tokenizer that fills the model's vocabulary and lacks the markers: the import grows it to
+  the next multiple of 128 with room for them (so mesh.tensor can shard it), the markers on the
+  last three ids; every new embedding row (and head column) is the mean of the others, so the
+  original ids' logits are unchanged."""
   sp_path = _plain_sentencepiece(tmp_path / "user")
   import sentencepiece as spm
   pieces = spm.SentencePieceProcessor(model_file=sp_path).get_piece_size()
@@ -346,12 +347,15 @@ def test_a_full_vocabulary_grows_for_the_markers(tmp_path):
   os.replace(sp_path, tmp_path / "hf" / "tokenizer.model")
   from configs import tiny
   config = hf.import_checkpoint(str(tmp_path / "hf"), str(tmp_path / "w"), tiny.get_config())
-  assert config.model.vocab_size == pieces + 3
+  grown = config.model.vocab_size
+  assert grown % 128 == 0 and pieces + 3 <= grown < pieces + 3 + 128
+  tokenizer = tok_lib.load(config.data.tokenizer, grown)
+  assert [tokenizer.special_ids[m] for m in tok_lib.MARKERS] == [grown - 3, grown - 2, grown - 1]
   _, abstract, _ = train_state.abstract_model(config)
   params = checkpoint.restore_params(checkpoint.imported_params_dir(str(tmp_path / "w")), abstract)
   embed = np.asarray(params["embed"])
   np.testing.assert_allclose(embed[pieces:],
-                             np.repeat(embed[:pieces].mean(0, keepdims=True), 3, 0),
+                             np.repeat(embed[:pieces].mean(0, keepdims=True), grown - pieces, 0),
                              atol=1e-6)
   ids = np.random.RandomState(4).randint(0, pieces, (1, 9))
   got = _imported_logits(str(tmp_path / "w"), ids)

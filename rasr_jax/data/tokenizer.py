@@ -217,14 +217,22 @@ class SentencePieceTokenizer(Tokenizer):
         yield self._sp.id_to_piece(index).replace(SPACE_PIECE, " ").encode()
 
 
+# A vocabulary grown for the markers is rounded up to a multiple of this, so that any
+# mesh.tensor dividing it (every power of two up to 128) can shard the vocabulary axis.
+GROWN_VOCAB_MULTIPLE = 128
+
+
 def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
-  """The smallest model vocabulary >= `model_vocab_size` in which the tokenizer at
-  `tokenizer_path` has ids for the markers: its own pieces, else the vocabulary's last three ids,
-  which must lie past the tokenizer's pieces."""
+  """A model vocabulary >= `model_vocab_size` in which the tokenizer at `tokenizer_path` has ids
+  for the markers: its own pieces, else the vocabulary's last three ids, which must lie past the
+  tokenizer's pieces. When `model_vocab_size` is too small for that, it grows to the next
+  multiple of GROWN_VOCAB_MULTIPLE with room for the markers (the ids between the pieces and the
+  markers stay unused)."""
   tokenizer = load(tokenizer_path, model_vocab_size=sys.maxsize)  # room for any markers
-  if not tokenizer.markers_past_pieces:
+  needed = tokenizer.vocab_size + len(MARKERS)
+  if not tokenizer.markers_past_pieces or model_vocab_size >= needed:
     return model_vocab_size
-  return max(model_vocab_size, tokenizer.vocab_size + len(MARKERS))
+  return -(-needed // GROWN_VOCAB_MULTIPLE) * GROWN_VOCAB_MULTIPLE
 
 
 # The names a tokenizer file has in a work directory or an HF model directory, the preferred
