@@ -99,6 +99,7 @@ TRAININGS = {  # name: (reflect overrides, eval methods)
 }
 DEFAULT_TRAININGS = ("standard_tokens", "standard_compute", "rasr", "rasr_teacher")
 ROUNDS = 2  # self-alignment rounds of the `self_align` training
+AUROC_DIMENSIONS = ("factual", "logic", "relevance")  # the critic's, each against its own target
 ROWS = (  # (row label, training, method)
     ("Standard, equal tokens", "standard_tokens", "standard"),
     ("Standard, equal compute", "standard_compute", "standard"),
@@ -225,11 +226,11 @@ def steps_right(seed, training, method):
   ]
 
 
-def _mean_auroc(report):
-  """The critic's AUROC averaged over the tasks that have one (None for standard runs)."""
-  values = [
-      report[t]["critic_auroc"] for t in _tasks() if report[t].get("critic_auroc") is not None
-  ]
+def _mean_auroc(report, dimension):
+  """The AUROC of the critic's `dimension` against its own TrueQuality, averaged over the tasks
+  that have one (None for standard runs, and for reports that judged it against correctness)."""
+  judged = (report[t].get("critic_dimensions", {}).get(dimension, {}) for t in _tasks())
+  values = [j["auroc"] for j in judged if j.get("target") == dimension and j["auroc"] is not None]
   return statistics.fmean(values) if values else None
 
 
@@ -237,7 +238,7 @@ def table(results):
   """Markdown: a row per (training, method); each cell mean +- 95 % half-interval over seeds."""
   header = [
       "Run", *(f"{t} acc %" for t in _tasks()), "perplexity (token)", "mean iterations",
-      "wrong->right", "right->wrong", "critic AUROC"
+      "wrong->right", "right->wrong", *(f"critic AUROC {d}" for d in AUROC_DIMENSIONS)
   ]
   lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
   for label, training, method in ROWS:
@@ -262,7 +263,7 @@ def table(results):
              digits=2))
     cells.append(cell([total(s, "wrong_to_right") for s in per_seed], digits=1))
     cells.append(cell([total(s, "right_to_wrong") for s in per_seed], digits=1))
-    cells.append(cell([_mean_auroc(s) for s in per_seed], digits=3))
+    cells.extend(cell([_mean_auroc(s, d) for s in per_seed], digits=3) for d in AUROC_DIMENSIONS)
     lines.append(f"| {label} | " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
