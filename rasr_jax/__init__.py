@@ -2,7 +2,8 @@
 
 Folders, lowest floor first; a module imports its own floor and those below, never one above
 (tests/test_house.py checks it):
-  config, sharding, distributed   the validated config, the mesh and its one rules table
+  config, sharding, distributed   the validated config, the mesh and its one rules table;
+  progress, storage, rounding     progress lines, paths on any filesystem, shape rounding
   tasks                           bundled verifiable tasks: generators and checkers
   model/                          layers, transformer (+ KV cache), heads, sampling, decoding
   reflection/                     the RASR loop's one home: layout and special ids, loop state,

@@ -13,6 +13,8 @@ import math
 import os
 import typing
 
+from rasr_jax import rounding
+
 
 class ConfigError(ValueError):
   """A configuration value breaks a rule; the message is one line for the user."""
@@ -679,7 +681,7 @@ def _resolve_reflect_rows(config, batch_shards, batch_names):
   if not r.enabled:  # no reflection rows to place
     return r
   unit = batch_shards * t.grad_accum_steps * (2 if r.source == "mixed" else 1)
-  rows = r.rows or max(-(-t.batch_size // 8 // unit) * unit, unit)
+  rows = r.rows or rounding.round_up(rounding.ceil_div(t.batch_size, 8), unit)
   halves = "2*" if r.source == "mixed" else ""  # mixed: as many text as question/answer rows
   if rows % unit or rows > t.batch_size:
     _fail(

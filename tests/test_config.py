@@ -166,3 +166,34 @@ def test_config_names_the_checkers_the_tasks_have():
 def test_config_names_the_tasks_self_alignment_prompts_from():
   from rasr_jax import tasks
   assert config_lib.SELF_ALIGN_TASKS == tasks.TASKS
+
+
+@pytest.mark.parametrize(
+    "batch, data, accum, source, rows",
+    [
+        (8, 1, 1, "qa", 1),  # batch / 8
+        (64, 1, 1, "qa", 8),
+        (20, 1, 1, "qa", 3),  # rounded up
+        (64, 4, 1, "qa", 8),  # a multiple of the data shards
+        (16, 4, 1, "qa", 4),  # at least one row per shard
+        (32, 2, 2, "qa", 4),  # per micro-batch shard
+        (64, 2, 1, "mixed", 8),  # as many text as question/answer rows per shard
+    ])
+def test_default_reflection_rows(batch, data, accum, source, rows):
+  """reflect.rows = 0 resolves to batch / 8 rounded up to a multiple of the row unit."""
+  config = make_config(
+      **{
+          "reflect.rows": 0,
+          "reflect.source": source,
+          "train.batch_size": batch,
+          "train.grad_accum_steps": accum,
+          "mesh.data": data,
+          "mesh.fsdp": 1
+      })
+  assert config_lib.resolve_mesh(config, data).reflect.rows == rows
+
+
+def test_rounding():
+  from rasr_jax import rounding
+  assert [rounding.ceil_div(v, 4) for v in (1, 4, 5, 8)] == [1, 1, 2, 2]
+  assert [rounding.round_up(v, 128) for v in (1, 128, 32003)] == [128, 128, 32128]

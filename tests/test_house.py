@@ -17,7 +17,7 @@ from test_config import CONFIG_FILES, _load_file
 
 # Lowest first. A module may import its own floor and the floors below it, never one above.
 FLOORS = (
-    ("config", "sharding", "distributed", "progress", "storage"),
+    ("config", "sharding", "distributed", "progress", "storage", "rounding"),
     ("tasks",),
     ("model",),
     ("reflection",),

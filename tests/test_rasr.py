@@ -23,6 +23,7 @@ from rasr_jax.training import losses, optim, reflect, safety_quality, train_stat
 from rasr_jax.training import step as train_step
 
 IDS = tok_lib.TRAINED_MARKER_IDS
+TERMS = ("loss/lm", "loss/reflect", "loss/critic", "loss/controller")
 RNG = np.random.RandomState(0)
 
 
@@ -49,20 +50,32 @@ def committee():
 
 
 def _routing_grads(setup, safety=None, pieces=None):
-  """One jitted function: the step's combined gradient and each term's own gradient."""
-  config, mesh, state, _, graphdef, tokens = setup
-  loss_fn = train_step.make_loss_fn(graphdef, config, IDS, safety=safety, pieces=pieces)
+  """One jitted function (params, progress, label) -> the step's combined gradient, each term's
+  own gradient and the metrics; `safety(label)` builds the step's safety input from the traced
+  float `label`, so one compilation serves every label."""
+  config, _, _, _, graphdef, tokens = setup
   n = jnp.float32(tokens.shape[0] * (tokens.shape[1] - 1))
 
   @jax.jit
-  def grads(params, progress):
+  def grads(params, progress, label):
+    loss_fn = train_step.make_loss_fn(graphdef,
+                                      config,
+                                      IDS,
+                                      safety=safety(label) if safety else None,
+                                      pieces=pieces)
     args = (PackedRows(tokens), None, n, jax.random.key(1), jnp.float32(0.5), progress)
-    combined = jax.grad(lambda p: loss_fn(p, *args)[0])(params)
+
+    def losses(p):  # [5]: the step's loss, then each term's
+      total, aux = loss_fn(p, *args)
+      return jnp.stack([total, *(aux[name] for name in TERMS)]), aux
+
+    # One backward pass, vmapped over the five losses (reverse mode: rows of the Jacobian).
+    jacobian, aux = jax.jacrev(losses, has_aux=True)(params)
+    combined = jax.tree.map(lambda rows: rows[0], jacobian)
     terms = {
-        name: jax.grad(lambda p, name=name: loss_fn(p, *args)[1][name])(params)
-        for name in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller")
+        name: jax.tree.map(lambda rows, i=i: rows[i + 1], jacobian) for i, name in enumerate(TERMS)
     }
-    return combined, terms, loss_fn(params, *args)[1]
+    return combined, terms, aux
 
   return grads
 
@@ -72,15 +85,14 @@ def routing_grads(rasr):
   return _routing_grads(rasr)
 
 
-def _check_routing(setup, grads, progress):
+def _check_routing(setup, grads, progress, label=0.0):
   """psi <- grad(a Ls + b Lr), phi <- grad(b Lr + g Lc), xi <- grad(Lctrl), exactly (§7.5);
   -> the combined gradient, each term's, and the step's metrics."""
   config, mesh, state, _, _, _ = setup
   r = config.reflect
   with sharding.activate(mesh):
-    combined, terms, aux = grads(state.params, jnp.float32(progress))
-  ls, lr, lc, lctrl = (
-      terms[k] for k in ("loss/lm", "loss/reflect", "loss/critic", "loss/controller"))
+    combined, terms, aux = grads(state.params, jnp.float32(progress), jnp.float32(label))
+  ls, lr, lc, lctrl = (terms[k] for k in TERMS)
   assert float(aux["loss/reflect"]) > 0 and float(aux["loss/controller"]) > 0
   expected = {
       "generator": jax.tree.map(lambda a, b: r.alpha * a + r.beta * b, ls, lr),
@@ -159,12 +171,18 @@ def test_the_unified_loss_weighs_the_paradigms_alike_and_coordination_apart():
   assert float(total) == pytest.approx(0.2 * paradigms + 0.15 * coordination, rel=1e-5)
 
 
-def _constant_safety(value, **robustness):
-  """A stand-in for the host labels: every draft's safety quality is `value` in every text
-  dim (`robustness`: SafetyQuality's ordinary_ids and rate)."""
-  return safety_quality.SafetyQuality(
-      lambda draft, length: jnp.full((draft.shape[0], len(config_lib.SAFETY_DIMS)), value),
-      **robustness)
+def _constant_safety(quality):
+  """A stand-in for the host labels: every draft's safety quality is `quality` in every text
+  dim."""
+  return safety_quality.SafetyQuality(lambda draft, length: jnp.full(
+      (draft.shape[0], len(config_lib.SAFETY_DIMS)), quality))
+
+
+def _perturbing_safety(rate):
+  """Text dims all safe; questions perturbed at `rate` (robustness)."""
+  return safety_quality.SafetyQuality(safety_quality.all_safe,
+                                      ordinary_ids=np.arange(10, 200, dtype=np.int32),
+                                      rate=rate)
 
 
 def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
@@ -175,8 +193,9 @@ def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
   config, _, state, _, _, _ = setup
   assert config.reflect.dim_names == ("factual", "logic", "relevance", "toxicity", "privacy")
   assert state.params["critic"]["score_w"].shape[-1] == 5
-  _, clean, clean_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(1.0)), 0.0)
-  _, flagged, flagged_aux = _check_routing(setup, _routing_grads(setup, _constant_safety(0.0)), 0.0)
+  grads = _routing_grads(setup, _constant_safety)
+  _, clean, clean_aux = _check_routing(setup, grads, 0.0, label=1.0)
+  _, flagged, flagged_aux = _check_routing(setup, grads, 0.0, label=0.0)
   for rate in ("rate", "rate_k0", "rate_final"):
     assert float(clean_aux[f"safety/{rate}/privacy"]) == 0
     assert float(flagged_aux[f"safety/{rate}/privacy"]) == 1
@@ -196,11 +215,9 @@ def test_robustness_is_a_critic_dimension_trained_by_the_critics_stability():
   setup = _setup(**{"reflect.safety_dims": "robustness"})
   config, _, state, _, _, _ = setup
   assert config.reflect.dim_names == ("factual", "logic", "relevance", "robustness")
-  ordinary = np.arange(10, 200, dtype=np.int32)
-  _, still, still_aux = _check_routing(
-      setup, _routing_grads(setup, _constant_safety(1.0, ordinary_ids=ordinary, rate=0.0)), 0.0)
-  _, moved, moved_aux = _check_routing(
-      setup, _routing_grads(setup, _constant_safety(1.0, ordinary_ids=ordinary, rate=1.0)), 0.0)
+  grads = _routing_grads(setup, _perturbing_safety)
+  _, still, still_aux = _check_routing(setup, grads, 0.0, label=0.0)
+  _, moved, moved_aux = _check_routing(setup, grads, 0.0, label=1.0)
   assert float(still_aux["safety/rate/robustness"]) == 0
   assert float(moved_aux["safety/rate/robustness"]) > 0
   assert float(moved_aux["loss/critic"]) != pytest.approx(float(still_aux["loss/critic"]))

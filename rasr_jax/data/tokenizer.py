@@ -19,7 +19,7 @@ import sentencepiece as spm
 from absl import logging
 from etils import epath
 
-from rasr_jax import storage
+from rasr_jax import rounding, storage
 from rasr_jax.reflection.answers import PieceBytes
 from rasr_jax.reflection.layout import SpecialIds
 
@@ -232,7 +232,7 @@ def vocab_for_markers(tokenizer_path: str, model_vocab_size: int) -> int:
   needed = tokenizer.vocab_size + len(MARKERS)
   if not tokenizer.markers_past_pieces or model_vocab_size >= needed:
     return model_vocab_size
-  return -(-needed // GROWN_VOCAB_MULTIPLE) * GROWN_VOCAB_MULTIPLE
+  return rounding.round_up(needed, GROWN_VOCAB_MULTIPLE)
 
 
 # The names a tokenizer file has in a work directory or an HF model directory, the preferred

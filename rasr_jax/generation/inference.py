@@ -21,7 +21,7 @@ from absl import logging
 from etils import epath
 
 from rasr_jax import config as config_lib
-from rasr_jax import progress, sharding, storage
+from rasr_jax import progress, rounding, sharding, storage
 from rasr_jax.data import sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.generation import generate as gen_lib
@@ -31,10 +31,6 @@ from rasr_jax.training import checkpoint as ckpt_lib
 from rasr_jax.training import train_state
 
 LENGTH_BUCKET = 32  # input lengths are rounded up to a multiple (one compilation per bucket)
-
-
-def _round_up(value, multiple):
-  return -(-value // multiple) * multiple
 
 
 def _locate_checkpoint(workdir, checkpoint):
@@ -147,7 +143,7 @@ class InferenceModel:
   def _batches(self, items, batch_size):
     """(rows, [(start, chunk)]): chunks of `rows` items; every batch is padded to `rows`, a
     multiple of the data-parallel size, so one compiled function serves them all."""
-    rows = _round_up(batch_size, self._rows_multiple)
+    rows = rounding.round_up(batch_size, self._rows_multiple)
     return rows, [(i, items[i:i + rows]) for i in range(0, len(items), rows)]
 
   def _put(self, array):
@@ -267,7 +263,7 @@ class InferenceModel:
         encoded = [list(ids) for ids, _ in chunk]
         if max_prompt_tokens:
           encoded = [ids[-max_prompt_tokens:] for ids in encoded]
-        width = _round_up(max(map(len, encoded)), LENGTH_BUCKET)
+        width = rounding.round_up(max(map(len, encoded)), LENGTH_BUCKET)
         prompt = np.full((rows, width), self.tokenizer.pad_id, np.int32)
         valid = np.zeros((rows, width), bool)
         for row, ids in enumerate(encoded):  # left padding: every prompt ends at the last slot
@@ -321,7 +317,7 @@ class InferenceModel:
     results = []
     with sharding.activate(self.mesh):
       for _, chunk in progress.track(batches, len(batches), "scoring", "batches"):
-        width = _round_up(max(map(len, chunk)), LENGTH_BUCKET)
+        width = rounding.round_up(max(map(len, chunk)), LENGTH_BUCKET)
         tokens = np.full((rows, width), self.tokenizer.pad_id, np.int32)
         for row, ids in enumerate(chunk):
           tokens[row, :len(ids)] = ids

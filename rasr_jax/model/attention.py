@@ -30,7 +30,7 @@ from flax import struct
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash_lib
 from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as splash_masks
 
-from rasr_jax import sharding
+from rasr_jax import rounding, sharding
 
 IMPLEMENTATIONS = ("auto", "xla", "dense", "cudnn", "splash", "blockwise")
 BLOCK = 128  # queries and keys per block of the blockwise path
@@ -153,8 +153,8 @@ def _splash_local(q, k, v, segments=None, *, kernel):
 
 def _splash_blocks(length):
   """(block, padded length) of the splash kernel for `length` positions."""
-  block = min(SPLASH_BLOCK, -(-length // _LANES) * _LANES)
-  return block, -(-length // block) * block
+  block = min(SPLASH_BLOCK, rounding.round_up(length, _LANES))
+  return block, rounding.round_up(length, block)
 
 
 def _splash_kernel(shape, hidden):
@@ -242,7 +242,7 @@ def blockwise(q, k, v, mask, block=BLOCK):
   batch, length, heads, dim = q.shape
   kv_heads = k.shape[2]
   block = min(block, length)
-  padded = -(-length // block) * block  # padding keys are never seen: masked, or past causal
+  padded = rounding.round_up(length, block)  # padding keys are never seen: masked, or past causal
   if padded != length:
     q, k, v = (jnp.pad(a, ((0, 0), (0, padded - length), (0, 0), (0, 0))) for a in (q, k, v))
     if mask is not None:
