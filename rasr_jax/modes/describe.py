@@ -5,7 +5,7 @@ import math
 import jax
 from jax.sharding import PartitionSpec as P
 
-from rasr_jax import sharding
+from rasr_jax import rounding, sharding
 from rasr_jax.training import flops, optim, train_state
 
 
@@ -13,7 +13,7 @@ def _sharded_bytes(tree, specs, axis_sizes):
   leaves = jax.tree.leaves(tree)
   spec_leaves = jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, P))
   return sum(
-      math.ceil(x.size * x.dtype.itemsize / sharding.shard_count(s, axis_sizes))
+      rounding.ceil_div(x.size * x.dtype.itemsize, sharding.shard_count(s, axis_sizes))
       for x, s in zip(leaves, spec_leaves))
 
 
