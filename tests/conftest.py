@@ -188,6 +188,13 @@ def assert_same_losses(workdir, reference, rel=1e-5):
     assert got[step] == pytest.approx(want[step], rel=rel), step
 
 
+def assert_same_run(config, workdir, reference):
+  """The runs in `workdir` and `reference` logged the same losses and ended with the same
+  parameters, bit for bit."""
+  assert losses(workdir) == losses(reference)
+  assert params_hash(workdir, config) == params_hash(reference, config)
+
+
 def assert_resume_is_bit_identical(config, reference, workdir):
   """Training `config` in `workdir` cut at half its steps and resumed ends exactly as the
   uninterrupted run in `reference`: the same losses and parameters, bit for bit."""
@@ -196,8 +203,7 @@ def assert_resume_is_bit_identical(config, reference, workdir):
   loop.train(config, workdir, stop_at_step=half)
   assert max(losses(workdir)) == half
   loop.train(config, workdir)
-  assert losses(workdir) == losses(reference)
-  assert params_hash(workdir, config) == params_hash(reference, config)
+  assert_same_run(config, workdir, reference)
 
 
 def assert_resume_from_the_last_but_one_checkpoint_is_bit_identical(config, reference, workdir):
@@ -222,8 +228,7 @@ def assert_resume_from_the_last_but_one_checkpoint_is_bit_identical(config, refe
     f.writelines(kept)
   assert max(losses(workdir)) == saved[-2]
   loop.train(config, workdir)
-  assert losses(workdir) == losses(reference)
-  assert params_hash(workdir, config) == params_hash(reference, config)
+  assert_same_run(config, workdir, reference)
 
 
 def logged_steps(workdir):

@@ -17,11 +17,11 @@ from conftest import (
     STEPS,
     assert_resume_is_bit_identical,
     assert_same_losses,
+    assert_same_run,
     logged_steps,
     losses,
     main_command,
     make_config,
-    params_hash,
     restored_params,
     run_main,
     subprocess_env,
@@ -168,8 +168,7 @@ def test_sigterm_saves_and_resumes_bit_identically(straight_run, tmp_path):
   assert max(losses(workdir)) == stopped_at
   result = run_main(workdir, **{"train.steps": STEPS})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert losses(workdir) == losses(reference)
-  assert params_hash(workdir, config) == params_hash(reference, config)
+  assert_same_run(config, workdir, reference)
 
 
 def test_sharded_training_equals_single_device(straight_run, tmp_path):
