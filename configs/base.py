@@ -67,6 +67,9 @@ def get_config():
   c.data.qa_checker = "exact"
   c.data.qa_eval_files = ""  # held-out question/answer files: --mode=eval --eval_tasks=qa
   c.data.bundled_examples = 20000  # number of generated task documents when source=bundled
+  # Their shares by task, "TASK=WEIGHT,TASK=WEIGHT" (a task not named is left out); empty = the
+  # default mix of rasr_jax/tasks/corpus.py.
+  c.data.bundled_mix = ""
   c.data.seq_len = 128  # tokens per training row T (packed)
   # A sentencepiece .model, an HF tokenizer.json, or a folder holding one (local or gs://);
   # empty = train one on the corpus into the workdir.

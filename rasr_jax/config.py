@@ -14,6 +14,7 @@ import os
 import typing
 
 from rasr_jax import rounding
+from rasr_jax.tasks import base as task_base
 
 
 class ConfigError(ValueError):
@@ -56,6 +57,7 @@ class DataConfig:
   qa_checker: str
   qa_eval_files: str
   bundled_examples: int
+  bundled_mix: str
   seq_len: int
   tokenizer: str
   tokenizer_sample_docs: int
@@ -84,6 +86,30 @@ class DataConfig:
     if not components:
       raise ValueError("names no component (expected GLOBS=WEIGHT;GLOBS=WEIGHT)")
     return components
+
+  def bundled_weights(self) -> dict[str, float] | None:
+    """{task: weight} of `bundled_mix` ("TASK=WEIGHT,TASK=WEIGHT"; a task not named is left
+    out), or None for the default mix (tasks.DEFAULT_MIX); ValueError saying what is wrong."""
+    if not self.bundled_mix.strip():
+      return None
+    weights = {}
+    for part in (p.strip() for p in self.bundled_mix.split(",")):
+      task, sep, weight = part.partition("=")
+      try:
+        value = float(weight)
+      except ValueError:
+        value = None
+      if not sep or value is None:
+        raise ValueError(f"{part!r} is not TASK=WEIGHT")
+      if task.strip() not in task_base.ALL_TASKS:
+        raise ValueError(f"{task.strip()!r} is not a bundled task "
+                         f"({', '.join(task_base.ALL_TASKS)})")
+      if task.strip() in weights:
+        raise ValueError(f"{task.strip()!r} is named twice")
+      if not 0 < value < math.inf:  # a weight of 0: leave the task out
+        raise ValueError(f"{part!r}: the weight must be a finite number > 0")
+      weights[task.strip()] = value
+    return weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -572,6 +598,14 @@ def _check_rules(c):
     _fail(
         "reflect.source", r.source, "needs question/answer data: set data.qa_files, use "
         "data.source=bundled, or set reflect.source=text")
+  if c.data.bundled_mix:
+    try:
+      c.data.bundled_weights()
+    except ValueError as e:
+      _fail("data.bundled_mix", c.data.bundled_mix, str(e))
+    if c.data.source != "bundled":
+      _fail("data.bundled_mix", c.data.bundled_mix,
+            "weighs the bundled tasks: it needs data.source=bundled")
   if c.data.mixture:
     try:
       components = c.data.mixture_components()

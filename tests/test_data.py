@@ -4,9 +4,11 @@ import numpy as np
 import pytest
 
 from conftest import make_config
+from rasr_jax import config as config_lib
 from rasr_jax import tasks
-from rasr_jax.data import pipeline, sources
+from rasr_jax.data import pipeline, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
+from rasr_jax.evaluation import bundled
 
 
 @pytest.fixture(scope="module")
@@ -153,6 +155,47 @@ def test_bundled_corpus_is_seeded(corpus):
   other = sources.load_corpus(make_config().data, seed=1)
   assert again.documents == corpus.documents and again.fingerprint == corpus.fingerprint
   assert other.fingerprint != corpus.fingerprint
+
+
+def test_bundled_mix_weighs_the_corpus_the_reflection_rows_and_the_held_out_split():
+  mix = {"support": 3.0, "logic": 1.0}
+  data = make_config(**{"data.bundled_examples": 400, "data.bundled_mix": "support=3,logic=1"}).data
+  kinds = [ex.task for ex in tasks.bundled_corpus(0, 400, mix)]
+  assert kinds.count("support") == 300 and kinds.count("logic") == 100
+  documents = lambda seed: sorted(ex.document() for ex in tasks.bundled_corpus(seed, 400, mix))
+  assert sorted(sources.load_corpus(data, seed=0).documents) == documents(0)
+  held_out = sources.load_held_out(data, seed=0).documents
+  assert sorted(held_out) == documents(sources.HELD_OUT_SEED_OFFSET)
+  assert [r.task for r in qa.load(data, seed=0)] == kinds
+  assert {r.task for r in qa.load_held_out(data, seed=0)} == {"support", "logic"}
+  default = make_config(**{"data.bundled_examples": 400}).data
+  assert {r.task for r in qa.load(default, seed=0)} == set(tasks.TASKS)
+  assert sources.load_corpus(default, seed=0).fingerprint != sources.load_corpus(data,
+                                                                                 seed=0).fingerprint
+
+
+def test_held_out_items_under_a_bundled_mix_are_never_training_questions():
+  """20,000 training additions cover about 2.5 % of the probe's questions, so about ten of 400
+  fresh ones were seen; the held-out items leave them out only if they know the mix."""
+  config = make_config(**{"data.bundled_examples": 20000, "data.bundled_mix": "probe=1"})
+  seen = {ex.question for ex in tasks.bundled_corpus(0, 20000, {"probe": 1.0})}
+  held_out = bundled.held_out_examples(config, "probe", 400)
+  assert len(held_out) == 400 and not seen & {ex.question for ex in held_out}
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("support", "is not TASK=WEIGHT"),
+    ("support=x", "is not TASK=WEIGHT"),
+    ("poetry=1", "is not a bundled task"),
+    ("support=0", "weight must be a finite number > 0"),
+    ("support=1,support=2", "named twice"),
+])
+def test_bad_bundled_mixes_are_refused_at_start_up(spec, message):
+  with pytest.raises(config_lib.ConfigError, match=f"config.data.bundled_mix=.*{message}"):
+    make_config(**{"data.bundled_mix": spec})
+  on_files = {"data.source": "files", "data.files": "x.txt", "reflect.enabled": False}
+  with pytest.raises(config_lib.ConfigError, match="needs data.source=bundled"):
+    make_config(**on_files, **{"data.bundled_mix": "support=1"})
 
 
 class _OneTokenPerDoc:

@@ -43,10 +43,10 @@ class Record:
     return f"{self.prompt}{tasks.ANSWER_SEPARATOR}{self.answer}"
 
 
-def _bundled(seed, count):
+def _bundled(data_cfg, seed, count):
   return [
       Record(ex.question, ex.answer, tasks.TASK_CHECKERS[ex.task], ex.uid, ex.task)
-      for ex in tasks.bundled_corpus(seed, count)
+      for ex in tasks.bundled_corpus(seed, count, data_cfg.bundled_weights())
       if ex.task in tasks.TASKS
   ]
 
@@ -75,7 +75,7 @@ def load(data_cfg, seed):
   if data_cfg.qa_files:
     return _files(data_cfg.qa_files, data_cfg.qa_checker)
   if data_cfg.source == "bundled":
-    return _bundled(seed, data_cfg.bundled_examples)
+    return _bundled(data_cfg, seed, data_cfg.bundled_examples)
   return []
 
 
@@ -85,7 +85,7 @@ def load_held_out(data_cfg, seed):
     return _files(data_cfg.qa_eval_files, data_cfg.qa_checker)
   if data_cfg.source == "bundled" and not data_cfg.qa_files:
     count = min(data_cfg.bundled_examples, sources.HELD_OUT_BUNDLED_EXAMPLES)
-    return _bundled(seed + sources.HELD_OUT_SEED_OFFSET, count)
+    return _bundled(data_cfg, seed + sources.HELD_OUT_SEED_OFFSET, count)
   return None
 
 

@@ -63,7 +63,7 @@ def single_corpus(documents, fingerprint="", replaced=0) -> Corpus:
 
 def load_corpus(data_cfg, seed: int) -> Corpus:
   if data_cfg.source == "bundled":
-    return _bundled(data_cfg.bundled_examples, seed)
+    return _bundled(data_cfg, data_cfg.bundled_examples, seed)
   if data_cfg.mixture:
     return _mixture(data_cfg)
   return _files(data_cfg, data_cfg.files)
@@ -91,14 +91,15 @@ def load_held_out(data_cfg, seed: int):
   `data.eval_files`; None when source=files and no eval files are named."""
   if data_cfg.source == "bundled":
     count = min(data_cfg.bundled_examples, HELD_OUT_BUNDLED_EXAMPLES)
-    return _bundled(count, seed + HELD_OUT_SEED_OFFSET)
+    return _bundled(data_cfg, count, seed + HELD_OUT_SEED_OFFSET)
   if not data_cfg.eval_files:
     return None
   return _files(data_cfg, data_cfg.eval_files, field="data.eval_files")
 
 
-def _bundled(num_examples, seed):
-  docs = [ex.document() for ex in tasks.bundled_corpus(seed, num_examples)]
+def _bundled(data_cfg, num_examples, seed):
+  examples = tasks.bundled_corpus(seed, num_examples, data_cfg.bundled_weights())
+  docs = [ex.document() for ex in examples]
   digest = hashlib.sha256(f"bundled:v{BUNDLED_FORMAT_VERSION}:{seed}:{num_examples}".encode())
   for doc in docs:
     digest.update(doc.encode())

@@ -31,7 +31,10 @@ def held_out_examples(config, task, count):
     return _records_as_examples(qa.load_held_out(config.data, config.seed)[:count])
   seen = set()
   if config.data.source == "bundled":
-    seen = {ex.question for ex in tasks.bundled_corpus(config.seed, config.data.bundled_examples)}
+    seen = {
+        ex.question for ex in tasks.bundled_corpus(config.seed, config.data.bundled_examples,
+                                                   config.data.bundled_weights())
+    }
   pool = tasks.generate(task, config.seed + sources.HELD_OUT_SEED_OFFSET, 2 * count)
   return [ex for ex in pool if ex.question not in seen][:count]
 
