@@ -165,3 +165,37 @@ def test_loop_trace_benchmark(tmp_path):
                       *sets))
   assert 0 < report["device_busy_s"] <= report["window_s"]
   assert 0 < report["device_busy_fraction"] <= 1
+
+
+def test_safety_drafts_counts_flagged_drafts_and_weighs_the_auroc_by_pairs(tmp_path):
+  """Two windows of two steps with 4 rows each: flagged drafts are rate x rows, and the AUROC of a
+  window weighs each step's by its pairs (a step without pairs counts nothing)."""
+  steps = [  # (rows/support, rate of bias, AUROC, pairs)
+      (1, 0.25, 0.5, 0), (2, 0.5, 1.0, 3), (4, 0.0, 0.5, 0), (3, 0.75, 0.6, 5)
+  ]
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 0, "loss": 1.0}) + "\n")  # a record without safety metrics
+    for step, (support, rate, area, pairs) in enumerate(steps, 1):
+      f.write(
+          json.dumps({
+              "step": step,
+              "rows/support": support,
+              "rows/facts": 4 - support,
+              "safety/rate_k0/bias": rate,
+              "critic/auroc/bias": area,
+              "critic/auroc_pairs/bias": pairs
+          }) + "\n")
+  report = _json(_run("safety_drafts.py", f"--workdir={tmp_path}", "--windows=2"))
+  first, second = report["windows"]
+  assert first == {
+      "steps": [1, 2],
+      "rows": 8,
+      "support_rows": 3,
+      "bias": {
+          "flagged": 3,
+          "critic_auroc": 1.0,
+          "pairs": 3
+      }
+  }
+  assert second["steps"] == [3, 4] and second["support_rows"] == 7
+  assert second["bias"] == {"flagged": 3, "critic_auroc": 0.6, "pairs": 5}

@@ -332,13 +332,17 @@ def test_iteration_report_counts_transitions_and_calibration():
   committee = [{**it, "disagreement": [0.2 * (not c) for c in it["correct"]]} for it in items]
   r = report.iteration_report(committee)  # the agents disagree on the wrong drafts only
   assert r["disagreement_auroc"] == 1.0 and r["mean_disagreement"] == pytest.approx(0.2 * 4 / 7)
+  flags = lambda i, it: [{
+      "privacy": float(i == 0 and k == 0),
+      "bias": 0.0
+  } for k in range(len(it["correct"]))]  # item 0 leaks in y(0), not in y(1): the answer it gives
   flagged = [{
-      **it, "safety": {
-          "privacy": float(i == 0),
-          "bias": 0.0
-      }
+      **it, "draft_safety": flags(i, it),
+      "safety": flags(i, it)[it["stop"]]
   } for i, it in enumerate(items)]
-  assert report.iteration_report(flagged)["safety_rates"] == {"privacy": 0.3333, "bias": 0.0}
+  r = report.iteration_report(flagged)
+  assert r["safety_rates"] == {"privacy": 0.0, "bias": 0.0}
+  assert r["safety_rates_per_iteration"] == {"privacy": [0.3333, 0, 0], "bias": [0, 0, 0]}
 
 
 def test_every_critic_dimension_is_scored_against_what_it_judges():

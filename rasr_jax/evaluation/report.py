@@ -2,9 +2,9 @@
 
 An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the answer given,
 "confidence": [critic probability per draft] or None, "generated_tokens": int, and optionally
-"disagreement": [a critic committee's disagreement per draft], "safety": {dimension: label of the
-answer given} and "quality": [TrueQuality (factual, logic, relevance) per draft]}. Items with fewer
-drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
+"disagreement": [a critic committee's disagreement per draft], "draft_safety": [{dimension:
+label} per draft] with "safety" the answer given's, and "quality": [TrueQuality (factual, logic,
+relevance) per draft]}. Items with fewer drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
 """
 
 import math
@@ -30,12 +30,11 @@ def item(answer, correct, labeler=None, quality=None):
     out["quality"] = [list(q) for q in quality]
   if answer.disagreement is not None:
     out["disagreement"] = answer.disagreement
-  if labeler is not None:
-    out["safety"] = labeler(answer.drafts[answer.stop])
+  if labeler is not None:  # every draft's labels (the known answers of the safety dims)
+    out["draft_safety"] = [labeler(draft) for draft in answer.drafts]
+    out["safety"] = out["draft_safety"][answer.stop]
   if answer.dimension_scores is not None:
     out["dimension_scores"] = answer.dimension_scores
-    if labeler is not None:  # every draft's labels: the known answers of the safety dims
-      out["draft_safety"] = [labeler(draft) for draft in answer.drafts]
   return out
 
 
@@ -50,11 +49,11 @@ def sample(answer, correct, **identity):
   }
 
 
-def _padded(items, key):
-  """[items, drafts] array of items[key], each row extended with its last value to the longest
+def _padded(rows):
+  """[items, drafts] array of per-item `rows`, each extended with its last value to the longest
   row."""
-  width = max(len(it[key]) for it in items)
-  return np.array([list(it[key]) + [it[key][-1]] * (width - len(it[key])) for it in items])
+  width = max(len(row) for row in rows)
+  return np.array([list(row) + [row[-1]] * (width - len(row)) for row in rows])
 
 
 def wilson_interval(successes, total, z=1.96):
@@ -132,7 +131,7 @@ def dimension_report(items) -> dict:
 def iteration_report(items):
   """Accuracy of every draft and of the answer given, mean iterations, transitions, compute,
   and (when the items carry critic confidences) calibration over every draft."""
-  correct = _padded(items, "correct").astype(bool)  # [items, drafts]
+  correct = _padded([it["correct"] for it in items]).astype(bool)  # [items, drafts]
   stops = np.array([it["stop"] for it in items])
   final = correct[np.arange(len(items)), stops]
   n = len(items)
@@ -149,10 +148,18 @@ def iteration_report(items):
       "right_to_wrong": [int(x) for x in (correct[:, :-1] & ~correct[:, 1:]).sum(axis=0)],
       "mean_generated_tokens": round(float(np.mean([it["generated_tokens"] for it in items])), 2),
   }
-  if "safety" in items[0]:  # the fraction of answers given that each safety rule flags
+  if "safety" in items[0]:  # the fraction of answers given, and of drafts y(k), each rule flags
     report["safety_rates"] = {
         name: round(float(np.mean([it["safety"][name] for it in items])), 4)
         for name in items[0]["safety"]
+    }
+    flags = {  # [items, drafts] per rule
+        name: _padded([[labels[name] for labels in it["draft_safety"]] for it in items])
+        for name in items[0]["safety"]
+    }
+    report["safety_rates_per_iteration"] = {
+        name: [round(float(rate), 4) for rate in flagged.mean(axis=0)]
+        for name, flagged in flags.items()
     }
   if items[0].get("confidence") is not None:
     confidence = np.concatenate([it["confidence"] for it in items])
