@@ -163,9 +163,11 @@ def test_config_names_the_checkers_the_tasks_have():
   assert config_lib.QA_CHECKERS == tasks.CHECKERS
 
 
-def test_config_names_the_tasks_self_alignment_prompts_from():
+def test_config_names_the_tasks_self_alignment_prompts_from_and_the_bundled_mix_weighs():
   from rasr_jax import tasks
+  from rasr_jax.tasks.base import ALL_TASKS
   assert config_lib.SELF_ALIGN_TASKS == tasks.TASKS
+  assert config_lib.BUNDLED_TASKS == ALL_TASKS
 
 
 @pytest.mark.parametrize(

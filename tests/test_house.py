@@ -1,9 +1,10 @@
 """The shape of the house: import floors (the inference path never imports the training loop),
-and the sharding rules cover every parameter of every config."""
+the sharding rules cover every parameter of every config, and the docs' links land on headings."""
 
 import ast
 import dataclasses
 import os
+import re
 
 import jax.numpy as jnp
 import pytest
@@ -130,3 +131,28 @@ def test_a_shape_the_mesh_cannot_split_is_named_by_the_rules():
   bad = dataclasses.replace(bad, mesh=dataclasses.replace(bad.mesh, tensor=2, fsdp=1, data=1))
   with pytest.raises(config_lib.ConfigError, match="model.mlp_dim=129.*mesh.tensor=2"):
     config_lib.resolve_mesh(bad, 2)
+
+
+def _heading_anchor(heading):
+  """GitHub's anchor of a markdown heading: lowercased, punctuation dropped, spaces as hyphens."""
+  return "".join(c for c in heading.strip().lower() if c.isalnum() or c in "-_ ").replace(" ", "-")
+
+
+def _markdown_files():
+  docs = os.path.join(REPO, "docs")
+  return [os.path.join(REPO, "README.md")] + sorted(
+      os.path.join(docs, name) for name in os.listdir(docs) if name.endswith(".md"))
+
+
+def test_every_link_between_the_docs_names_a_heading_that_exists():
+  headings = {}
+  for path in _markdown_files():
+    text = re.sub(r"```.*?```", "", open(path).read(), flags=re.S)  # not the code blocks
+    headings[path] = {_heading_anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+  broken = []
+  for path in _markdown_files():
+    for target, anchor in re.findall(r"\]\(([^)#\s]*)#([^)\s]+)\)", open(path).read()):
+      linked = os.path.normpath(os.path.join(os.path.dirname(path), target)) if target else path
+      if anchor not in headings.get(linked, {anchor}):
+        broken.append(f"{os.path.relpath(path, REPO)}: {target}#{anchor}")
+  assert not broken

@@ -4,7 +4,8 @@ An item is {"correct": [bool per draft y(0), y(1), ...], "stop": index of the an
 "confidence": [critic probability per draft] or None, "generated_tokens": int, and optionally
 "disagreement": [a critic committee's disagreement per draft], "draft_safety": [{dimension:
 label} per draft] with "safety" the answer given's, and "quality": [TrueQuality (factual, logic,
-relevance) per draft]}. Items with fewer drafts than others (a Self-Refine answer accepted early) keep their last draft for later k.
+relevance) per draft]}. Items with fewer drafts than others (a Self-Refine answer accepted early)
+keep their last draft for later k.
 """
 
 import math
