@@ -93,20 +93,20 @@ class DataConfig:
       return None
     weights = {}
     for part in (p.strip() for p in self.bundled_mix.split(",")):
-      task, sep, weight = part.partition("=")
+      task, sep, weight = (s.strip() for s in part.partition("="))
       try:
         value = float(weight)
       except ValueError:
         value = None
       if not sep or value is None:
         raise ValueError(f"{part!r} is not TASK=WEIGHT")
-      if task.strip() not in BUNDLED_TASKS:
-        raise ValueError(f"{task.strip()!r} is not a bundled task ({', '.join(BUNDLED_TASKS)})")
-      if task.strip() in weights:
-        raise ValueError(f"{task.strip()!r} is named twice")
+      if task not in BUNDLED_TASKS:
+        raise ValueError(f"{task!r} is not a bundled task ({', '.join(BUNDLED_TASKS)})")
+      if task in weights:
+        raise ValueError(f"{task!r} is named twice")
       if not 0 < value < math.inf:  # a weight of 0: leave the task out
         raise ValueError(f"{part!r}: the weight must be a finite number > 0")
-      weights[task.strip()] = value
+      weights[task] = value
     return weights
 
 
