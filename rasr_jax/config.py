@@ -46,6 +46,22 @@ class ModelConfig:
   remat_policy: str
 
 
+def _weighted_part(part: str, form: str, kind: str = "") -> tuple[str, float]:
+  """(name, weight) of one NAME=WEIGHT `part` of a weighted list (data.mixture,
+  data.bundled_mix); ValueError naming the `form` expected, or a weight that is not a finite
+  number > 0 (a weight of 0: leave the part out instead). `kind` starts each message."""
+  name, sep, weight = (s.strip() for s in part.rpartition("="))
+  try:
+    value = float(weight)
+  except ValueError:
+    value = None
+  if not sep or not name or value is None:
+    raise ValueError(f"{kind}{part!r} is not {form}")
+  if not 0 < value < math.inf:
+    raise ValueError(f"{kind}{part!r}: the weight must be a finite number > 0")
+  return name, value
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   source: str
@@ -70,18 +86,10 @@ class DataConfig:
   def mixture_components(self) -> list:
     """[(globs, weight)] of `mixture` ("GLOBS=WEIGHT;GLOBS=WEIGHT"), weights as written;
     ValueError saying what is wrong."""
-    components = []
-    for part in (p.strip() for p in self.mixture.split(";") if p.strip()):
-      globs, sep, weight = part.rpartition("=")
-      try:
-        value = float(weight)
-      except ValueError:
-        value = None
-      if not sep or not globs.strip() or value is None:
-        raise ValueError(f"component {part!r} is not GLOBS=WEIGHT")
-      if not 0 < value < math.inf:  # a weight of 0: leave the component out
-        raise ValueError(f"component {part!r}: the weight must be a finite number > 0")
-      components.append((globs.strip(), value))
+    components = [
+        _weighted_part(part, "GLOBS=WEIGHT", "component ")
+        for part in (p.strip() for p in self.mixture.split(";") if p.strip())
+    ]
     if not components:
       raise ValueError("names no component (expected GLOBS=WEIGHT;GLOBS=WEIGHT)")
     return components
@@ -93,19 +101,11 @@ class DataConfig:
       return None
     weights = {}
     for part in (p.strip() for p in self.bundled_mix.split(",")):
-      task, sep, weight = (s.strip() for s in part.partition("="))
-      try:
-        value = float(weight)
-      except ValueError:
-        value = None
-      if not sep or value is None:
-        raise ValueError(f"{part!r} is not TASK=WEIGHT")
+      task, value = _weighted_part(part, "TASK=WEIGHT")
       if task not in BUNDLED_TASKS:
         raise ValueError(f"{task!r} is not a bundled task ({', '.join(BUNDLED_TASKS)})")
       if task in weights:
         raise ValueError(f"{task!r} is named twice")
-      if not 0 < value < math.inf:  # a weight of 0: leave the task out
-        raise ValueError(f"{part!r}: the weight must be a finite number > 0")
       weights[task] = value
     return weights
 
