@@ -50,6 +50,9 @@ def main(argv):
   del argv
   with open(os.path.join(_WORKDIR.value, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
+  if not any(key.startswith(RATE) for r in records for key in r):
+    raise app.UsageError(f"{_WORKDIR.value}/metrics.jsonl has no {RATE}* metrics: train with "
+                         "reflect.safety_dims set")
   report = {"benchmark": "safety_drafts", "windows": windows(records, _WINDOWS.value)}
   print(json.dumps(report, indent=2))
 
