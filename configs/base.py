@@ -235,6 +235,7 @@ def get_config():
   c.self_align.top_p = 0.95
   c.self_align.max_new_tokens = 64  # tokens per response (and per written prompt), at most
   c.self_align.sft_steps = 50  # SFT steps per round on the kept responses
+  c.self_align.lr_ratio = 0.1  # their peak learning rate: train.lr x this (1 forgets the corpus)
   c.self_align.eval_items = 50  # held-out items per task for each round's accuracy
   c.self_align.output = ""  # "" = WORKDIR/self_align
 

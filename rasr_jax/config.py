@@ -301,6 +301,7 @@ class SelfAlignConfig:
   top_p: float
   max_new_tokens: int
   sft_steps: int
+  lr_ratio: float  # the rounds' SFT peak learning rate = train.lr x lr_ratio
   eval_items: int
   output: str
 
@@ -402,7 +403,7 @@ _POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num
              "constitutional.rounds", "reflect.critics.agents", "self_align.rounds",
              "reflect.strategies.every_steps", "reflect.strategies.eta", "self_align.prompts",
              "self_align.samples", "self_align.max_new_tokens", "self_align.sft_steps",
-             "self_align.eval_items")
+             "self_align.lr_ratio", "self_align.eval_items")
 _NON_NEGATIVE = ("model.max_positions", "model.rope_low_freq_factor", "data.num_workers",
                  "data.streams", "data.max_document_chars", "train.warmup_steps",
                  "train.weight_decay", "train.grad_clip", "train.memory_limit_gib",

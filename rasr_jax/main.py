@@ -4,6 +4,7 @@ Bad input (config, mesh, data, tokenizer, checkpoint) ends the run with one line
 exit code 2, before anything compiles.
 """
 
+import importlib.util
 import json
 import logging as std_logging
 import os
@@ -224,6 +225,7 @@ def main(argv):
       from rasr_jax.posttrain import avr_data
       print(json.dumps(avr_data.build(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
     elif _MODE.value == "self_align":
+      _require_eval_extra()  # every round is evaluated
       from rasr_jax.posttrain import self_align
       print(json.dumps(self_align.run(config, _WORKDIR.value, _CHECKPOINT.value), indent=2))
     elif _MODE.value == "eval":
@@ -267,12 +269,19 @@ def _infer(config):
   inference.write_jsonl(records, _OUTPUT.value)
 
 
+def _require_eval_extra():
+  """Exits with one error line when the eval extra is not installed (looked up, not imported:
+  lm-eval must load after evaluation has switched its downloads off)."""
+  missing = [m for m in ("lm_eval", "matplotlib") if importlib.util.find_spec(m) is None]
+  if missing:
+    _exit_bad_input(f"--mode={_MODE.value} needs the eval extra (pip install -e '.[eval]'): "
+                    f"{', '.join(missing)} not installed")
+
+
 def _evaluate(config):
   """--mode=eval: results.json, table.md and plots on disk; the results as JSON on stdout."""
-  try:
-    from rasr_jax.evaluation import run as eval_run
-  except ImportError as e:
-    _exit_bad_input(f"--mode=eval needs the eval extra (pip install -e '.[eval]'): {e}")
+  _require_eval_extra()
+  from rasr_jax.evaluation import run as eval_run
   results = eval_run.evaluate(config,
                               _WORKDIR.value,
                               checkpoint=_CHECKPOINT.value,

@@ -31,6 +31,13 @@ def _config(tmp_path, **overrides):
   })
 
 
+def test_a_round_fine_tunes_at_its_share_of_the_learning_rate(tmp_path):
+  config = _config(tmp_path, **{"train.lr": 2e-3, "self_align.lr_ratio": 0.25})
+  sft_config = self_align._sft_config(self_align.Rounds(config, str(tmp_path), None), 1)
+  assert sft_config.train.lr == pytest.approx(5e-4)
+  assert sft_config.train.steps == config.self_align.sft_steps
+
+
 def _mtimes(folder):
   return {
       os.path.join(root, name): os.stat(os.path.join(root, name)).st_mtime_ns
@@ -51,10 +58,12 @@ def test_two_rounds_end_to_end_and_a_resume_repeats_nothing(straight_run, tmp_pa
     assert report["prompts"]["self_written"] + report["prompts"]["self_written_dropped"] == 3
     assert report["samples"] == 2 * (3 + report["prompts"]["self_written"])
     assert set(report["held_out_accuracy"]) == {"arithmetic", "facts"}
+    assert 1 < report["held_out_perplexity"] < 1024  # above certainty, below the uniform vocab
     assert set(report["safety_rates"]) == set(labels.Labeler().dimensions)
     assert 0 < report["diversity"]["distinct_1"] <= 1
     assert report["mean_critic"] is not None and 0 <= report["mean_critic"] <= 1
     assert report["sft"]["steps"] == 3 and report["sft"]["last_loss"] > 0
+  assert 1 < summary["initial"]["held_out_perplexity"] < 1024
   samples = [
       json.loads(line)
       for line in open(tmp_path / "rounds" / "round_2" / "samples.jsonl", encoding="utf-8")
@@ -114,6 +123,7 @@ def test_diversity_figures():
 @pytest.mark.parametrize("override, message", [
     ("--config.self_align.tasks=arithmetic,chess", "config.self_align.tasks="),
     ("--config.self_align.rounds=0", "config.self_align.rounds=0: must be > 0"),
+    ("--config.self_align.lr_ratio=0", "config.self_align.lr_ratio=0"),
     ("--config.self_align.self_written=1.5", "config.self_align.self_written=1.5: must be in"),
 ])
 def test_bad_self_align_settings_are_one_error_line(override, message, tmp_path):

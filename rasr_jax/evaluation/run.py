@@ -86,6 +86,16 @@ def perplexity(lm, texts, tokenizer):
   }
 
 
+def held_out_perplexity(model, limit, *, batch_size=8, seed=0):
+  """perplexity() of `model`'s first `limit` held-out documents (the bundled held-out seed, or
+  data.eval_files), read by the standard pass."""
+  held_out = sources.load_held_out(model.config.data, model.config.seed)
+  if held_out is None:
+    raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
+  lm = _harness().RasrLM(model, method="standard", batch_size=batch_size, seed=seed)
+  return perplexity(lm, held_out.texts(limit), model.tokenizer)
+
+
 class Evaluation:
   """One checkpoint's evaluation; `run()` writes everything under `out_dir`."""
 
@@ -116,7 +126,8 @@ class Evaluation:
         self._checked(task)
       elif task == "perplexity":
         self._same_for_all(
-            task, perplexity(self._lm("standard"), self._held_out_texts(), self.model.tokenizer))
+            task,
+            held_out_perplexity(self.model, self.limit, batch_size=self.batch_size, seed=self.seed))
       elif task == "gsm8k":
         self._gsm8k()
       else:
@@ -129,12 +140,6 @@ class Evaluation:
   def _same_for_all(self, task, scores):
     for method in self.method_names:
       self.scores[method][task] = scores
-
-  def _held_out_texts(self):
-    held_out = sources.load_held_out(self.model.config.data, self.model.config.seed)
-    if held_out is None:
-      raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
-    return held_out.texts(self.limit)
 
   def _checked(self, task):
     for method in self.method_names:

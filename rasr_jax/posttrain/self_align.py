@@ -10,10 +10,11 @@ Round r = 1..R starts from model r-1 (model 0: the checkpoint in --workdir, or -
    + the critic's weighted score of the response read as a draft (model 0's critic: SFT drops
    the heads, so the judge stays the starting model; 0 when it has none) - the number of safety
    labels that fire (safety/labels.py); the best response of each prompt is kept;
-4. SFT (posttrain/sft.py) of model r-1 on the kept responses, `self_align.sft_steps` steps:
-   model r;
+4. SFT (posttrain/sft.py) of model r-1 on the kept responses, `self_align.sft_steps` steps at
+   a peak learning rate of train.lr x `self_align.lr_ratio`: model r;
 5. report: model r's held-out accuracy and safety-label rates on every task (greedy, the items
-   of --mode=eval), and the round's rewards, safety-label rates and the diversity of its
+   of --mode=eval), its perplexity of the held-out documents (what SFT on short answers can make
+   it forget), and the round's rewards, safety-label rates and the diversity of its
    samples (evaluation/diversity.py: distinct n-grams, self-BLEU), which describe model r-1.
 No RL and no human label. Files under `self_align.output` (default WORKDIR/self_align):
 meta.json (what the rounds are of), initial.json (model 0's held-out figures), per round
@@ -36,6 +37,7 @@ from rasr_jax import config as config_lib
 from rasr_jax import distributed, storage, tasks
 from rasr_jax.data import sources
 from rasr_jax.evaluation import bundled, diversity
+from rasr_jax.evaluation import run as evaluation
 from rasr_jax.generation import inference
 from rasr_jax.posttrain import avr, sft
 from rasr_jax.safety import labels
@@ -228,7 +230,8 @@ def _rates(safety_labels):
 
 def held_out(model, config, labeler) -> dict:
   """Model's greedy held-out accuracy and answers' safety-label rates per task (the items and
-  prompts of --mode=eval's `standard` method)."""
+  prompts of --mode=eval's `standard` method), and its token perplexity of `eval_items` held-out
+  documents."""
   cfg = config.self_align
   accuracy, safety = {}, {}
   for t in cfg.task_names:
@@ -242,7 +245,12 @@ def held_out(model, config, labeler) -> dict:
                                 labeler=labeler)
     accuracy[t] = float(np.mean([it["correct"][it["stop"]] for it in items])) if items else 0.0
     safety[t] = _rates([it["safety"] for it in items])
-  return {"held_out_accuracy": accuracy, "held_out_safety_rates": safety}
+  documents = evaluation.held_out_perplexity(model, cfg.eval_items, seed=config.seed)
+  return {
+      "held_out_accuracy": accuracy,
+      "held_out_safety_rates": safety,
+      "held_out_perplexity": documents["token_perplexity"]
+  }
 
 
 def _sample_summary(records, dropped, too_long) -> dict:
@@ -343,6 +351,7 @@ def _sft_config(rounds: Rounds, r):
       sft=config_lib.SFTConfig(files=os.path.join(rounds.folder(r), "sft.jsonl"), eval_files=""),
       train=dataclasses.replace(config.train,
                                 steps=cfg.sft_steps,
+                                lr=config.train.lr * cfg.lr_ratio,
                                 warmup_steps=min(config.train.warmup_steps, cfg.sft_steps // 10)))
 
 
