@@ -3,12 +3,14 @@ resume that repeats no finished work, the ranking rule, diversity figures, and b
 
 import json
 import os
+import types
 
 import pytest
 
 from conftest import losses, make_config, run_main
 from rasr_jax import config as config_lib
 from rasr_jax.evaluation import diversity
+from rasr_jax.evaluation import run as evaluation
 from rasr_jax.posttrain import self_align
 from rasr_jax.safety import labels
 
@@ -36,6 +38,12 @@ def test_a_round_fine_tunes_at_its_share_of_the_learning_rate(tmp_path):
   sft_config = self_align._sft_config(self_align.Rounds(config, str(tmp_path), None), 1)
   assert sft_config.train.lr == pytest.approx(5e-4)
   assert sft_config.train.steps == config.self_align.sft_steps
+
+
+def test_a_round_reports_no_perplexity_without_held_out_documents(tmp_path):
+  (tmp_path / "train.txt").write_text("a document\n", encoding="utf-8")
+  config = _config(tmp_path, **{"data.source": "files", "data.files": str(tmp_path / "train.txt")})
+  assert evaluation.held_out_perplexity(types.SimpleNamespace(config=config), 4) is None
 
 
 def _mtimes(folder):

@@ -88,10 +88,10 @@ def perplexity(lm, texts, tokenizer):
 
 def held_out_perplexity(model, limit, *, batch_size=8, seed=0):
   """perplexity() of `model`'s first `limit` held-out documents (the bundled held-out seed, or
-  data.eval_files), read by the standard pass."""
+  data.eval_files), read by the standard pass; None when the config has none."""
   held_out = sources.load_held_out(model.config.data, model.config.seed)
   if held_out is None:
-    raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
+    return None
   lm = _harness().RasrLM(model, method="standard", batch_size=batch_size, seed=seed)
   return perplexity(lm, held_out.texts(limit), model.tokenizer)
 
@@ -125,9 +125,13 @@ class Evaluation:
       if task in BUNDLED_TASKS or task == bundled.QA_TASK:
         self._checked(task)
       elif task == "perplexity":
-        self._same_for_all(
-            task,
-            held_out_perplexity(self.model, self.limit, batch_size=self.batch_size, seed=self.seed))
+        scores = held_out_perplexity(self.model,
+                                     self.limit,
+                                     batch_size=self.batch_size,
+                                     seed=self.seed)
+        if scores is None:
+          raise sources.DataError("perplexity needs held-out documents: set data.eval_files")
+        self._same_for_all(task, scores)
       elif task == "gsm8k":
         self._gsm8k()
       else:

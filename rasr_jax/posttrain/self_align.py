@@ -231,7 +231,7 @@ def _rates(safety_labels):
 def held_out(model, config, labeler) -> dict:
   """Model's greedy held-out accuracy and answers' safety-label rates per task (the items and
   prompts of --mode=eval's `standard` method), and its token perplexity of `eval_items` held-out
-  documents."""
+  documents (None without held-out documents: data.source=files and no data.eval_files)."""
   cfg = config.self_align
   accuracy, safety = {}, {}
   for t in cfg.task_names:
@@ -249,7 +249,7 @@ def held_out(model, config, labeler) -> dict:
   return {
       "held_out_accuracy": accuracy,
       "held_out_safety_rates": safety,
-      "held_out_perplexity": documents["token_perplexity"]
+      "held_out_perplexity": None if documents is None else documents["token_perplexity"]
   }
 
 
