@@ -1,5 +1,6 @@
 """Self-alignment rounds (--mode=self_align): a 2-round run on the tiny config end to end, a
-resume that repeats no finished work, the ranking rule, diversity figures, and bad input."""
+resume that repeats no finished work, the ranking rule, diversity figures, the rounds' learning
+rate and held-out perplexity, and bad input (the eval extra missing among it)."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import types
 
 import pytest
 
-from conftest import losses, make_config, run_main
+from conftest import REPO, losses, make_config, run_main
 from rasr_jax import config as config_lib
 from rasr_jax.evaluation import diversity
 from rasr_jax.evaluation import run as evaluation
@@ -138,3 +139,22 @@ def test_bad_self_align_settings_are_one_error_line(override, message, tmp_path)
   result = run_main(str(tmp_path), "--mode=self_align", override, timeout=120)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines()[-1].startswith(f"error: {message}")
+
+
+def test_self_align_without_the_eval_extra_is_one_error_line(tmp_path):
+  hide = tmp_path / "site"  # a sitecustomize that makes lm_eval look uninstalled
+  hide.mkdir()
+  (hide / "sitecustomize.py").write_text(
+      "import importlib.util\n"
+      "_find_spec = importlib.util.find_spec\n"
+      "importlib.util.find_spec = lambda name, package=None: (\n"
+      "    None if name == 'lm_eval' else _find_spec(name, package))\n",
+      encoding="utf-8")
+  result = run_main(str(tmp_path),
+                    "--mode=self_align",
+                    timeout=120,
+                    env={"PYTHONPATH": f"{hide}{os.pathsep}{REPO}"})
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: --mode=self_align needs the eval extra (pip install -e '.[eval]'): lm_eval not "
+      "installed")
