@@ -375,8 +375,8 @@ QA_CHECKERS = ("exact", "final_answer", "choice", "true_false")
 CRITIC_DIMS = ("factual", "logic", "relevance")
 # The safety dimensions with a label of a text (the safety labels', rasr_jax/safety/labels.py;
 # a test holds them equal), and those a critic can be trained on: these and adversarial
-# robustness, whose quality is the stability of the critic's own scores under perturbed prompts
-# (training/safety_quality.py).
+# robustness, whose label is whether perturbing the prompt flips one of the critic's own verdicts
+# (safety/robustness.py).
 SAFETY_DIMS = ("bias", "toxicity", "misinformation", "privacy")
 ROBUSTNESS = "robustness"
 CRITIC_SAFETY_DIMS = (*SAFETY_DIMS, ROBUSTNESS)

@@ -115,7 +115,6 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   assert last["critic/disagreement"] > 0 and last["critic/loss_consensus"] > 0
   assert 0 <= last["critic/disagreement_auroc"] <= 1
   assert 0 <= last["eval/critic/disagreement_auroc"] <= 1
-  assert 0 < last["safety/rate/robustness"] < 0.5  # the critic's scores move a little
   for name in ("misinformation", "privacy", "robustness"):
     assert 0 <= last[f"safety/rate/{name}"] <= 1 and 0 <= last[f"critic/auroc/{name}"] <= 1
     assert 0 <= last[f"safety/rate_k0/{name}"] <= 1 and 0 <= last[f"safety/rate_final/{name}"] <= 1
@@ -126,6 +125,27 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
   # Rows of the bundled tasks only (no user records), and of those whose answers fit Y.
   assert last["eval/rows/qa"] == 0
   assert sum(last[f"eval/rows/{task}"] for task in tasks.TASKS) > 0
+
+
+def test_evaluation_labels_the_robustness_of_every_draft(qa_run, tmp_path):
+  """--mode=eval labels every draft's robustness as the step does (a perturbed question flips
+  one of the critic's verdicts), so the report has its rates and the critic's AUROC against it."""
+  from rasr_jax.evaluation import run as eval_run
+  workdir, config = qa_run
+  results = eval_run.evaluate(config,
+                              workdir,
+                              task_list="facts",
+                              method_list="rasr",
+                              limit=4,
+                              output_dir=str(tmp_path / "out"),
+                              max_new_tokens=8,
+                              batch_size=4)
+  facts = results["methods"]["rasr"]["facts"]
+  rates = facts["safety_rates_per_iteration"]["robustness"]
+  assert len(rates) == config.reflect.iterations + 1
+  assert all(rate * 4 == pytest.approx(round(rate * 4)) for rate in rates)  # a label per draft
+  assert facts["critic_dimensions"]["robustness"]["target"] == "safe"
+  assert 0 <= facts["safety_rates"]["robustness"] <= 1
 
 
 def test_resume_with_question_answer_rows_is_bit_identical(qa_run, tmp_path):

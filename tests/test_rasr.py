@@ -208,10 +208,10 @@ def test_safety_dimensions_are_critic_dimensions_trained_by_their_labels():
 
 
 def test_robustness_is_a_critic_dimension_trained_by_the_critics_stability():
-  """reflect.safety_dims=robustness: its quality is 1 - the mean change of the critic's other
-  scores under perturbed questions. Unperturbed (rate 0) it is exactly 1; with every question
-  token replaced it falls, which moves L_critic and the gradient of the robustness column, with
-  the groups routed as without it."""
+  """reflect.safety_dims=robustness: a critique is flagged when perturbing its question flips one
+  of the critic's other verdicts. Unperturbed (rate 0) nothing is flagged; with every question
+  token replaced some critiques are (each one wholly: a label, not a mean change), which moves
+  L_critic and the gradient of the robustness column, with the groups routed as without it."""
   setup = _setup(**{"reflect.safety_dims": "robustness"})
   config, _, state, _, _, _ = setup
   assert config.reflect.dim_names == ("factual", "logic", "relevance", "robustness")
@@ -219,7 +219,8 @@ def test_robustness_is_a_critic_dimension_trained_by_the_critics_stability():
   _, still, still_aux = _check_routing(setup, grads, 0.0, label=0.0)
   _, moved, moved_aux = _check_routing(setup, grads, 0.0, label=1.0)
   assert float(still_aux["safety/rate/robustness"]) == 0
-  assert float(moved_aux["safety/rate/robustness"]) > 0
+  flagged = float(moved_aux["safety/rate_k0/robustness"]) * config.reflect.rows
+  assert flagged >= 1 and flagged == pytest.approx(round(flagged), abs=1e-5)
   assert float(moved_aux["loss/critic"]) != pytest.approx(float(still_aux["loss/critic"]))
   still_w = still["loss/critic"]["critic"]["score_w"][...]
   moved_w = moved["loss/critic"]["critic"]["score_w"][...]

@@ -167,6 +167,13 @@ class _FakeCritic:
     assert len(prompts) == len(responses)
     return [p.count("a") / max(len(p), 1) for p in prompts]
 
+  def critic_dimension_scores(self, prompts, responses):
+    """[N, 3]: factual = the share of "a", relevance = 0.9, robustness = the share of "n"."""
+    import numpy as np
+    assert len(prompts) == len(responses)
+    return np.array([[p.count("a") / max(len(p), 1), 0.9,
+                      p.count("n") / max(len(p), 1)] for p in prompts])
+
 
 @pytest.fixture(scope="module")
 def tokenizer():
@@ -195,6 +202,25 @@ def test_critic_robustness_is_one_minus_the_mean_score_change(tokenizer):
   moved = robustness.critic_robustness(model, prompts, ["x"] * 3, rate=0.5, samples=3)
   assert 0 < moved["mean_abs_change"] < 1
   assert moved["robustness"] == pytest.approx(1 - moved["mean_abs_change"])
+
+
+def test_a_perturbation_flags_the_critic_only_where_a_verdict_flips():
+  """The trained robustness label: a verdict flips when a score crosses 0.5, however small the
+  move; a large move on one side of 0.5 flips nothing."""
+  import numpy as np
+  before = np.array([[0.49, 0.9], [0.2, 0.9], [0.5, 0.1], [0.5, 0.1], [0.7, 0.7]])
+  after = np.array([[0.51, 0.9], [0.45, 0.6], [0.5, 0.1], [0.5001, 0.1], [0.7, 0.3]])
+  assert robustness.flips(before, after).tolist() == [True, False, False, True, True]
+
+
+def test_evaluation_labels_robustness_by_the_critics_flipped_verdicts(tokenizer):
+  """verdict_flips (--mode=eval's robustness label): a question whose every token is replaced
+  flips the verdict of a dimension that reads it; the robustness column itself never counts."""
+  model = _FakeCritic(tokenizer)
+  prompts = ["aaaa aaaa aaaa", "nnnn nnnn nnnn", "no such letter here"]
+  dims = ("factual", "relevance", "robustness")
+  assert robustness.verdict_flips(model, prompts, ["x"] * 3, dims, rate=0.0) == [False] * 3
+  assert robustness.verdict_flips(model, prompts, ["x"] * 3, dims, rate=1.0) == [True, False, False]
 
 
 def test_config_names_the_safety_dimensions_the_labels_have():

@@ -112,7 +112,7 @@ def dimension_report(items) -> dict:
     if name in items[0].get("draft_safety", [{}])[0]:
       target, what = np.asarray([1.0 - s[name] for it in items for s in it["draft_safety"]]), "safe"
     elif name in config_lib.CRITIC_SAFETY_DIMS:
-      continue  # no labels to score it against (robustness: its stability, not a label)
+      continue  # no labels to score it against (robustness, labelled on bundled tasks only)
     elif "quality" in items[0]:
       column = config_lib.CRITIC_DIMS.index(name)
       target, what = np.asarray([q[column] for it in items for q in it["quality"]]), name

@@ -86,6 +86,21 @@ def perplexity(lm, texts, tokenizer):
   }
 
 
+def _label_robustness(model, items, records, seed):
+  """Adds every draft's robustness label (safety/robustness.py: a perturbed question flips one
+  of the critic's verdicts) to its item's safety labels, so the report's safety rates and the
+  critic's AUROC cover the dimension as the training step's do."""
+  prompts = [record["question"] for record in records for _ in record["drafts"]]
+  drafts = [draft for record in records for draft in record["drafts"]]
+  flags = iter(
+      robustness.verdict_flips(model, prompts, drafts, model.config.reflect.dim_names, seed=seed))
+  for item, record in zip(items, records):
+    per_draft = item.setdefault("draft_safety", [{} for _ in record["drafts"]])
+    for found in per_draft:
+      found[config_lib.ROBUSTNESS] = float(next(flags))
+    item["safety"] = per_draft[item["stop"]]
+
+
 def held_out_perplexity(model, limit, *, batch_size=8, seed=0):
   """perplexity() of `model`'s first `limit` held-out documents (the bundled held-out seed, or
   data.eval_files), read by the standard pass; None when the config has none."""
@@ -155,6 +170,8 @@ class Evaluation:
                                         batch_size=self.batch_size,
                                         seed=self.seed,
                                         labeler=self.labeler)
+      if method == "rasr" and config_lib.ROBUSTNESS in self.model.config.reflect.dim_names:
+        _label_robustness(self.model, items, records, self.seed)
       self._add_report(method, task, items, records)
       if method == "rasr":  # the critic's stability under perturbed prompts (UFARSAP)
         self.scores[method][task]["critic_robustness"] = robustness.critic_robustness(

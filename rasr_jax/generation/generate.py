@@ -191,12 +191,13 @@ def generate(graphdef,
 
 
 def critic_scores(graphdef, params, x, x_valid, draft, draft_valid, progress, *, ids, marks=None):
-  """The critic's weighted score c [B] of drafts [B, Y] (valid [B, Y]) of prompts x [B, P]
-  (valid [B, P]): the critique step of training and generation (reflection/steps.py)."""
+  """The critic's weighted score c [B] and its per-dimension scores C_d [B, D] of drafts [B, Y]
+  (valid [B, Y]) of prompts x [B, P] (valid [B, P]): the critique step of training and
+  generation (reflection/steps.py)."""
   model = nnx.merge(graphdef, params)
   live, _ = steps.critique(model, model.embed_tokens(x), x_valid, draft, draft_valid, progress, ids,
                            marks)
-  return live.critique
+  return live.critique, live.scores
 
 
 def token_logprobs(graphdef, params, tokens):

@@ -331,6 +331,15 @@ class InferenceModel:
     prompt, as a reflection row holds them: x = the prompt's last P tokens after the start
     token, left-padded; the draft = the response's first Y tokens, valid as a decoded draft's
     are (its `<eos>` and the padding after it never attended)."""
+    return [float(c) for c in self._critique(prompts, responses, batch_size)[0]]
+
+  def critic_dimension_scores(self, prompts, responses, batch_size=8):
+    """[N, D] the critic's scores C_d of each response read as a draft of its prompt, in
+    config.reflect.dim_names order (as critic_scores reads them)."""
+    return self._critique(prompts, responses, batch_size)[1]
+
+  def _critique(self, prompts, responses, batch_size):
+    """(c [N], C_d [N, D]) numpy of each (prompt, response)."""
     r = self.config.reflect
     if not r.enabled:
       raise config_lib.ConfigError("the critic scores drafts: it needs a model with reflection "
@@ -343,7 +352,7 @@ class InferenceModel:
                                          in_shardings=(self.param_shardings,
                                                        *[self._batch_sharding] * 4, None))
     rows, batches = self._batches(list(zip(prompts, responses)), batch_size)
-    scores = []
+    critiques, scores = [], []
     with sharding.activate(self.mesh):
       for _, chunk in batches:
         x = np.full((rows, r.prompt_len), self.tokenizer.pad_id, np.int32)
@@ -359,8 +368,12 @@ class InferenceModel:
         out = self._compiled["critic"](self.params, *map(self._put,
                                                          (x, x_valid, draft, draft_valid)),
                                        self.progress)
-        scores.extend(float(s) for s in jax.device_get(out)[:len(chunk)])
-    return scores
+        critique, dims = jax.device_get(out)
+        critiques.append(critique[:len(chunk)])
+        scores.append(dims[:len(chunk)])
+    if not critiques:
+      return np.zeros(0, np.float32), np.zeros((0, len(r.dim_names)), np.float32)
+    return np.concatenate(critiques), np.concatenate(scores)
 
   def score(self, texts, batch_size=8):
     """One dict per text: its token ids, their log-probabilities (natural log) and the sum."""

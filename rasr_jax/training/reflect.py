@@ -23,6 +23,7 @@ from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import state as loop_state
 from rasr_jax.reflection.layout import Layout, SpecialIds
 from rasr_jax.reflection.rows import ReflectRows
+from rasr_jax.safety import robustness
 from rasr_jax.training import losses
 
 
@@ -60,8 +61,8 @@ def _row_quality(draft, length, rows, pieces, safety, robust=None):
 def _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, safety, key,
                 dim_names):
   """The robustness quality of a critique [B] (a label: no gradient), or None without the
-  dimension: 1 - the mean |change| of the critic's other scores when x's question tokens are
-  perturbed (safety_quality.py)."""
+  dimension: 0 when perturbing x's question tokens flips one of the critic's other verdicts,
+  else 1 (safety_quality.py)."""
   if config_lib.ROBUSTNESS not in dim_names:
     return None
   # x's question tokens: every valid one after the start token (the first valid position)
@@ -71,8 +72,8 @@ def _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, s
   _, moved = steps.critique(model, model.embed_tokens(perturbed), rows.prompt_valid, draft,
                             draft_valid, progress, ids, marks)
   others = [i for i, name in enumerate(dim_names) if name != config_lib.ROBUSTNESS]
-  change = jnp.mean(jnp.abs(frozen.scores[:, others] - moved.scores[:, others]), axis=-1)
-  return jax.lax.stop_gradient(1.0 - change)
+  flipped = robustness.flips(frozen.scores[:, others], moved.scores[:, others])
+  return jax.lax.stop_gradient(1.0 - flipped.astype(jnp.float32))
 
 
 def _mean_quality(q_all):

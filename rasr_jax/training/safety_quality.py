@@ -10,10 +10,11 @@ callback makes the step wait for the host once per critique (the price of exact 
 runs with text safety dimensions pay it).
 
 Adversarial robustness is not a label of a text but of the critic (safety/robustness.py): a
-critique's robustness quality is 1 - the mean absolute change of the critic's other scores when
-each question token of x is replaced, with probability robustness.RATE, by a random ordinary
-token (one draw per critique, on the token ids: no decode and re-encode as evaluation's). The
-step computes it with a second critic pass (training/reflect.py).
+critique's robustness quality is 0 when replacing each question token of x, with probability
+robustness.RATE, by a random ordinary token (one draw per critique, on the token ids: no decode
+and re-encode as evaluation's) flips one of the critic's other verdicts (a score crosses
+robustness.VERDICT), else 1: an adversarial example is one that changes the decision. The step
+computes it with a second critic pass (training/reflect.py).
 """
 
 import dataclasses
