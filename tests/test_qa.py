@@ -21,6 +21,7 @@ from rasr_jax.data import qa
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.data.sources import DataError
 from rasr_jax.evaluation import report
+from rasr_jax.evaluation import run as eval_run
 from rasr_jax.reflection import answers
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.training import loop, reflect
@@ -130,7 +131,6 @@ def test_training_on_question_answer_rows_reports_what_refinement_does(qa_run):
 def test_evaluation_labels_the_robustness_of_every_draft(qa_run, tmp_path):
   """--mode=eval labels every draft's robustness as the step does (a perturbed question flips
   one of the critic's verdicts), so the report has its rates and the critic's AUROC against it."""
-  from rasr_jax.evaluation import run as eval_run
   workdir, config = qa_run
   results = eval_run.evaluate(config,
                               workdir,

@@ -15,6 +15,12 @@ RATE = 0.1  # the share of prompt tokens a perturbation replaces (evaluation and
 VERDICT = 0.5  # a critic score above it says "right" (or "safe"), as the AUROCs and rates read it
 
 
+def judged(dim_names) -> list[int]:
+  """Indices of the critic dimensions whose verdicts a perturbation can flip: all but
+  robustness (the critic's foresight of the flips)."""
+  return [i for i, name in enumerate(dim_names) if name != config_lib.ROBUSTNESS]
+
+
 def flips(before, after):
   """Whether a perturbation changed one of the critic's verdicts: scores [B, D] before and after
   (numpy or jax arrays) -> [B] bool, True where some dimension's score crossed VERDICT."""
@@ -69,7 +75,7 @@ def verdict_flips(model, prompts, responses, dim_names, *, rate=RATE, seed=0) ->
   whether one perturbation of the prompt at `rate` flips one of the critic's verdicts in the
   dimensions other than robustness. `model`: an InferenceModel with reflection heads whose
   critic scores `dim_names`."""
-  others = [i for i, name in enumerate(dim_names) if name != config_lib.ROBUSTNESS]
+  others = judged(dim_names)
   rng = np.random.default_rng(seed)
   choices = ordinary_ids(model.tokenizer)
   perturbed = [perturb(model.tokenizer, prompt, rate, rng, choices) for prompt in prompts]

@@ -71,7 +71,7 @@ def _robustness(model, rows, draft, draft_valid, frozen, progress, ids, marks, s
   perturbed = safety.perturb(rows.prompt, replaceable, key)
   _, moved = steps.critique(model, model.embed_tokens(perturbed), rows.prompt_valid, draft,
                             draft_valid, progress, ids, marks)
-  others = [i for i, name in enumerate(dim_names) if name != config_lib.ROBUSTNESS]
+  others = robustness.judged(dim_names)
   flipped = robustness.flips(frozen.scores[:, others], moved.scores[:, others])
   return jax.lax.stop_gradient(1.0 - flipped.astype(jnp.float32))
 
