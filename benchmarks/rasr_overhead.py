@@ -3,8 +3,10 @@
   python benchmarks/rasr_overhead.py --config=configs/bench.py [--steps=5]
 
 Times the standard step (reflection off) and RASR steps on the same batch and shapes: the
-default reflection settings of the config (R = 3), then R = 1 and R = 3 with every row
-reflecting; and the standard step without document masking (plain causal attention, no
+default reflection settings of the config (R = 3), the same with learned stopping in effect and
+every row stopping at its first critique (`ratio_stopped`: a row stopped at k = 0 is decoded
+once more, for the controller's target, not at every later iteration), then R = 1 and R = 3 with
+every row reflecting; and the standard step without document masking (plain causal attention, no
 [B, 1, T, T] mask), for the mask's cost. One step of each variant in turn, --steps rounds,
 medians (see common.py). Prints one JSON object.
 
@@ -142,6 +144,8 @@ def main(argv):
       "standard": variant(enabled=False),
       "standard_no_document_mask": variant(document_masking=False, enabled=False),
       "default": variant(enabled=True),
+      # a controller that stops every row at its first critique, as the evidence runs' did
+      "default_stopped": variant(enabled=True, stop_warmup=0.0, stop_budget=0.0),
       "k1_all_rows": variant(enabled=True, iterations=1, rows=rows),
       "k3_all_rows": variant(enabled=True, iterations=3, rows=rows),
   }
@@ -152,12 +156,10 @@ def main(argv):
         "forward_default": forward_call(variants["default"], mesh, tokenizer),
         **pass_calls(variants["default"], mesh, tokenizer)
     }
-    times = interleaved_medians(
-        {
-            name: compiled_step(c, mesh, tokenizer) for name, c in variants.items()
-        },
-        _STEPS.value,
-        extra_calls=calls)
+    runs = {name: compiled_step(c, mesh, tokenizer) for name, c in variants.items()}
+    step, state, batch = runs["default_stopped"]  # tau at its floor: every row stops at k = 0
+    runs["default_stopped"] = step, state.replace(tau=jnp.float32(train_step.TAU_RANGE[0])), batch
+    times = interleaved_medians(runs, _STEPS.value, extra_calls=calls)
   breakdown = per_pass(times, variants["default"])
   standard = times.pop("standard")
   print(
@@ -167,6 +169,7 @@ def main(argv):
               "standard_step_s": standard,
               "rasr_step_s": times["default"],
               "ratio": times["default"] / standard,
+              "ratio_stopped": times["default_stopped"] / standard,
               "ratio_k1_all_rows": times["k1_all_rows"] / standard,
               "ratio_k3_all_rows": times["k3_all_rows"] / standard,
               "document_mask_ratio": standard / times["standard_no_document_mask"],

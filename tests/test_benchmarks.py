@@ -62,8 +62,8 @@ def test_rasr_overhead_benchmark_with_reflection_off_in_its_config():
       _run("rasr_overhead.py", "--config=configs/bench.py", *SMALL_FLAGS,
            "--config.reflect.enabled=False", "--config.reflect.rows=0", "--steps=1"))
   assert report["benchmark"] == "rasr_overhead"
-  for key in ("standard_step_s", "rasr_step_s", "ratio", "ratio_k1_all_rows", "ratio_k3_all_rows",
-              "document_mask_ratio", "step_s", "reflection", "shape"):
+  for key in ("standard_step_s", "rasr_step_s", "ratio", "ratio_stopped", "ratio_k1_all_rows",
+              "ratio_k3_all_rows", "document_mask_ratio", "step_s", "reflection", "shape"):
     assert key in report, key
   assert report["reflection"]["rows"] > 0 and report["ratio"] > 0
   assert set(report["per_pass_s"]) == {

@@ -18,6 +18,7 @@ from rasr_jax.data.packing import PackedRows
 from rasr_jax.model import heads
 from rasr_jax.reflection import quality, steps
 from rasr_jax.reflection import rows as rows_lib
+from rasr_jax.reflection import state as loop_state
 from rasr_jax.reflection.layout import Layout
 from rasr_jax.training import losses, optim, reflect, safety_quality, train_state
 from rasr_jax.training import step as train_step
@@ -317,6 +318,44 @@ def test_stopped_rows_keep_their_draft_and_the_refiner_trains_on_every_row(rasr)
     stopped = ~active[k]
     assert np.all(np.isfinite(row_loss[k])) and np.all(row_loss[k][stopped] > 0)
   np.testing.assert_allclose(np.asarray(out["reflect"]), row_loss.mean(axis=1), rtol=1e-6)
+
+
+def test_rows_stopped_earlier_reuse_their_greedy_candidate(rasr):
+  """With greedy free-running drafts, every row's candidate y(k+1) is the one a loop without
+  stopping decodes until the row stops, and from then on the one it had when it stopped (decoded
+  once: `rows_to_decode`)."""
+  config, _, state, _, graphdef, _ = rasr
+  r = config.reflect
+  _, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
+  cfg = dataclasses.replace(r,
+                            learned_stopping=True,
+                            stop_warmup=0.0,
+                            draft_mode="autoregressive",
+                            draft_temperature=0.0)
+  run = jax.jit(lambda tau: reflect.iterate(graphdef,
+                                            state.params,
+                                            rows_lib.text_rows(x, y_star, 0),
+                                            draft,
+                                            jnp.full((8,), r.target_len, jnp.int32),
+                                            tau=tau,
+                                            progress=jnp.float32(0.5),
+                                            key=jax.random.key(0),
+                                            cfg=cfg,
+                                            ids=IDS,
+                                            pieces=None)[1])
+  never = run(jnp.float32(1.0))  # nothing stops: every row is decoded at every iteration
+  out = run(jnp.median(never["stop_prob"][0]))  # about half the rows stop at k = 0
+  active = np.asarray(out["active"], bool)  # [R, B]
+  assert 0 < active[0].sum() < active.shape[1]
+  stopped_at = np.where(active.all(0), r.iterations - 1, np.argmin(active, axis=0))  # [B]
+  for k in range(r.iterations):
+    expected = np.asarray(never["candidate"])[np.minimum(k, stopped_at), np.arange(8)]
+    np.testing.assert_array_equal(out["candidate"][k], expected)
+  assert np.all(reflect.rows_to_decode(loop_state.start(draft), cfg))
+  state_k1 = loop_state.start(draft).replace(active=jnp.asarray(active[0]))
+  np.testing.assert_array_equal(reflect.rows_to_decode(state_k1, cfg), active[0])
+  sampled = dataclasses.replace(cfg, draft_temperature=1.0)
+  assert np.all(reflect.rows_to_decode(state_k1, sampled))  # a fresh draw for every row
 
 
 def test_refiner_gets_gradient_when_every_row_stopped(rasr):

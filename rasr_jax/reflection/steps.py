@@ -146,13 +146,20 @@ def refine_logits(model, x_emb, prompt_valid, draft, draft_valid, critique_k, y_
   return model.logits(hidden[:, -layout.target_len:])
 
 
-def decode_after(graphdef, params, prefix, prefix_valid, steps, temperature, key,
-                 ids: SpecialIds) -> decoding.Decoded:
+def decode_after(graphdef,
+                 params,
+                 prefix,
+                 prefix_valid,
+                 steps,
+                 temperature,
+                 key,
+                 ids: SpecialIds,
+                 done=None) -> decoding.Decoded:
   """Free-running decoding of up to `steps` tokens after prefix embeddings [B, T, D] (valid
   [B, T]), each row ending at `<eos>`, as generation decodes -> Decoded.
 
   One prefill of the prefix into a KV cache, then one cached trunk call per token. No gradient
-  flows through the sampled tokens.
+  flows through the sampled tokens. Rows in `done` [B] bool get pads and cost no loop steps.
   """
   params, prefix = jax.lax.stop_gradient((params, prefix))
   rows, length, _ = prefix.shape
@@ -168,7 +175,8 @@ def decode_after(graphdef, params, prefix, prefix_valid, steps, temperature, key
                          steps=steps,
                          sampling_params=sampling.SamplingParams(temperature),
                          pad_id=ids.pad,
-                         eos_id=ids.eos)
+                         eos_id=ids.eos,
+                         done=done)
 
 
 def accept(state: LoopState, draft, length) -> LoopState:

@@ -18,6 +18,7 @@ from flax import nnx
 
 from rasr_jax import config as config_lib
 from rasr_jax.model import heads, sampling
+from rasr_jax.model.decoding import Decoded
 from rasr_jax.reflection import answers, quality, steps
 from rasr_jax.reflection import rows as rows_lib
 from rasr_jax.reflection import state as loop_state
@@ -127,6 +128,19 @@ def critic_auroc(scores, correct, qa):
   return jnp.where(pairs > 0, concordant / jnp.maximum(pairs, 1), 0.5), pairs.astype(jnp.float32)
 
 
+def rows_to_decode(state: loop_state.LoopState, cfg):
+  """[B] bool: the rows whose candidate y(k+1) is decoded at iteration k.
+
+  With greedy drafts, a row stopped at an earlier iteration keeps its draft, so its critique,
+  refine prefix and greedy candidate are those of the iteration where it stopped: it reuses that
+  candidate (bit-identical, without its up to Y sequential decoding steps). Sampled drafts
+  (reflect.draft_temperature > 0) draw a fresh candidate for every row.
+  """
+  if cfg.draft_temperature > 0:
+    return jnp.ones_like(state.active)
+  return state.active
+
+
 def iterate(graphdef,
             params,
             rows: ReflectRows,
@@ -150,8 +164,10 @@ def iterate(graphdef,
   aligned = cfg.draft_mode == "teacher_forced"
   stopping = stopping_enabled(progress, cfg)
 
-  def iteration(state: loop_state.LoopState, _):
+  def iteration(carry, _):
+    state, last = carry  # last: each row's most recent candidate y(k+1)
     draft, k = state.draft, state.iteration
+    decode = rows_to_decode(state, cfg)  # of free-running candidates
     draft_valid = _draft_valid(state)
     draft_key = jax.random.fold_in(key, k)
     model = nnx.merge(graphdef, params)
@@ -175,10 +191,23 @@ def iterate(graphdef,
     else:  # free-running after `x <draft> y(k) <critique> c(k) <refine>`, as at inference
       prefix = jnp.concatenate([x_emb, steps.refine_prefix(model, draft, live, ids)], axis=1)
       prefix_valid = jnp.concatenate([rows.prompt_valid, layout.prefix_valid(draft_valid)], 1)
-      # Every row is refined, stopped or not: the controller's target asks what refining gains.
-      decoded = steps.decode_after(graphdef, params, prefix, prefix_valid, cfg.target_len,
-                                   cfg.draft_temperature, draft_key, ids)
-      candidate, candidate_len = decoded.tokens, decoded.lengths
+
+      # Every row is refined, stopped or not: the controller's target asks what refining gains
+      # (a row stopped at an earlier iteration reuses its candidate: rows_to_decode).
+      def decoded_now():
+        return steps.decode_after(graphdef,
+                                  params,
+                                  prefix,
+                                  prefix_valid,
+                                  cfg.target_len,
+                                  cfg.draft_temperature,
+                                  draft_key,
+                                  ids,
+                                  done=~decode)
+
+      decoded = jax.lax.cond(jnp.any(decode), decoded_now, lambda: last)
+      candidate = jnp.where(decode[:, None], decoded.tokens, last.tokens)
+      candidate_len = jnp.where(decode, decoded.lengths, last.lengths)
     # The candidate keeps its critique's robustness: it does not enter the controller's gain.
     q_next_all = _row_quality(candidate, candidate_len, rows, pieces, safety, robust)[0]
     q_next = quality.select(q_next_all, cfg.dim_names)
@@ -205,7 +234,8 @@ def iterate(graphdef,
         active=state.active.astype(jnp.float32),
         stop_prob=stop_prob,
         disagreement=frozen.disagreement,
-        draft=draft)
+        draft=draft,
+        candidate=candidate)
     if "factual" in cfg.dim_names:  # for the critic's AUROC
       out["factual_score"] = frozen.scores[:, cfg.dim_names.index("factual")]
     if cfg.critics.hierarchy:  # each scale's score, and what the critique c is trained toward
@@ -217,9 +247,12 @@ def iterate(graphdef,
       out[f"safe_score/{name}"] = frozen.scores[:, cfg.dim_names.index(name)]
     if robust is not None:
       out["robust"] = robust
-    return steps.accept(state, candidate, candidate_len), out
+    return (steps.accept(state, candidate, candidate_len), Decoded(candidate, candidate_len)), out
 
-  return jax.lax.scan(iteration, loop_state.start(draft0, length0), length=cfg.iterations)
+  unused = Decoded(jnp.zeros_like(draft0), jnp.zeros_like(length0))  # every row decodes at k = 0
+  (final, _), out = jax.lax.scan(iteration, (loop_state.start(draft0, length0), unused),
+                                 length=cfg.iterations)
+  return final, out
 
 
 def _scale_metrics(out, rows, cfg):
