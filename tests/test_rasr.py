@@ -281,25 +281,29 @@ def test_teacher_forced_refine_logits_do_not_leak(rasr):
     assert not np.allclose(logits(False, *args)[:, :1], unaligned[:, :1])
 
 
+def _iterate_text_rows(graphdef, params, cfg, x, y_star, draft, tau):
+  """reflect.iterate over text rows (x, y*) from full-length drafts, at progress 0.5."""
+  return reflect.iterate(graphdef,
+                         params,
+                         rows_lib.text_rows(x, y_star, 0),
+                         draft,
+                         jnp.full(draft.shape[:1], cfg.target_len, jnp.int32),
+                         tau=tau,
+                         progress=jnp.float32(0.5),
+                         key=jax.random.key(0),
+                         cfg=cfg,
+                         ids=IDS,
+                         pieces=None)
+
+
 def test_stopped_rows_keep_their_draft_and_the_refiner_trains_on_every_row(rasr):
   """A stopped row carries its draft unchanged to the end; L_reflection is the mean over every
   row, stopped or not (§7.4)."""
   config, mesh, state, _, graphdef, _ = rasr
   r = config.reflect
-  model, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
-  rows = rows_lib.text_rows(x, y_star, 0)
+  _, x, y_star, draft = _refine_inputs(config, graphdef, state.params, rows=8)
   cfg = dataclasses.replace(r, learned_stopping=True, stop_warmup=0.0)
-  run = lambda tau: reflect.iterate(graphdef,
-                                    state.params,
-                                    rows,
-                                    draft,
-                                    jnp.full((8,), r.target_len, jnp.int32),
-                                    tau=tau,
-                                    progress=jnp.float32(0.5),
-                                    key=jax.random.key(0),
-                                    cfg=cfg,
-                                    ids=IDS,
-                                    pieces=None)
+  run = lambda tau: _iterate_text_rows(graphdef, state.params, cfg, x, y_star, draft, tau)
   _, probe = run(jnp.float32(1.0))  # nothing stops: read the controller's probabilities
   tau = jnp.median(probe["stop_prob"][0])  # about half the rows stop at k = 0
   final, out = run(tau)
@@ -332,17 +336,8 @@ def test_rows_stopped_earlier_reuse_their_greedy_candidate(rasr):
                             stop_warmup=0.0,
                             draft_mode="autoregressive",
                             draft_temperature=0.0)
-  run = jax.jit(lambda tau: reflect.iterate(graphdef,
-                                            state.params,
-                                            rows_lib.text_rows(x, y_star, 0),
-                                            draft,
-                                            jnp.full((8,), r.target_len, jnp.int32),
-                                            tau=tau,
-                                            progress=jnp.float32(0.5),
-                                            key=jax.random.key(0),
-                                            cfg=cfg,
-                                            ids=IDS,
-                                            pieces=None)[1])
+  run = jax.jit(
+      lambda tau: _iterate_text_rows(graphdef, state.params, cfg, x, y_star, draft, tau)[1])
   never = run(jnp.float32(1.0))  # nothing stops: every row is decoded at every iteration
   out = run(jnp.median(never["stop_prob"][0]))  # about half the rows stop at k = 0
   active = np.asarray(out["active"], bool)  # [R, B]
