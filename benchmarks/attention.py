@@ -1,12 +1,14 @@
-"""Dense and blockwise attention against XLA's at the bench shape: forward + backward,
-interleaved in one process.
+"""Attention implementations against XLA's at the bench shape: forward + backward, interleaved
+in one process.
 
-  PYTHONPATH=. python benchmarks/attention.py [--config=configs/bench.py] [--rounds=10]
+  PYTHONPATH=. python benchmarks/attention.py [--config=configs/bench.py] [--rounds=10] \
+      [--dtype=bfloat16] [--set=data.seq_len=4096]
 
 Times value_and_grad of sum(attention(q, k, v) * w) with the causal mask (the standard step's)
-and with a packed-document segment mask (SFT's), each implementation of model/attention.py that
-runs on CPU, at config's batch, length and heads, float32. Prints one JSON object: median
-seconds per call and the ratios to xla (below 1: faster than xla).
+and with a packed-document segment mask (SFT's), for xla, dense and blockwise, and cudnn where
+jax sees a GPU and --dtype is bfloat16 (cuDNN takes 16-bit inputs only), at config's batch,
+length and heads. Prints one JSON object: median seconds per call and the ratios to xla (below
+1: faster than xla).
 """
 
 import functools
@@ -22,26 +24,32 @@ from rasr_jax.model import attention
 
 _CONFIG = flags.DEFINE_string("config", "configs/bench.py", "Config whose shape is timed.")
 _ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed calls of each, interleaved.")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "q, k, v and w dtype.")
+_SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides.")
 
 
 def main(argv):
   del argv
-  config = load_config(_CONFIG.value, [])
+  config = load_config(_CONFIG.value, _SET.value)
+  dtype = jnp.dtype(_DTYPE.value)
+  impls = ("xla", "dense", "blockwise")
+  if jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
+    impls += ("cudnn",)
   m = config.model
   b, t = config.train.batch_size, config.data.seq_len
   rng = np.random.RandomState(0)
-  q = jnp.asarray(rng.normal(size=(b, t, m.num_heads, m.head_dim)), jnp.float32)
-  k, v = (jnp.asarray(rng.normal(size=(b, t, m.num_kv_heads, m.head_dim)), jnp.float32)
-          for _ in range(2))
-  w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+  q = jnp.asarray(rng.normal(size=(b, t, m.num_heads, m.head_dim)), dtype)
+  k, v = (jnp.asarray(rng.normal(size=(b, t, m.num_kv_heads, m.head_dim)), dtype) for _ in range(2))
+  w = jnp.asarray(rng.normal(size=q.shape), dtype)
   documents = np.arange(t) * 4 // t  # four packed documents per row
   segment = attention.Mask(segment_ids=jnp.asarray(np.broadcast_to(documents, (b, t)), jnp.int32))
   calls = {}
   for mask_name, mask in (("causal", None), ("segment", segment)):
-    for impl in ("xla", "dense", "blockwise"):
+    for impl in impls:
       fn = functools.partial(attention.attend, impl, mask=mask)
       grad = jax.jit(
-          jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum(fn(q, k, v) * w), argnums=(0, 1, 2)))
+          jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum((fn(q, k, v) * w).astype(jnp.float32)),
+                             argnums=(0, 1, 2)))
       calls[f"{impl}_{mask_name}"] = functools.partial(grad, q, k, v)
   medians = interleaved_call_medians(calls, _ROUNDS.value)
   print(
@@ -57,8 +65,9 @@ def main(argv):
               "median_s": medians,
               "over_xla": {
                   f"{impl}_{name}": medians[f"{impl}_{name}"] / medians[f"xla_{name}"]
-                  for impl in ("dense", "blockwise") for name in ("causal", "segment")
+                  for impl in impls[1:] for name in ("causal", "segment")
               },
+              "dtype": _DTYPE.value,
               "block": attention.BLOCK,
               "backend": jax.default_backend()
           },

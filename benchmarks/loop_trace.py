@@ -5,8 +5,9 @@
 
 Trains the config for --steps steps with `train.profile_steps` set to --profile, then reads the
 trace (jax.profiler's XSpace file) and prints one JSON object: the traced window (first to last
-event of the XLA runtime), the time the device's executor threads ran the step programs in it
-(the union of their executed intervals; on CPU the XLA thread pool is the device), the busy
+execution), the time the device ran the step programs in it (the union of their executed
+intervals: on a GPU or TPU the device planes' "XLA Modules" line, or every line of a plane
+without one; on CPU the XLA thread pool's executions, since that pool is the device), the busy
 fraction (1.0: the host never kept the device waiting), and the host's longest gap between two
 executions.
 """
@@ -27,17 +28,32 @@ _STEPS = flags.DEFINE_integer("steps", 40, "Training steps.")
 _PROFILE = flags.DEFINE_string("profile", "21,40", "FIRST,LAST steps to trace.")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides.")
 
-EXECUTE = "ThunkExecutor::Execute"  # one program (or part of one) running on an XLA thread
+EXECUTE = "ThunkExecutor::Execute"  # one program (or part of one) running on an XLA CPU thread
+MODULES = "XLA Modules"  # an accelerator plane's line of whole-program executions
 
 
-def executed_intervals(path):
-  """[(start_ns, end_ns)] of every program execution on the device's threads in the trace."""
+def _spans(events):
+  return [(e.start_ns, e.start_ns + e.duration_ns) for e in events]
+
+
+def executed_intervals(planes):
+  """[(start_ns, end_ns)] of every program execution on the devices of a trace's `planes` (as
+  jax.profiler.ProfileData reads them): the accelerators' planes where the trace has any, else
+  the XLA CPU threads."""
+  planes = list(planes)  # ProfileData gives an iterator: read twice below
+  accelerators = [p for p in planes if p.name.startswith("/device:") and "CPU" not in p.name]
   out = []
-  for plane in ProfileData.from_file(path).planes:
-    for line in plane.lines:
-      if plane.name == "/host:CPU" and not line.name.startswith("tf_XLA"):
-        continue  # host threads (Python, the data pipeline)
-      out += [(e.start_ns, e.start_ns + e.duration_ns) for e in line.events if e.name == EXECUTE]
+  for plane in accelerators:
+    lines = list(plane.lines)
+    modules = [line for line in lines if line.name == MODULES]
+    for line in modules or lines:  # without a modules line, every stream's kernels
+      out += _spans(line.events)
+  if not accelerators:
+    for plane in planes:
+      for line in plane.lines:
+        if plane.name == "/host:CPU" and not line.name.startswith("tf_XLA"):
+          continue  # host threads (Python, the data pipeline)
+        out += _spans(e for e in line.events if e.name == EXECUTE)
   return sorted(out)
 
 
@@ -59,7 +75,7 @@ def main(argv):
   loop.train(config, _WORKDIR.value)
   path = sorted(
       glob.glob(os.path.join(_WORKDIR.value, "profile", "**", "*.xplane.pb"), recursive=True))[-1]
-  busy = union(executed_intervals(path))
+  busy = union(executed_intervals(ProfileData.from_file(path).planes))
   window = busy[-1][1] - busy[0][0]
   gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
   print(

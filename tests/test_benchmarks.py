@@ -4,11 +4,13 @@
 import importlib.util
 import json
 import os
+import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
-from conftest import QA, REPO, SMALL, cli_args, run_checked
+from conftest import QA, REPO, SMALL, cli_args, run_checked, run_python, subprocess_env
 
 SMALL_FLAGS = cli_args()  # the SMALL test shapes, as overrides of a benchmark's --config
 
@@ -156,6 +158,59 @@ def test_attention_benchmark():
       "dense_causal", "dense_segment", "blockwise_causal", "blockwise_segment"
   }
   assert all(ratio > 0 for ratio in report["over_xla"].values())
+  assert report["dtype"] == "float32"
+  # bfloat16 inputs at another length (--set); cuDNN joins only where jax sees a GPU
+  report = _json(
+      _run("attention.py", "--config=configs/tiny.py", "--rounds=1", "--dtype=bfloat16",
+           "--set=data.seq_len=256"))
+  assert report["dtype"] == "bfloat16" and report["shape"]["length"] == 256
+  assert ("cudnn_causal" in report["over_xla"]) == (report["backend"] == "gpu")
+
+
+PEAK_BYTES = 3 * 2**30  # the peak a stand-in device reports in the memory benchmark's test
+
+
+def test_memory_peak_benchmark():
+  """The chosen auto setting's analysis is set against the peak the device reports: a CPU
+  reports none (one error line); a device standing in for a GPU reports PEAK_BYTES."""
+  flags = [*SMALL_FLAGS, "--config.train.grad_accum_steps=auto", "--steps=1"]
+  result = subprocess.run([
+      sys.executable, "benchmarks/memory_peak.py", "--config=configs/tiny.py", *flags,
+      "--config.train.memory_limit_gib=1"
+  ],
+                          cwd=REPO,
+                          env=dict(subprocess_env(),
+                                   PYTHONPATH=os.pathsep.join(
+                                       [REPO, os.path.join(REPO, "benchmarks")])),
+                          capture_output=True,
+                          text=True,
+                          timeout=600)
+  assert result.returncode != 0
+  assert "error: cpu devices report no peak memory" in result.stderr
+  stand_in = f"""
+import sys
+sys.path[:0] = ["benchmarks"]
+sys.argv = ["memory_peak.py", "--config=configs/tiny.py", *{flags!r}]
+import jax
+real = jax.local_devices
+
+class Reporting:  # a CPU device that reports memory as a GPU does
+  def __init__(self, device):
+    self.device = device
+  def memory_stats(self):
+    return {{"peak_bytes_in_use": {PEAK_BYTES}, "bytes_limit": 8 * 2**30}}
+
+jax.local_devices = lambda *args, **kwargs: [Reporting(d) for d in real(*args, **kwargs)]
+from absl import app
+import memory_peak
+app.run(memory_peak.main)
+"""
+  report = _json(run_python(stand_in))
+  fit = report["memory_fit"]
+  assert report["grad_accum_steps"] == fit["chosen"]["grad_accum_steps"] == 1  # it fits 8 GiB
+  assert fit["limit_gib"] == 8.0 and report["peak_bytes"] == PEAK_BYTES
+  assert report["analysis_bytes"] > 0
+  assert report["peak_over_analysis"] == PEAK_BYTES / report["analysis_bytes"]
 
 
 def test_loop_trace_benchmark(tmp_path):
@@ -165,6 +220,39 @@ def test_loop_trace_benchmark(tmp_path):
                       *sets))
   assert 0 < report["device_busy_s"] <= report["window_s"]
   assert 0 < report["device_busy_fraction"] <= 1
+
+
+def _plane(name, lines):
+  """A trace plane as jax.profiler.ProfileData reads it: {line name: [(event, start, end)]}."""
+  event = lambda name, start, end: SimpleNamespace(
+      name=name, start_ns=start, duration_ns=end - start)
+  return SimpleNamespace(name=name,
+                         lines=[
+                             SimpleNamespace(name=line, events=[event(*e)
+                                                                for e in events])
+                             for line, events in lines.items()
+                         ])
+
+
+def test_loop_trace_reads_accelerator_planes_and_else_the_cpu_threads(monkeypatch):
+  """A GPU or TPU plane's whole-program line is the device's busy time (its streams' kernels
+  where it has none); the host's CPU threads count only when no accelerator is traced."""
+  monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
+  import loop_trace
+  cpu = _plane(
+      "/host:CPU", {
+          "tf_XLAEigen/1": [("ThunkExecutor::Execute", 0, 10), ("other", 10, 99)],
+          "python": [("ThunkExecutor::Execute", 50, 60)]
+      })
+  gpu = _plane(
+      "/device:GPU:0", {
+          "XLA Modules": [("jit_step", 100, 200)],
+          "Stream #1": [("kernel", 110, 120), ("kernel", 300, 310)]
+      })
+  tpu = _plane("/device:TPU:0", {"Stream #7": [("kernel", 400, 410), ("kernel", 420, 430)]})
+  assert loop_trace.executed_intervals([cpu]) == [(0, 10)]
+  assert loop_trace.executed_intervals(iter([cpu, gpu, tpu])) == [(100, 200), (400, 410),
+                                                                  (420, 430)]
 
 
 def test_safety_drafts_counts_flagged_drafts_and_weighs_the_auroc_by_pairs(tmp_path):

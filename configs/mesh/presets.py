@@ -21,7 +21,9 @@ PRESETS = {
     "tpu_v5p_2x256": dict(data=2, fsdp=128, tensor=1, dcn_data=2),
     "tpu_v5e_4x256": dict(data=4, fsdp=256, tensor=1, dcn_data=4),
     "tpu_v6e_2x256": dict(data=2, fsdp=256, tensor=1, dcn_data=2),
-    # GPU hosts of 8 devices: FSDP inside the host, data parallel across hosts.
+    # One GPU (its memory as the device reports it), then hosts of 8 devices: FSDP inside the
+    # host, data parallel across hosts.
+    "gpu_1": dict(data=1, fsdp=1, tensor=1),
     "gpu_8": dict(data=1, fsdp=8, tensor=1),
     "gpu_8x8": dict(data=8, fsdp=8, tensor=1, dcn_data=8),  # 8 hosts x 8 GPUs
     # Any number of 8-GPU hosts: devices are ordered by process, so data spans the hosts.
