@@ -27,14 +27,16 @@ _ROUNDS = flags.DEFINE_integer("rounds", 10, "Timed calls of each, interleaved."
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "q, k, v and w dtype.")
 _SET = flags.DEFINE_multi_string("set", [], "FIELD=VALUE config overrides.")
 
+BASELINE = "xla"
+
 
 def main(argv):
   del argv
   config = load_config(_CONFIG.value, _SET.value)
   dtype = jnp.dtype(_DTYPE.value)
-  impls = ("xla", "dense", "blockwise")
-  if jax.default_backend() == "gpu" and dtype == jnp.bfloat16:
-    impls += ("cudnn",)
+  others = ("dense", "blockwise")
+  if attention.cudnn_runs(dtype, jax.default_backend()):
+    others += ("cudnn",)
   m = config.model
   b, t = config.train.batch_size, config.data.seq_len
   rng = np.random.RandomState(0)
@@ -45,7 +47,7 @@ def main(argv):
   segment = attention.Mask(segment_ids=jnp.asarray(np.broadcast_to(documents, (b, t)), jnp.int32))
   calls = {}
   for mask_name, mask in (("causal", None), ("segment", segment)):
-    for impl in impls:
+    for impl in (BASELINE, *others):
       fn = functools.partial(attention.attend, impl, mask=mask)
       grad = jax.jit(
           jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum((fn(q, k, v) * w).astype(jnp.float32)),
@@ -64,8 +66,8 @@ def main(argv):
               },
               "median_s": medians,
               "over_xla": {
-                  f"{impl}_{name}": medians[f"{impl}_{name}"] / medians[f"xla_{name}"]
-                  for impl in impls[1:] for name in ("causal", "segment")
+                  f"{impl}_{name}": medians[f"{impl}_{name}"] / medians[f"{BASELINE}_{name}"]
+                  for impl in others for name in ("causal", "segment")
               },
               "dtype": _DTYPE.value,
               "block": attention.BLOCK,

@@ -14,6 +14,8 @@ from rasr_jax.data import packing, qa, sources
 from rasr_jax.data import tokenizer as tok_lib
 from rasr_jax.interop import hf
 from rasr_jax.reflection.rows import ReflectRows
+from rasr_jax.training import optim, train_state
+from rasr_jax.training import step as train_step
 
 TOKENIZER_DOCS = 5000  # bundled documents the benchmark tokenizer is trained on
 # Student's t quantile of a two-sided 95 % interval, by degrees of freedom.
@@ -81,6 +83,18 @@ def batch_and_pieces(config, mesh, tokenizer):
                         reference_width=pieces.text_bytes(r.target_len))
   qa_rows = ReflectRows(**{name: put(a[:r.qa_rows]) for name, a in arrays.items()})
   return (packed, qa_rows), pieces
+
+
+def compiled_step(config, mesh, tokenizer):
+  """(jitted train step, fresh state, batch) for `config` (mesh resolved); `tokenizer` None
+  where no question/answer rows reflect (the trained tokenizers' marker ids then)."""
+  graphdef, abstract, _ = train_state.abstract_state(config)
+  state, shardings = train_state.init_state(config, mesh)
+  tx = optim.make_optimizer(config.train, abstract.params)
+  batch, pieces = batch_and_pieces(config, mesh, tokenizer)
+  marker_ids = tokenizer.marker_ids if tokenizer else tok_lib.TRAINED_MARKER_IDS
+  step = train_step.make_train_step(graphdef, config, tx, marker_ids, pieces=pieces)
+  return train_step.jit_train_step(step, shardings, mesh), state, batch
 
 
 def time_steps(step_fn, state, batch, steps):

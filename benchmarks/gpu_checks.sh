@@ -5,31 +5,36 @@
 #
 #   bash benchmarks/gpu_checks.sh [OUT_DIR]    # from the repository root, on one GPU
 #
-# Each check runs under its own time limit (11 minutes in all at most) and writes
-# OUT_DIR/NAME.log (default /tmp/gpu_checks); the last lines of each log are printed. PYTHON
-# names the interpreter.
+# Each check runs under its own time limit (under 10 minutes in all) and writes
+# OUT_DIR/NAME.log (default /tmp/gpu_checks); the last LINES_SHOWN (30) lines of each log are
+# printed. PYTHON names the interpreter (python3). Exits 1 if any check failed or ran out of time.
 set -u
 out=${1:-/tmp/gpu_checks}
 python=${PYTHON:-python3}
 mkdir -p "$out"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+failed=0
 
-check() {  # NAME SECONDS COMMAND...
-  local name=$1 seconds=$2
+check() { # NAME SECONDS COMMAND...
+  local name=$1 seconds=$2 status
   shift 2
   echo "== $name ($(date +%T))"
-  timeout "$seconds" "$@" >"$out/$name.log" 2>&1
-  echo "== $name: exit $?"
+  timeout -k 10 "$seconds" "$@" >"$out/$name.log" 2>&1
+  status=$?
+  echo "== $name: exit $status"
+  [ "$status" -eq 0 ] || failed=1
   grep -v -E '^[IWE][0-9]{4} ' "$out/$name.log" | tail -n "${LINES_SHOWN:-30}"
 }
 
-$python -c "import jax; print(jax.__version__, jax.devices())"
-check cudnn_tests 120 $python -m pytest -q -p no:cacheprovider tests/test_attention.py \
-  -k "cudnn or resolve"
-check rasr_overhead 240 $python benchmarks/rasr_overhead.py --config=configs/bench.py \
+check devices 30 "$python" -c "import jax; print(jax.__version__, jax.devices())"
+check cudnn_tests 90 "$python" -m pytest -q -p no:cacheprovider tests/test_attention.py \
+  -k "cudnn or auto_picks"
+check rasr_overhead 210 "$python" benchmarks/rasr_overhead.py --config=configs/bench.py \
   --config.model.dtype=bfloat16 --steps=5
-check memory_peak 150 $python benchmarks/memory_peak.py --config=configs/400m.py:gpu_1 \
+check memory_peak 120 "$python" benchmarks/memory_peak.py --config=configs/400m.py:gpu_1 \
   --config.model.num_layers=4 --config.train.batch_size=16 --config.train.memory_limit_gib=24
-check attention 60 $python benchmarks/attention.py --dtype=bfloat16 --set=data.seq_len=2048
-check loop_trace 90 $python benchmarks/loop_trace.py --workdir="$out/loop_trace" \
+check attention 45 "$python" benchmarks/attention.py --dtype=bfloat16 --set=data.seq_len=2048
+rm -rf "$out/loop_trace" # a finished run there would be resumed, not traced
+check loop_trace 60 "$python" benchmarks/loop_trace.py --workdir="$out/loop_trace" \
   --set=model.dtype=bfloat16
+exit $failed

@@ -31,27 +31,17 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from common import batch_and_pieces, bundled_tokenizer, interleaved_medians
+from common import batch_and_pieces, bundled_tokenizer, compiled_step, interleaved_medians
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.data import packing
 from rasr_jax.reflection import quality, steps
 from rasr_jax.reflection.layout import Layout
-from rasr_jax.training import losses, optim, train_state
+from rasr_jax.training import losses, train_state
 from rasr_jax.training import step as train_step
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/bench.py", "Benchmark config.")
 _STEPS = flags.DEFINE_integer("steps", 5, "Timed rounds (after 2 warm-up steps per variant).")
-
-
-def compiled_step(config, mesh, tokenizer):
-  """(jitted train step, fresh state, batch) for `config`."""
-  graphdef, abstract, _ = train_state.abstract_state(config)
-  state, shardings = train_state.init_state(config, mesh)
-  tx = optim.make_optimizer(config.train, abstract.params)
-  batch, pieces = batch_and_pieces(config, mesh, tokenizer)
-  step = train_step.make_train_step(graphdef, config, tx, tokenizer.marker_ids, pieces=pieces)
-  return train_step.jit_train_step(step, shardings, mesh), state, batch
 
 
 def forward_call(config, mesh, tokenizer):

@@ -109,20 +109,32 @@ def run_main(workdir, *extra, devices=1, timeout=300, env=None, **overrides):
                         timeout=timeout)
 
 
+def _run_in_repo(argv, devices, timeout, env):
+  return subprocess.run(argv,
+                        cwd=REPO,
+                        env={
+                            **subprocess_env(devices),
+                            **(env or {})
+                        },
+                        capture_output=True,
+                        text=True,
+                        timeout=timeout)
+
+
 def run_checked(argv, devices=1, timeout=300, env=None):
   """Runs `argv` from the repository with `devices` fake CPU devices (and extra environment
   variables `env`); fails the test with its stderr unless it exits 0; returns stdout."""
-  result = subprocess.run(argv,
-                          cwd=REPO,
-                          env={
-                              **subprocess_env(devices),
-                              **(env or {})
-                          },
-                          capture_output=True,
-                          text=True,
-                          timeout=timeout)
+  result = _run_in_repo(argv, devices, timeout, env)
   assert result.returncode == 0, result.stderr[-4000:]
   return result.stdout
+
+
+def run_refused(argv, devices=1, timeout=300, env=None):
+  """Runs `argv` as run_checked does, expecting it to stop with exit code 2 after one `error:`
+  line; returns that line."""
+  result = _run_in_repo(argv, devices, timeout, env)
+  assert result.returncode == 2, result.stderr[-4000:]
+  return result.stderr.strip().splitlines()[-1]
 
 
 def run_python(code, devices=1, timeout=300):

@@ -154,6 +154,7 @@ def test_auto_picks_by_backend_and_dtype():
   assert attention.resolve("auto", jnp.bfloat16, "gpu") == "cudnn"
   assert attention.resolve("auto", jnp.float32, "gpu") == "xla"
   assert attention.resolve("blockwise", jnp.float32, "gpu") == "blockwise"
+  assert attention.cudnn_runs(jnp.float16, "gpu") and not attention.cudnn_runs(jnp.bfloat16, "cpu")
   assert config_lib.ATTENTION_IMPLS == attention.IMPLEMENTATIONS
 
 

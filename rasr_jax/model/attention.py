@@ -66,6 +66,11 @@ class Mask:
     return visible[:, None]
 
 
+def cudnn_runs(dtype, backend):
+  """Whether cuDNN's flash attention runs on `backend` with inputs of `dtype`: GPUs, 16-bit."""
+  return backend == "gpu" and jnp.dtype(dtype).itemsize == 2
+
+
 def resolve(impl, dtype, backend=None):
   """The implementation `auto` stands for on `backend` (default jax's) with activations of
   `dtype`; any other name is itself."""
@@ -76,7 +81,7 @@ def resolve(impl, dtype, backend=None):
     return "dense"
   if backend == "tpu":
     return "splash"
-  return "cudnn" if backend == "gpu" and jnp.dtype(dtype).itemsize == 2 else "xla"
+  return "cudnn" if cudnn_runs(dtype, backend) else "xla"
 
 
 def attend(impl, q, k, v, mask: Mask | None):

@@ -35,7 +35,7 @@ def compile_report(config):
       "seq_len": config.data.seq_len,
       "compile_seconds": round(memory.compile_seconds, 1),
       "bytes_per_device": dict(sizes, total=memory.total),
-      "gib_per_device": round(memory.total / memory_fit.GIB, 2),
+      "gib_per_device": memory_fit.to_gib(memory.total),
       "describe_bytes_per_device": estimate["bytes_per_device"],
   }
   if fit:

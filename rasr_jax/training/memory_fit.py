@@ -48,6 +48,22 @@ class StepMemory:
     """The step's peak: the donated state counted once."""
     return (self.arguments + self.outputs - self.aliased + self.temporaries + self.generated_code)
 
+  @classmethod
+  def of(cls, compiled, compile_seconds=0.0) -> "StepMemory":
+    """The memory analysis of `compiled` (a jax Compiled step)."""
+    memory = compiled.memory_analysis()
+    return cls(arguments=memory.argument_size_in_bytes,
+               outputs=memory.output_size_in_bytes,
+               aliased=memory.alias_size_in_bytes,
+               temporaries=memory.temp_size_in_bytes,
+               generated_code=memory.generated_code_size_in_bytes,
+               compile_seconds=compile_seconds)
+
+
+def to_gib(n) -> float:
+  """Bytes `n` in GiB, rounded for reports."""
+  return round(n / GIB, 2)
+
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
@@ -66,16 +82,15 @@ class Fit:
 
   def report(self) -> dict:
     """A JSON-ready summary (--mode=compile prints it)."""
-    gib = lambda n: round(n / GIB, 2)
     entry = lambda c: {
         "grad_accum_steps": c.grad_accum_steps,
         "remat_policy": c.remat_policy,
-        "gib_per_device": gib(c.memory.total),
+        "gib_per_device": to_gib(c.memory.total),
         "fits": c.memory.total <= self.usable_bytes
     }
     return {
-        "limit_gib": gib(self.limit_bytes),
-        "usable_gib": gib(self.usable_bytes),
+        "limit_gib": to_gib(self.limit_bytes),
+        "usable_gib": to_gib(self.usable_bytes),
         "tried": [entry(c) for c in self.tried],
         "chosen": entry(self.chosen)
     }
@@ -145,13 +160,7 @@ def step_memory(config, objective=None) -> StepMemory:
   with sharding.activate(mesh):
     compiled = step_fn.lower(checkpoint.with_shardings(abstract, shardings), rows,
                              qa_rows).compile()
-  memory = compiled.memory_analysis()
-  return StepMemory(arguments=memory.argument_size_in_bytes,
-                    outputs=memory.output_size_in_bytes,
-                    aliased=memory.alias_size_in_bytes,
-                    temporaries=memory.temp_size_in_bytes,
-                    generated_code=memory.generated_code_size_in_bytes,
-                    compile_seconds=time.perf_counter() - start)
+  return StepMemory.of(compiled, time.perf_counter() - start)
 
 
 def device_memory_limit(config) -> int:
