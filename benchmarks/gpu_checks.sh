@@ -26,15 +26,15 @@ check() { # NAME SECONDS COMMAND...
   grep -v -E '^[IWE][0-9]{4} ' "$out/$name.log" | tail -n "${LINES_SHOWN:-30}"
 }
 
-check devices 30 "$python" -c "import jax; print(jax.__version__, jax.devices())"
-check cudnn_tests 90 "$python" -m pytest -q -p no:cacheprovider tests/test_attention.py \
+check devices 20 "$python" -c "import jax; print(jax.__version__, jax.devices())"
+check cudnn_tests 60 "$python" -m pytest -q -p no:cacheprovider tests/test_attention.py \
   -k "cudnn or auto_picks"
-check rasr_overhead 210 "$python" benchmarks/rasr_overhead.py --config=configs/bench.py \
-  --config.model.dtype=bfloat16 --steps=5
-check memory_peak 120 "$python" benchmarks/memory_peak.py --config=configs/400m.py:gpu_1 \
+check rasr_overhead 270 "$python" benchmarks/rasr_overhead.py --config=configs/bench.py \
+  --config.model.dtype=bfloat16 --steps=3
+check memory_peak 100 "$python" benchmarks/memory_peak.py --config=configs/400m.py:gpu_1 \
   --config.model.num_layers=4 --config.train.batch_size=16 --config.train.memory_limit_gib=24
-check attention 45 "$python" benchmarks/attention.py --dtype=bfloat16 --set=data.seq_len=2048
 rm -rf "$out/loop_trace" # a finished run there would be resumed, not traced
-check loop_trace 60 "$python" benchmarks/loop_trace.py --workdir="$out/loop_trace" \
+check loop_trace 100 "$python" benchmarks/loop_trace.py --workdir="$out/loop_trace" \
   --set=model.dtype=bfloat16
+check attention 40 "$python" benchmarks/attention.py --dtype=bfloat16 --set=data.seq_len=2048
 exit $failed

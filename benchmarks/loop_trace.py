@@ -15,6 +15,7 @@ executions.
 import glob
 import json
 import os
+import sys
 
 from absl import app, flags
 from jax.profiler import ProfileData
@@ -73,9 +74,15 @@ def main(argv):
   settings = [f"train.steps={_STEPS.value}", f"train.profile_steps={_PROFILE.value}", *_SET.value]
   config = load_config(_CONFIG.value, settings)
   loop.train(config, _WORKDIR.value)
-  path = sorted(
-      glob.glob(os.path.join(_WORKDIR.value, "profile", "**", "*.xplane.pb"), recursive=True))[-1]
-  busy = union(executed_intervals(ProfileData.from_file(path).planes))
+  traces = sorted(
+      glob.glob(os.path.join(_WORKDIR.value, "profile", "**", "*.xplane.pb"), recursive=True))
+  if not traces:  # the run stopped (or had stopped, in a resumed workdir) before the traced steps
+    print(
+        f"error: no trace under {_WORKDIR.value}/profile: the run did not reach steps "
+        f"{_PROFILE.value}",
+        file=sys.stderr)
+    sys.exit(2)
+  busy = union(executed_intervals(ProfileData.from_file(traces[-1]).planes))
   window = busy[-1][1] - busy[0][0]
   gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
   print(
@@ -87,7 +94,7 @@ def main(argv):
               "device_busy_s": sum(end - start for start, end in busy) / 1e9,
               "device_busy_fraction": sum(end - start for start, end in busy) / window,
               "longest_idle_gap_s": max(gaps, default=0) / 1e9,
-              "trace": path,
+              "trace": traces[-1],
               "config": _CONFIG.value,
               "settings": settings,
           },

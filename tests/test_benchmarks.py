@@ -13,17 +13,19 @@ from conftest import QA, REPO, SMALL, cli_args, run_checked, run_python, run_ref
 
 SMALL_FLAGS = cli_args()  # the SMALL test shapes, as overrides of a benchmark's --config
 
+BENCHMARKS_PATH = {"PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "benchmarks")])}
+
 
 def _run(script, *args, env=None):
   """stdout of `python benchmarks/SCRIPT args` (with extra environment variables `env`); fails
   the test with its stderr otherwise."""
-  benchmarks = os.path.join(REPO, "benchmarks")
-  return run_checked([sys.executable, os.path.join(benchmarks, script), *args],
-                     timeout=600,
-                     env={
-                         "PYTHONPATH": os.pathsep.join([REPO, benchmarks]),
-                         **(env or {})
-                     })
+  return run_checked(
+      [sys.executable, os.path.join(REPO, "benchmarks", script), *args],
+      timeout=600,
+      env={
+          **BENCHMARKS_PATH,
+          **(env or {})
+      })
 
 
 def _json(stdout):
@@ -176,8 +178,7 @@ def test_memory_peak_benchmark():
   estimate (compiled from abstract inputs) is that analysis."""
   flags = [*SMALL_FLAGS, "--config.train.grad_accum_steps=auto", "--steps=1"]
   script = [sys.executable, "benchmarks/memory_peak.py", "--config=configs/tiny.py", *flags]
-  benchmarks = {"PYTHONPATH": os.pathsep.join([REPO, os.path.join(REPO, "benchmarks")])}
-  assert run_refused(script, env=benchmarks) == (
+  assert run_refused(script, env=BENCHMARKS_PATH) == (
       "error: cpu devices report no peak memory (memory_stats); run this on a GPU or TPU")
   stand_in = f"""
 import sys
@@ -208,12 +209,20 @@ app.run(memory_peak.main)
 
 
 def test_loop_trace_benchmark(tmp_path):
-  """The trace written by train.profile_steps is read back: the device ran inside its window."""
-  sets = [f"--set={flag[len('--config.'):]}" for flag in SMALL_FLAGS]
-  report = _json(_run("loop_trace.py", f"--workdir={tmp_path}", "--steps=4", "--profile=2,4",
-                      *sets))
+  """The trace written by train.profile_steps is read back: the device ran inside its window; a
+  run that ends before the steps to trace is one error line."""
+  sets = [
+      f"--set={flag[len('--config.'):]}" for flag in SMALL_FLAGS
+      if not flag.startswith("--config.train.steps=")  # --steps sets it
+  ]
+  traced = tmp_path / "traced"
+  report = _json(_run("loop_trace.py", f"--workdir={traced}", "--steps=4", "--profile=2,4", *sets))
   assert 0 < report["device_busy_s"] <= report["window_s"]
   assert 0 < report["device_busy_fraction"] <= 1
+  short = tmp_path / "short"
+  script = [sys.executable, "benchmarks/loop_trace.py", f"--workdir={short}", "--steps=2"]
+  assert run_refused([*script, "--profile=3,4", *sets], env=BENCHMARKS_PATH) == (
+      f"error: no trace under {short}/profile: the run did not reach steps 3,4")
 
 
 def _plane(name, lines):
