@@ -8,8 +8,10 @@ trace (jax.profiler's XSpace file) and prints one JSON object: the traced window
 execution), the time the device ran the step programs in it (the union of their executed
 intervals: on a GPU or TPU the device planes' "XLA Modules" line, or every line of a plane
 without one; on CPU the XLA thread pool's executions, since that pool is the device), the busy
-fraction (1.0: the host never kept the device waiting), and the host's longest gap between two
-executions.
+fraction (1.0: the host never kept the device waiting), the host's longest gap between two
+executions, and how long exactly 0, 1, 2, ... of the device's executors were busy
+(`busy_executors_s`; on CPU each XLA thread is one: time with fewer busy than the machine has
+cores is compute the program left unused).
 """
 
 import glob
@@ -37,36 +39,54 @@ def _spans(events):
   return [(e.start_ns, e.start_ns + e.duration_ns) for e in events]
 
 
-def executed_intervals(planes):
-  """[(start_ns, end_ns)] of every program execution on the devices of a trace's `planes` (as
-  jax.profiler.ProfileData reads them): the accelerators' planes where the trace has any, else
-  the XLA CPU threads."""
+def executions(planes):
+  """{executor: [(start_ns, end_ns)]}: the program executions of each device executor in a
+  trace's `planes` (as jax.profiler.ProfileData reads them). An executor is an accelerator
+  plane's "XLA Modules" line (else each of its lines) where the trace has accelerators, else an
+  XLA CPU thread."""
   planes = list(planes)  # ProfileData gives an iterator: read twice below
   accelerators = [p for p in planes if p.name.startswith("/device:") and "CPU" not in p.name]
-  out = []
+  out = {}
   for plane in accelerators:
     lines = list(plane.lines)
     modules = [line for line in lines if line.name == MODULES]
     for line in modules or lines:  # without a modules line, every stream's kernels
-      out += _spans(line.events)
+      out[f"{plane.name} {line.name}"] = _spans(line.events)
   if not accelerators:
     for plane in planes:
       for line in plane.lines:
         if plane.name == "/host:CPU" and not line.name.startswith("tf_XLA"):
           continue  # host threads (Python, the data pipeline)
-        out += _spans(e for e in line.events if e.name == EXECUTE)
-  return sorted(out)
+        spans = _spans(e for e in line.events if e.name == EXECUTE)
+        if spans:
+          out[f"{plane.name} {line.name}"] = spans
+  return out
 
 
 def union(intervals):
-  """Merged, disjoint intervals of sorted `intervals`."""
+  """Merged, disjoint intervals of `intervals`."""
   merged = []
-  for start, end in intervals:
+  for start, end in sorted(intervals):
     if merged and start <= merged[-1][1]:
       merged[-1][1] = max(merged[-1][1], end)
     else:
       merged.append([start, end])
   return merged
+
+
+def busy_executors(executed):
+  """{n: ns} for n = 0 .. len(executed): how long exactly n executors were busy between the first
+  execution's start and the last one's end (on CPU: how many of XLA's threads worked)."""
+  edges = sorted((t, step)
+                 for spans in executed.values()
+                 for start, end in union(spans)
+                 for t, step in ((start, 1), (end, -1)))
+  out = dict.fromkeys(range(len(executed) + 1), 0)
+  busy = 0
+  for (t, step), (after, _) in zip(edges, edges[1:]):
+    busy += step
+    out[busy] += after - t
+  return out
 
 
 def main(argv):
@@ -82,7 +102,8 @@ def main(argv):
         f"{_PROFILE.value}",
         file=sys.stderr)
     sys.exit(2)
-  busy = union(executed_intervals(ProfileData.from_file(traces[-1]).planes))
+  executed = executions(ProfileData.from_file(traces[-1]).planes)
+  busy = union(span for spans in executed.values() for span in spans)
   window = busy[-1][1] - busy[0][0]
   gaps = [b[0] - a[1] for a, b in zip(busy, busy[1:])]
   print(
@@ -94,6 +115,10 @@ def main(argv):
               "device_busy_s": sum(end - start for start, end in busy) / 1e9,
               "device_busy_fraction": sum(end - start for start, end in busy) / window,
               "longest_idle_gap_s": max(gaps, default=0) / 1e9,
+              "executors": sorted(executed),
+              "busy_executors_s": {
+                  n: ns / 1e9 for n, ns in busy_executors(executed).items()
+              },
               "trace": traces[-1],
               "config": _CONFIG.value,
               "settings": settings,

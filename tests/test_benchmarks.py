@@ -219,6 +219,10 @@ def test_loop_trace_benchmark(tmp_path):
   report = _json(_run("loop_trace.py", f"--workdir={traced}", "--steps=4", "--profile=2,4", *sets))
   assert 0 < report["device_busy_s"] <= report["window_s"]
   assert 0 < report["device_busy_fraction"] <= 1
+  by_count = report["busy_executors_s"]  # {"0": s, "1": s, ...}, one count per executor and none
+  assert len(by_count) == len(report["executors"]) + 1
+  assert sum(by_count.values()) == pytest.approx(report["window_s"])
+  assert report["window_s"] - by_count["0"] == pytest.approx(report["device_busy_s"])
   short = tmp_path / "short"
   script = [sys.executable, "benchmarks/loop_trace.py", f"--workdir={short}", "--steps=2"]
   assert run_refused([*script, "--profile=3,4", *sets], env=BENCHMARKS_PATH) == (
@@ -238,13 +242,16 @@ def _plane(name, lines):
 
 
 def test_loop_trace_reads_accelerator_planes_and_else_the_cpu_threads(monkeypatch):
-  """A GPU or TPU plane's whole-program line is the device's busy time (its streams' kernels
-  where it has none); the host's CPU threads count only when no accelerator is traced."""
+  """A GPU or TPU plane's whole-program line is its executor (its streams where it has none);
+  the host's XLA threads count only when no accelerator is traced; and the time each number of
+  executors was busy adds up to the window."""
   monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks"))
   import loop_trace
   cpu = _plane(
       "/host:CPU", {
-          "tf_XLAEigen/1": [("ThunkExecutor::Execute", 0, 10), ("other", 10, 99)],
+          "tf_XLAEigen/1": [("ThunkExecutor::Execute", 0, 10), ("other", 10, 99),
+                            ("ThunkExecutor::Execute", 2, 6)],
+          "tf_XLAEigen/2": [("ThunkExecutor::Execute", 5, 20)],
           "python": [("ThunkExecutor::Execute", 50, 60)]
       })
   gpu = _plane(
@@ -253,9 +260,18 @@ def test_loop_trace_reads_accelerator_planes_and_else_the_cpu_threads(monkeypatc
           "Stream #1": [("kernel", 110, 120), ("kernel", 300, 310)]
       })
   tpu = _plane("/device:TPU:0", {"Stream #7": [("kernel", 400, 410), ("kernel", 420, 430)]})
-  assert loop_trace.executed_intervals([cpu]) == [(0, 10)]
-  assert loop_trace.executed_intervals(iter([cpu, gpu, tpu])) == [(100, 200), (400, 410),
-                                                                  (420, 430)]
+  threads = loop_trace.executions([cpu])
+  assert threads == {
+      "/host:CPU tf_XLAEigen/1": [(0, 10), (2, 6)],
+      "/host:CPU tf_XLAEigen/2": [(5, 20)]
+  }
+  assert loop_trace.busy_executors(threads) == {0: 0, 1: 15, 2: 5}  # 0-5, 10-20 | 5-10
+  devices = loop_trace.executions(iter([cpu, gpu, tpu]))
+  assert devices == {
+      "/device:GPU:0 XLA Modules": [(100, 200)],
+      "/device:TPU:0 Stream #7": [(400, 410), (420, 430)]
+  }
+  assert loop_trace.busy_executors(devices) == {0: 210, 1: 120, 2: 0}
 
 
 def test_safety_drafts_counts_flagged_drafts_and_weighs_the_auroc_by_pairs(tmp_path):
