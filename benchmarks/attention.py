@@ -7,8 +7,9 @@ in one process.
 Times value_and_grad of sum(attention(q, k, v) * w) with the causal mask (the standard step's)
 and with a packed-document segment mask (SFT's), for xla, dense and blockwise, and cudnn where
 jax sees a GPU and --dtype is bfloat16 (cuDNN takes 16-bit inputs only), at config's batch,
-length and heads. Prints one JSON object: median seconds per call and the ratios to xla (below
-1: faster than xla).
+length and heads; and `dense_whole`, dense without its query blocks (every query over all T
+keys), which shows what the blocks save. Prints one JSON object: median seconds per call and
+the ratios to xla (below 1: faster than xla).
 """
 
 import functools
@@ -34,7 +35,7 @@ def main(argv):
   del argv
   config = load_config(_CONFIG.value, _SET.value)
   dtype = jnp.dtype(_DTYPE.value)
-  others = ("dense", "blockwise")
+  others = ("dense", "dense_whole", "blockwise")
   if attention.cudnn_runs(dtype, jax.default_backend()):
     others += ("cudnn",)
   m = config.model
@@ -48,7 +49,10 @@ def main(argv):
   calls = {}
   for mask_name, mask in (("causal", None), ("segment", segment)):
     for impl in (BASELINE, *others):
-      fn = functools.partial(attention.attend, impl, mask=mask)
+      if impl == "dense_whole":
+        fn = functools.partial(attention.dense, mask=None if mask is None else mask.dense(t))
+      else:
+        fn = functools.partial(attention.attend, impl, mask=mask)
       grad = jax.jit(
           jax.value_and_grad(lambda q, k, v, fn=fn: jnp.sum((fn(q, k, v) * w).astype(jnp.float32)),
                              argnums=(0, 1, 2)))

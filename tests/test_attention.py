@@ -41,13 +41,17 @@ def _masks():
   }
 
 
-# blockwise in 3 blocks of 8, the last padded; splash in one block of 128, padded
+# blockwise in 3 blocks of 8, the last padded; dense whole and in query blocks of 8, 8 and 4;
+# splash in one block of 128, padded
 IMPLS = {
     "blockwise":
         lambda q, k, v, mask: attention.blockwise(
             q, k, v, None if mask is None else mask.dense(T), block=8),
     "dense":
         lambda q, k, v, mask: attention.dense(q, k, v, None if mask is None else mask.dense(T)),
+    "dense_blocks":
+        lambda q, k, v, mask: attention.dense(
+            q, k, v, None if mask is None else mask.dense(T), block=8),
     "splash":
         attention.splash,
 }
@@ -110,6 +114,8 @@ def test_masks_hide_what_they_say():
   aligned = np.asarray(masks["aligned"].dense(T))[:, 0]
   assert not aligned[:, 12, 9:11].any() and aligned[1, 12, 11:13].all()
   assert (aligned[:, 13] == padding[:, 13]).all()
+  with pytest.raises(ValueError, match=r"\(12, 9, 13\) reaches its own query"):
+    attention.Mask(hidden=((12, 9, 13),)).static(T)
 
 
 def test_splash_under_a_mesh_equals_one_device():

@@ -1,8 +1,10 @@
 """Attention implementations by backend (`model.attention_impl`).
 
   xla        jax.nn.dot_product_attention's XLA path: full T x T scores (the reference)
-  dense      the same full scores as einsums over [B, N, T, S], softmax in float32, with a
-             hand-written gradient that recomputes the probabilities instead of keeping them:
+  dense      the same scores as einsums over [B, N, T, S], softmax in float32, with a
+             hand-written gradient that recomputes the probabilities instead of keeping them;
+             an uncached pass runs its queries in blocks of BLOCK, each over the keys up to
+             its block's end, so the blocks above the causal diagonal are never computed:
              XLA's CPU compiler runs it faster than xla's (performance.md)
   cudnn      the same call with implementation="cudnn": cuDNN's fused flash attention (GPUs,
              bfloat16 or float16 activations)
@@ -33,7 +35,7 @@ from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_ma
 from rasr_jax import rounding, sharding
 
 IMPLEMENTATIONS = ("auto", "xla", "dense", "cudnn", "splash", "blockwise")
-BLOCK = 128  # queries and keys per block of the blockwise path
+BLOCK = 128  # queries (and keys) per block of the dense and blockwise paths
 SPLASH_BLOCK = 512  # queries and keys per block of the splash kernel (at most; a multiple of 128)
 _LANES = 128  # splash's blocks are multiples of the TPU's 128 lanes
 
@@ -54,6 +56,8 @@ class Mask:
     """[length, length] bool numpy: causal, less the hidden spans."""
     visible = np.tril(np.ones((length, length), bool))
     for query, lo, hi in self.hidden:
+      if lo <= query < hi:  # every query sees its own key (dense's blocks rely on it)
+        raise ValueError(f"hidden span ({query}, {lo}, {hi}) reaches its own query")
       visible[query, lo:hi] = False
     return visible
 
@@ -93,7 +97,7 @@ def attend(impl, q, k, v, mask: Mask | None):
   if impl == "blockwise":
     return blockwise(q, k, v, dense_mask)
   if impl == "dense":
-    return dense(q, k, v, dense_mask)
+    return dense(q, k, v, dense_mask, block=BLOCK)
   implementation = "cudnn" if impl == "cudnn" else None
   return jax.nn.dot_product_attention(q,
                                       k,
@@ -192,17 +196,29 @@ def _cached_splash_kernel(length, heads, block, hidden, interpret):
                                       interpret=interpret)
 
 
-def dense(q, k, v, mask):
+def dense(q, k, v, mask, block=None):
   """Full-score attention as einsums over [B, N, T, S] with a hand-written gradient that
   recomputes the probabilities from the saved log-sum-exp, so no [B, N, T, S] array is kept for
   the backward pass; equals `xla` within float rounding, values and gradients
-  (tests/test_attention.py). Query rows that see no key average every value."""
+  (tests/test_attention.py). Query rows that see no key average every value.
+
+  `block`, for an uncached pass (S = T, each query sees no later key and sees its own, as every
+  `Mask` does): queries in blocks of `block`, each over the keys up to its block's end, so the
+  scores above the diagonal's blocks are never computed (half the work as T grows); the same
+  values, since the keys left out are hidden from every query of the block.
+  """
   groups = q.shape[2] // k.shape[2]
   if groups > 1:  # each query head reads its group's key and value head
     k, v = (jnp.repeat(a, groups, axis=2) for a in (k, v))
   if mask is None:
     mask = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))[None, None]
-  return _dense(q, k, v, mask)
+  if block is None:
+    return _dense(q, k, v, mask)
+  length, parts = q.shape[1], []
+  for start in range(0, length, block):
+    end = min(start + block, length)
+    parts.append(_dense(q[:, start:end], k[:, :end], v[:, :end], mask[:, :, start:end, :end]))
+  return jnp.concatenate(parts, axis=1)
 
 
 @jax.custom_vjp
