@@ -50,6 +50,9 @@ def get_config():
   # Per-block rematerialisation, cheapest first: none | dots | dots_no_batch | full, or auto (the
   # cheapest whose compiled step fits the device memory; rasr_jax/training/memory_fit.py).
   c.model.remat_policy = "none"
+  # Blocks run per iteration of the scanned loop over layers: 1 compiles one block, num_layers
+  # unrolls them all (longer compiles; on CPUs XLA then overlaps the layers' independent ops).
+  c.model.scan_unroll = 1
 
   c.data = config_dict.ConfigDict()
   # bundled (generated verifiable tasks) | files (.txt, .jsonl, .array_record, .parquet)

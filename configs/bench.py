@@ -15,6 +15,7 @@ def get_config():
   c.model.num_kv_heads = 8
   c.model.head_dim = 64
   c.model.mlp_dim = 1408
+  c.model.scan_unroll = 8  # every layer unrolled: faster on CPUs (docs/performance.md)
   c.data.seq_len = 512
   c.train.batch_size = 8
   c.train.steps = 1000

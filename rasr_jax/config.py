@@ -44,6 +44,7 @@ class ModelConfig:
   param_dtype: str
   dtype: str
   remat_policy: str
+  scan_unroll: int  # blocks per iteration of the loop over layers (model/transformer.py)
 
 
 def _weighted_part(part: str, form: str, kind: str = "") -> tuple[str, float]:
@@ -390,10 +391,10 @@ SELF_ALIGN_TASKS = ("arithmetic", "logic", "facts", "probe", "support")
 BUNDLED_TASKS = (*SELF_ALIGN_TASKS, "filler")
 
 # Fields that must be > 0, and fields that must be >= 0.
-_POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.num_heads",
-             "model.num_kv_heads", "model.head_dim", "model.mlp_dim", "model.rope_theta",
-             "model.rope_factor", "model.rope_original_max_positions", "model.norm_eps",
-             "model.init_std", "data.bundled_examples", "data.seq_len",
+_POSITIVE = ("model.vocab_size", "model.d_model", "model.num_layers", "model.scan_unroll",
+             "model.num_heads", "model.num_kv_heads", "model.head_dim", "model.mlp_dim",
+             "model.rope_theta", "model.rope_factor", "model.rope_original_max_positions",
+             "model.norm_eps", "model.init_std", "data.bundled_examples", "data.seq_len",
              "data.tokenizer_sample_docs", "train.steps", "train.batch_size", "train.lr",
              "train.eps", "train.log_every_steps", "checkpoint.every_steps",
              "checkpoint.max_to_keep", "reflect.prompt_len", "reflect.target_len",

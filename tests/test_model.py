@@ -115,6 +115,26 @@ def test_remat_policies_give_the_same_gradients(model_cfg, policy):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("unroll", [2, 3])  # every block, and more than there are
+def test_unrolled_layers_give_the_same_loss_and_gradients(model_cfg, unroll):
+  assert model_cfg.num_layers == 2 and model_cfg.scan_unroll == 1
+  tokens = jnp.asarray(RNG.randint(0, model_cfg.vocab_size, (2, 8)))
+
+  def value_and_grads(cfg):
+    graphdef, params = nnx.split(_model(cfg), nnx.Param)
+    loss = lambda p: nnx.merge(graphdef, p)(tokens)[0].std()
+    return jax.value_and_grad(loss)(params)
+
+  scanned = value_and_grads(model_cfg)
+  unrolled_cfg = dataclasses.replace(model_cfg, scan_unroll=unroll)
+  graphdef, params = nnx.split(_model(unrolled_cfg), nnx.Param)
+  jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(tokens)[0])(params).jaxpr
+  assert [e.params["unroll"] for e in jaxpr.eqns if e.primitive.name == "scan"] == [unroll]
+  unrolled = value_and_grads(unrolled_cfg)
+  for a, b in zip(jax.tree.leaves(scanned), jax.tree.leaves(unrolled)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_bfloat16_compute_keeps_float32_params(model_cfg):
   cfg = dataclasses.replace(model_cfg, dtype="bfloat16")
   model = _model(cfg)

@@ -143,6 +143,7 @@ class Transformer(nnx.Module):
       body = nnx.remat(body, policy=_REMAT_POLICIES[policy], prevent_cse=False)
     scan = nnx.scan(body,
                     in_axes=(nnx.Carry, 0, None, None),
+                    unroll=self.cfg.scan_unroll,
                     out_axes=nnx.Carry,
                     transform_metadata={nnx.PARTITION_NAME: "layers"})
     return scan(x, self.blocks, positions, mask)
