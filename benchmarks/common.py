@@ -127,24 +127,25 @@ def interleaved_call_medians(calls, rounds):
   return {name: statistics.median(values) for name, values in times.items()}
 
 
+def step_caller(step_fn, state, batch):
+  """A zero-argument call running one train step, step_fn(state, *batch), that carries the
+  (donated) state from call to call; returns the step's outputs."""
+  holder = {"state": state}
+
+  def call():
+    holder["state"], out = step_fn(holder["state"], *batch)
+    return out
+
+  return call
+
+
 def interleaved_medians(runs, rounds, extra_calls=None):
   """{name: median seconds per step} of train steps timed in turn (see interleaved_call_medians),
   and of the zero-argument `extra_calls` {name: call} timed in the same rounds.
 
-  `runs` maps a name to (step_fn, state, batch); each run carries its own state from step to
-  step and calls step_fn(state, *batch).
+  `runs` maps a name to (step_fn, state, batch), each called through `step_caller`.
   """
-
-  def stepper(step_fn, state, batch):
-    holder = {"state": state}
-
-    def call():
-      holder["state"], out = step_fn(holder["state"], *batch)
-      return out
-
-    return call
-
-  calls = {name: stepper(*run) for name, run in runs.items()}
+  calls = {name: step_caller(*run) for name, run in runs.items()}
   return interleaved_call_medians({**calls, **(extra_calls or {})}, rounds)
 
 

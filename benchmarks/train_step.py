@@ -16,6 +16,7 @@ rasr_jax's tokens/s (the top-level figures) over HuggingFace's (under "hf").
 
 import json
 import platform
+import resource
 import statistics
 import time
 
@@ -24,7 +25,13 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from common import batch_and_pieces, bundled_tokenizer, hf_model, interleaved_medians
+from common import (
+    batch_and_pieces,
+    bundled_tokenizer,
+    hf_model,
+    interleaved_call_medians,
+    step_caller,
+)
 from rasr_jax import config as config_lib
 from rasr_jax import sharding
 from rasr_jax.training import flops as flops_lib
@@ -50,6 +57,20 @@ def torch_matmul_peak(size=MATMUL, repeats=10) -> float:
     a @ a
     times.append(time.perf_counter() - start)
   return 2 * size**3 / statistics.median(times)
+
+
+def host_kernel_work(call, calls=3):
+  """The kernel's work for this process per call of `call` (getrusage over `calls` calls): minor
+  page faults and system seconds. XLA's CPU runtime allocates each execution's temporary buffer
+  afresh, so these show what the C allocator makes the kernel do (docs/performance.md)."""
+  before = resource.getrusage(resource.RUSAGE_SELF)
+  for _ in range(calls):
+    jax.block_until_ready(call())
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return {
+      "minor_page_faults_per_step": (after.ru_minflt - before.ru_minflt) / calls,
+      "system_s_per_step": (after.ru_stime - before.ru_stime) / calls,
+  }
 
 
 def hf_step(config, tokens):
@@ -101,8 +122,10 @@ def main(argv):
   others = {}  # timed in the same rounds
   if _COMPARE.value == "hf":
     others["hf"], versions = hf_step(config, batch[0].tokens)
+  step = step_caller(step_fn, state, batch)
   with sharding.activate(mesh):
-    median = interleaved_medians({"rasr_jax": (step_fn, state, batch)}, _STEPS.value, others)
+    median = interleaved_call_medians({"rasr_jax": step, **others}, _STEPS.value)
+    host = host_kernel_work(step) if on_cpu else None
   peaks = {"jax": flops_lib.measure_matmul_peak(MATMUL)} if on_cpu else {}
   if on_cpu and _COMPARE.value == "hf":
     peaks["torch"] = torch_matmul_peak()
@@ -113,7 +136,7 @@ def main(argv):
       "tokens_per_sec": rows * seq / seconds,
       "mfu": flops / seconds / (peak * jax.device_count()),
   }
-  result = {"benchmark": "train_step", **rates(median["rasr_jax"])}
+  result = {"benchmark": "train_step", **rates(median["rasr_jax"]), "host": host}
   if _COMPARE.value == "hf":
     result["hf"] = dict(rates(median["hf"]), versions=versions)
     result["ratio_tokens_per_sec"] = median["hf"] / median["rasr_jax"]

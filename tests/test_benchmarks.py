@@ -39,6 +39,8 @@ def test_train_step_benchmark():
               "flops_per_step", "params", "shape", "jax", "device", "devices", "python"):
     assert key in report, key
   assert report["step_time_s_median"] > 0 and report["params"] > 0
+  assert set(report["host"]) == {"minor_page_faults_per_step", "system_s_per_step"}
+  assert min(report["host"].values()) >= 0
 
 
 def test_train_step_benchmark_against_huggingface():
