@@ -51,7 +51,7 @@ def get_config():
   # cheapest whose compiled step fits the device memory; rasr_jax/training/memory_fit.py).
   c.model.remat_policy = "none"
   # Blocks run per iteration of the scanned loop over layers: 1 compiles one block, num_layers
-  # unrolls them all (longer compiles; on CPUs XLA then overlaps the layers' independent ops).
+  # unrolls them all (longer compiles; faster steps on CPUs: docs/performance.md).
   c.model.scan_unroll = 1
 
   c.data = config_dict.ConfigDict()
